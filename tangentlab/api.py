@@ -1,0 +1,116 @@
+"""Entry points close to the maths: :func:`fim`, :func:`ntk`, :func:`jacobian`.
+
+Conventions shared by all three:
+
+* ``data`` is a tensor of inputs, a tuple ``(x, y, ...)`` of tensors, a
+  ``DataLoader`` or a list of batches; tensors are split into batches of
+  ``batch_size``.
+* Matrices are *means over examples* and *sums over output coordinates*:
+  ``F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ``, with ``N`` the number of examples
+  actually seen (``drop_last`` loaders count correctly).
+* Kernels are plain Gram tensors ``K[n, m, c, d] = ⟨φ_c(x_n), φ_d(x'_m)⟩``, so
+  ``eig(K) / N`` are the non-zero eigenvalues of the matching ``F``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .data import Batches
+from .engine import Engine
+from .errors import InvalidInputError
+from .fmat import FMatDense, build_ntk
+from .layers.base import LayerRegistry
+from .maps import PushForwardDense, PushForwardImplicit
+from .outputs import EmpiricalFisher, MonteCarloFisher, OutputFunction, Regression, make_output
+from .pmat import BUILDERS, PMat, resolve
+from .space import ParamSpace, Selector
+
+
+def _fisher_output(kind: Any, n_samples: int | None, loss: Any, variance: float | None) -> OutputFunction:
+    if isinstance(kind, str):
+        key = kind.lower()
+        if n_samples is not None and key not in ("mc", "monte-carlo"):
+            raise InvalidInputError("n_samples only applies to kind='mc'")
+        if loss is not None and key != "empirical":
+            raise InvalidInputError("loss only applies to kind='empirical'")
+        if variance is not None and key not in ("regression", "gauss-newton"):
+            raise InvalidInputError("variance only applies to kind='regression'")
+        if key in ("mc", "monte-carlo"):
+            return MonteCarloFisher(n_samples or 1)
+        if key == "empirical":
+            return EmpiricalFisher(loss)
+        if key in ("regression", "gauss-newton"):
+            return Regression(1.0 if variance is None else variance)
+    elif n_samples is not None or loss is not None or variance is not None:
+        raise InvalidInputError("n_samples/loss/variance apply to string kinds only")
+    return make_output(kind)
+
+
+def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = "dense", *,
+        params: Selector | ParamSpace = None, n_samples: int | None = None, loss: Any = None,
+        variance: float | None = None, centering: bool = False, batch_size: int | None = None,
+        route: str = "auto", registry: LayerRegistry | None = None, seed: int = 0,
+        memory_budget: Any = None, progress: bool | None = None) -> PMat:
+    """Fisher information matrix (or GGN / empirical Fisher) of ``model`` on ``data``.
+
+    ``F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ`` where the pseudo-outputs ``s_c``
+    depend on ``kind``:
+
+    * ``"exact"``: softmax classifier, ``E_{y~p}[∇log p_y ∇log p_yᵀ]`` in closed form
+      (``C−1`` outputs);
+    * ``"mc"``: the same with ``n_samples`` sampled labels per example;
+    * ``"binary"``: sigmoid classifier with one logit;
+    * ``"regression"``: Gaussian ``N(f(x), variance·I)``, i.e. ``JᵀJ/(N·variance)``
+      (the Gauss–Newton matrix); ``"raw"`` is the same with unit variance;
+    * ``"empirical"``: ``(1/N) Σ ∇ℓ_n ∇ℓ_nᵀ`` of per-example losses ``loss(z, y)``
+      (default cross-entropy); needs targets;
+    * a callable ``(model, batch) -> (N, C)``: the Jacobian outer products of its outputs.
+
+    ``representation`` is ``"dense"``, ``"diag"``, ``"blockdiag"``, ``"lowrank"`` or
+    ``"implicit"`` (or the class). ``params`` restricts the parameter space;
+    ``centering=True`` centers the tangent features (``φ − E φ``).
+    """
+    output = _fisher_output(kind, n_samples, loss, variance)
+    engine = Engine(model, output, params, registry=registry, route=route, seed=seed,
+                    memory_budget=memory_budget, progress=progress)
+    cls = resolve(representation)
+    return BUILDERS[cls](engine, Batches(data, batch_size), centering=centering)
+
+
+def ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: Any = "raw",
+        params: Selector | ParamSpace = None, per_layer: bool = False, centering: bool = False,
+        batch_size: int | None = None, route: str = "auto", registry: LayerRegistry | None = None,
+        seed: int = 0, memory_budget: Any = None, progress: bool | None = None) -> FMatDense:
+    """Empirical neural tangent kernel ``K[n, m, c, d] = ⟨∂f_c(x_n)/∂θ, ∂f_d(x'_m)/∂θ⟩``.
+
+    ``x2=None`` gives the kernel of ``x1`` with itself (each off-diagonal block
+    computed once). Layout ``(N1, N2, C, D)``; no normalization. ``output`` may be
+    a kind (``"raw"``, ``"exact"``...) or a callable ``(model, batch) -> (N, C)``
+    such as a class difference ``lambda m, b: m(b[0])[:, 1] - m(b[0])[:, 0]``.
+    ``per_layer=True`` also returns each layer's contribution (``K.layer(name)``);
+    ``centering=True`` centers the tangent features by their mean over ``x1``.
+    """
+    engine = Engine(model, make_output(output), params, registry=registry, route=route, seed=seed,
+                    memory_budget=memory_budget, progress=progress)
+    b2 = None if x2 is None else Batches(x2, batch_size)
+    return build_ntk(engine, Batches(x1, batch_size), b2, per_layer=per_layer, centering=centering)
+
+
+def jacobian(model: nn.Module, data: Any, *, output: Any = "raw", params: Selector | ParamSpace = None,
+             implicit: bool = False, batch_size: int | None = None, route: str = "auto",
+             registry: LayerRegistry | None = None, seed: int = 0, memory_budget: Any = None,
+             progress: bool | None = None) -> PushForwardDense | PushForwardImplicit:
+    """The Jacobian ``J`` of the outputs on ``data`` as a map ``PVector → FVector``.
+
+    Dense: ``J`` stored as ``(N, C, P)``; ``implicit=True``: forward-mode products,
+    nothing stored. ``J.T`` is the pull-back ``Jᵀ``.
+    """
+    engine = Engine(model, make_output(output), params, registry=registry, route=route, seed=seed,
+                    memory_budget=memory_budget, progress=progress)
+    b = Batches(data, batch_size)
+    if implicit:
+        return PushForwardImplicit(engine, b)
+    return PushForwardDense.from_engine(engine, b)

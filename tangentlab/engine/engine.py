@@ -1,0 +1,344 @@
+"""The tangent-feature engine.
+
+For one batch and an :class:`~tangentlab.outputs.OutputFunction`, the engine
+produces a :class:`Capture`: for every layer on the *hook route*, its features
+(from its inputs ``a``) and ``g``, the gradients of every pseudo-output
+coordinate with respect to the layer's output, for all examples at once; and,
+for parameters on the *generic route*, their per-example Jacobians from
+``torch.func``. Representations, NTKs and Jacobian maps consume captures
+(:mod:`tangentlab.engine.ops`); the engine knows nothing about them.
+
+How ``g`` is obtained: forward hooks record each layer's inputs and the
+autograd edge of its output (``get_gradient_edge``, which stays valid under
+later in-place operations such as ``ReLU(inplace=True)``); one backward pass,
+vectorized over the ``C`` output coordinates with ``is_grads_batched``, gives
+``∂(Σ_n s_c(x_n))/∂out_layer`` which, because examples are independent, is
+the per-example gradient ``∂s_c(x_n)/∂out_layer(x_n)`` in row ``n``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.autograd.graph import get_gradient_edge
+from torch.func import functional_call, jacrev, vmap
+
+from ..data import Batch, Batches, to_device
+from ..errors import InvalidInputError, NonFiniteError
+from ..layers.base import LayerRegistry, LayerRule
+from ..memory import MemoryBudget
+from ..outputs import Aux, OutputFunction, make_output
+from ..progress import progress
+from ..space import Layer, ParamSpace, Selector
+from .plan import RoutePlan, check_coupling, check_params, make_plan
+
+ROUTES = ("auto", "generic", "joint")
+
+
+@dataclass
+class LayerCapture:
+    """One hooked layer on one batch."""
+
+    layer: Layer  # the selected parameters of this module
+    module: nn.Module
+    rule: LayerRule
+    feat: Any
+    g: torch.Tensor  # (C, N, *output_shape)
+
+
+@dataclass
+class Capture:
+    """Everything the accumulators need from one batch."""
+
+    index: int
+    n: int
+    n_outputs: int
+    outputs: torch.Tensor  # (N, C) pseudo-outputs, detached
+    layers: list[LayerCapture] = field(default_factory=list)
+    generic: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (C, N, *shape)
+
+
+class _FnModule(nn.Module):
+    """Wraps ``output.forward(model, batch)`` so that ``functional_call`` can reparametrize it."""
+
+    def __init__(self, model: nn.Module, output: OutputFunction):
+        super().__init__()
+        self.model = model
+        self._output = output
+
+    def forward(self, batch: tuple) -> torch.Tensor:
+        return self._output.forward(self.model, batch)
+
+
+@contextlib.contextmanager
+def math_attention():
+    """Use the composite (math) attention kernel: it has forward-mode and vmap rules."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+@contextlib.contextmanager
+def _requires_grad(params: list[torch.Tensor]):
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+class Engine:
+    """Computes tangent features of ``output`` for ``model`` on the parameters of ``space``.
+
+    Parameters
+    ----------
+    model: the network (not modified; BatchNorm must be in eval mode unless ``route='joint'``).
+    output: what matrix (see :func:`tangentlab.outputs.make_output`).
+    params: parameter selection or a :class:`ParamSpace` (default: all trainable parameters).
+    registry: layer rules (default :meth:`LayerRegistry.default`).
+    route: ``'auto'`` (hooks where a rule exists, ``torch.func`` elsewhere),
+        ``'generic'`` (``torch.func`` for everything), or ``'joint'`` (Jacobian of
+        the whole batch function; for batch-coupled models such as BatchNorm in
+        train mode).
+    seed: seed of the per-batch random generators (Monte-Carlo Fisher).
+    memory_budget: see :class:`tangentlab.memory.MemoryBudget`.
+    """
+
+    def __init__(self, model: nn.Module, output: OutputFunction | str | Any = "raw",
+                 params: Selector | ParamSpace = None, *, registry: LayerRegistry | None = None,
+                 route: str = "auto", seed: int = 0, memory_budget: Any = None,
+                 progress: bool | None = None):
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
+        if route not in ROUTES:
+            raise InvalidInputError(f"route must be one of {ROUTES}, got {route!r}")
+        self.model = model
+        self.output = make_output(output)
+        self.space = params if isinstance(params, ParamSpace) else ParamSpace.from_model(model, params)
+        self.params = self.space.check_model(model)
+        self.dtype, self.device = check_params(self.params)
+        self.registry = registry or LayerRegistry.default()
+        self.route = route
+        self.seed = int(seed)
+        self.budget = MemoryBudget.resolve(memory_budget, self.device)
+        self.show_progress = progress
+        self._plan: RoutePlan | None = None
+        self._wrapper = _FnModule(model, self.output)
+
+    # ---- data ------------------------------------------------------------------
+    def batches(self, data: Any, desc: str = "batches") -> Iterator[tuple[int, Batch]]:
+        src = data if isinstance(data, Batches) else Batches(data)
+        for i, b in enumerate(progress(src, desc, self.show_progress)):
+            yield i, to_device(b, self.device, self.dtype, i)
+
+    def captures(self, data: Any, desc: str = "tangent features") -> Iterator[Capture]:
+        for i, b in self.batches(data, desc):
+            yield self.capture(b, i)
+
+    def generator(self, index: int) -> torch.Generator | None:
+        """The random generator of batch ``index`` (same stream on every pass)."""
+        if not self.output.random:
+            return None
+        gen = torch.Generator(device=self.device)
+        h = hashlib.blake2b(f"{self.seed}:{index}".encode(), digest_size=8).digest()
+        gen.manual_seed(int.from_bytes(h, "little") & ((1 << 63) - 1))
+        return gen
+
+    # ---- plan ------------------------------------------------------------------
+    def plan(self, batch: Batch) -> RoutePlan:
+        if self._plan is None:
+            check_coupling(self.model, self.route == "joint")
+
+            def probe(hooks):
+                handles = [m.register_forward_hook(h, with_kwargs=True) for m, h in hooks]
+                try:
+                    with torch.no_grad(), math_attention():
+                        self.output.forward(self.model, batch)
+                finally:
+                    for h in handles:
+                        h.remove()
+
+            self._plan = make_plan(self.model, self.space, self.registry, self.route, probe)
+        return self._plan
+
+    # ---- functional forward (generic route, matrix-free products) ----------------
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers to pass to ``functional_call``: copies in joint mode (BatchNorm in train
+        mode updates running statistics, which must not leak into the user's model)."""
+        if self.route != "joint":
+            return {}
+        return {"model." + n: b.clone() for n, b in self.model.named_buffers()}
+
+    def functional_outputs(self, params: dict[str, torch.Tensor], batch: Batch,
+                           aux: Aux) -> torch.Tensor:
+        """Pseudo-outputs ``s`` (N, C) with the selected parameters replaced by ``params``."""
+        full = {"model." + n: p for n, p in params.items()}
+        full.update(self.buffers())
+        z = functional_call(self._wrapper, full, (batch,))
+        return self.output.head(z, aux, batch)
+
+    def prepare(self, batch: Batch, index: int) -> tuple[torch.Tensor, Aux]:
+        """Model outputs (no graph) and the detached auxiliary data of a batch."""
+        with torch.no_grad(), math_attention():
+            if self.route == "joint":
+                z = functional_call(self._wrapper, self.buffers(), (batch,))
+            else:
+                z = self.output.forward(self.model, batch)
+            aux = self.output.prepare(z, batch, self.generator(index))
+        return z, aux
+
+    def check_outputs(self, s: torch.Tensor, n: int, index: int) -> None:
+        if s.dim() != 2 or s.shape[0] != n:
+            raise InvalidInputError(
+                f"batch {index}: outputs have shape {tuple(s.shape)}, expected ({n}, C): one row "
+                "per example"
+            )
+        if not torch.isfinite(s).all():
+            rows = (~torch.isfinite(s)).any(1).nonzero().flatten().tolist()
+            raise NonFiniteError(
+                f"batch {index}: non-finite (NaN/Inf) outputs for examples {rows[:10]} of that "
+                "batch; check the inputs and the model's parameters"
+            )
+
+    # ---- the capture ------------------------------------------------------------
+    def capture(self, batch: Batch, index: int = 0) -> Capture:
+        plan = self.plan(batch)
+        n = batch[0].shape[0]
+        if self.output.needs_targets and len(batch) < 2:
+            raise InvalidInputError(
+                f"the {self.output.name} needs targets: batch {index} has no element 1 (y)"
+            )
+        if plan.hooked:
+            s, aux, layers = self._hook_pass(plan, batch, index)
+        else:
+            z, aux = self.prepare(batch, index)
+            with torch.no_grad():
+                s = self.output.head(z, aux, batch)
+            self.check_outputs(s, n, index)
+            layers = []
+        cap = Capture(index, n, s.shape[1], s.detach(), layers)
+        if plan.generic:
+            cap.generic = self._generic_pass(plan, batch, aux)
+        return cap
+
+    def _hook_pass(self, plan: RoutePlan, batch: Batch, index: int):
+        records: dict[int, list] = {id(h.module): [] for h in plan.hooked}
+
+        def hook(mod, args, kwargs, out):
+            records[id(mod)].append((args, kwargs, get_gradient_edge(out), tuple(out.shape)))
+
+        hooked_params = [self.params[p.name] for h in plan.hooked for p in h.layer.params]
+        handles = [h.module.register_forward_hook(hook, with_kwargs=True) for h in plan.hooked]
+        try:
+            with torch.enable_grad(), _requires_grad(hooked_params), math_attention():
+                z = self.output.forward(self.model, batch)
+                aux = self.output.prepare(z.detach(), batch, self.generator(index))
+                s = self.output.head(z, aux, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        self.check_outputs(s, batch[0].shape[0], index)
+        for h in plan.hooked:
+            k = len(records[id(h.module)])
+            if k != 1:
+                raise InvalidInputError(
+                    f"batch {index}: module {h.layer.module!r} was called {k} times, but once on the "
+                    "first batch (data-dependent control flow); pass route='generic'"
+                )
+        edges = [records[id(h.module)][0][2] for h in plan.hooked]
+        gs = self._backward(s, edges, [records[id(h.module)][0] for h in plan.hooked])
+        layers = []
+        with torch.no_grad():
+            for h, g in zip(plan.hooked, gs):
+                args, kwargs = records[id(h.module)][0][:2]
+                args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+                feat = h.rule.features(h.module, args, kwargs)
+                layers.append(LayerCapture(h.layer, h.module, h.rule, feat, g))
+        return s.detach(), aux, layers
+
+    def _backward(self, s: torch.Tensor, edges: list, records: list) -> list[torch.Tensor]:
+        """``g`` for every layer: gradients of each output coordinate w.r.t. the layer outputs."""
+        n, c = s.shape
+        out_numel = sum(_prod(r[3]) for r in records)
+        # vectorize over output coordinates in chunks that fit the budget (x3 for backward temporaries)
+        chunk = max(1, min(c, self.budget.max_elements(s.dtype) // max(1, 3 * out_numel)))
+        results: list[list[torch.Tensor]] = [[] for _ in edges]
+        eye = torch.eye(c, dtype=s.dtype, device=s.device)
+        for start in range(0, c, chunk):
+            stop = min(c, start + chunk)
+            last = stop == c
+            cot = eye[start:stop, None, :].expand(stop - start, n, c)
+            grads = None
+            if stop - start > 1:
+                try:
+                    grads = torch.autograd.grad(s, edges, grad_outputs=cot, is_grads_batched=True,
+                                                retain_graph=not last, allow_unused=True)
+                except RuntimeError:
+                    grads = None  # an op without a batching rule: fall back to a loop
+            if grads is None:
+                per = [torch.autograd.grad(s, edges, grad_outputs=cot[k],
+                                           retain_graph=not (last and k == stop - start - 1),
+                                           allow_unused=True)
+                       for k in range(stop - start)]
+                grads = tuple(
+                    None if per[0][j] is None else torch.stack([p[j] for p in per])
+                    for j in range(len(edges))
+                )
+            for j, gj in enumerate(grads):
+                results[j].append(gj)
+        out = []
+        for j, r in enumerate(records):
+            parts = results[j]
+            if any(p is None for p in parts):  # layer output does not reach the outputs
+                out.append(s.new_zeros(c, *r[3]))
+            else:
+                out.append(torch.cat(parts, 0) if len(parts) > 1 else parts[0])
+        return out
+
+    def _generic_pass(self, plan: RoutePlan, batch: Batch, aux: Aux) -> dict[str, torch.Tensor]:
+        names = plan.generic
+        fixed = {n: p.detach() for n, p in self.model.named_parameters() if n not in names}
+        pg = {n: self.params[n].detach() for n in names}
+
+        if plan.joint:
+            def f_batch(pg):
+                return self.functional_outputs({**fixed, **pg}, batch, aux)
+
+            with math_attention():
+                jac = jacrev(f_batch)(pg)  # name -> (N, C, *shape)
+            return {k: v.transpose(0, 1) for k, v in jac.items()}
+
+        aux_items = sorted(aux.items()) if aux else []
+        n_b = len(batch)
+
+        def f_one(pg, *flat):
+            b = tuple(t.unsqueeze(0) if isinstance(t, torch.Tensor) else t for t in flat[:n_b])
+            a = {k: v.unsqueeze(0) for (k, _), v in zip(aux_items, flat[n_b:])}
+            s = self.functional_outputs({**fixed, **pg}, b, a or None)
+            return s[0]
+
+        ins = (*batch, *[v for _, v in aux_items])
+        in_dims = (None, *[0 if isinstance(t, torch.Tensor) else None for t in ins])
+        with math_attention():
+            jac = vmap(jacrev(f_one), in_dims=in_dims, randomness="different")(pg, *ins)
+        return {k: v.transpose(0, 1) for k, v in jac.items()}  # (C, N, *shape)
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    k = 1
+    for d in shape:
+        k *= d
+    return k

@@ -1,0 +1,126 @@
+"""Quantities computed from captures: per-example gradients, diagonals, sums,
+squared norms, NTK blocks and Jacobian-vector products.
+
+All results are *sums* over the examples of the capture (callers normalize).
+Layers use their rule's fast paths when the whole layer is selected; when only
+some of a layer's parameters are selected, the per-example gradients of the
+selected ones are materialized instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..space import Layer, ParamSpace
+from .engine import Capture, LayerCapture
+
+
+def _full(lc: LayerCapture) -> bool:
+    return {p.local for p in lc.layer.params} == set(lc.rule.params(lc.module))
+
+
+def _hooked(cap: Capture) -> dict[str, LayerCapture]:
+    return {lc.layer.module: lc for lc in cap.layers}
+
+
+def layer_per_example(cap: Capture, layer: Layer, c: slice = slice(None)) -> torch.Tensor:
+    """Per-example gradients of one layer's selected parameters: ``(C_s, N, P_layer)``."""
+    lc = _hooked(cap).get(layer.module)
+    if lc is not None:
+        g = lc.g[c]
+        pe = lc.rule.per_example(lc.module, lc.feat, g)
+        return torch.cat([pe[p.local].reshape(g.shape[0], g.shape[1], -1) for p in layer.params], 2)
+    parts = [cap.generic[p.name][c] for p in layer.params]
+    return torch.cat([t.reshape(t.shape[0], t.shape[1], -1) for t in parts], 2)
+
+
+def per_example(cap: Capture, space: ParamSpace, c: slice = slice(None)) -> torch.Tensor:
+    """Flat per-example gradients ``Φ``: ``(C_s, N, P)`` in the space's order."""
+    return torch.cat([layer_per_example(cap, lay, c) for lay in space.layers], 2)
+
+
+def diag(cap: Capture, space: ParamSpace) -> torch.Tensor:
+    """``Σ_{c,n} φ_{c,n}²``: ``(P,)``."""
+    hooked = _hooked(cap)
+    parts = []
+    for lay in space.layers:
+        lc = hooked.get(lay.module)
+        if lc is not None:
+            d = lc.rule.diag(lc.module, lc.feat, lc.g)
+            parts.extend(d[p.local].reshape(-1) for p in lay.params)
+        else:
+            parts.extend(cap.generic[p.name].pow(2).sum((0, 1)).reshape(-1) for p in lay.params)
+    return torch.cat(parts)
+
+
+def grad_sum(cap: Capture, space: ParamSpace) -> torch.Tensor:
+    """``Σ_n φ_{c,n}``: ``(C, P)``."""
+    hooked = _hooked(cap)
+    parts = []
+    for lay in space.layers:
+        lc = hooked.get(lay.module)
+        if lc is not None:
+            d = lc.rule.grad_sum(lc.module, lc.feat, lc.g)
+            parts.extend(d[p.local].reshape(cap.n_outputs, -1) for p in lay.params)
+        else:
+            parts.extend(cap.generic[p.name].sum(1).reshape(cap.n_outputs, -1) for p in lay.params)
+    return torch.cat(parts, 1)
+
+
+def sq_norms(cap: Capture, space: ParamSpace) -> torch.Tensor:
+    """``‖φ_{c,n}‖²``: ``(C, N)``."""
+    hooked = _hooked(cap)
+    out = cap.outputs.new_zeros(cap.n_outputs, cap.n)
+    for lay in space.layers:
+        lc = hooked.get(lay.module)
+        if lc is not None and _full(lc):
+            out += lc.rule.sq_norms(lc.module, lc.feat, lc.g)
+        else:
+            out += layer_per_example(cap, lay).pow(2).sum(-1)
+    return out
+
+
+def gram(cap1: Capture, cap2: Capture, space: ParamSpace,
+         per_layer: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+    """NTK block ``K[n, m, c, d] = ⟨φ¹_{c,n}, φ²_{d,m}⟩``: ``(N1, N2, C, D)``.
+
+    With ``per_layer=True``, a dict ``{module path: block}`` (summing to the total).
+    """
+    h1, h2 = _hooked(cap1), _hooked(cap2)
+    same = cap1 is cap2
+    blocks: dict[str, torch.Tensor] = {}
+    for lay in space.layers:
+        l1, l2 = h1.get(lay.module), h2.get(lay.module)
+        if l1 is not None and l2 is not None and _full(l1):
+            k = l1.rule.gram(l1.module, l1.feat, l1.g, l2.feat if not same else l1.feat,
+                             l2.g if not same else l1.g)
+        else:
+            p1 = layer_per_example(cap1, lay)
+            p2 = p1 if same else layer_per_example(cap2, lay)
+            k = torch.einsum("cnp,dmp->nmcd", p1, p2)
+        blocks[lay.module] = k
+    if per_layer:
+        return blocks
+    it = iter(blocks.values())
+    total = next(it).clone()
+    for k in it:
+        total += k
+    return total
+
+
+def dot(cap: Capture, space: ParamSpace, v: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``⟨φ_{c,n}, v⟩`` (the Jacobian-vector product ``J v``): ``(C, N)``."""
+    hooked = _hooked(cap)
+    out = cap.outputs.new_zeros(cap.n_outputs, cap.n)
+    for lay in space.layers:
+        lc = hooked.get(lay.module)
+        if lc is not None:
+            vv = {}
+            for name in lc.rule.params(lc.module):
+                full = f"{lay.module}.{name}" if lay.module else name
+                vv[name] = v[full] if full in v else torch.zeros_like(getattr(lc.module, name))
+            out += lc.rule.dot(lc.module, lc.feat, lc.g, vv)
+        else:
+            for p in lay.params:
+                out += torch.einsum("cn...,...->cn", cap.generic[p.name], v[p.name])
+    return out

@@ -1,0 +1,165 @@
+"""Deciding, once per model and parameter space, which parameters take the hook
+route (a registered layer rule) and which the generic ``torch.func`` route."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import MixedDeviceDtypeError, UnsupportedLayerError
+from ..layers.base import LayerRegistry, LayerRule
+from ..layers.norm import batchnorm_coupling
+from ..space import Layer, ParamSpace
+
+
+class GenericRouteWarning(UserWarning):
+    """Some parameters are differentiated by the generic torch.func route."""
+
+
+class TrainingModeWarning(UserWarning):
+    """The model is in training mode with random layers (e.g. Dropout)."""
+
+
+@dataclass
+class HookedLayer:
+    layer: Layer
+    module: nn.Module
+    rule: LayerRule
+
+
+@dataclass
+class RoutePlan:
+    hooked: list[HookedLayer] = field(default_factory=list)
+    generic: list[str] = field(default_factory=list)  # parameter names
+    reasons: dict[str, str] = field(default_factory=dict)  # module path -> reason
+    joint: bool = False
+
+
+def check_params(params: dict[str, torch.Tensor]) -> tuple[torch.dtype, torch.device]:
+    """All selected parameters must share one dtype and one device."""
+    items = list(params.items())
+    name0, p0 = items[0]
+    for name, p in items[1:]:
+        if p.dtype != p0.dtype:
+            raise MixedDeviceDtypeError(
+                f"parameter {name!r} has dtype {p.dtype} but {name0!r} has {p0.dtype}; "
+                "convert the model to one dtype (e.g. `model.double()`)"
+            )
+        if p.device != p0.device:
+            raise MixedDeviceDtypeError(
+                f"parameter {name!r} is on {p.device} but {name0!r} is on {p0.device}; "
+                "move the model to one device"
+            )
+    if not p0.is_floating_point():
+        raise MixedDeviceDtypeError(f"parameter {name0!r} has non-floating dtype {p0.dtype}")
+    return p0.dtype, p0.device
+
+
+def check_coupling(model: nn.Module, joint: bool) -> None:
+    """Refuse batch-coupled layers unless the joint route was asked for; warn about dropout."""
+    for path, mod in model.named_modules():
+        why = batchnorm_coupling(mod)
+        if why and not joint:
+            raise UnsupportedLayerError(
+                f"{type(mod).__name__} at {path or '<root>'!r} {why}; per-example Jacobians are "
+                "undefined. Call `model.eval()` to use running statistics, or pass "
+                "`route='joint'` for the Jacobian of the whole batch (examples coupled)."
+            )
+        if mod.training and isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
+            warnings.warn(
+                f"{type(mod).__name__} at {path!r} is in training mode: outputs are random, so "
+                "Fishers and NTKs are too. Call `model.eval()` for deterministic results.",
+                TrainingModeWarning, stacklevel=4,
+            )
+
+
+def shared_parameter_modules(model: nn.Module) -> dict[str, str]:
+    """Module paths that own a parameter also used by another module (tied weights)."""
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        mod = name.rsplit(".", 1)[0] if "." in name else ""
+        owners.setdefault(id(p), []).append(mod)
+    out = {}
+    for mods in owners.values():
+        uniq = list(dict.fromkeys(mods))
+        if len(uniq) > 1 or len(mods) > 1:
+            for m in uniq:
+                out[m] = "shares a parameter with " + ", ".join(x or "<root>" for x in uniq if x != m)
+    return out
+
+
+def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, route: str,
+              probe) -> RoutePlan:
+    """Assign each layer of ``space`` to a route.
+
+    ``probe(hooks)`` runs one forward pass with the given forward hooks installed;
+    it is used to count how often each candidate module is called.
+    """
+    plan = RoutePlan(joint=route == "joint")
+    if route in ("generic", "joint"):
+        plan.generic = list(space.names)
+        return plan
+    shared = shared_parameter_modules(model)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    candidates: list[HookedLayer] = []
+    for lay in space.layers:
+        mod = modules[lay.module]
+        rule, klass = None, None
+        for k in type(mod).__mro__:
+            if k in registry:
+                rule, klass = registry.lookup(mod), k
+                break
+        reason = None
+        if rule is None:
+            reason = f"no layer rule for {type(mod).__name__}"
+        elif lay.module in shared:
+            reason = shared[lay.module]
+        elif type(mod).forward is not klass.forward:  # type: ignore[union-attr]
+            reason = f"{type(mod).__name__} overrides forward() of {klass.__name__}"  # type: ignore[union-attr]
+        else:
+            own = {n for n, _ in mod.named_parameters(recurse=False)}
+            extra = own - set(rule.params(mod))
+            if extra:
+                reason = f"has parameters {sorted(extra)} that the {type(rule).__name__} does not cover"
+            else:
+                reason = rule.check(mod)
+        if reason:
+            plan.reasons[lay.module] = reason
+            plan.generic.extend(p.name for p in lay.params)
+        else:
+            candidates.append(HookedLayer(lay, mod, rule))  # type: ignore[arg-type]
+    if candidates:
+        counts = {id(h.module): 0 for h in candidates}
+        bad: dict[int, str] = {}
+
+        def hook(mod, args, kwargs, out):
+            counts[id(mod)] += 1
+            if not args or not isinstance(args[0], torch.Tensor):
+                bad[id(mod)] = "is not called with a tensor as first argument"
+            if not isinstance(out, torch.Tensor):
+                bad[id(mod)] = "does not return a single tensor"
+
+        probe([(h.module, hook) for h in candidates])
+        for h in candidates:
+            k = counts[id(h.module)]
+            why = bad.get(id(h.module))
+            if why is None and k != 1:
+                why = ("is never called by forward() (its parameters are used some other way)"
+                       if k == 0 else f"is called {k} times in one forward pass")
+            if why:
+                plan.reasons[h.layer.module] = why
+                plan.generic.extend(p.name for p in h.layer.params)
+            else:
+                plan.hooked.append(h)
+    if plan.reasons:
+        lines = "; ".join(f"{m or '<root>'} ({r})" for m, r in plan.reasons.items())
+        warnings.warn(
+            f"these parameters take the generic torch.func route (correct, slower): {lines}",
+            GenericRouteWarning, stacklevel=4,
+        )
+    order = {n: i for i, n in enumerate(space.names)}
+    plan.generic.sort(key=order.__getitem__)
+    return plan

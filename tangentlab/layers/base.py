@@ -1,0 +1,145 @@
+"""The layer-rule protocol and the registry keyed by module type.
+
+A *rule* knows the maths of one kind of layer. The engine gives it, for one
+batch, the layer's *features* (computed once from the module's inputs, e.g.
+unfolded patches) and ``g``, the gradients of every output coordinate with
+respect to the layer's output, shape ``(C, N, *output_shape)`` (``C`` output
+coordinates, ``N`` examples). From these a rule computes per-example
+gradients and everything the representations need. Only :meth:`features` and
+:meth:`per_example` are required; the other methods have correct (chunked,
+materializing) defaults that fast rules override.
+
+Notation used in docstrings: ``φ_{c,n} = ∂s_c(x_n)/∂θ_layer`` is the tangent
+feature (per-example gradient) of output ``c`` at example ``n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+# Per-example tensors are materialized in chunks of at most this many elements.
+CHUNK_ELEMENTS = 1 << 24
+
+
+class LayerRule:
+    """Maths of one layer type. Subclass and register with :meth:`LayerRegistry.register`."""
+
+    def params(self, module: nn.Module) -> tuple[str, ...]:
+        """Local names of the parameters this rule handles (default: weight and bias if present)."""
+        return tuple(n for n in ("weight", "bias") if getattr(module, n, None) is not None)
+
+    def check(self, module: nn.Module) -> str | None:
+        """Return a reason why this module must take the generic route, or None.
+
+        Raise :class:`~tangentlab.errors.UnsupportedLayerError` for configurations
+        that no route can handle correctly.
+        """
+        return None
+
+    def features(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """What the rule needs from the module's inputs (computed once per batch)."""
+        raise NotImplementedError
+
+    def per_example(self, module: nn.Module, feat: Any, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-example gradients ``φ_{c,n}``: ``{local name: (C, N, *param_shape)}``."""
+        raise NotImplementedError
+
+    # ---- defaults built on per_example ---------------------------------------
+    def _chunks(self, module: nn.Module, g: torch.Tensor) -> Iterator[slice]:
+        c, n = g.shape[0], g.shape[1]
+        numel = sum(getattr(module, p).numel() for p in self.params(module))
+        step = max(1, CHUNK_ELEMENTS // max(1, n * numel))
+        for i in range(0, c, step):
+            yield slice(i, min(c, i + step))
+
+    def flat_per_example(self, module: nn.Module, feat: Any, g: torch.Tensor) -> torch.Tensor:
+        """Per-example gradients flattened and concatenated: ``(C, N, P_layer)``."""
+        pe = self.per_example(module, feat, g)
+        c, n = g.shape[0], g.shape[1]
+        return torch.cat([pe[p].reshape(c, n, -1) for p in self.params(module)], dim=2)
+
+    def grad_sum(self, module: nn.Module, feat: Any, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``Σ_n φ_{c,n}``: ``{local name: (C, *param_shape)}``."""
+        parts: dict[str, list[torch.Tensor]] = {}
+        for sl in self._chunks(module, g):
+            for k, v in self.per_example(module, feat, g[sl]).items():
+                parts.setdefault(k, []).append(v.sum(1))
+        return {k: torch.cat(v, 0) for k, v in parts.items()}
+
+    def diag(self, module: nn.Module, feat: Any, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``Σ_{c,n} φ_{c,n}²`` (entrywise): ``{local name: param_shape}``."""
+        out: dict[str, torch.Tensor] = {}
+        for sl in self._chunks(module, g):
+            for k, v in self.per_example(module, feat, g[sl]).items():
+                s = v.pow(2).sum((0, 1))
+                out[k] = out[k] + s if k in out else s
+        return out
+
+    def sq_norms(self, module: nn.Module, feat: Any, g: torch.Tensor) -> torch.Tensor:
+        """``‖φ_{c,n}‖²``: ``(C, N)``."""
+        parts = []
+        for sl in self._chunks(module, g):
+            pe = self.flat_per_example(module, feat, g[sl])
+            parts.append(pe.pow(2).sum(-1))
+        return torch.cat(parts, 0)
+
+    def gram(self, module: nn.Module, feat1: Any, g1: torch.Tensor,
+             feat2: Any, g2: torch.Tensor) -> torch.Tensor:
+        """Layer contribution to the NTK: ``K[n, m, c, d] = ⟨φ¹_{c,n}, φ²_{d,m}⟩``, shape ``(N1, N2, C, D)``."""
+        p1 = self.flat_per_example(module, feat1, g1)
+        p2 = p1 if (g2 is g1 and feat2 is feat1) else self.flat_per_example(module, feat2, g2)
+        return torch.einsum("cnp,dmp->nmcd", p1, p2)
+
+    def dot(self, module: nn.Module, feat: Any, g: torch.Tensor,
+            v: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``⟨φ_{c,n}, v⟩`` for a parameter-space vector ``v`` of this layer: ``(C, N)``."""
+        parts = []
+        for sl in self._chunks(module, g):
+            pe = self.per_example(module, feat, g[sl])
+            parts.append(sum(torch.einsum("cn...,...->cn", pe[k], v[k]) for k in pe))
+        return torch.cat(parts, 0)
+
+
+class LayerRegistry:
+    """Maps module types to rules; lookup follows the class hierarchy (subclasses match).
+
+    ``LayerRegistry.default()`` returns a *new* registry with the built-in rules,
+    so registering a rule never changes anyone else's registry::
+
+        reg = LayerRegistry.default()
+        reg.register(MyLayer, MyLayerRule())
+        F = tangentlab.fim(model, data, registry=reg)
+    """
+
+    def __init__(self, rules: dict[type, LayerRule] | None = None):
+        self._rules: dict[type, LayerRule] = dict(rules or {})
+
+    @classmethod
+    def default(cls) -> "LayerRegistry":
+        from .builtin import builtin_rules
+
+        return cls(builtin_rules())
+
+    def register(self, module_type: type, rule: LayerRule) -> "LayerRegistry":
+        if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+            raise TypeError(f"{module_type!r} is not an nn.Module subclass")
+        if not isinstance(rule, LayerRule):
+            raise TypeError(f"{rule!r} is not a LayerRule")
+        self._rules[module_type] = rule
+        return self
+
+    def copy(self) -> "LayerRegistry":
+        return LayerRegistry(self._rules)
+
+    def lookup(self, module: nn.Module) -> LayerRule | None:
+        for klass in type(module).__mro__:
+            if klass in self._rules:
+                return self._rules[klass]
+        return None
+
+    def __contains__(self, module_type: type) -> bool:
+        return module_type in self._rules

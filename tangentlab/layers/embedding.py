@@ -1,0 +1,99 @@
+"""Rule for ``nn.Embedding``: per-example gradients scatter output gradients into
+the rows of the looked-up tokens; ``padding_idx`` rows get no gradient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedLayerError
+from .base import CHUNK_ELEMENTS, LayerRule
+
+
+@dataclass
+class Tokens:
+    idx: torch.Tensor  # (N, T) long
+    mask: torch.Tensor | None  # (N, T) bool: False at padding_idx
+
+
+class EmbeddingRule(LayerRule):
+    def params(self, module):
+        return ("weight",)
+
+    def check(self, module: nn.Embedding):
+        if module.max_norm is not None:
+            raise UnsupportedLayerError(
+                f"Embedding with max_norm={module.max_norm} renormalizes its weight in place during "
+                "the forward pass, so per-example Jacobians are ill-defined; remove max_norm "
+                "(renormalize explicitly) before computing Fishers or NTKs"
+            )
+        if module.scale_grad_by_freq:
+            raise UnsupportedLayerError(
+                "Embedding with scale_grad_by_freq=True scales gradients by token counts of the "
+                "whole batch, which couples examples; set scale_grad_by_freq=False"
+            )
+        return None
+
+    def features(self, module: nn.Embedding, args, kwargs) -> Tokens:
+        idx = args[0] if args else kwargs["input"]
+        n = idx.shape[0]
+        idx = idx.reshape(n, -1)
+        mask = None if module.padding_idx is None else idx != module.padding_idx
+        return Tokens(idx, mask)
+
+    @staticmethod
+    def _g(feat: Tokens, g: torch.Tensor) -> torch.Tensor:
+        c, n = g.shape[0], g.shape[1]
+        gg = g.reshape(c, n, feat.idx.shape[1], g.shape[-1])
+        if feat.mask is not None:
+            gg = gg * feat.mask[None, :, :, None].to(gg.dtype)
+        return gg
+
+    def per_example(self, module, feat: Tokens, g):
+        gg = self._g(feat, g)
+        c, n, t, d = gg.shape
+        out = gg.new_zeros(c, n, module.num_embeddings, d)
+        out.scatter_add_(2, feat.idx[None, :, :, None].expand(c, n, t, d), gg)
+        return {"weight": out}
+
+    def grad_sum(self, module, feat: Tokens, g):
+        gg = self._g(feat, g)
+        c, n, t, d = gg.shape
+        out = gg.new_zeros(c, module.num_embeddings, d)
+        out.index_add_(1, feat.idx.reshape(-1), gg.reshape(c, n * t, d))
+        return {"weight": out}
+
+    def _same(self, f1: Tokens, f2: Tokens) -> torch.Tensor:
+        """``E[n,t,m,s] = [tok1_{n,t} = tok2_{m,s}]`` (N, T, M, S)."""
+        return (f1.idx[:, :, None, None] == f2.idx[None, None, :, :]).to(torch.get_default_dtype())
+
+    def sq_norms(self, module, feat: Tokens, g):
+        gg = self._g(feat, g)
+        same = (feat.idx[:, :, None] == feat.idx[:, None, :]).to(gg.dtype)  # (N, T, T)
+        return torch.einsum("nts,cntd,cnsd->cn", same, gg, gg)
+
+    def gram(self, module, feat1: Tokens, g1, feat2: Tokens, g2):
+        x1 = self._g(feat1, g1)
+        x2 = x1 if (g2 is g1 and feat2 is feat1) else self._g(feat2, g2)
+        c, n, t, dim = x1.shape
+        d, m, s = x2.shape[0], x2.shape[1], x2.shape[2]
+        v = module.num_embeddings
+        structured = n * m * t * s * (1 + c * d * dim)
+        materialized = (c * n + d * m) * t * dim + c * d * n * m * v * dim
+        if materialized < structured:
+            return super().gram(module, feat1, g1, feat2, g2)
+        out = x1.new_zeros(n, m, c, d)
+        step = max(1, CHUNK_ELEMENTS // max(1, m * t * s * c * d))
+        for st in range(0, n, step):
+            sl = slice(st, st + step)
+            same = (feat1.idx[sl, :, None, None] == feat2.idx[None, None, :, :]).to(x1.dtype)
+            gg = torch.einsum("cnte,dmse->ntmscd", x1[:, sl], x2)
+            out[sl] = torch.einsum("ntms,ntmscd->nmcd", same, gg)
+        return out
+
+    def dot(self, module, feat: Tokens, g, v):
+        gg = self._g(feat, g)
+        delta = v["weight"][feat.idx]  # (N, T, D)
+        return torch.einsum("cntd,ntd->cn", gg, delta)

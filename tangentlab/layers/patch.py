@@ -1,0 +1,145 @@
+"""Shared maths of layers whose output is ``W ã_t`` at positions ``t`` (Linear, Conv).
+
+Features are the homogeneous inputs ``ã`` of shape ``(N, T, G, I)`` (``T``
+positions: 1 for a plain Linear, sequence length or spatial positions
+otherwise; ``G`` groups; ``I`` inputs per group, a trailing 1 appended when the
+layer has a bias) and output gradients are reshaped to ``(C, N, T, G, O)``.
+The per-example gradient of group ``γ`` is ``Σ_t g_{c,n,t,γ} ã_{n,t,γ}ᵀ``.
+
+Fast paths (chosen per layer from a flop count):
+- diag for ``T = 1``: ``(Σ_c g²)ᵀ (ã²)``, one matmul;
+- NTK: the Gram trick ``Σ_{t,t'} (ã_t·ã'_{t'}) (g_t·g'_{t'})``, or per-example
+  materialization, whichever costs fewer flops;
+- ``⟨φ, v⟩`` without materializing: ``Σ_t g_t · (V ã_t)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import CHUNK_ELEMENTS, LayerRule
+
+
+@dataclass
+class Patches:
+    a: torch.Tensor  # (N, T, G, I) homogeneous inputs
+    weight_shape: tuple[int, ...]
+    has_bias: bool
+
+    @property
+    def n(self) -> int:
+        return self.a.shape[0]
+
+    @property
+    def t(self) -> int:
+        return self.a.shape[1]
+
+    @property
+    def groups(self) -> int:
+        return self.a.shape[2]
+
+
+class PatchRule(LayerRule):
+    """Base for Linear/Conv rules; subclasses implement ``features`` and ``shape_g``."""
+
+    def shape_g(self, module: nn.Module, feat: Patches, g: torch.Tensor) -> torch.Tensor:
+        """Reshape ``(C, N, *out)`` gradients to ``(C, N, T, G, O)``."""
+        raise NotImplementedError
+
+    # ---- helpers -------------------------------------------------------------
+    @staticmethod
+    def _split(feat: Patches, pe: torch.Tensor, lead: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """``(..., G, O, I)`` homogeneous gradient -> {weight, bias} in module shapes."""
+        if feat.has_bias:
+            w = pe[..., :-1]
+            b = pe[..., -1]
+            return {"weight": w.reshape(*lead, *feat.weight_shape), "bias": b.reshape(*lead, -1)}
+        return {"weight": pe.reshape(*lead, *feat.weight_shape)}
+
+    def per_example(self, module, feat: Patches, g):
+        gg = self.shape_g(module, feat, g)
+        pe = torch.einsum("cntgo,ntgi->cngoi", gg, feat.a)
+        return self._split(feat, pe, (g.shape[0], g.shape[1]))
+
+    def flat_per_example(self, module, feat: Patches, g):
+        pe = self.per_example(module, feat, g)
+        c, n = g.shape[0], g.shape[1]
+        return torch.cat([pe[k].reshape(c, n, -1) for k in ("weight", "bias") if k in pe], 2)
+
+    def grad_sum(self, module, feat: Patches, g):
+        gg = self.shape_g(module, feat, g)
+        return self._split(feat, torch.einsum("cntgo,ntgi->cgoi", gg, feat.a), (g.shape[0],))
+
+    def diag(self, module, feat: Patches, g):
+        gg = self.shape_g(module, feat, g)
+        if feat.t == 1:
+            d = torch.einsum("cngo,ngi->goi", gg[:, :, 0].pow(2), feat.a[:, 0].pow(2))
+            return self._split(feat, d, ())
+        return super().diag(module, feat, g)
+
+    def sq_norms(self, module, feat: Patches, g):
+        gg = self.shape_g(module, feat, g)
+        c, n, t, grp, o = gg.shape
+        i = feat.a.shape[-1]
+        if t == 1:
+            return (gg[:, :, 0].pow(2).sum(-1) * feat.a[:, 0].pow(2).sum(-1)[None]).sum(-1)
+        structured = n * grp * t * t * (i + c * o)
+        materialized = c * n * grp * t * o * i
+        if structured <= materialized:
+            out = torch.zeros(c, n, dtype=g.dtype, device=g.device)
+            step = max(1, CHUNK_ELEMENTS // max(1, c * t * t * grp))
+            for s in range(0, n, step):
+                sl = slice(s, s + step)
+                aa = torch.einsum("ntgi,nsgi->ngts", feat.a[sl], feat.a[sl])
+                gg2 = torch.einsum("cntgo,cnsgo->cngts", gg[:, sl], gg[:, sl])
+                out[:, sl] = torch.einsum("ngts,cngts->cn", aa, gg2)
+            return out
+        return super().sq_norms(module, feat, g)
+
+    def gram(self, module, feat1: Patches, g1, feat2: Patches, g2):
+        a1, a2 = feat1.a, feat2.a
+        x1 = self.shape_g(module, feat1, g1)
+        x2 = x1 if (g2 is g1 and feat2 is feat1) else self.shape_g(module, feat2, g2)
+        c, n, t, grp, o = x1.shape
+        d, m, s = x2.shape[0], x2.shape[1], x2.shape[2]
+        i = a1.shape[-1]
+        if t == 1 and s == 1:
+            out = None
+            for gi in range(grp):
+                aa = a1[:, 0, gi] @ a2[:, 0, gi].T  # (N, M)
+                gg = x1[:, :, 0, gi].reshape(c * n, o) @ x2[:, :, 0, gi].reshape(d * m, o).T
+                k = gg.reshape(c, n, d, m).permute(1, 3, 0, 2) * aa[:, :, None, None]
+                out = k if out is None else out + k
+            return out.contiguous()
+        structured = n * m * t * s * grp * (i + c * d * o)
+        materialized = grp * (c * n * t + d * m * s) * o * i + c * d * n * m * grp * o * i
+        if structured < materialized:
+            out = torch.zeros(n, m, c, d, dtype=g1.dtype, device=g1.device)
+            step = max(1, CHUNK_ELEMENTS // max(1, m * t * s * c * d))
+            for gi in range(grp):
+                for st in range(0, n, step):
+                    sl = slice(st, st + step)
+                    aa = torch.einsum("nti,msi->ntms", a1[sl, :, gi], a2[:, :, gi])
+                    gg = torch.einsum("cnto,dmso->ntmscd", x1[:, sl, :, gi], x2[:, :, :, gi])
+                    out[sl] += torch.einsum("ntms,ntmscd->nmcd", aa, gg)
+            return out
+        return super().gram(module, feat1, g1, feat2, g2)
+
+    def dot(self, module, feat: Patches, g, v):
+        gg = self.shape_g(module, feat, g)
+        grp = feat.groups
+        w = v["weight"].reshape(grp, -1, feat.a.shape[-1] - (1 if feat.has_bias else 0))
+        if feat.has_bias:
+            w = torch.cat([w, v["bias"].reshape(grp, -1, 1)], dim=2)
+        delta = torch.einsum("ntgi,goi->ntgo", feat.a, w)
+        return torch.einsum("cntgo,ntgo->cn", gg, delta)
+
+
+def homogeneous(a: torch.Tensor, has_bias: bool) -> torch.Tensor:
+    """Append a trailing column of ones when the layer has a bias."""
+    if not has_bias:
+        return a
+    return torch.cat([a, a.new_ones(*a.shape[:-1], 1)], dim=-1)

@@ -1,0 +1,249 @@
+"""Output functions: *which* matrix is computed.
+
+Every Fisher, Gauss–Newton matrix, empirical Fisher, Jacobian and NTK in
+tangentlab is built from *pseudo-outputs* ``s(x) ∈ R^{C'}`` whose tangent
+features ``φ_c(x) = ∂s_c(x)/∂θ`` give
+
+    F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ      (mean over examples, sum over outputs)
+    K[n, m, c, d] = ⟨φ_c(x_n), φ_d(x'_m)⟩     (the NTK Gram tensor)
+
+An :class:`OutputFunction` maps model outputs ``z`` on a batch to ``s`` in two
+steps: :meth:`~OutputFunction.prepare` computes detached per-example
+quantities once per batch (probabilities, sampled labels), and
+:meth:`~OutputFunction.head` computes ``s`` from ``z``, differentiably, vectorized
+over examples. The split lets the hook engine, the generic ``torch.func`` route
+and the matrix-free products all see exactly the same matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InvalidInputError
+
+Aux = dict[str, torch.Tensor] | None
+
+
+class OutputFunction:
+    """Base class; the default is the raw model output (Jacobian / NTK / Gauss–Newton)."""
+
+    name = "raw"
+    needs_targets = False
+    #: True when ``prepare`` draws random numbers (MC Fisher).
+    random = False
+
+    def forward(self, model: nn.Module, batch: tuple) -> torch.Tensor:
+        """Model outputs ``z`` on a batch (default ``model(batch[0])``)."""
+        return model(batch[0])
+
+    def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
+        return None
+
+    def head(self, z: torch.Tensor, aux: Aux, batch: tuple) -> torch.Tensor:
+        return z.reshape(z.shape[0], -1)
+
+    def describe(self) -> str:
+        return self.name
+
+    def _targets(self, batch: tuple) -> torch.Tensor:
+        if len(batch) < 2:
+            raise InvalidInputError(
+                f"the {self.name} output needs targets: pass batches (x, y), not inputs alone"
+            )
+        return batch[1]
+
+
+class RawOutputs(OutputFunction):
+    """``s = f(x)`` flattened: Jacobian, NTK, and the Gauss–Newton matrix ``JᵀJ/N``."""
+
+    name = "raw"
+
+
+class Regression(OutputFunction):
+    """Fisher of a Gaussian ``N(f(x), σ² I)``: ``s = f(x)/σ``, so ``F = JᵀJ/(N σ²)``
+    (the Gauss–Newton matrix of ½‖f − y‖²/σ²)."""
+
+    name = "regression"
+
+    def __init__(self, variance: float = 1.0):
+        if variance <= 0:
+            raise InvalidInputError(f"variance must be positive, got {variance}")
+        self.variance = float(variance)
+
+    def head(self, z, aux, batch):
+        return z.reshape(z.shape[0], -1) / math.sqrt(self.variance)
+
+
+def _logits(z: torch.Tensor, what: str) -> torch.Tensor:
+    if z.dim() != 2:
+        raise InvalidInputError(
+            f"the {what} expects logits of shape (N, C), got {tuple(z.shape)}; for other "
+            "layouts pass `output=` a callable returning (N, C) logits"
+        )
+    return z
+
+
+def sqrt_categorical_covariance(p: torch.Tensor) -> torch.Tensor:
+    """Closed-form ``L`` (shape ``(N, C, C-1)``) with ``L Lᵀ = diag(p) − p pᵀ``.
+
+    Column ``k`` (0-based) has ``L[k, k] = sqrt(p_k q_{k+1} / q_k)`` and
+    ``L[j, k] = −p_j sqrt(p_k / (q_k q_{k+1}))`` for ``j > k``, where
+    ``q_k = Σ_{j≥k} p_j`` is computed by reverse cumulative sums (accurate for
+    over-confident predictions, unlike ``1 − Σ_{j<k} p_j``).
+    """
+    c = p.shape[-1]
+    q = torch.flip(torch.cumsum(torch.flip(p, [-1]), -1), [-1])
+    qk, qk1, pk = q[..., :-1], q[..., 1:], p[..., :-1]
+    ok = (qk1 > 0) & (qk > 0)
+    safe_qk = torch.where(ok, qk, torch.ones_like(qk))
+    safe_qk1 = torch.where(ok, qk1, torch.ones_like(qk1))
+    diag = torch.where(ok, torch.sqrt(pk * safe_qk1 / safe_qk), torch.zeros_like(pk))
+    coef = torch.where(ok, torch.sqrt(pk / (safe_qk * safe_qk1)), torch.zeros_like(pk))
+    j = torch.arange(c, device=p.device)[:, None]
+    k = torch.arange(c - 1, device=p.device)[None, :]
+    low = -p[..., :, None] * coef[..., None, :]
+    L = torch.where(j > k, low, torch.zeros((), dtype=p.dtype, device=p.device))
+    return torch.where(j == k, diag[..., None, :].expand_as(L), L)
+
+
+class ClassificationFisher(OutputFunction):
+    """Exact Fisher of a softmax classifier: ``E_{y~p}[∇log p_y ∇log p_yᵀ] = J_zᵀ(diag p − ppᵀ)J_z``.
+
+    Pseudo-outputs ``s = Lᵀ z`` with ``L`` the closed-form square root of
+    ``diag p − ppᵀ`` (``C−1`` columns, ``p`` detached): ``C−1`` backward passes.
+    """
+
+    name = "exact classification Fisher"
+
+    def prepare(self, z, batch, generator):
+        z = _logits(z, self.name)
+        return {"L": sqrt_categorical_covariance(torch.softmax(z, dim=-1))}
+
+    def head(self, z, aux, batch):
+        return torch.einsum("nc,nck->nk", _logits(z, self.name), aux["L"])
+
+
+class BinaryFisher(OutputFunction):
+    """Exact Fisher of a sigmoid (binary-logit) classifier: ``s = z · sqrt(p(1−p))``."""
+
+    name = "binary-logit Fisher"
+
+    def prepare(self, z, batch, generator):
+        zz = z.reshape(z.shape[0], -1)
+        if zz.shape[1] != 1:
+            raise InvalidInputError(
+                f"the binary-logit Fisher expects one logit per example, got {zz.shape[1]}"
+            )
+        p = torch.sigmoid(zz)
+        return {"scale": torch.sqrt(p * (1 - p))}
+
+    def head(self, z, aux, batch):
+        return z.reshape(z.shape[0], -1) * aux["scale"]
+
+
+class MonteCarloFisher(OutputFunction):
+    """Monte-Carlo Fisher of a softmax classifier with ``k`` sampled labels per example:
+    ``F̂ = (1/N) Σ_n (1/k) Σ_t ∇log p(y_{n,t}|x_n) ∇log p(y_{n,t}|x_n)ᵀ``, ``y ~ p(·|x_n)``.
+
+    Pseudo-outputs ``s_t = log p(y_t | x) / sqrt(k)``. Labels are drawn from a
+    generator seeded per batch, so repeated passes see the same samples.
+    """
+
+    name = "Monte-Carlo Fisher"
+    random = True
+
+    def __init__(self, n_samples: int = 1):
+        if int(n_samples) < 1:
+            raise InvalidInputError(f"n_samples must be >= 1, got {n_samples}")
+        self.n_samples = int(n_samples)
+
+    def prepare(self, z, batch, generator):
+        p = torch.softmax(_logits(z, self.name), dim=-1)
+        y = torch.multinomial(p, self.n_samples, replacement=True, generator=generator)
+        return {"y": y}
+
+    def head(self, z, aux, batch):
+        logp = torch.log_softmax(_logits(z, self.name), dim=-1)
+        return logp.gather(1, aux["y"]) / math.sqrt(self.n_samples)
+
+
+class EmpiricalFisher(OutputFunction):
+    """"Empirical Fisher" (empirical L² metric of the loss): ``(1/N) Σ_n ∇ℓ_n ∇ℓ_nᵀ``.
+
+    ``s = ℓ(z, y)`` per example; ``loss`` maps ``(z, y)`` to per-example losses
+    ``(N,)`` (default: cross-entropy with ``reduction='none'``).
+    """
+
+    name = "empirical Fisher"
+    needs_targets = True
+
+    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+        self.loss = loss or (lambda z, y: F.cross_entropy(z, y, reduction="none"))
+
+    def head(self, z, aux, batch):
+        y = self._targets(batch)
+        ell = self.loss(z, y)
+        if ell.dim() == 0 or ell.shape[0] != z.shape[0]:
+            raise InvalidInputError(
+                "the empirical-Fisher loss must return one loss per example (use "
+                f"reduction='none'); got shape {tuple(ell.shape)}"
+            )
+        return ell.reshape(z.shape[0], -1)
+
+
+class CallableOutput(OutputFunction):
+    """Any user function ``fn(model, batch) -> (N, ...)`` tensor; its flattened values are the outputs."""
+
+    name = "custom output"
+
+    def __init__(self, fn: Callable[[nn.Module, tuple], torch.Tensor]):
+        self.fn = fn
+
+    def forward(self, model, batch):
+        out = self.fn(model, batch)
+        if not isinstance(out, torch.Tensor):
+            raise InvalidInputError(
+                f"the output function returned {type(out).__name__}; it must return a tensor (N, ...)"
+            )
+        return out
+
+
+KINDS: dict[str, Callable[..., OutputFunction]] = {
+    "raw": RawOutputs,
+    "jacobian": RawOutputs,
+    "regression": Regression,
+    "gauss-newton": Regression,
+    "exact": ClassificationFisher,
+    "classification": ClassificationFisher,
+    "binary": BinaryFisher,
+    "mc": MonteCarloFisher,
+    "monte-carlo": MonteCarloFisher,
+    "empirical": EmpiricalFisher,
+}
+
+
+def make_output(kind: Any = "raw", **options: Any) -> OutputFunction:
+    """Resolve ``kind`` (a name from :data:`KINDS`, an :class:`OutputFunction`, or a
+    callable ``(model, batch) -> outputs``) into an :class:`OutputFunction`."""
+    if isinstance(kind, OutputFunction):
+        if options:
+            raise InvalidInputError(f"options {sorted(options)} given with an OutputFunction instance")
+        return kind
+    if isinstance(kind, str):
+        key = kind.lower()
+        if key not in KINDS:
+            raise InvalidInputError(f"unknown kind {kind!r}; choose one of {sorted(KINDS)} or pass a callable")
+        factory = KINDS[key]
+        try:
+            return factory(**options)
+        except TypeError as e:
+            raise InvalidInputError(f"bad options for kind {kind!r}: {e}") from None
+    if callable(kind):
+        return CallableOutput(kind)
+    raise InvalidInputError(f"cannot use {kind!r} as an output kind")

@@ -1,0 +1,207 @@
+"""The common interface of parameter-space matrices (Fishers, GGNs, empirical Fishers).
+
+Every representation implements the same verbs; a verb a representation cannot
+do raises :class:`~tangentlab.errors.UnsupportedOperationError`, whose message
+names one that can.
+
+Normalization: a matrix built from data is ``F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ``
+(mean over examples, sum over output coordinates); see :mod:`tangentlab.outputs`.
+"""
+
+from __future__ import annotations
+
+from numbers import Number
+from typing import Any
+
+import torch
+
+from ..errors import InvalidInputError, UnsupportedOperationError
+from ..memory import MemoryBudget
+from ..space import ParamSpace
+from ..vectors import PVector
+
+
+class PMat:
+    """A symmetric linear operator on the parameter space ``space``."""
+
+    space: ParamSpace
+    budget: MemoryBudget
+
+    # ---- required verbs (overridden) -------------------------------------------
+    def mv(self, v: PVector) -> PVector:
+        """``M v``."""
+        raise self._unsupported("mv", "PMatDense")
+
+    def trace(self) -> torch.Tensor:
+        """``tr M`` (0-d tensor)."""
+        raise self._unsupported("trace", "PMatDense")
+
+    def diag(self) -> PVector:
+        """The diagonal ``M_pp`` as a PVector."""
+        raise self._unsupported("diag", "PMatDense")
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``P × P`` matrix (checked against the memory budget)."""
+        raise self._unsupported("to_dense", "PMatDense")
+
+    def solve(self, v: PVector, damping: float = 0.0) -> PVector:
+        """``x`` with ``(M + damping·I) x = v``."""
+        raise self._unsupported("solve", "PMatDense")
+
+    def inverse(self, damping: float = 0.0) -> "PMat":
+        """``(M + damping·I)⁻¹`` in the same representation."""
+        raise self._unsupported("inverse", "PMatDense")
+
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top eigenpairs: eigenvalues in *descending* order ``(k,)`` and orthonormal
+        eigenvectors as the columns of a ``(P, k)`` tensor (all ``P`` when ``k`` is None)."""
+        raise self._unsupported("eigh", "PMatDense")
+
+    def norm(self, ord: str | int = "fro") -> torch.Tensor:
+        """Frobenius norm (``ord='fro'``) or spectral norm (``ord=2``)."""
+        raise self._unsupported(f"norm({ord!r})", "PMatDense")
+
+    # ---- derived verbs ------------------------------------------------------------
+    def vTMv(self, v: PVector) -> torch.Tensor:
+        """``vᵀ M v`` (0-d tensor, differentiable in ``v``)."""
+        return v.dot(self.mv(v))
+
+    def size(self) -> tuple[int, int]:
+        return (self.space.numel, self.space.numel)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.size()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    def to_scipy(self):
+        """This matrix as a ``scipy.sparse.linalg.LinearOperator`` (float64 numpy vectors)."""
+        from ..linop import pmat_to_scipy
+
+        return pmat_to_scipy(self)
+
+    # ---- algebra ----------------------------------------------------------------------
+    def _same(self, other: "PMat") -> bool:
+        return type(other) is type(self) and other.space == self.space
+
+    def _add(self, other: "PMat") -> "PMat":  # same type; overridden
+        raise NotImplementedError
+
+    def _scale(self, s: float) -> "PMat":
+        raise NotImplementedError
+
+    def _matmul(self, other: "PMat") -> "PMat":
+        raise NotImplementedError
+
+    def __add__(self, other: Any) -> "PMat":
+        if not isinstance(other, PMat):
+            return NotImplemented
+        if other.space != self.space:
+            raise InvalidInputError("cannot add matrices on different parameter spaces")
+        if self._same(other):
+            try:
+                return self._add(other)
+            except NotImplementedError:
+                pass
+        from .combine import PMatSum
+
+        return PMatSum([self, other])
+
+    def __sub__(self, other: Any) -> "PMat":
+        if not isinstance(other, PMat):
+            return NotImplemented
+        return self + (-1.0) * other
+
+    def __neg__(self) -> "PMat":
+        return (-1.0) * self
+
+    def __mul__(self, s: Any) -> "PMat":
+        if isinstance(s, torch.Tensor) and s.dim() == 0:
+            s = float(s)
+        if not isinstance(s, Number):
+            return NotImplemented
+        try:
+            return self._scale(float(s))
+        except NotImplementedError:
+            from .combine import PMatSum
+
+            return PMatSum([self], [float(s)])
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, s: Any) -> "PMat":
+        return self * (1.0 / float(s))
+
+    def __matmul__(self, other: Any) -> Any:
+        if isinstance(other, PVector):
+            return self.mv(other)
+        if isinstance(other, PMat):
+            if other.space != self.space:
+                raise InvalidInputError("cannot multiply matrices on different parameter spaces")
+            if self._same(other):
+                try:
+                    return self._matmul(other)
+                except NotImplementedError:
+                    pass
+            from .combine import PMatProduct
+
+            return PMatProduct([self, other])
+        return NotImplemented
+
+    # ---- helpers ----------------------------------------------------------------------
+    def _unsupported(self, verb: str, alternative: str, why: str = "") -> UnsupportedOperationError:
+        return UnsupportedOperationError(type(self).__name__, verb, alternative, why)
+
+    def _check_vec(self, v: PVector) -> None:
+        if not isinstance(v, PVector):
+            raise InvalidInputError(f"expected a PVector, got {type(v).__name__}")
+        if v.space.names != self.space.names:
+            raise InvalidInputError(
+                "the vector lives on a different parameter space than the matrix "
+                f"({v.space.numel} vs {self.space.numel} parameters)"
+            )
+
+    def _check_dense(self, what: str = "the dense P×P matrix", suggestion: str | None = None) -> None:
+        p = self.space.numel
+        self.budget.check(
+            what, p * p, self.dtype,
+            suggestion or "Use PMatDiag, PMatBlockDiag, PMatLowRank or PMatImplicit, or select fewer "
+            "parameters with `params=`."
+        )
+
+    def _vec(self, flat: torch.Tensor) -> PVector:
+        return PVector.from_flat(self.space, flat)
+
+    def _topk(self, evals: torch.Tensor, evecs: torch.Tensor,
+              k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        order = torch.argsort(evals, descending=True)
+        if k is not None:
+            if not 1 <= k <= evals.numel():
+                raise InvalidInputError(f"k must be in [1, {evals.numel()}], got {k}")
+            order = order[:k]
+        return evals[order], evecs[:, order]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.space.numel} parameters)"
+
+    # ---- persistence -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and metadata to rebuild this matrix with :func:`tangentlab.pmat.load`."""
+        raise self._unsupported("state_dict", "PMatDense or PMatLowRank")
+
+    def _meta(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "space": self.space.state()}
+
+
+def check_damping(damping: float) -> float:
+    d = float(damping)
+    if d < 0 or d != d:
+        raise InvalidInputError(f"damping must be >= 0, got {damping}")
+    return d

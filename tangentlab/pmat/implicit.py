@@ -1,0 +1,192 @@
+"""Matrix-free representation: the exact matrix, never stored.
+
+``mv`` and ``vTMv`` take one pass over the data with forward-mode products
+(``J v``) and, for ``mv``, one backward pass (``Jᵀ(J v)``). ``trace`` and
+``diag`` take one engine pass (per-example squared norms / squared
+activations). ``solve`` runs conjugate gradients; ``eigh`` runs Lanczos
+(``scipy.sparse.linalg.eigsh``); ``norm('fro')`` is exact through the NTK Gram
+identity ``‖F‖_F = ‖Φ Φᵀ‖_F / N``, computed tile by tile.
+"""
+
+from __future__ import annotations
+
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import Batches
+from ..engine import Engine, ops
+from ..engine.functional import jvp, vjp
+from ..errors import InvalidInputError
+from ..vectors import PVector
+from .base import PMat, check_damping
+from .build import one_pass
+
+
+class PMatImplicit(PMat):
+    """``F = (1/N) Σ_n J_nᵀ J_n`` applied on the fly from ``model`` and ``data``.
+
+    Memory ``O(P)`` (plus one batch of activations). Random outputs (Monte-Carlo
+    Fisher) draw the same samples on every pass, so repeated products see one
+    fixed matrix as long as the data order is fixed.
+    """
+
+    def __init__(self, engine: Engine, data: Any, centering: bool = False):
+        self.engine = engine
+        self.space = engine.space
+        self.budget = engine.budget
+        self.examples = data if isinstance(data, Batches) else Batches(data)
+        self.centering = centering
+        self._mean: torch.Tensor | None = None
+        self._n: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise self._unsupported("pickling", "PMatDense or PMatLowRank",
+                                "it holds the model and the data, not the matrix")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.engine.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def _means(self) -> torch.Tensor:
+        """Mean tangent features ``(C, P)`` (computed once)."""
+        if self._mean is None:
+            self._n, self._mean = one_pass(self.engine, self.examples, "mean features",
+                                           lambda cap: None, centering=True)
+        return self._mean  # type: ignore[return-value]
+
+    def _center_mv(self, v: torch.Tensor) -> torch.Tensor:
+        m = self._means()
+        return m.T @ (m @ v)
+
+    def mv(self, v: PVector) -> PVector:
+        self._check_vec(v)
+        total = torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
+        n = 0
+        for i, b in self.engine.batches(self.examples, "implicit mv"):
+            u = jvp(self.engine, b, i, v.to_dict())
+            total += self.space.flatten(vjp(self.engine, b, i, u))
+            n += b[0].shape[0]
+        out = total / n
+        if self.centering:
+            out = out - self._center_mv(v.flat().detach().to(self.dtype))
+        return self._vec(out)
+
+    def vTMv(self, v: PVector) -> torch.Tensor:
+        self._check_vec(v)
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        n = 0
+        for i, b in self.engine.batches(self.examples, "implicit vTMv"):
+            total += jvp(self.engine, b, i, v.to_dict()).pow(2).sum()
+            n += b[0].shape[0]
+        out = total / n
+        if self.centering:
+            out = out - (self._means() @ v.flat().detach().to(self.dtype)).pow(2).sum()
+        return out
+
+    def trace(self) -> torch.Tensor:
+        acc = [torch.zeros((), dtype=self.dtype, device=self.device)]
+
+        def consume(cap):
+            acc[0] += ops.sq_norms(cap, self.space).sum()
+
+        n, _ = one_pass(self.engine, self.examples, "implicit trace", consume)
+        out = acc[0] / n
+        if self.centering:
+            out = out - self._means().pow(2).sum()
+        return out
+
+    def diag(self) -> PVector:
+        acc = torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
+
+        def consume(cap):
+            acc.add_(ops.diag(cap, self.space))
+
+        n, _ = one_pass(self.engine, self.examples, "implicit diag", consume)
+        out = acc / n
+        if self.centering:
+            out = out - self._means().pow(2).sum(0)
+        return self._vec(out)
+
+    def to_dense(self) -> torch.Tensor:
+        raise self._unsupported("to_dense", "PMatDense (fim(..., representation='dense'))",
+                                "it never stores the matrix")
+
+    def inverse(self, damping: float = 0.0) -> PMat:
+        raise self._unsupported("inverse", "solve(v, damping) (conjugate gradients) or PMatDense")
+
+    def state_dict(self) -> dict[str, Any]:
+        raise self._unsupported("state_dict", "PMatDense or PMatLowRank",
+                                "it holds the model and the data, not the matrix")
+
+    def solve(self, v: PVector, damping: float = 0.0, *, preconditioner: PMat | None = None,
+              x0: PVector | None = None, rtol: float = 1e-8, maxiter: int | None = None) -> PVector:
+        """Conjugate gradients on ``(F + damping·I) x = v``.
+
+        ``preconditioner`` is any PMat with ``solve`` (e.g. a PMatDiag or
+        PMatBlockDiag of the same Fisher), applied as ``P⁻¹ r =
+        preconditioner.solve(r, damping)``. Stops when ``‖r‖ ≤ rtol·‖v‖``.
+        """
+        self._check_vec(v)
+        lam = check_damping(damping)
+        b = v.flat().detach().to(self.dtype)
+        x = torch.zeros_like(b) if x0 is None else x0.flat().detach().to(self.dtype).clone()
+
+        def op(z: torch.Tensor) -> torch.Tensor:
+            return self.mv(self._vec(z)).flat() + lam * z
+
+        def prec(r: torch.Tensor) -> torch.Tensor:
+            if preconditioner is None:
+                return r
+            return preconditioner.solve(self._vec(r), lam).flat()
+
+        r = b - op(x) if x0 is not None else b.clone()
+        z = prec(r)
+        p = z.clone()
+        rz = r @ z
+        bnorm = b.norm()
+        if bnorm == 0:
+            return self._vec(torch.zeros_like(b))
+        for _ in range(maxiter or 10 * self.space.numel):
+            if r.norm() <= rtol * bnorm:
+                break
+            ap = op(p)
+            alpha = rz / (p @ ap)
+            x = x + alpha * p
+            r = r - alpha * ap
+            z = prec(r)
+            rz_new = r @ z
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+        self.last_residual = float(r.norm() / bnorm)
+        return self._vec(x)
+
+    def eigh(self, k: int | None = None):
+        """Top-``k`` eigenpairs by Lanczos (``k`` is required and must be < P)."""
+        p = self.space.numel
+        if k is None or not 1 <= k < p:
+            raise self._unsupported("eigh() of the full spectrum", "eigh(k) with k < P, or PMatDense",
+                                    "Lanczos gives the top eigenpairs")
+        from scipy.sparse.linalg import eigsh
+
+        vals, vecs = eigsh(self.to_scipy(), k=k, which="LA")
+        order = np.argsort(vals)[::-1].copy()
+        return (torch.as_tensor(vals[order], dtype=self.dtype, device=self.device),
+                torch.as_tensor(vecs[:, order], dtype=self.dtype, device=self.device))
+
+    def norm(self, ord: str | int = "fro") -> torch.Tensor:
+        if ord == 2:
+            return self.eigh(1)[0][0]
+        if ord != "fro":
+            raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
+        from ..fmat import gram_sq_frobenius
+
+        m = self._means() if self.centering else None
+        sq, n = gram_sq_frobenius(self.engine, self.examples, mean=m)
+        return torch.sqrt(sq) / n

@@ -183,10 +183,11 @@ class Engine:
         return {"model." + n: b.clone() for n, b in self.model.named_buffers()}
 
     def functional_outputs(self, params: dict[str, torch.Tensor], batch: Batch,
-                           aux: Aux) -> torch.Tensor:
-        """Pseudo-outputs ``s`` (N, C) with the selected parameters replaced by ``params``."""
+                           aux: Aux, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Pseudo-outputs ``s`` (N, C) with the parameters replaced by ``params`` (and, in
+        joint mode, the buffers by ``buffers`` or fresh copies)."""
         full = {"model." + n: p for n, p in params.items()}
-        full.update(self.buffers())
+        full.update(self.buffers() if buffers is None else buffers)
         z = functional_call(self._wrapper, full, (batch,))
         return self.output.head(z, aux, batch)
 
@@ -314,11 +315,12 @@ class Engine:
         pg = {n: self.params[n].detach() for n in names}
 
         if plan.joint:
-            def f_batch(pg):
-                return self.functional_outputs({**fixed, **pg}, batch, aux)
+            # buffers are explicit inputs: BatchNorm in train mode updates them in place
+            def f_batch(pg, bufs):
+                return self.functional_outputs({**fixed, **pg}, batch, aux, bufs)
 
             with math_attention():
-                jac = jacrev(f_batch)(pg)  # name -> (N, C, *shape)
+                jac = jacrev(f_batch)(pg, self.buffers())  # name -> (N, C, *shape)
             return {k: v.transpose(0, 1) for k, v in jac.items()}
 
         aux_items = sorted(aux.items()) if aux else []

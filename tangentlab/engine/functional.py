@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch import nn
 from torch.func import jvp as func_jvp
 
 from ..data import Batch
@@ -27,6 +28,27 @@ def _split(engine: Engine):
     return names, fixed
 
 
+def _padding_rows(engine: Engine) -> tuple[dict[str, int], bool]:
+    """Embedding rows at ``padding_idx`` (param name -> row) and whether any such weight is shared.
+
+    PyTorch's backward treats the padding row as constant (zero gradient) while
+    forward-mode AD propagates its tangent; tangentlab follows the backward
+    convention, so those tangent rows are zeroed (or, for a weight also used
+    elsewhere, ``J v`` goes through the double-VJP identity).
+    """
+    rows: dict[str, int] = {}
+    shared = False
+    uses: dict[int, int] = {}
+    for _, p in engine.model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    by_id = {id(p): n for n, p in engine.params.items()}
+    for mod in engine.model.modules():
+        if isinstance(mod, nn.Embedding) and mod.padding_idx is not None and id(mod.weight) in by_id:
+            rows[by_id[id(mod.weight)]] = mod.padding_idx
+            shared = shared or uses[id(mod.weight)] > 1
+    return rows, shared
+
+
 def jvp(engine: Engine, batch: Batch, index: int,
         tangents: dict[str, torch.Tensor]) -> torch.Tensor:
     """``(J v)[n, c] = ⟨φ_c(x_n), v⟩`` for one batch: ``(N, C)``."""
@@ -38,10 +60,17 @@ def jvp(engine: Engine, batch: Batch, index: int,
 
     primals = {n: engine.params[n].detach() for n in names}
     tang = {n: tangents[n].detach().to(engine.dtype) for n in names}
+    pad_rows, pad_shared = _padding_rows(engine)
     with math_attention():
-        if not getattr(engine, "_no_forward_ad", False):
+        # joint mode mutates buffers (BatchNorm in train mode): plain autograd only
+        if not getattr(engine, "_no_forward_ad", False) and not pad_shared and engine.route != "joint":
+            fwd_tang = dict(tang)
+            for n, row in pad_rows.items():
+                fwd_tang[n] = fwd_tang[n].clone()
+                fwd_tang[n][row] = 0
+
             try:
-                return func_jvp(f, (primals,), (tang,))[1]
+                return func_jvp(f, (primals,), (fwd_tang,))[1]
             except (NotImplementedError, RuntimeError) as e:
                 if "forward" not in str(e).lower() and "jvp" not in str(e).lower():
                     raise

@@ -19,6 +19,13 @@ class Tokens:
 
 
 class EmbeddingRule(LayerRule):
+    """``strategy``: ``"auto"``, ``"structured"`` (token-match Gram trick) or ``"materialize"``."""
+
+    def __init__(self, strategy: str = "auto"):
+        if strategy not in ("auto", "structured", "materialize"):
+            raise ValueError(f"strategy must be auto, structured or materialize, got {strategy!r}")
+        self.strategy = strategy
+
     def params(self, module):
         return ("weight",)
 
@@ -65,10 +72,6 @@ class EmbeddingRule(LayerRule):
         out.index_add_(1, feat.idx.reshape(-1), gg.reshape(c, n * t, d))
         return {"weight": out}
 
-    def _same(self, f1: Tokens, f2: Tokens) -> torch.Tensor:
-        """``E[n,t,m,s] = [tok1_{n,t} = tok2_{m,s}]`` (N, T, M, S)."""
-        return (f1.idx[:, :, None, None] == f2.idx[None, None, :, :]).to(torch.get_default_dtype())
-
     def sq_norms(self, module, feat: Tokens, g):
         gg = self._g(feat, g)
         same = (feat.idx[:, :, None] == feat.idx[:, None, :]).to(gg.dtype)  # (N, T, T)
@@ -82,7 +85,8 @@ class EmbeddingRule(LayerRule):
         v = module.num_embeddings
         structured = n * m * t * s * (1 + c * d * dim)
         materialized = (c * n + d * m) * t * dim + c * d * n * m * v * dim
-        if materialized < structured:
+        use_struct = structured <= materialized if self.strategy == "auto" else self.strategy == "structured"
+        if not use_struct:
             return super().gram(module, feat1, g1, feat2, g2)
         out = x1.new_zeros(n, m, c, d)
         step = max(1, CHUNK_ELEMENTS // max(1, m * t * s * c * d))

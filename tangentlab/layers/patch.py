@@ -43,7 +43,22 @@ class Patches:
 
 
 class PatchRule(LayerRule):
-    """Base for Linear/Conv rules; subclasses implement ``features`` and ``shape_g``."""
+    """Base for Linear/Conv rules; subclasses implement ``features`` and ``shape_g``.
+
+    ``strategy`` picks how NTK blocks and squared norms are computed when there
+    are several positions: ``"auto"`` (fewest flops), ``"structured"`` (Gram trick
+    over position pairs) or ``"materialize"`` (per-example gradients).
+    """
+
+    def __init__(self, strategy: str = "auto"):
+        if strategy not in ("auto", "structured", "materialize"):
+            raise ValueError(f"strategy must be auto, structured or materialize, got {strategy!r}")
+        self.strategy = strategy
+
+    def _structured(self, structured_cost: int, materialized_cost: int) -> bool:
+        if self.strategy == "auto":
+            return structured_cost <= materialized_cost
+        return self.strategy == "structured"
 
     def shape_g(self, module: nn.Module, feat: Patches, g: torch.Tensor) -> torch.Tensor:
         """Reshape ``(C, N, *out)`` gradients to ``(C, N, T, G, O)``."""
@@ -88,7 +103,7 @@ class PatchRule(LayerRule):
             return (gg[:, :, 0].pow(2).sum(-1) * feat.a[:, 0].pow(2).sum(-1)[None]).sum(-1)
         structured = n * grp * t * t * (i + c * o)
         materialized = c * n * grp * t * o * i
-        if structured <= materialized:
+        if self._structured(structured, materialized):
             out = torch.zeros(c, n, dtype=g.dtype, device=g.device)
             step = max(1, CHUNK_ELEMENTS // max(1, c * t * t * grp))
             for s in range(0, n, step):
@@ -116,7 +131,7 @@ class PatchRule(LayerRule):
             return out.contiguous()
         structured = n * m * t * s * grp * (i + c * d * o)
         materialized = grp * (c * n * t + d * m * s) * o * i + c * d * n * m * grp * o * i
-        if structured < materialized:
+        if self._structured(structured, materialized):
             out = torch.zeros(n, m, c, d, dtype=g1.dtype, device=g1.device)
             step = max(1, CHUNK_ELEMENTS // max(1, m * t * s * c * d))
             for gi in range(grp):

@@ -1,0 +1,51 @@
+"""Cached builds shared by the test modules: one model + oracle Fisher per architecture."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+
+import tangentlab as tl
+
+from . import oracle
+from .models import ARCHS
+
+REPRESENTATIONS = ["dense", "diag", "blockdiag", "lowrank", "implicit"]
+
+
+@functools.cache
+def arch_case(arch: str):
+    """``(model, x, y, F_oracle)`` for the exact classification Fisher (float64)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(sum(map(ord, arch)))
+        model, x, y = ARCHS[arch]()
+        return model, x, y, oracle.fisher_exact(model, x)
+    finally:
+        torch.set_default_dtype(old)
+
+
+@functools.cache
+def built(arch: str, rep: str):
+    """The tangentlab Fisher of ``arch`` in representation ``rep`` (batches of 4: several batches)."""
+    model, x, y, _ = arch_case(arch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tl.fim(model, (x, y), "exact", rep, batch_size=4)
+
+
+def reference(arch: str, rep: str) -> torch.Tensor:
+    """The dense matrix a representation should equal, derived from the oracle."""
+    model, _, _, F = arch_case(arch)
+    if rep == "diag":
+        return torch.diag(torch.diagonal(F))
+    if rep == "blockdiag":
+        space = tl.ParamSpace.from_model(model)
+        mask = torch.zeros_like(F, dtype=torch.bool)
+        for lay in space.layers:
+            mask[lay.slice, lay.slice] = True
+        return torch.where(mask, F, torch.zeros_like(F))
+    return F

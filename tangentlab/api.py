@@ -39,7 +39,7 @@ def _fisher_output(kind: Any, n_samples: int | None, loss: Any, variance: float 
         if variance is not None and key not in ("regression", "gauss-newton"):
             raise InvalidInputError("variance only applies to kind='regression'")
         if key in ("mc", "monte-carlo"):
-            return MonteCarloFisher(n_samples or 1)
+            return MonteCarloFisher(1 if n_samples is None else n_samples)
         if key == "empirical":
             return EmpiricalFisher(loss)
         if key in ("regression", "gauss-newton"):

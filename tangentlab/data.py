@@ -9,6 +9,7 @@ targets ``y``. Normalizations use the number of examples actually seen, so
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -27,9 +28,10 @@ def _as_tuple(batch: Any, index: int) -> Batch:
         out = tuple(batch)
     elif isinstance(batch, dict):
         raise InvalidInputError(
-            f"batch {index} is a dict; tangentlab batches are tuples (x, y, ...). "
-            "Pass `output=lambda model, batch: ...` to read dict batches, or wrap the "
-            "loader so it yields tuples."
+            f"batch {index} is a dict (keys {sorted(map(str, batch))}); tangentlab batches are "
+            "tuples (x, y, ...) with the model input first. Make the loader yield tuples, e.g. "
+            "with a collate_fn returning (x, y) or `[(b['x'], b['y']) for b in loader]`; a "
+            "callable `output=lambda model, batch: ...` then receives those tuples."
         )
     else:
         raise InvalidInputError(
@@ -75,16 +77,27 @@ class Batches:
             self._chunked = data._chunked
             self.batch_size = data.batch_size
             return
-        self.batch_size = batch_size
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size <= 0
+        ):
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = None if batch_size is None else int(batch_size)
+        if isinstance(data, dict):
+            raise InvalidInputError(
+                f"data is a dict (keys {sorted(map(str, data))}); pass the tensors as a tuple "
+                "(x, y, ...) with the model input first, e.g. `(d['x'], d['y'])`"
+            )
         if isinstance(data, torch.Tensor) or (
             isinstance(data, tuple) and len(data) > 0
             and all(isinstance(t, torch.Tensor) for t in data)
         ):
             full = _as_tuple(data, 0)
-            bs = batch_size or DEFAULT_BATCH_SIZE
-            if bs <= 0:
-                raise InvalidInputError(f"batch_size must be positive, got {bs}")
+            bs = DEFAULT_BATCH_SIZE if self.batch_size is None else self.batch_size
             n = full[0].shape[0]
+            if n == 0:
+                raise InvalidInputError(
+                    f"the data is empty: the input tensor has shape {tuple(full[0].shape)} (no examples)"
+                )
             self._source = [tuple(t[i:i + bs] for t in full) for i in range(0, n, bs)]
             self._chunked = True
         elif isinstance(data, Iterator):
@@ -95,6 +108,16 @@ class Batches:
         elif isinstance(data, Iterable):
             self._source = data
             self._chunked = False
+            try:
+                empty = len(data) == 0
+            except TypeError:  # no len(): checked when iterated
+                empty = False
+            if isinstance(data, (list, tuple)):  # in memory: validate every batch now
+                empty = sum(_as_tuple(b, i)[0].shape[0] for i, b in enumerate(data)) == 0
+            if empty:
+                hint = (" (drop_last=True dropped the only, incomplete batch)"
+                        if getattr(data, "drop_last", False) else "")
+                raise InvalidInputError(f"the data is empty: no batch contains any example{hint}")
         else:
             raise InvalidInputError(
                 f"cannot read examples from an object of type {type(data).__name__}; pass a "
@@ -107,9 +130,9 @@ class Batches:
         sampler = getattr(self._source, "sampler", None)
         batch_sampler = getattr(self._source, "batch_sampler", None)
         inner = getattr(batch_sampler, "sampler", None)
-        return isinstance(sampler, torch.utils.data.RandomSampler) or isinstance(
-            inner, torch.utils.data.RandomSampler
-        )
+        random = (torch.utils.data.RandomSampler, torch.utils.data.SubsetRandomSampler,
+                  torch.utils.data.WeightedRandomSampler)
+        return isinstance(sampler, random) or isinstance(inner, random)
 
     def __iter__(self) -> Iterator[Batch]:
         seen = False
@@ -146,5 +169,13 @@ def to_device(batch: Batch, device: torch.device, dtype: torch.dtype, index: int
                 f"{dtype}; convert the data (e.g. `x.to({dtype})`) or the model "
                 f"(`model.to({t.dtype})`)"
             )
-        out.append(t.to(device) if t.device != device else t)
+        if t.device != device:
+            try:
+                t = t.to(device)
+            except (RuntimeError, NotImplementedError) as e:
+                raise MixedDeviceDtypeError(
+                    f"batch {index}, element {k} is on {t.device} and cannot be moved to the "
+                    f"parameters' device {device} ({e}); put the data on {device}"
+                ) from e
+        out.append(t)
     return tuple(out)

@@ -26,7 +26,7 @@ from .vectors import FVector
 class FMatDense:
     """A dense NTK Gram tensor between two sets of examples (or one set with itself)."""
 
-    def __init__(self, data: torch.Tensor, layers: dict[str, "FMatDense"] | None = None,
+    def __init__(self, data: torch.Tensor, layers: dict[str, FMatDense] | None = None,
                  symmetric: bool | None = None):
         if data.dim() != 4:
             raise InvalidInputError(f"FMatDense expects (N1, N2, C, D), got {tuple(data.shape)}")
@@ -56,12 +56,16 @@ class FMatDense:
     def to_dense(self) -> torch.Tensor:
         return self.data
 
+    def _check_fvec(self, v: FVector) -> None:
+        if not isinstance(v, FVector) or v.shape != (self.data.shape[1], self.data.shape[3]):
+            got = tuple(v.shape) if isinstance(v, FVector) else type(v).__name__
+            raise InvalidInputError(
+                f"expected an FVector of shape {(self.data.shape[1], self.data.shape[3])}, got {got}"
+            )
+
     def mv(self, v: FVector) -> FVector:
         """``(K v)[n, c] = Σ_{m,d} K[n, m, c, d] v[m, d]``."""
-        if not isinstance(v, FVector) or v.shape != (self.data.shape[1], self.data.shape[3]):
-            raise InvalidInputError(
-                f"expected an FVector of shape {(self.data.shape[1], self.data.shape[3])}"
-            )
+        self._check_fvec(v)
         return FVector(torch.einsum("nmcd,md->nc", self.data, v.tensor))
 
     def vTMv(self, v: FVector) -> torch.Tensor:
@@ -90,6 +94,7 @@ class FMatDense:
     def solve(self, v: FVector, damping: float = 0.0) -> FVector:
         """``(K + damping·I)⁻¹ v`` (kernel ridge regression coefficients)."""
         self._square("solve")
+        self._check_fvec(v)
         a = self.as_matrix()
         a = a + damping * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
         x = torch.linalg.solve(a, v.flat())
@@ -102,7 +107,7 @@ class FMatDense:
             return torch.linalg.matrix_norm(self.as_matrix(), 2)
         raise InvalidInputError(f"unsupported norm {ord!r}")
 
-    def layer(self, name: str) -> "FMatDense":
+    def layer(self, name: str) -> FMatDense:
         """The contribution of one layer (module path); needs ``per_layer=True`` at construction."""
         if self.layers is None:
             raise InvalidInputError("per-layer kernels were not computed; pass per_layer=True to ntk()")
@@ -113,15 +118,15 @@ class FMatDense:
 
         return fmat_to_scipy(self)
 
-    def __add__(self, other: "FMatDense") -> "FMatDense":
+    def __add__(self, other: FMatDense) -> FMatDense:
         if not isinstance(other, FMatDense):
             return NotImplemented
         return FMatDense(self.data + other.data, symmetric=self.symmetric and other.symmetric)
 
-    def __sub__(self, other: "FMatDense") -> "FMatDense":
+    def __sub__(self, other: FMatDense) -> FMatDense:
         return self + (-1.0) * other
 
-    def __mul__(self, s: Any) -> "FMatDense":
+    def __mul__(self, s: Any) -> FMatDense:
         if not isinstance(s, (Number, torch.Tensor)):
             return NotImplemented
         layers = {k: v * s for k, v in self.layers.items()} if self.layers else None
@@ -134,7 +139,7 @@ class FMatDense:
                 "layers": {k: v.data for k, v in self.layers.items()} if self.layers else None}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "FMatDense":
+    def from_state_dict(cls, state: dict[str, Any]) -> FMatDense:
         layers = {k: cls(v, symmetric=state["symmetric"]) for k, v in state["layers"].items()} \
             if state.get("layers") else None
         return cls(state["data"], layers, state["symmetric"])

@@ -22,7 +22,9 @@ from .vectors import FVector, PVector
 
 
 def _check_pvec(space: ParamSpace, v: PVector) -> None:
-    if not isinstance(v, PVector) or v.space.names != space.names:
+    if not isinstance(v, PVector) or v.space.names != space.names or any(
+        a.shape != b.shape for a, b in zip(v.space.params, space.params)
+    ):
         raise InvalidInputError("expected a PVector on the Jacobian's parameter space")
 
 
@@ -35,7 +37,7 @@ class PushForwardDense:
         self.space, self.data = space, data
 
     @classmethod
-    def from_engine(cls, engine: Engine, data: Any) -> "PushForwardDense":
+    def from_engine(cls, engine: Engine, data: Any) -> PushForwardDense:
         b = data if isinstance(data, Batches) else Batches(data)
         parts, rows = [], 0
         for cap in engine.captures(b, "Jacobian"):
@@ -55,7 +57,7 @@ class PushForwardDense:
     __matmul__ = mv
 
     @property
-    def T(self) -> "PullBackDense":  # noqa: N802
+    def T(self) -> PullBackDense:  # noqa: N802
         return PullBackDense(self.space, self.data)
 
     def to_dense(self) -> torch.Tensor:
@@ -107,7 +109,7 @@ class PushForwardImplicit(_ImplicitBase):
     __matmul__ = mv
 
     @property
-    def T(self) -> "PullBackImplicit":  # noqa: N802
+    def T(self) -> PullBackImplicit:  # noqa: N802
         return PullBackImplicit(self.engine, self.examples)
 
     def to_scipy(self):

@@ -64,8 +64,8 @@ class MemoryBudget:
     nbytes: int
 
     @classmethod
-    def resolve(cls, value: "MemoryBudget | int | float | str | None",
-                device: torch.device | None = None) -> "MemoryBudget":
+    def resolve(cls, value: MemoryBudget | int | float | str | None,
+                device: torch.device | None = None) -> MemoryBudget:
         if isinstance(value, MemoryBudget):
             return value
         if value is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -72,8 +73,12 @@ class Regression(OutputFunction):
     name = "regression"
 
     def __init__(self, variance: float = 1.0):
-        if variance <= 0:
-            raise InvalidInputError(f"variance must be positive, got {variance}")
+        try:
+            ok = 0 < float(variance) < math.inf
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InvalidInputError(f"variance must be a positive finite number, got {variance!r}")
         self.variance = float(variance)
 
     def head(self, z, aux, batch):
@@ -159,12 +164,15 @@ class MonteCarloFisher(OutputFunction):
     random = True
 
     def __init__(self, n_samples: int = 1):
-        if int(n_samples) < 1:
-            raise InvalidInputError(f"n_samples must be >= 1, got {n_samples}")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
+            raise InvalidInputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
         self.n_samples = int(n_samples)
 
     def prepare(self, z, batch, generator):
         p = torch.softmax(_logits(z, self.name), dim=-1)
+        # rows with NaN/Inf logits: sample from a placeholder so the non-finite pseudo-outputs
+        # reach the engine, which reports them with the batch index (NonFiniteError)
+        p = torch.where(torch.isfinite(p).all(-1, keepdim=True), p, torch.ones_like(p))
         y = torch.multinomial(p, self.n_samples, replacement=True, generator=generator)
         return {"y": y}
 
@@ -189,10 +197,16 @@ class EmpiricalFisher(OutputFunction):
     def head(self, z, aux, batch):
         y = self._targets(batch)
         ell = self.loss(z, y)
-        if ell.dim() == 0 or ell.shape[0] != z.shape[0]:
+        if not isinstance(ell, torch.Tensor) or ell.dim() == 0 or ell.shape[0] != z.shape[0]:
             raise InvalidInputError(
                 "the empirical-Fisher loss must return one loss per example (use "
-                f"reduction='none'); got shape {tuple(ell.shape)}"
+                f"reduction='none'); got shape {tuple(getattr(ell, 'shape', ()))}"
+            )
+        if ell.numel() != z.shape[0]:
+            raise InvalidInputError(
+                f"the empirical-Fisher loss returned shape {tuple(ell.shape)}, not one loss per "
+                "example; reduce the extra dimensions yourself, e.g. "
+                "`loss=lambda z, y: F.mse_loss(z, y, reduction='none').sum(-1)`"
             )
         return ell.reshape(z.shape[0], -1)
 

@@ -93,7 +93,7 @@ class ParamSpace:
 
     # --- construction -------------------------------------------------
     @classmethod
-    def from_model(cls, model: nn.Module, params: Selector = None) -> "ParamSpace":
+    def from_model(cls, model: nn.Module, params: Selector = None) -> ParamSpace:
         """The parameters of ``model`` picked by ``params``.
 
         ``params`` may be ``None`` (all parameters with ``requires_grad``), a
@@ -125,7 +125,7 @@ class ParamSpace:
             layers.append(Layer(mod, type(modules[mod]).__name__, tuple(infos)))
         return cls(tuple(layers))
 
-    def select(self, names: Iterable[str] | Callable[[str], bool]) -> "ParamSpace":
+    def select(self, names: Iterable[str] | Callable[[str], bool]) -> ParamSpace:
         """Sub-space with the parameters whose names (or module prefixes) are given."""
         if callable(names):
             keep = {p.name for p in self.params if names(p.name)}
@@ -205,7 +205,7 @@ class ParamSpace:
                  "params": [(p.name, list(p.shape)) for p in lay.params]} for lay in self.layers]
 
     @classmethod
-    def from_state(cls, state: list[dict[str, Any]]) -> "ParamSpace":
+    def from_state(cls, state: list[dict[str, Any]]) -> ParamSpace:
         layers, offset = [], 0
         for d in state:
             infos = []

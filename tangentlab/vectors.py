@@ -39,13 +39,13 @@ class PVector:
 
     # --- constructors ---------------------------------------------------
     @classmethod
-    def from_model(cls, model: nn.Module, params: Selector | ParamSpace = None) -> "PVector":
+    def from_model(cls, model: nn.Module, params: Selector | ParamSpace = None) -> PVector:
         """The model's current parameters (the live tensors, autograd-connected)."""
         space = params if isinstance(params, ParamSpace) else ParamSpace.from_model(model, params)
         return cls(space, space.check_model(model))
 
     @classmethod
-    def from_grad(cls, model: nn.Module, params: Selector | ParamSpace = None) -> "PVector":
+    def from_grad(cls, model: nn.Module, params: Selector | ParamSpace = None) -> PVector:
         """The ``.grad`` of the model's parameters (zeros where ``.grad`` is None)."""
         space = params if isinstance(params, ParamSpace) else ParamSpace.from_model(model, params)
         ps = space.check_model(model)
@@ -53,20 +53,20 @@ class PVector:
                            for n, p in ps.items()})
 
     @classmethod
-    def from_flat(cls, space: ParamSpace, flat: torch.Tensor) -> "PVector":
+    def from_flat(cls, space: ParamSpace, flat: torch.Tensor) -> PVector:
         if flat.dim() != 1:
             raise InvalidInputError(f"expected a 1-d flat vector, got shape {tuple(flat.shape)}")
         return cls(space, space.unflatten(flat))
 
     @classmethod
     def zeros(cls, space: ParamSpace, dtype: torch.dtype = torch.float32,
-              device: torch.device | str | None = None) -> "PVector":
+              device: torch.device | str | None = None) -> PVector:
         return cls(space, {p.name: torch.zeros(p.shape, dtype=dtype, device=device) for p in space.params})
 
     @classmethod
     def randn(cls, space: ParamSpace, dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None,
-              generator: torch.Generator | None = None) -> "PVector":
+              generator: torch.Generator | None = None) -> PVector:
         """Standard normal entries."""
         return cls(space, {p.name: torch.randn(p.shape, dtype=dtype, device=device, generator=generator)
                            for p in space.params})
@@ -117,7 +117,7 @@ class PVector:
                 p.add_(self._t[n])
 
     # --- algebra -----------------------------------------------------------
-    def _check(self, other: "PVector") -> None:
+    def _check(self, other: PVector) -> None:
         if not isinstance(other, PVector):
             raise TypeError(f"expected a PVector, got {type(other).__name__}")
         if other.space.names != self.space.names or any(
@@ -125,23 +125,23 @@ class PVector:
         ):
             raise InvalidInputError("the two PVectors live on different parameter spaces")
 
-    def _map(self, fn) -> "PVector":
+    def _map(self, fn) -> PVector:
         return PVector(self.space, {n: fn(t) for n, t in self._t.items()})
 
-    def _zip(self, other: "PVector", fn) -> "PVector":
+    def _zip(self, other: PVector, fn) -> PVector:
         self._check(other)
         return PVector(self.space, {n: fn(t, other._t[n]) for n, t in self._t.items()})
 
-    def __add__(self, other: "PVector") -> "PVector":
+    def __add__(self, other: PVector) -> PVector:
         return self._zip(other, lambda a, b: a + b)
 
-    def __sub__(self, other: "PVector") -> "PVector":
+    def __sub__(self, other: PVector) -> PVector:
         return self._zip(other, lambda a, b: a - b)
 
-    def __neg__(self) -> "PVector":
+    def __neg__(self) -> PVector:
         return self._map(lambda a: -a)
 
-    def __mul__(self, s: Any) -> "PVector":
+    def __mul__(self, s: Any) -> PVector:
         if isinstance(s, PVector):
             return self._zip(s, lambda a, b: a * b)
         if not isinstance(s, (Number, torch.Tensor)):
@@ -150,15 +150,15 @@ class PVector:
 
     __rmul__ = __mul__
 
-    def __truediv__(self, s: Any) -> "PVector":
+    def __truediv__(self, s: Any) -> PVector:
         if not isinstance(s, (Number, torch.Tensor)):
             return NotImplemented
         return self._map(lambda a: a / s)
 
-    def __matmul__(self, other: "PVector") -> torch.Tensor:
+    def __matmul__(self, other: PVector) -> torch.Tensor:
         return self.dot(other)
 
-    def dot(self, other: "PVector") -> torch.Tensor:
+    def dot(self, other: PVector) -> torch.Tensor:
         """Euclidean inner product ``Σ_p self_p · other_p`` (a 0-d tensor)."""
         self._check(other)
         return sum((a * other._t[n]).sum() for n, a in self._t.items())  # type: ignore[return-value]
@@ -167,16 +167,16 @@ class PVector:
         """``p``-norm of the flattened vector."""
         return torch.linalg.vector_norm(self.flat(), ord=p)
 
-    def detach(self) -> "PVector":
+    def detach(self) -> PVector:
         return self._map(lambda a: a.detach())
 
-    def clone(self) -> "PVector":
+    def clone(self) -> PVector:
         return self._map(lambda a: a.clone())
 
-    def to(self, *args: Any, **kwargs: Any) -> "PVector":
+    def to(self, *args: Any, **kwargs: Any) -> PVector:
         return self._map(lambda a: a.to(*args, **kwargs))
 
-    def select(self, space: ParamSpace) -> "PVector":
+    def select(self, space: ParamSpace) -> PVector:
         """The entries of a sub-space."""
         return PVector(space, {n: self._t[n] for n in space.names})
 
@@ -206,33 +206,33 @@ class FVector:
     def flat(self) -> torch.Tensor:
         return self.tensor.reshape(-1)
 
-    def _other(self, o: "FVector") -> torch.Tensor:
+    def _other(self, o: FVector) -> torch.Tensor:
         if not isinstance(o, FVector):
             raise TypeError(f"expected an FVector, got {type(o).__name__}")
         if o.tensor.shape != self.tensor.shape:
             raise InvalidInputError(f"FVector shapes differ: {tuple(self.shape)} vs {tuple(o.shape)}")
         return o.tensor
 
-    def __add__(self, o: "FVector") -> "FVector":
+    def __add__(self, o: FVector) -> FVector:
         return FVector(self.tensor + self._other(o))
 
-    def __sub__(self, o: "FVector") -> "FVector":
+    def __sub__(self, o: FVector) -> FVector:
         return FVector(self.tensor - self._other(o))
 
-    def __neg__(self) -> "FVector":
+    def __neg__(self) -> FVector:
         return FVector(-self.tensor)
 
-    def __mul__(self, s: Any) -> "FVector":
+    def __mul__(self, s: Any) -> FVector:
         if not isinstance(s, (Number, torch.Tensor)):
             return NotImplemented
         return FVector(self.tensor * s)
 
     __rmul__ = __mul__
 
-    def __truediv__(self, s: Any) -> "FVector":
+    def __truediv__(self, s: Any) -> FVector:
         return FVector(self.tensor / s)
 
-    def dot(self, o: "FVector") -> torch.Tensor:
+    def dot(self, o: FVector) -> torch.Tensor:
         return (self.tensor * self._other(o)).sum()
 
     __matmul__ = dot
@@ -240,7 +240,7 @@ class FVector:
     def norm(self, p: float = 2) -> torch.Tensor:
         return torch.linalg.vector_norm(self.tensor.reshape(-1), ord=p)
 
-    def detach(self) -> "FVector":
+    def detach(self) -> FVector:
         return FVector(self.tensor.detach())
 
     def __repr__(self) -> str:

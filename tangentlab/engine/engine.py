@@ -201,6 +201,18 @@ class Engine:
             aux = self.output.prepare(z, batch, self.generator(index))
         return z, aux
 
+    def validate(self, batch: Batch, index: int) -> RoutePlan:
+        """Route plan (refusing batch-coupled layers before any forward pass) and finite inputs."""
+        plan = self.plan(batch)
+        for k, t in enumerate(batch):
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+                rows = (~torch.isfinite(t.reshape(t.shape[0], -1))).any(1).nonzero().flatten().tolist()
+                raise NonFiniteError(
+                    f"batch {index}, element {k}: non-finite (NaN/Inf) values for examples "
+                    f"{rows[:10]} of that batch"
+                )
+        return plan
+
     def check_outputs(self, s: torch.Tensor, n: int, index: int) -> None:
         if s.dim() != 2 or s.shape[0] != n:
             raise InvalidInputError(
@@ -216,7 +228,7 @@ class Engine:
 
     # ---- the capture ------------------------------------------------------------
     def capture(self, batch: Batch, index: int = 0) -> Capture:
-        plan = self.plan(batch)
+        plan = self.validate(batch, index)
         n = batch[0].shape[0]
         if self.output.needs_targets and len(batch) < 2:
             raise InvalidInputError(

@@ -15,6 +15,7 @@ from torch import nn
 from torch.func import jvp as func_jvp
 
 from ..data import Batch
+from ..errors import InvalidInputError
 from .engine import Engine, math_attention
 
 
@@ -52,8 +53,10 @@ def _padding_rows(engine: Engine) -> tuple[dict[str, int], bool]:
 def jvp(engine: Engine, batch: Batch, index: int,
         tangents: dict[str, torch.Tensor]) -> torch.Tensor:
     """``(J v)[n, c] = ⟨φ_c(x_n), v⟩`` for one batch: ``(N, C)``."""
+    engine.validate(batch, index)
     names, fixed = _split(engine)
     _, aux = engine.prepare(batch, index)
+    n_ex = batch[0].shape[0]
 
     def f(p):
         return engine.functional_outputs({**fixed, **p}, batch, aux)
@@ -70,7 +73,9 @@ def jvp(engine: Engine, batch: Batch, index: int,
                 fwd_tang[n][row] = 0
 
             try:
-                return func_jvp(f, (primals,), (fwd_tang,))[1]
+                s, jv = func_jvp(f, (primals,), (fwd_tang,))
+                engine.check_outputs(s, n_ex, index)
+                return jv
             except (NotImplementedError, RuntimeError) as e:
                 if "forward" not in str(e).lower() and "jvp" not in str(e).lower():
                     raise
@@ -83,6 +88,7 @@ def jvp(engine: Engine, batch: Batch, index: int,
         with torch.enable_grad():
             p = {n: t.clone().requires_grad_(True) for n, t in primals.items()}
             s = f(p)
+            engine.check_outputs(s.detach(), n_ex, index)
             u = torch.zeros_like(s, requires_grad=True)
             grads = torch.autograd.grad(s, list(p.values()), u, create_graph=True, allow_unused=True)
             used = [(g, tang[n]) for g, n in zip(grads, names) if g is not None and g.requires_grad]
@@ -94,10 +100,17 @@ def jvp(engine: Engine, batch: Batch, index: int,
 
 def vjp(engine: Engine, batch: Batch, index: int, cotangent: torch.Tensor) -> dict[str, torch.Tensor]:
     """``Jᵀ u = Σ_{n,c} u[n, c] φ_c(x_n)`` for one batch: ``{name: tensor}``."""
+    engine.validate(batch, index)
     names, fixed = _split(engine)
     _, aux = engine.prepare(batch, index)
     with math_attention(), torch.enable_grad():
         p = {n: engine.params[n].detach().requires_grad_(True) for n in names}
         s = engine.functional_outputs({**fixed, **p}, batch, aux)
+        engine.check_outputs(s.detach(), batch[0].shape[0], index)
+        if cotangent.shape != s.shape:
+            raise InvalidInputError(
+                f"batch {index}: the function-space vector has shape {tuple(cotangent.shape)} for "
+                f"these examples, the outputs have shape {tuple(s.shape)}"
+            )
         grads = torch.autograd.grad(s, list(p.values()), cotangent.to(s.dtype), allow_unused=True)
     return {n: (g if g is not None else torch.zeros_like(p[n])).detach() for n, g in zip(names, grads)}

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from ..errors import MixedDeviceDtypeError, UnsupportedLayerError
+from ..errors import InvalidInputError, MixedDeviceDtypeError, UnsupportedLayerError
 from ..layers.base import LayerRegistry, LayerRule
 from ..layers.norm import batchnorm_coupling
 from ..space import Layer, ParamSpace
@@ -61,12 +62,31 @@ def check_params(params: dict[str, torch.Tensor]) -> tuple[torch.dtype, torch.de
 def check_coupling(model: nn.Module, joint: bool) -> None:
     """Refuse batch-coupled layers unless the joint route was asked for; warn about dropout."""
     for path, mod in model.named_modules():
+        if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
+            # refused on every route: max_norm renormalizes the user's weight in place
+            # (even under torch.func), scale_grad_by_freq changes the backward, not the function
+            if mod.max_norm is not None:
+                raise UnsupportedLayerError(
+                    f"{type(mod).__name__} at {path or '<root>'!r} has max_norm={mod.max_norm}: it "
+                    "renormalizes its weight in place during the forward pass, so Jacobians are "
+                    "ill-defined and the weight would be modified; remove max_norm (renormalize "
+                    "explicitly) before computing Fishers, NTKs or Jacobians"
+                )
+            if mod.scale_grad_by_freq:
+                raise UnsupportedLayerError(
+                    f"{type(mod).__name__} at {path or '<root>'!r} has scale_grad_by_freq=True, which "
+                    "scales gradients by the token counts of the whole batch (coupling examples); "
+                    "set scale_grad_by_freq=False"
+                )
         why = batchnorm_coupling(mod)
         if why and not joint:
+            fix = ("Call `model.eval()` to use running statistics, or pass" if mod.training else
+                   "Use a BatchNorm with running statistics (track_running_stats=True, in eval "
+                   "mode), or pass")
             raise UnsupportedLayerError(
                 f"{type(mod).__name__} at {path or '<root>'!r} {why}; per-example Jacobians are "
-                "undefined. Call `model.eval()` to use running statistics, or pass "
-                "`route='joint'` for the Jacobian of the whole batch (examples coupled)."
+                f"undefined. {fix} `route='joint'` for the Jacobian of the whole batch "
+                "(examples coupled)."
             )
         if mod.training and isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
             warnings.warn(
@@ -91,6 +111,36 @@ def shared_parameter_modules(model: nn.Module) -> dict[str, str]:
     return out
 
 
+def _leaves(obj) -> list:
+    if isinstance(obj, (list, tuple)):
+        return [x for o in obj for x in _leaves(o)]
+    if isinstance(obj, dict):
+        return [x for o in obj.values() for x in _leaves(o)]
+    return [obj]
+
+
+class _OutsideUse(TorchFunctionMode):
+    """Records modules whose parameters feed an op outside the module's own forward
+    (e.g. ``x @ layer.weight.T``): hooks on the module's output would miss that path."""
+
+    def __init__(self, owners: dict[int, int]):
+        super().__init__()
+        self.owners = owners  # id(parameter) -> id(module)
+        self.active: dict[int, int] = {}  # id(module) -> forward calls in progress
+        self.outside: set[int] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        for a in _leaves((args, kwargs)):
+            m = self.owners.get(id(a)) if isinstance(a, torch.Tensor) else None
+            if m is not None and not self.active.get(m) and any(
+                isinstance(o, torch.Tensor) for o in _leaves(out)
+            ):
+                self.outside.add(m)
+        return out
+
+
 def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, route: str,
               probe) -> RoutePlan:
     """Assign each layer of ``space`` to a route.
@@ -99,6 +149,8 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
     it is used to count how often each candidate module is called.
     """
     plan = RoutePlan(joint=route == "joint")
+    if not isinstance(registry, LayerRegistry):
+        raise InvalidInputError(f"registry must be a LayerRegistry, got {type(registry).__name__}")
     if route in ("generic", "joint"):
         plan.generic = list(space.names)
         return plan
@@ -142,13 +194,31 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
             if not isinstance(out, torch.Tensor):
                 bad[id(mod)] = "does not return a single tensor"
 
-        probe([(h.module, hook) for h in candidates])
+        uses = _OutsideUse({id(p): id(h.module) for h in candidates
+                            for p in h.module.parameters(recurse=False)})
+
+        def enter(mod, args):
+            uses.active[id(mod)] = uses.active.get(id(mod), 0) + 1
+
+        def leave(mod, args, out):
+            uses.active[id(mod)] -= 1
+
+        handles = [h.module.register_forward_pre_hook(enter, prepend=True) for h in candidates]
+        handles += [h.module.register_forward_hook(leave) for h in candidates]
+        try:
+            with uses:
+                probe([(h.module, hook) for h in candidates])
+        finally:
+            for handle in handles:
+                handle.remove()
         for h in candidates:
             k = counts[id(h.module)]
             why = bad.get(id(h.module))
             if why is None and k != 1:
                 why = ("is never called by forward() (its parameters are used some other way)"
                        if k == 0 else f"is called {k} times in one forward pass")
+            if why is None and id(h.module) in uses.outside:
+                why = "has parameters also used outside its forward() (e.g. `x @ layer.weight.T`)"
             if why:
                 plan.reasons[h.layer.module] = why
                 plan.generic.extend(p.name for p in h.layer.params)

@@ -119,12 +119,12 @@ class LayerRegistry:
         self._rules: dict[type, LayerRule] = dict(rules or {})
 
     @classmethod
-    def default(cls) -> "LayerRegistry":
+    def default(cls) -> LayerRegistry:
         from .builtin import builtin_rules
 
         return cls(builtin_rules())
 
-    def register(self, module_type: type, rule: LayerRule) -> "LayerRegistry":
+    def register(self, module_type: type, rule: LayerRule) -> LayerRegistry:
         if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
             raise TypeError(f"{module_type!r} is not an nn.Module subclass")
         if not isinstance(rule, LayerRule):
@@ -132,7 +132,7 @@ class LayerRegistry:
         self._rules[module_type] = rule
         return self
 
-    def copy(self) -> "LayerRegistry":
+    def copy(self) -> LayerRegistry:
         return LayerRegistry(self._rules)
 
     def lookup(self, module: nn.Module) -> LayerRule | None:

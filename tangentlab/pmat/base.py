@@ -48,7 +48,7 @@ class PMat:
         """``x`` with ``(M + damping·I) x = v``."""
         raise self._unsupported("solve", "PMatDense")
 
-    def inverse(self, damping: float = 0.0) -> "PMat":
+    def inverse(self, damping: float = 0.0) -> PMat:
         """``(M + damping·I)⁻¹`` in the same representation."""
         raise self._unsupported("inverse", "PMatDense")
 
@@ -88,19 +88,19 @@ class PMat:
         return pmat_to_scipy(self)
 
     # ---- algebra ----------------------------------------------------------------------
-    def _same(self, other: "PMat") -> bool:
+    def _same(self, other: PMat) -> bool:
         return type(other) is type(self) and other.space == self.space
 
-    def _add(self, other: "PMat") -> "PMat":  # same type; overridden
+    def _add(self, other: PMat) -> PMat:  # same type; overridden
         raise NotImplementedError
 
-    def _scale(self, s: float) -> "PMat":
+    def _scale(self, s: float) -> PMat:
         raise NotImplementedError
 
-    def _matmul(self, other: "PMat") -> "PMat":
+    def _matmul(self, other: PMat) -> PMat:
         raise NotImplementedError
 
-    def __add__(self, other: Any) -> "PMat":
+    def __add__(self, other: Any) -> PMat:
         if not isinstance(other, PMat):
             return NotImplemented
         if other.space != self.space:
@@ -114,15 +114,15 @@ class PMat:
 
         return PMatSum([self, other])
 
-    def __sub__(self, other: Any) -> "PMat":
+    def __sub__(self, other: Any) -> PMat:
         if not isinstance(other, PMat):
             return NotImplemented
         return self + (-1.0) * other
 
-    def __neg__(self) -> "PMat":
+    def __neg__(self) -> PMat:
         return (-1.0) * self
 
-    def __mul__(self, s: Any) -> "PMat":
+    def __mul__(self, s: Any) -> PMat:
         if isinstance(s, torch.Tensor) and s.dim() == 0:
             s = float(s)
         if not isinstance(s, Number):
@@ -136,7 +136,7 @@ class PMat:
 
     __rmul__ = __mul__
 
-    def __truediv__(self, s: Any) -> "PMat":
+    def __truediv__(self, s: Any) -> PMat:
         return self * (1.0 / float(s))
 
     def __matmul__(self, other: Any) -> Any:
@@ -162,7 +162,9 @@ class PMat:
     def _check_vec(self, v: PVector) -> None:
         if not isinstance(v, PVector):
             raise InvalidInputError(f"expected a PVector, got {type(v).__name__}")
-        if v.space.names != self.space.names:
+        if v.space.names != self.space.names or any(
+            a.shape != b.shape for a, b in zip(v.space.params, self.space.params)
+        ):
             raise InvalidInputError(
                 "the vector lives on a different parameter space than the matrix "
                 f"({v.space.numel} vs {self.space.numel} parameters)"
@@ -170,10 +172,12 @@ class PMat:
 
     def _check_dense(self, what: str = "the dense P×P matrix", suggestion: str | None = None) -> None:
         p = self.space.numel
+        others = [r for r in ("PMatDiag", "PMatBlockDiag", "PMatLowRank", "PMatImplicit")
+                  if r != type(self).__name__]
         self.budget.check(
             what, p * p, self.dtype,
-            suggestion or "Use PMatDiag, PMatBlockDiag, PMatLowRank or PMatImplicit, or select fewer "
-            "parameters with `params=`."
+            suggestion or "Keep working with this matrix's own verbs (mv, solve, eigh(k)...), "
+            f"use {', '.join(others)}, or select fewer parameters with `params=`."
         )
 
     def _vec(self, flat: torch.Tensor) -> PVector:

@@ -53,7 +53,7 @@ class PMatSum(PMat):
     def to_dense(self) -> torch.Tensor:
         return sum(a * t.to_dense() for t, a in zip(self.terms, self.coefs))  # type: ignore[return-value]
 
-    def _scale(self, s: float) -> "PMatSum":
+    def _scale(self, s: float) -> PMatSum:
         return PMatSum(self.terms, [a * s for a in self.coefs])
 
 

@@ -68,7 +68,7 @@ class PMatDense(PMat):
         a = self.data + lam * torch.eye(self.space.numel, dtype=self.dtype, device=self.device)
         return self._vec(_chol_solve(a, v.flat(), "the dense matrix"))
 
-    def inverse(self, damping: float = 0.0) -> "PMatDense":
+    def inverse(self, damping: float = 0.0) -> PMatDense:
         lam = check_damping(damping)
         a = self.data + lam * torch.eye(self.space.numel, dtype=self.dtype, device=self.device)
         chol, info = torch.linalg.cholesky_ex(a)
@@ -86,20 +86,20 @@ class PMatDense(PMat):
             return torch.linalg.eigvalsh(self.data).abs().max()
         raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
 
-    def _add(self, other: "PMatDense") -> "PMatDense":
+    def _add(self, other: PMatDense) -> PMatDense:
         return PMatDense(self.space, self.data + other.data, self.budget)
 
-    def _scale(self, s: float) -> "PMatDense":
+    def _scale(self, s: float) -> PMatDense:
         return PMatDense(self.space, self.data * s, self.budget)
 
-    def _matmul(self, other: "PMatDense") -> "PMatDense":
+    def _matmul(self, other: PMatDense) -> PMatDense:
         return PMatDense(self.space, self.data @ other.data, self.budget)
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._meta(), "data": self.data}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "PMatDense":
+    def from_state_dict(cls, state: dict[str, Any]) -> PMatDense:
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
@@ -151,7 +151,7 @@ class PMatDiag(PMat):
         self._check_vec(v)
         return self._vec(v.flat() / self._shifted(damping))
 
-    def inverse(self, damping: float = 0.0) -> "PMatDiag":
+    def inverse(self, damping: float = 0.0) -> PMatDiag:
         return PMatDiag(self.space, 1.0 / self._shifted(damping), self.budget)
 
     def eigh(self, k: int | None = None):
@@ -173,20 +173,20 @@ class PMatDiag(PMat):
             return self.data.abs().max()
         raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
 
-    def _add(self, other: "PMatDiag") -> "PMatDiag":
+    def _add(self, other: PMatDiag) -> PMatDiag:
         return PMatDiag(self.space, self.data + other.data, self.budget)
 
-    def _scale(self, s: float) -> "PMatDiag":
+    def _scale(self, s: float) -> PMatDiag:
         return PMatDiag(self.space, self.data * s, self.budget)
 
-    def _matmul(self, other: "PMatDiag") -> "PMatDiag":
+    def _matmul(self, other: PMatDiag) -> PMatDiag:
         return PMatDiag(self.space, self.data * other.data, self.budget)
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._meta(), "data": self.data}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "PMatDiag":
+    def from_state_dict(cls, state: dict[str, Any]) -> PMatDiag:
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
@@ -241,7 +241,7 @@ class PMatBlockDiag(PMat):
 
         return self._vec(self._per_block(v.flat(), one))
 
-    def inverse(self, damping: float = 0.0) -> "PMatBlockDiag":
+    def inverse(self, damping: float = 0.0) -> PMatBlockDiag:
         lam = check_damping(damping)
         out = {}
         for m, b in self.blocks.items():
@@ -279,18 +279,18 @@ class PMatBlockDiag(PMat):
             return torch.stack([torch.linalg.eigvalsh(b).abs().max() for b in self.blocks.values()]).max()
         raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
 
-    def _add(self, other: "PMatBlockDiag") -> "PMatBlockDiag":
+    def _add(self, other: PMatBlockDiag) -> PMatBlockDiag:
         return PMatBlockDiag(self.space, {m: b + other.blocks[m] for m, b in self.blocks.items()}, self.budget)
 
-    def _scale(self, s: float) -> "PMatBlockDiag":
+    def _scale(self, s: float) -> PMatBlockDiag:
         return PMatBlockDiag(self.space, {m: b * s for m, b in self.blocks.items()}, self.budget)
 
-    def _matmul(self, other: "PMatBlockDiag") -> "PMatBlockDiag":
+    def _matmul(self, other: PMatBlockDiag) -> PMatBlockDiag:
         return PMatBlockDiag(self.space, {m: b @ other.blocks[m] for m, b in self.blocks.items()}, self.budget)
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._meta(), "blocks": dict(self.blocks)}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "PMatBlockDiag":
+    def from_state_dict(cls, state: dict[str, Any]) -> PMatBlockDiag:
         return cls(ParamSpace.from_state(state["space"]), state["blocks"])

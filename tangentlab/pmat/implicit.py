@@ -10,7 +10,6 @@ identity ``‖F‖_F = ‖Φ Φᵀ‖_F / N``, computed tile by tile.
 
 from __future__ import annotations
 
-
 from typing import Any
 
 import numpy as np

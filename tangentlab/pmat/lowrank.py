@@ -114,7 +114,7 @@ class PMatLowRank(PMat):
         coef = 1.0 / (s + e) - 1.0 / s
         return self._vec(f / s + q @ (coef * (q.T @ f)))
 
-    def inverse(self, damping: float = 0.0) -> "PMatLowRank":
+    def inverse(self, damping: float = 0.0) -> PMatLowRank:
         s = self._s(damping)
         e, q = self._core()
         out = PMatLowRank(self.space, q.T.contiguous(), 1.0 / (s + e) - 1.0 / s, 1.0 / s, self.budget)
@@ -139,16 +139,16 @@ class PMatLowRank(PMat):
         """``U Uᵀ`` (R × R): shares its non-zero spectrum with ``Uᵀ U``."""
         return self.factor @ self.factor.T
 
-    def _add(self, other: "PMatLowRank") -> "PMatLowRank":
+    def _add(self, other: PMatLowRank) -> PMatLowRank:
         return PMatLowRank(self.space, torch.cat([self.factor, other.factor]),
                            torch.cat([self._w(), other._w()]), self.shift + other.shift, self.budget)
 
-    def _scale(self, s: float) -> "PMatLowRank":
+    def _scale(self, s: float) -> PMatLowRank:
         return PMatLowRank(self.space, self.factor, self._w() * s, self.shift * s, self.budget)
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._meta(), "factor": self.factor, "weights": self.weights, "shift": self.shift}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "PMatLowRank":
+    def from_state_dict(cls, state: dict[str, Any]) -> PMatLowRank:
         return cls(ParamSpace.from_state(state["space"]), state["factor"], state["weights"], state["shift"])

@@ -1,0 +1,96 @@
+"""The ``tangentlab`` command line.
+
+Each subcommand is one *registration function* that adds its parser to the
+subparsers and sets ``handler`` (a function ``Namespace -> int``), plus one line
+in :data:`COMMANDS`. To add ``tangentlab report RUN_DIR``::
+
+    def _report(sub: Subparsers) -> None:
+        p = sub.add_parser("report", help="summarize a finished run")
+        p.add_argument("run_dir")
+        p.set_defaults(handler=lambda args: report(args.run_dir))
+
+    COMMANDS = (_demo, _report)
+
+Errors raised on purpose by tangentlab (:class:`~tangentlab.errors.TangentlabError`)
+are printed as one line on stderr with exit status 2, like argparse's usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from . import __version__
+from .errors import TangentlabError
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    Subparsers = argparse._SubParsersAction
+
+#: Exit status of a TangentlabError and of a usage error.
+EXIT_ERROR = 2
+#: Exit status after Ctrl-C.
+EXIT_INTERRUPTED = 130
+
+
+def _demo(sub: Subparsers) -> None:
+    from . import demo
+
+    p = sub.add_parser(
+        "demo", help="train a small MLP on digits and compare Fisher representations and NTKs",
+        description="The main-job demo: exact Fisher in five representations with consistency "
+                    "checks, FIM/NTK duality, and NTK-label alignment before/after training "
+                    "(sklearn digits, CPU, float64).",
+    )
+    demo.add_arguments(p)
+    p.set_defaults(handler=demo.command)
+
+
+#: Registered subcommands, in the order ``--help`` lists them.
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_demo,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="tangentlab",
+        description="Neural networks through their linearization: Fishers, NTKs, Jacobians.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(None if argv is None else [str(a) for a in argv])
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        return int(handler(args))
+    except TangentlabError as e:
+        print(f"tangentlab {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("tangentlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Floating-point work of the workloads, for the lower bound ``flops / (matmul GFLOP/s)``.
+
+The counts follow the cheapest *known* algorithm for each quantity (they are the
+work of an ideal implementation of the per-layer methods, not a proof that no
+faster method exists), in flops (2 per multiply-add), with these conventions:
+
+* ``M`` is the multiply-adds of one forward pass of one example through the
+  Linear/Conv layers (``Σ_l T_l·I_l·O_l``; ``T`` positions, ``I`` inputs per
+  position, ``O`` outputs); element-wise layers (activations, BatchNorm, pooling)
+  are ignored;
+* a backward pass to the layer outputs (what the output gradients ``g`` need)
+  costs ``2·N·(M − M_first)`` per output coordinate, where ``M_first`` is the
+  first layer's forward multiply-adds (its input gradient is never needed), and
+  a forward-mode tangent ``4·N·M`` (``W·dx + dW·x``);
+* a symmetric N×N kernel counts each unordered pair of examples once;
+* for layers with weight sharing (``T > 1``) the Gram trick and per-example
+  materialization are both counted and the cheaper one is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    name: str
+    t: int  # positions (1 for a plain Linear)
+    i: int  # inputs per position, without the bias column
+    o: int  # outputs per position
+    bias: bool
+
+    @property
+    def macs(self) -> int:
+        return self.t * self.i * self.o
+
+    @property
+    def ih(self) -> int:  # homogeneous inputs (bias as a column of ones)
+        return self.i + (1 if self.bias else 0)
+
+
+def layer_shapes(model: nn.Module, x1: torch.Tensor) -> list[LayerShape]:
+    """Linear / Conv2d layers in call order, measured on one example ``x1`` (with its batch dim)."""
+    shapes: list[LayerShape] = []
+
+    def hook(mod, args, out):
+        name = names[id(mod)]
+        if isinstance(mod, nn.Linear):
+            t = args[0].numel() // args[0].shape[-1] // args[0].shape[0]
+            shapes.append(LayerShape(name, t, mod.in_features, mod.out_features, mod.bias is not None))
+        else:
+            t = out.shape[2] * out.shape[3]
+            k = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+            shapes.append(LayerShape(name, t, k, mod.out_channels, mod.bias is not None))
+
+    names = {id(m): n for n, m in model.named_modules()}
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def forward(shapes: list[LayerShape], n: int) -> float:
+    return 2.0 * n * sum(s.macs for s in shapes)
+
+
+def backward_to_outputs(shapes: list[LayerShape], n: int, c: int) -> float:
+    """``c`` backward passes to the layer outputs (no weight gradients)."""
+    return 2.0 * n * c * (sum(s.macs for s in shapes) - shapes[0].macs)
+
+
+def gram_layer(s: LayerShape, n: int, c: int, symmetric: bool = True) -> float:
+    """One layer's contribution to an ``(N, N, C, C)`` kernel: min(Gram trick, materialized)."""
+    pairs = n * (n + 1) / 2 if symmetric else float(n * n)
+    if s.t == 1:  # a·a' (N² I) and g·g' ((NC)² O) Gram matrices, and the Hadamard product
+        return 2.0 * pairs * (s.ih + c * c * s.o) + pairs * c * c
+    structured = 2.0 * pairs * s.t * s.t * (s.ih + c * c * s.o)
+    materialized = 2.0 * c * n * s.t * s.o * s.ih + 2.0 * pairs * c * c * s.o * s.ih
+    return min(structured, materialized)
+
+
+def ntk(shapes: list[LayerShape], n: int, c: int) -> float:
+    return forward(shapes, n) + backward_to_outputs(shapes, n, c) + sum(gram_layer(s, n, c) for s in shapes)
+
+
+def dense_jacobian_contraction(p: int, n: int, c: int) -> float:
+    """The contraction alone of the dense-Jacobian route, ``2·(N·C)²·P`` (workloads.md)."""
+    return 2.0 * (n * c) ** 2 * p
+
+
+def diag_fisher(shapes: list[LayerShape], n: int, c_pseudo: int, p: int) -> float:
+    """Diagonal of ``Σ_c φ_c φ_cᵀ`` from per-layer ``a`` and ``g``, plus one diagonal ``mv``."""
+    work = forward(shapes, n) + backward_to_outputs(shapes, n, c_pseudo)
+    for s in shapes:
+        if s.t == 1:  # (Σ_c g²)ᵀ (a²): one matmul
+            work += 2.0 * n * s.o * s.ih + n * c_pseudo * s.o + n * s.ih
+        else:
+            work += 2.0 * c_pseudo * n * s.t * s.o * s.ih + 2.0 * c_pseudo * n * s.o * s.ih
+    return work + p
+
+
+def sq_norms(shapes: list[LayerShape], n: int, c: int, p: int) -> float:
+    """``Σ_{n,c} ‖φ_{c,n}‖²`` (the trace): forward, ``c`` backward passes, per-layer norms."""
+    work = forward(shapes, n) + backward_to_outputs(shapes, n, c)
+    for s in shapes:
+        if s.t == 1:
+            work += 2.0 * n * (c * s.o + s.ih)
+        else:
+            structured = 2.0 * n * s.t * s.t * (s.ih + c * s.o)
+            materialized = 2.0 * c * n * s.t * s.o * s.ih
+            work += min(structured, materialized)
+    return work
+
+
+def fisher_mv(shapes: list[LayerShape], n: int) -> float:
+    """``Jᵀ H J v``: primal forward, forward-mode tangent, backward with weight gradients."""
+    m = sum(s.macs for s in shapes)
+    return 2.0 * n * m + 4.0 * n * m + 4.0 * n * m - 2.0 * n * shapes[0].macs
+
+
+def fisher_vtmv(shapes: list[LayerShape], n: int) -> float:
+    m = sum(s.macs for s in shapes)
+    return 2.0 * n * m + 4.0 * n * m
+
+
+def per_example_grads(shapes: list[LayerShape], n: int) -> float:
+    """Forward, one backward to the layer outputs, per-example weight gradients ``Σ_t g aᵀ``."""
+    return forward(shapes, n) + backward_to_outputs(shapes, n, 1) + \
+        2.0 * n * sum(s.t * s.o * s.ih for s in shapes)

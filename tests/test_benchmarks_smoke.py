@@ -1,0 +1,41 @@
+"""Smoke test of the benchmark suite: quick mode, W1, W2 and W5, one subprocess per row.
+
+Checks that every runnable row ran and that all libraries agree (float32,
+relative error < 1e-3). No timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_suite_runs_and_libraries_agree(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "W1,W2,W5", "--repeats", "1",
+           "--threads", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    report = json.loads((tmp_path / "results.json").read_text())
+    groups = report["workloads"]
+    assert [g["id"] for g in groups] == ["W1", "W2", "W5"]
+    for g in groups:
+        rows = {r["library"]: r for r in g["rows"]}
+        assert "tangentlab" in rows and "torch.func vmap(jacrev/grad)" in rows
+        ran = [r for r in g["rows"] if r["status"] == "ok"]
+        assert len(ran) >= 2, g["rows"]
+        for r in g["rows"]:
+            assert r["status"] in ("ok", "not installed", "not implemented yet"), r
+            if r["status"] == "ok":
+                assert r["rel_err"] < 1e-3, (g["id"], r["library"], r["rel_err"])
+                assert r["median_s"] > 0 and r["peak_rss_bytes"] > 0
+        assert sum(1 for r in ran if r.get("reference")) == 1
+        assert g["lower_bound_flops"] > 0
+
+    md = (tmp_path / "RESULTS.md").read_text()
+    for heading in ("## Machine", "## W1:", "## W2:", "## W5:"):
+        assert heading in md

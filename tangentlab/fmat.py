@@ -164,24 +164,49 @@ def capture_nbytes(obj: Any) -> int:
 
 
 class _CaptureSource:
-    """Captures of one data set, cached in memory when they fit in a quarter of the budget."""
+    """Captures of one data set, computed lazily in data order and kept in memory while they
+    fit in a quarter of the budget; past that they are recomputed when visited again."""
 
-    def __init__(self, engine: Engine, data: Batches, desc: str):
+    def __init__(self, engine: Engine, data: Batches, desc: str, first: Capture | None = None):
         self.engine, self.data, self.desc = engine, data, desc
-        self.cache: list[Capture] | None = []
-        used = 0
-        for cap in engine.captures(data, desc):
-            used += capture_nbytes(cap)
-            if used > engine.budget.nbytes // 4:
-                self.cache = None
-                break
-            self.cache.append(cap)  # type: ignore[union-attr]
-        self.sizes = [b[0].shape[0] for b in data] if self.cache is None else [c.n for c in self.cache]
+        self.cache: list[Capture] | None = [] if first is None else [first]
+        self.used = 0 if first is None else capture_nbytes(first)
+        self.complete = False
+
+    def _fresh(self, start: int = 0) -> Iterator[Capture]:
+        for i, b in self.engine.batches(self.data, self.desc):
+            if i >= start:
+                yield self.engine.capture(b, i)
+
+    def _keep(self, cap: Capture) -> None:
+        if self.cache is None:
+            return
+        self.used += capture_nbytes(cap)
+        if self.used > self.engine.budget.nbytes // 4:
+            self.cache = None
+        else:
+            self.cache.append(cap)
 
     def __iter__(self) -> Iterator[Capture]:
-        if self.cache is not None:
-            return iter(self.cache)
-        return self.engine.captures(self.data, self.desc)
+        """All captures in order (extending the cache on the first full pass)."""
+        if self.complete and self.cache is not None:
+            yield from self.cache
+            return
+        if self.cache is None:
+            yield from self._fresh()
+            return
+        done = list(self.cache)
+        yield from done
+        for cap in self._fresh(len(done)):
+            self._keep(cap)
+            yield cap
+        self.complete = True
+
+    def head(self, k: int) -> Iterator[Capture]:
+        """The first ``k`` captures (already computed by an enclosing pass when cached)."""
+        if self.cache is not None and len(self.cache) >= k:
+            return iter(self.cache[:k])
+        return (c for i, c in zip(range(k), self._fresh()))
 
 
 def _center_terms(cap: Capture, engine: Engine, mean: torch.Tensor, space) -> torch.Tensor:
@@ -193,27 +218,23 @@ def _center_terms(cap: Capture, engine: Engine, mean: torch.Tensor, space) -> to
 
 
 def gram_tiles(engine: Engine, data1: Any, data2: Any = None, per_layer: bool = False,
-               mean: torch.Tensor | None = None) -> Iterator[tuple[slice, slice, Any]]:
+               mean: torch.Tensor | None = None,
+               first: Capture | None = None) -> Iterator[tuple[slice, slice, Any]]:
     """Yield ``(rows, cols, block)`` tiles of the Gram tensor; for one set, only tiles with
-    ``cols ≤ rows`` (the caller mirrors them). ``mean``: mean features ``(C, P)`` to center with."""
+    ``cols ≤ rows`` (the caller mirrors them). ``mean``: mean features ``(C, P)`` to center
+    with; ``first``: the already computed capture of the first batch of ``data1``."""
     b1 = data1 if isinstance(data1, Batches) else Batches(data1)
-    src1 = _CaptureSource(engine, b1, "NTK rows")
-    if data2 is None:
-        src2, symmetric = src1, True
-    else:
+    src1 = _CaptureSource(engine, b1, "NTK rows", first)
+    symmetric = data2 is None
+    src2 = None
+    if not symmetric:
         src2 = _CaptureSource(engine, data2 if isinstance(data2, Batches) else Batches(data2), "NTK cols")
-        symmetric = False
-    off1 = [0]
-    for s in src1.sizes:
-        off1.append(off1[-1] + s)
-    off2 = [0]
-    for s in src2.sizes:
-        off2.append(off2[-1] + s)
     layers = {lay.module: engine.space.select([p.name for p in lay.params]) for lay in engine.space.layers}
+    row0 = 0
     for i, c1 in enumerate(src1):
-        for j, c2 in enumerate(src2):
-            if symmetric and j > i:
-                break
+        col0 = 0
+        inner = src1.head(i + 1) if symmetric else iter(src2)  # type: ignore[arg-type]
+        for c2 in inner:
             blk = ops.gram(c1, c2, engine.space, per_layer=per_layer)
             if mean is not None:
                 def corr(sp, m, c1=c1, c2=c2):
@@ -227,7 +248,9 @@ def gram_tiles(engine: Engine, data1: Any, data2: Any = None, per_layer: bool = 
                         blk[name] = blk[name] + corr(sp, mean[:, lay.slice])
                 else:
                     blk = blk + corr(engine.space, mean)
-            yield slice(off1[i], off1[i + 1]), slice(off2[j], off2[j + 1]), blk
+            yield slice(row0, row0 + c1.n), slice(col0, col0 + c2.n), blk
+            col0 += c2.n
+        row0 += c1.n
 
 
 def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
@@ -236,10 +259,9 @@ def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
     b2 = None if x2 is None else (x2 if isinstance(x2, Batches) else Batches(x2))
     n1 = b1.count()
     n2 = n1 if b2 is None else b2.count()
-    first = next(iter(b1))
-    from .data import to_device
-
-    c = engine.capture(to_device(first, engine.device, engine.dtype, 0), 0).n_outputs
+    index, batch = next(engine.batches(b1))
+    first = engine.capture(batch, index)  # C, for the budget check; reused by the tiles
+    c = first.n_outputs
     copies = 1 + (len(engine.space.layers) if per_layer else 0)
     engine.budget.check(
         f"an NTK of shape ({n1}, {n2}, {c}, {c})" + (" with per-layer blocks" if per_layer else ""),
@@ -255,7 +277,7 @@ def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
     out = torch.zeros(n1, n2, c, c, dtype=engine.dtype, device=engine.device)
     per = {lay.module: torch.zeros_like(out) for lay in engine.space.layers} if per_layer else None
     symmetric = b2 is None
-    for rows, cols, blk in gram_tiles(engine, b1, b2, per_layer, mean):
+    for rows, cols, blk in gram_tiles(engine, b1, b2, per_layer, mean, first):
         targets = [(out, sum(blk.values()) if per_layer else blk)]
         if per is not None:
             targets += [(per[k], v) for k, v in blk.items()]

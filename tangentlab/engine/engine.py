@@ -183,12 +183,17 @@ class Engine:
         return {"model." + n: b.clone() for n, b in self.model.named_buffers()}
 
     def functional_outputs(self, params: dict[str, torch.Tensor], batch: Batch,
-                           aux: Aux, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                           aux: Aux | int, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Pseudo-outputs ``s`` (N, C) with the parameters replaced by ``params`` (and, in
-        joint mode, the buffers by ``buffers`` or fresh copies)."""
+        joint mode, the buffers by ``buffers`` or fresh copies).
+
+        ``aux`` is the batch's auxiliary data, or the batch *index* (an int) to compute it
+        from the detached outputs of this same forward pass (no extra forward)."""
         full = {"model." + n: p for n, p in params.items()}
         full.update(self.buffers() if buffers is None else buffers)
         z = functional_call(self._wrapper, full, (batch,))
+        if isinstance(aux, int):
+            aux = self.output.prepare(z.detach(), batch, self.generator(aux))
         return self.output.head(z, aux, batch)
 
     def prepare(self, batch: Batch, index: int) -> tuple[torch.Tensor, Aux]:

@@ -55,11 +55,10 @@ def jvp(engine: Engine, batch: Batch, index: int,
     """``(J v)[n, c] = ⟨φ_c(x_n), v⟩`` for one batch: ``(N, C)``."""
     engine.validate(batch, index)
     names, fixed = _split(engine)
-    _, aux = engine.prepare(batch, index)
     n_ex = batch[0].shape[0]
 
-    def f(p):
-        return engine.functional_outputs({**fixed, **p}, batch, aux)
+    def f(p):  # auxiliary data (probabilities, samples) from this forward's detached outputs
+        return engine.functional_outputs({**fixed, **p}, batch, index)
 
     primals = {n: engine.params[n].detach() for n in names}
     tang = {n: tangents[n].detach().to(engine.dtype) for n in names}
@@ -102,10 +101,9 @@ def vjp(engine: Engine, batch: Batch, index: int, cotangent: torch.Tensor) -> di
     """``Jᵀ u = Σ_{n,c} u[n, c] φ_c(x_n)`` for one batch: ``{name: tensor}``."""
     engine.validate(batch, index)
     names, fixed = _split(engine)
-    _, aux = engine.prepare(batch, index)
     with math_attention(), torch.enable_grad():
         p = {n: engine.params[n].detach().requires_grad_(True) for n in names}
-        s = engine.functional_outputs({**fixed, **p}, batch, aux)
+        s = engine.functional_outputs({**fixed, **p}, batch, index)
         engine.check_outputs(s.detach(), batch[0].shape[0], index)
         if cotangent.shape != s.shape:
             raise InvalidInputError(

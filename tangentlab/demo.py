@@ -70,6 +70,7 @@ from torch import nn
 from . import __version__
 from .api import fim, ntk
 from .errors import InvalidInputError
+from .memory import tensor_nbytes
 from .pmat import PMat
 from .vectors import PVector
 
@@ -260,20 +261,10 @@ def _check(name: str, value: float, tol: float = RTOL, detail: str = "") -> Chec
     return Check(name, bool(math.isfinite(value) and value <= tol), float(value), tol, detail)
 
 
-def _tensor_bytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
-
-
 def stored_bytes(matrix: PMat) -> int:
     """Bytes of the tensors a representation owns (its attributes, tensors inside dicts
     and tuples included), not counting the model and data an implicit matrix references."""
-    return sum(_tensor_bytes(v) for k, v in vars(matrix).items() if k not in ("engine", "examples"))
+    return sum(tensor_nbytes(v) for k, v in vars(matrix).items() if k not in ("engine", "examples"))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -11,7 +11,6 @@ of ``K`` divided by ``N``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import fields, is_dataclass
 from numbers import Number
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from .data import Batches
 from .engine import Capture, Engine, ops
 from .errors import InvalidInputError
+from .memory import tensor_nbytes
 from .vectors import FVector
 
 
@@ -149,18 +149,9 @@ class FMatDense:
 
 
 # ---------------------------------------------------------------------------------------
-def capture_nbytes(obj: Any) -> int:
-    """Bytes held by the tensors of a capture (recursively through dataclasses)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(capture_nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(capture_nbytes(v) for v in obj)
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return sum(capture_nbytes(getattr(obj, f.name)) for f in fields(obj)
-                   if f.name not in ("module", "rule", "layer"))
-    return 0
+def capture_nbytes(cap: Capture) -> int:
+    """Bytes held by the tensors of a capture (not the module, rule or layer description)."""
+    return tensor_nbytes(cap, skip=("module", "rule", "layer"))
 
 
 class _CaptureSource:

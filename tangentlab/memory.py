@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
 
 import torch
 
@@ -90,3 +91,17 @@ class MemoryBudget:
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def tensor_nbytes(obj: Any, skip: tuple[str, ...] = ()) -> int:
+    """Bytes held by the tensors inside ``obj`` (recursing through dicts, lists, tuples and
+    dataclasses; dataclass fields named in ``skip`` are ignored)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_nbytes(v, skip) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_nbytes(v, skip) for v in obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return sum(tensor_nbytes(getattr(obj, f.name), skip) for f in fields(obj) if f.name not in skip)
+    return 0

@@ -37,15 +37,19 @@ def built(arch: str, rep: str):
         return tl.fim(model, (x, y), "exact", rep, batch_size=4)
 
 
-def reference(arch: str, rep: str) -> torch.Tensor:
-    """The dense matrix a representation should equal, derived from the oracle."""
-    model, _, _, F = arch_case(arch)
+def restrict(rep: str, space: tl.ParamSpace, F: torch.Tensor) -> torch.Tensor:
+    """What representation ``rep`` keeps of the dense matrix ``F`` on ``space``."""
     if rep == "diag":
         return torch.diag(torch.diagonal(F))
     if rep == "blockdiag":
-        space = tl.ParamSpace.from_model(model)
         mask = torch.zeros_like(F, dtype=torch.bool)
         for lay in space.layers:
             mask[lay.slice, lay.slice] = True
         return torch.where(mask, F, torch.zeros_like(F))
     return F
+
+
+def reference(arch: str, rep: str) -> torch.Tensor:
+    """The dense matrix a representation should equal, derived from the oracle."""
+    model, _, _, F = arch_case(arch)
+    return restrict(rep, tl.ParamSpace.from_model(model), F)

@@ -26,15 +26,25 @@ def _chol_solve(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
         ) from None
 
 
-class PMatDense(PMat):
-    """The full ``P × P`` matrix. Memory ``P²``; ``solve``/``inverse`` cost ``O(P³)``."""
+def _spd_inverse(a: torch.Tensor) -> torch.Tensor:
+    """Inverse of a symmetric matrix: through Cholesky when positive definite, else LU."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    return torch.cholesky_inverse(chol) if int(info) == 0 else torch.linalg.inv(a)
+
+
+class _TensorPMat(PMat):
+    """A representation stored in one tensor ``data`` whose shape is fixed by the space."""
 
     def __init__(self, space: ParamSpace, data: torch.Tensor, budget: MemoryBudget | None = None):
-        p = space.numel
-        if data.shape != (p, p):
-            raise InvalidInputError(f"dense data must be ({p}, {p}), got {tuple(data.shape)}")
+        want = self._data_shape(space.numel)
+        if tuple(data.shape) != want:
+            raise InvalidInputError(f"{type(self).__name__} data must be {want}, got {tuple(data.shape)}")
         self.space, self.data = space, data
         self.budget = budget or MemoryBudget.resolve(None, data.device)
+
+    @staticmethod
+    def _data_shape(p: int) -> tuple[int, ...]:
+        raise NotImplementedError
 
     @property
     def dtype(self) -> torch.dtype:
@@ -43,6 +53,27 @@ class PMatDense(PMat):
     @property
     def device(self) -> torch.device:
         return self.data.device
+
+    def _add(self, other):
+        return type(self)(self.space, self.data + other.data, self.budget)
+
+    def _scale(self, s: float):
+        return type(self)(self.space, self.data * s, self.budget)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self._meta(), "data": self.data}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]):
+        return cls(ParamSpace.from_state(state["space"]), state["data"])
+
+
+class PMatDense(_TensorPMat):
+    """The full ``P × P`` matrix. Memory ``P²``; ``solve``/``inverse`` cost ``O(P³)``."""
+
+    @staticmethod
+    def _data_shape(p: int) -> tuple[int, ...]:
+        return (p, p)
 
     def mv(self, v: PVector) -> PVector:
         self._check_vec(v)
@@ -71,9 +102,7 @@ class PMatDense(PMat):
     def inverse(self, damping: float = 0.0) -> PMatDense:
         lam = check_damping(damping)
         a = self.data + lam * torch.eye(self.space.numel, dtype=self.dtype, device=self.device)
-        chol, info = torch.linalg.cholesky_ex(a)
-        inv = torch.cholesky_inverse(chol) if int(info) == 0 else torch.linalg.inv(a)
-        return PMatDense(self.space, inv, self.budget)
+        return PMatDense(self.space, _spd_inverse(a), self.budget)
 
     def eigh(self, k: int | None = None):
         evals, evecs = torch.linalg.eigh(self.data)
@@ -245,9 +274,7 @@ class PMatBlockDiag(PMat):
         lam = check_damping(damping)
         out = {}
         for m, b in self.blocks.items():
-            a = b + lam * torch.eye(b.shape[0], dtype=b.dtype, device=b.device)
-            chol, info = torch.linalg.cholesky_ex(a)
-            out[m] = torch.cholesky_inverse(chol) if int(info) == 0 else torch.linalg.inv(a)
+            out[m] = _spd_inverse(b + lam * torch.eye(b.shape[0], dtype=b.dtype, device=b.device))
         return PMatBlockDiag(self.space, out, self.budget)
 
     def eigh(self, k: int | None = None):

@@ -113,6 +113,18 @@ class FMatDense:
             raise InvalidInputError("per-layer kernels were not computed; pass per_layer=True to ntk()")
         return self.layers[name]
 
+    def select(self, layers: list[str] | str) -> FMatDense:
+        """The kernel of a subset of layers (module paths): the sum of their per-layer blocks."""
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if self.layers is None:
+            raise InvalidInputError("per-layer kernels were not computed; pass per_layer=True to ntk(), "
+                                    "or ntk(..., params=...) for a subset")
+        unknown = [n for n in names if n not in self.layers]
+        if unknown:
+            raise InvalidInputError(f"no layers {unknown}; this kernel has {sorted(self.layers)}")
+        parts = {n: self.layers[n] for n in names}
+        return FMatDense(sum(p.data for p in parts.values()), parts, self.symmetric)
+
     def to_scipy(self):
         from .linop import fmat_to_scipy
 

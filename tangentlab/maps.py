@@ -56,6 +56,14 @@ class PushForwardDense:
 
     __matmul__ = mv
 
+    def select(self, params: Any) -> PushForwardDense:
+        """The Jacobian with respect to a subset of the parameters (names or module prefixes)."""
+        sub = params if isinstance(params, ParamSpace) else self.space.select(
+            [params] if isinstance(params, str) else params)
+        idx = torch.cat([torch.arange(self.space.info(p.name).offset,
+                                      self.space.info(p.name).offset + p.numel) for p in sub.params])
+        return PushForwardDense(sub, self.data[:, :, idx.to(self.data.device)])
+
     @property
     def T(self) -> PullBackDense:  # noqa: N802
         return PullBackDense(self.space, self.data)

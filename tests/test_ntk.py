@@ -106,3 +106,16 @@ def test_ntk_is_unnormalized_gram_of_tangent_features():
     ek = torch.linalg.eigvalsh(K.as_matrix()).flip(0)[:5] / x.shape[0]
     ef = torch.linalg.eigvalsh(F).flip(0)[:5]
     assert oracle.rel_err(ek, ef) < 1e-9
+
+
+def test_select_layers_and_jacobian_columns():
+    model, x, _, _ = arch_case("norms")
+    K = _ntk(model, x, per_layer=True)
+    sub = K.select(["c1", "out"])
+    assert oracle.rel_err(sub.data, oracle.ntk(model, x, names=["c1.weight", "c1.bias", "out.weight",
+                                                                "out.bias"])) < 1e-10
+    J = tl.jacobian(model, x).select(["bn1.weight", "out"])
+    want = oracle.jacobian(model, x, names=["bn1.weight", "out.weight", "out.bias"])
+    assert oracle.rel_err(J.data, want) < 1e-10
+    with pytest.raises(tl.InvalidInputError, match="no layers"):
+        K.select("nonexistent")

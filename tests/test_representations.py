@@ -218,3 +218,20 @@ def test_lowrank_solve_keeps_orthogonal_component(arch):
     ortho = v - u.T @ torch.linalg.lstsq(u.T, v).solution
     x = M.solve(tl.PVector.from_flat(M.space, ortho), DAMP).flat()
     assert rel_err(x, ortho / DAMP) < 1e-8
+
+
+def test_select(arch, rep):
+    """Restricting an existing matrix to some parameters gives the oracle's sub-block."""
+    model, _, _, _ = arch_case(arch)
+    M, R = built(arch, rep), reference(arch, rep)
+    names = list(M.space.names)
+    chosen = [names[0], M.space.layers[-1].module]  # one parameter + one whole layer
+    sub = M.select(chosen)
+    keep = [p for p in M.space.params if p.name == names[0] or p.name.startswith(chosen[1] + ".")
+            or (chosen[1] == "" and p.name in names)]
+    idx = torch.cat([torch.arange(p.offset, p.offset + p.numel) for p in keep])
+    assert sub.space.names == tuple(p.name for p in keep)
+    assert type(sub) is type(M)
+    v = _vec(sub, 10)
+    assert rel_err(sub.mv(v).flat(), R[idx][:, idx] @ v.flat()) < TOL
+    assert abs(float(sub.trace()) - float(R[idx][:, idx].trace())) < TOL * float(R.trace())

@@ -61,6 +61,21 @@ class PMat:
         """Frobenius norm (``ord='fro'``) or spectral norm (``ord=2``)."""
         raise self._unsupported(f"norm({ord!r})", "PMatDense")
 
+    def select(self, params: Any) -> PMat:
+        """This matrix restricted to a subset of its parameters (names or module prefixes,
+        or a sub-:class:`ParamSpace`): the sub-block ``M[S, S]``, in the same representation."""
+        sub = params if isinstance(params, ParamSpace) else self.space.select(
+            [params] if isinstance(params, str) else params)
+        missing = [n for n in sub.names if n not in self.space]
+        if missing:
+            raise InvalidInputError(f"parameters {missing} are not in this matrix's space")
+        idx = torch.cat([torch.arange(self.space.info(p.name).offset,
+                                      self.space.info(p.name).offset + p.numel) for p in sub.params])
+        return self._select(sub, idx.to(self.device))
+
+    def _select(self, sub: ParamSpace, idx: torch.Tensor) -> PMat:
+        raise self._unsupported("select", "fim(..., params=...) to rebuild on the subset")
+
     # ---- derived verbs ------------------------------------------------------------
     def vTMv(self, v: PVector) -> torch.Tensor:
         """``vᵀ M v`` (0-d tensor, differentiable in ``v``)."""

@@ -124,6 +124,9 @@ class PMatDense(_TensorPMat):
     def _matmul(self, other: PMatDense) -> PMatDense:
         return PMatDense(self.space, self.data @ other.data, self.budget)
 
+    def _select(self, sub: ParamSpace, idx: torch.Tensor) -> PMatDense:
+        return PMatDense(sub, self.data[idx][:, idx], self.budget)
+
     def state_dict(self) -> dict[str, Any]:
         return {**self._meta(), "data": self.data}
 
@@ -210,6 +213,9 @@ class PMatDiag(PMat):
 
     def _matmul(self, other: PMatDiag) -> PMatDiag:
         return PMatDiag(self.space, self.data * other.data, self.budget)
+
+    def _select(self, sub: ParamSpace, idx: torch.Tensor) -> PMatDiag:
+        return PMatDiag(sub, self.data[idx], self.budget)
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._meta(), "data": self.data}
@@ -314,6 +320,16 @@ class PMatBlockDiag(PMat):
 
     def _matmul(self, other: PMatBlockDiag) -> PMatBlockDiag:
         return PMatBlockDiag(self.space, {m: b @ other.blocks[m] for m, b in self.blocks.items()}, self.budget)
+
+    def _select(self, sub: ParamSpace, idx: torch.Tensor) -> PMatBlockDiag:
+        blocks = {}
+        for lay in sub.layers:
+            mine = self.space.layer(lay.module)
+            local = torch.cat([torch.arange(mine.param(p.local).offset - mine.offset,
+                                            mine.param(p.local).offset - mine.offset + p.numel)
+                               for p in lay.params]).to(self.device)
+            blocks[lay.module] = self.blocks[lay.module][local][:, local]
+        return PMatBlockDiag(sub, blocks, self.budget)
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._meta(), "blocks": dict(self.blocks)}

@@ -113,6 +113,12 @@ class PMatImplicit(PMat):
             out = out - self._means().pow(2).sum(0)
         return self._vec(out)
 
+    def _select(self, sub, idx) -> PMatImplicit:
+        e = self.engine
+        engine = Engine(e.model, e.output, sub, registry=e.registry, route=e.route, seed=e.seed,
+                        memory_budget=e.budget, progress=e.show_progress)
+        return PMatImplicit(engine, self.examples, self.centering)
+
     def to_dense(self) -> torch.Tensor:
         raise self._unsupported("to_dense", "PMatDense (fim(..., representation='dense'))",
                                 "it never stores the matrix")

@@ -146,6 +146,9 @@ class PMatLowRank(PMat):
     def _scale(self, s: float) -> PMatLowRank:
         return PMatLowRank(self.space, self.factor, self._w() * s, self.shift * s, self.budget)
 
+    def _select(self, sub: ParamSpace, idx: torch.Tensor) -> PMatLowRank:
+        return PMatLowRank(sub, self.factor[:, idx], self.weights, self.shift, self.budget)
+
     def state_dict(self) -> dict[str, Any]:
         return {**self._meta(), "factor": self.factor, "weights": self.weights, "shift": self.shift}
 

@@ -275,3 +275,42 @@ def test_loss_is_per_example_in_empirical_fisher():
     model, x, y, _ = arch_case("mlp")
     with pytest.raises(tl.InvalidInputError, match="reduction='none'"):
         tl.fim(model, (x, y), "empirical", "diag", loss=lambda z, t: F.cross_entropy(z, t))
+
+
+def test_double_vjp_fallback_without_forward_mode():
+    """An op without a forward-mode rule: J·v falls back to the double-VJP identity (warned once)."""
+    from tangentlab.engine.functional import ForwardADWarning
+
+    class Cube(torch.autograd.Function):  # backward (and vmap) only, no jvp
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):
+            return x**3
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 3 * x**2 * g
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 5)
+            self.b = torch.nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.b(Cube.apply(self.a(x)))
+
+    torch.manual_seed(0)
+    model = Net().double()
+    x = torch.randn(7, 4)
+    M = tl.fim(model, x, "raw", "implicit")
+    v = tl.PVector.randn(M.space, dtype=torch.float64)
+    with pytest.warns(ForwardADWarning, match="double-VJP"):
+        got = M.mv(v)
+    assert oracle.rel_err(got.flat(), oracle.gauss_newton(model, x) @ v.flat()) < 1e-10

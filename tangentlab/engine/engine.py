@@ -78,14 +78,27 @@ class _FnModule(nn.Module):
 
 @contextlib.contextmanager
 def math_attention():
-    """Use the composite (math) attention kernel: it has forward-mode and vmap rules."""
+    """Use the composite (math) attention path: it has forward-mode and vmap rules.
+
+    Selects the math SDPA kernel and, for the duration of the block, turns off the fused
+    ``nn.MultiheadAttention`` fast path (which has no forward-mode rule); the previous
+    setting is restored on exit.
+    """
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # pragma: no cover
         yield
         return
-    with sdpa_kernel(SDPBackend.MATH):
-        yield
+    mha = getattr(torch.backends, "mha", None)
+    before = mha.get_fastpath_enabled() if mha is not None else None
+    try:
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(before)
 
 
 @contextlib.contextmanager

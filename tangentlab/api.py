@@ -53,7 +53,7 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
         params: Selector | ParamSpace = None, n_samples: int | None = None, loss: Any = None,
         variance: float | None = None, centering: bool = False, batch_size: int | None = None,
         route: str = "auto", registry: LayerRegistry | None = None, seed: int = 0,
-        memory_budget: Any = None, progress: bool | None = None) -> PMat:
+        memory_budget: Any = None, progress: bool | None = None, mixed: dict | None = None) -> PMat:
     """Fisher information matrix (or GGN / empirical Fisher) of ``model`` on ``data``.
 
     ``F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ`` where the pseudo-outputs ``s_c``
@@ -69,14 +69,21 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
       (default cross-entropy); needs targets;
     * a callable ``(model, batch) -> (N, C)``: the Jacobian outer products of its outputs.
 
-    ``representation`` is ``"dense"``, ``"diag"``, ``"blockdiag"``, ``"lowrank"`` or
-    ``"implicit"`` (or the class). ``params`` restricts the parameter space;
-    ``centering=True`` centers the tangent features (``φ − E φ``).
+    ``representation`` is ``"dense"``, ``"diag"``, ``"blockdiag"``, ``"quasidiag"``,
+    ``"lowrank"``, ``"kfac"``, ``"ekfac"``, ``"mixed"`` or ``"implicit"`` (or the class).
+    ``mixed`` (with ``representation="mixed"``) maps module paths or module types to
+    representation names, overriding the default (EKFAC for Linear/Conv/Embedding,
+    BlockDiag elsewhere). ``params`` restricts the parameter space; ``centering=True``
+    centers the tangent features (``φ − E φ``).
     """
     output = _fisher_output(kind, n_samples, loss, variance)
     engine = Engine(model, output, params, registry=registry, route=route, seed=seed,
                     memory_budget=memory_budget, progress=progress)
     cls = resolve(representation)
+    if mixed is not None:
+        if cls.__name__ != "PMatMixed":
+            raise InvalidInputError("mixed= applies to representation='mixed' only")
+        return BUILDERS[cls](engine, Batches(data, batch_size), centering=centering, assign=mixed)
     return BUILDERS[cls](engine, Batches(data, batch_size), centering=centering)
 
 

@@ -16,6 +16,7 @@ feature (per-example gradient) of output ``c`` at example ``n``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -94,6 +95,24 @@ class LayerRule:
         p2 = p1 if (g2 is g1 and feat2 is feat1) else self.flat_per_example(module, feat2, g2)
         return torch.einsum("cnp,dmp->nmcd", p1, p2)
 
+    # ---- Kronecker factors (optional: layers that define them support KFAC/EKFAC) ----------
+    def kron_layout(self, module: nn.Module) -> KronLayout | None:
+        """The matrix layout of the parameters for KFAC/EKFAC, or None if not defined."""
+        return None
+
+    def kfac_factors(self, module: nn.Module, feat: Any, g: torch.Tensor,
+                     cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums over the batch of the KFAC factors restricted to input columns ``cols``:
+        ``A = Σ_n Σ_t ã ãᵀ`` (``(G, I, I)``, or ``(G, I)`` if diagonal) and
+        ``B = Σ_n Σ_c (1/T) Σ_t g gᵀ`` (``(G, O, O)``)."""
+        raise NotImplementedError
+
+    def kfe_diag(self, module: nn.Module, feat: Any, g: torch.Tensor, cols: torch.Tensor,
+                 ua: torch.Tensor | None, ub: torch.Tensor) -> torch.Tensor:
+        """``Σ_n Σ_c (U_Bᵀ G_{c,n} U_A)²`` entrywise (``(G, O, I)``): the squared per-example
+        gradients in the Kronecker-factored eigenbasis (``ua=None``: identity)."""
+        raise NotImplementedError
+
     def dot(self, module: nn.Module, feat: Any, g: torch.Tensor,
             v: dict[str, torch.Tensor]) -> torch.Tensor:
         """``⟨φ_{c,n}, v⟩`` for a parameter-space vector ``v`` of this layer: ``(C, N)``."""
@@ -102,6 +121,25 @@ class LayerRule:
             pe = self.per_example(module, feat, g[sl])
             parts.append(sum(torch.einsum("cn...,...->cn", pe[k], v[k]) for k in pe))
         return torch.cat(parts, 0)
+
+
+@dataclass
+class KronLayout:
+    """How a layer's parameters form ``G`` matrices of shape ``(O, I)`` for Kronecker factorings.
+
+    ``index[name]`` is a ``(G, O, I)`` LongTensor: at ``[γ, o, i]`` the flat offset inside
+    parameter ``name`` of the entry at row ``o``, column ``i`` of group ``γ``'s matrix, or
+    ``-1`` where another parameter sits (e.g. the bias column of a homogeneous Linear).
+    The per-example gradient of group ``γ``'s matrix is ``Σ_t g_{t,γ} ã_{t,γ}ᵀ``, so its
+    Fisher block is approximated by ``A_γ ⊗ B_γ`` (row-major ``(o, i)`` order:
+    ``kron(B, A)``). ``diagonal_a``: the input factor is diagonal (one-hot inputs).
+    """
+
+    groups: int
+    out: int
+    inputs: int
+    index: dict[str, torch.Tensor]
+    diagonal_a: bool = False
 
 
 class LayerRegistry:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedLayerError
-from .base import CHUNK_ELEMENTS, LayerRule
+from .base import CHUNK_ELEMENTS, KronLayout, LayerRule
 
 
 @dataclass
@@ -96,6 +96,32 @@ class EmbeddingRule(LayerRule):
             gg = torch.einsum("cnte,dmse->ntmscd", x1[:, sl], x2)
             out[sl] = torch.einsum("ntms,ntmscd->nmcd", same, gg)
         return out
+
+    # ---- Kronecker factors: one-hot inputs, so the input factor is diagonal -----------------
+    def kron_layout(self, module: nn.Embedding) -> KronLayout:
+        v, d = module.num_embeddings, module.embedding_dim
+        # matrix M[d, v] = weight[v, d] (output dim x vocabulary), flat offset v·D + d
+        idx = (torch.arange(v).reshape(1, 1, v) * d + torch.arange(d).reshape(1, d, 1))
+        return KronLayout(1, d, v, {"weight": idx}, diagonal_a=True)
+
+    def kfac_factors(self, module, feat: Tokens, g, cols):
+        t = feat.idx.shape[1]
+        ones = torch.ones(feat.idx.numel(), dtype=g.dtype, device=g.device)
+        if feat.mask is not None:  # padding rows have no gradient: they are not counted
+            ones = ones * feat.mask.reshape(-1).to(g.dtype)
+        counts = g.new_zeros(module.num_embeddings).index_add_(0, feat.idx.reshape(-1), ones)
+        gg = self._g(feat, g)  # masked (C, N, T, D)
+        big_b = torch.einsum("cntd,cnte->de", gg, gg) / t
+        return counts[cols][None], big_b[None]
+
+    def kfe_diag(self, module, feat: Tokens, g, cols, ua, ub):
+        gr = torch.einsum("cntd,de->cnte", self._g(feat, g), ub[0])
+        out = None
+        for sl in self._chunks(module, g):
+            pe = self.per_example(module, feat, gr[sl].reshape(*gr[sl].shape[:2], -1, gr.shape[-1]))["weight"]
+            s = pe.pow(2).sum((0, 1)).T  # (D, V)
+            out = s if out is None else out + s
+        return out[:, cols][None]
 
     def dot(self, module, feat: Tokens, g, v):
         gg = self._g(feat, g)

@@ -22,6 +22,9 @@ class LinearRule(PatchRule):
         c, n = g.shape[0], g.shape[1]
         return g.reshape(c, n, feat.t, 1, g.shape[-1])
 
+    def geometry(self, module: nn.Linear):
+        return 1, module.out_features, module.in_features, module.bias is not None
+
 
 def _pads(module: nn.modules.conv._ConvNd, dims: int) -> list[tuple[int, int]]:
     """(left, right) padding per spatial dim, as the module's forward applies it."""
@@ -71,6 +74,13 @@ class ConvRule(PatchRule):
         a = cols.transpose(1, 2).reshape(n, t, grp, -1)
         return Patches(homogeneous(a, module.bias is not None), tuple(module.weight.shape),
                        module.bias is not None)
+
+    def geometry(self, module):
+        grp = module.groups
+        k = 1
+        for d in module.kernel_size:
+            k *= d
+        return grp, module.out_channels // grp, module.in_channels // grp * k, module.bias is not None
 
     def shape_g(self, module, feat: Patches, g):
         c, n, cout = g.shape[0], g.shape[1], g.shape[2]

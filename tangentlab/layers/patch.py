@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import CHUNK_ELEMENTS, LayerRule
+from .base import CHUNK_ELEMENTS, KronLayout, LayerRule
 
 
 @dataclass
@@ -142,6 +142,46 @@ class PatchRule(LayerRule):
                     out[sl] += torch.einsum("ntms,ntmscd->nmcd", aa, gg)
             return out
         return super().gram(module, feat1, g1, feat2, g2)
+
+    # ---- Kronecker factors (KFAC for Linear, KFC for convolutions) --------------------------
+    def geometry(self, module: nn.Module) -> tuple[int, int, int, bool]:
+        """``(G, O, I_w, has_bias)``: groups, outputs and weight inputs per group."""
+        raise NotImplementedError
+
+    def kron_layout(self, module) -> KronLayout:
+        grp, o, iw, bias = self.geometry(module)
+        oo = torch.arange(grp * o).reshape(grp, o, 1)
+        ii = torch.arange(iw).reshape(1, 1, iw)
+        w = oo * iw + ii
+        if not bias:
+            return KronLayout(grp, o, iw, {"weight": w})
+        neg = torch.full((grp, o, 1), -1, dtype=torch.long)
+        return KronLayout(grp, o, iw + 1, {"weight": torch.cat([w, neg], 2),
+                                            "bias": torch.cat([torch.full_like(w, -1), oo], 2)})
+
+    def kfac_factors(self, module, feat: Patches, g, cols):
+        a = feat.a[..., cols]
+        gg = self.shape_g(module, feat, g)
+        big_a = torch.einsum("ntgi,ntgj->gij", a, a)
+        big_b = torch.einsum("cntgo,cntgp->gop", gg, gg) / feat.t
+        return big_a, big_b
+
+    def kfe_diag(self, module, feat: Patches, g, cols, ua, ub):
+        a = feat.a[..., cols]
+        ar = a if ua is None else torch.einsum("ntgi,gij->ntgj", a, ua)
+        gr = torch.einsum("cntgo,gop->cntgp", self.shape_g(module, feat, g), ub)
+        if feat.t == 1:  # one matmul: ((g U_B)²)ᵀ ((ã U_A)²)
+            return torch.einsum("cngo,ngi->goi", gr[:, :, 0].pow(2), ar[:, 0].pow(2))
+        c, n = gr.shape[0], gr.shape[1]
+        per = max(1, CHUNK_ELEMENTS // max(1, gr.shape[3] * gr.shape[4] * ar.shape[-1]))
+        out = None
+        for ci in range(c):
+            for st in range(0, n, per):
+                sl = slice(st, st + per)
+                pe = torch.einsum("ntgo,ntgi->ngoi", gr[ci, sl], ar[sl])
+                s = pe.pow(2).sum(0)
+                out = s if out is None else out + s
+        return out
 
     def dot(self, module, feat: Patches, g, v):
         gg = self.shape_g(module, feat, g)

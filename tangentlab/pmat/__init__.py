@@ -11,7 +11,10 @@ from .build import build_blockdiag, build_dense, build_diag, build_lowrank, mean
 from .combine import PMatProduct, PMatSum
 from .dense import PMatBlockDiag, PMatDense, PMatDiag
 from .implicit import PMatImplicit
+from .kron import PMatEKFAC, PMatKFAC
+from .kron_build import build_ekfac, build_kfac
 from .lowrank import PMatLowRank
+from .mixed import PMatMixed, build_mixed
 
 #: How each representation is filled from an engine: ``builder(engine, data, centering)``.
 BUILDERS: dict[type, Callable[..., PMat]] = {
@@ -20,6 +23,9 @@ BUILDERS: dict[type, Callable[..., PMat]] = {
     PMatBlockDiag: build_blockdiag,
     PMatLowRank: build_lowrank,
     PMatImplicit: lambda engine, data, centering=False: PMatImplicit(engine, data, centering),
+    PMatKFAC: build_kfac,
+    PMatEKFAC: build_ekfac,
+    PMatMixed: build_mixed,
 }
 
 #: Names accepted by ``fim(..., representation=...)``.
@@ -29,6 +35,9 @@ NAMES: dict[str, type] = {
     "blockdiag": PMatBlockDiag,
     "lowrank": PMatLowRank,
     "implicit": PMatImplicit,
+    "kfac": PMatKFAC,
+    "ekfac": PMatEKFAC,
+    "mixed": PMatMixed,
 }
 
 
@@ -45,7 +54,7 @@ def resolve(representation: Any) -> type:
     raise InvalidInputError(f"unknown representation {representation!r}; choose one of {sorted(NAMES)}")
 
 
-_LOADABLE = {c.__name__: c for c in (PMatDense, PMatDiag, PMatBlockDiag, PMatLowRank)}
+_LOADABLE = {c.__name__: c for c in (PMatDense, PMatDiag, PMatBlockDiag, PMatLowRank, PMatKFAC, PMatEKFAC, PMatMixed)}
 
 
 def load(state: dict[str, Any]) -> PMat:
@@ -56,5 +65,5 @@ def load(state: dict[str, Any]) -> PMat:
     return _LOADABLE[kind].from_state_dict(state)  # type: ignore[attr-defined]
 
 
-__all__ = ["PMat", "PMatDense", "PMatDiag", "PMatBlockDiag", "PMatLowRank", "PMatImplicit",
-           "PMatSum", "PMatProduct", "BUILDERS", "NAMES", "resolve", "load", "mean_features"]
+__all__ = ["PMat", "PMatDense", "PMatDiag", "PMatBlockDiag", "PMatLowRank", "PMatImplicit", "PMatKFAC",
+           "PMatEKFAC", "PMatMixed", "PMatSum", "PMatProduct", "BUILDERS", "NAMES", "resolve", "load", "mean_features"]

@@ -28,7 +28,18 @@ from .fmat import FMatDense
 from .layers import LayerRegistry, LayerRule
 from .maps import PullBackDense, PullBackImplicit, PushForwardDense, PushForwardImplicit
 from .outputs import OutputFunction, make_output
-from .pmat import PMat, PMatBlockDiag, PMatDense, PMatDiag, PMatImplicit, PMatLowRank
+from .pmat import (
+    PMat,
+    PMatBlockDiag,
+    PMatDense,
+    PMatDiag,
+    PMatEKFAC,
+    PMatImplicit,
+    PMatKFAC,
+    PMatLowRank,
+    PMatMixed,
+    PMatQuasiDiag,
+)
 from .space import ParamSpace
 from .vectors import FVector, PVector
 
@@ -37,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "fim", "ntk", "jacobian", "Engine", "PVector", "FVector", "ParamSpace",
     "PMat", "PMatDense", "PMatDiag", "PMatBlockDiag", "PMatLowRank", "PMatImplicit", "FMatDense",
+    "PMatKFAC", "PMatEKFAC", "PMatQuasiDiag", "PMatMixed",
     "PushForwardDense", "PushForwardImplicit", "PullBackDense", "PullBackImplicit",
     "LayerRegistry", "LayerRule", "OutputFunction", "make_output", "GenericRouteWarning",
     "TangentlabError", "UnsupportedOperationError", "MemoryBudgetError", "InvalidInputError",

@@ -12,7 +12,7 @@ import tangentlab as tl
 from . import oracle
 from .models import ARCHS
 
-REPRESENTATIONS = ["dense", "diag", "blockdiag", "lowrank", "implicit"]
+REPRESENTATIONS = ["dense", "diag", "blockdiag", "quasidiag", "lowrank", "implicit"]
 
 
 @functools.cache
@@ -41,6 +41,8 @@ def restrict(rep: str, space: tl.ParamSpace, F: torch.Tensor) -> torch.Tensor:
     """What representation ``rep`` keeps of the dense matrix ``F`` on ``space``."""
     if rep == "diag":
         return torch.diag(torch.diagonal(F))
+    if rep == "quasidiag":
+        return torch.where(tl.PMatQuasiDiag.mask(space).to(F.device), F, torch.zeros_like(F))
     if rep == "blockdiag":
         mask = torch.zeros_like(F, dtype=torch.bool)
         for lay in space.layers:

@@ -15,6 +15,7 @@ from .kron import PMatEKFAC, PMatKFAC
 from .kron_build import build_ekfac, build_kfac
 from .lowrank import PMatLowRank
 from .mixed import PMatMixed, build_mixed
+from .quasidiag import PMatQuasiDiag, build_quasidiag
 
 #: How each representation is filled from an engine: ``builder(engine, data, centering)``.
 BUILDERS: dict[type, Callable[..., PMat]] = {
@@ -26,6 +27,7 @@ BUILDERS: dict[type, Callable[..., PMat]] = {
     PMatKFAC: build_kfac,
     PMatEKFAC: build_ekfac,
     PMatMixed: build_mixed,
+    PMatQuasiDiag: build_quasidiag,
 }
 
 #: Names accepted by ``fim(..., representation=...)``.
@@ -38,6 +40,7 @@ NAMES: dict[str, type] = {
     "kfac": PMatKFAC,
     "ekfac": PMatEKFAC,
     "mixed": PMatMixed,
+    "quasidiag": PMatQuasiDiag,
 }
 
 
@@ -54,7 +57,8 @@ def resolve(representation: Any) -> type:
     raise InvalidInputError(f"unknown representation {representation!r}; choose one of {sorted(NAMES)}")
 
 
-_LOADABLE = {c.__name__: c for c in (PMatDense, PMatDiag, PMatBlockDiag, PMatLowRank, PMatKFAC, PMatEKFAC, PMatMixed)}
+_LOADABLE = {c.__name__: c for c in (PMatDense, PMatDiag, PMatBlockDiag, PMatLowRank, PMatKFAC, PMatEKFAC,
+                                      PMatMixed, PMatQuasiDiag)}
 
 
 def load(state: dict[str, Any]) -> PMat:
@@ -66,4 +70,5 @@ def load(state: dict[str, Any]) -> PMat:
 
 
 __all__ = ["PMat", "PMatDense", "PMatDiag", "PMatBlockDiag", "PMatLowRank", "PMatImplicit", "PMatKFAC",
-           "PMatEKFAC", "PMatMixed", "PMatSum", "PMatProduct", "BUILDERS", "NAMES", "resolve", "load", "mean_features"]
+           "PMatEKFAC", "PMatMixed", "PMatQuasiDiag", "PMatSum", "PMatProduct", "BUILDERS", "NAMES", "resolve",
+           "load", "mean_features"]

@@ -13,7 +13,6 @@ class TangentlabAdapter(Adapter):
     covers = {"full_ntk": ALL, "fisher": ("diag", "kfac", "ekfac"),
               "implicit_fisher": ("mv", "vTMv", "trace"),
               "per_example_grads": ALL, "blockwise_ntk": ALL}
-    todo = frozenset({("fisher", "kfac"), ("fisher", "ekfac")})
 
     def full_ntk(self, case: Case, quantity: str):
         import tangentlab as tl
@@ -25,14 +24,13 @@ class TangentlabAdapter(Adapter):
     def fisher(self, case: Case, quantity: str):
         import tangentlab as tl
 
-        if quantity != "diag":
-            raise NotImplementedError(quantity)
-
         def run():
-            fm = tl.fim(case.model, case.x, kind="exact", representation="diag",
+            fm = tl.fim(case.model, case.x, kind="exact", representation=quantity,
                         batch_size=case.batch_size, progress=False)
             v = tl.PVector(fm.space, case.v)
-            return {"diag": fm.diag().flat(), "mv": fm.mv(v).flat()}
+            if quantity == "diag":
+                return {"diag": fm.diag().flat(), "mv": fm.mv(v).flat()}
+            return {"mv": fm.mv(v).flat()}  # kfac / ekfac (EKFAC with its corrected diagonal s*)
         return run
 
     def implicit_fisher(self, case: Case, quantity: str):

@@ -39,16 +39,19 @@ class PushForwardDense:
     @classmethod
     def from_engine(cls, engine: Engine, data: Any) -> PushForwardDense:
         b = data if isinstance(data, Batches) else Batches(data)
-        parts, rows = [], 0
+        p = engine.space.numel
+        parts: list[torch.Tensor] = []
+        rows = 0
         for cap in engine.captures(b, "Jacobian"):
             rows += cap.n * cap.n_outputs
             engine.budget.check(
-                f"a Jacobian with {rows} rows (so far) × {engine.space.numel} parameters",
-                rows * engine.space.numel, engine.dtype,
+                f"a Jacobian with {rows} rows (so far) × {p} parameters", rows * p, engine.dtype,
                 "Use jacobian(..., implicit=True) for matrix-free products.",
             )
-            parts.append(ops.per_example(cap, engine.space).transpose(0, 1))
-        return cls(engine.space, torch.cat(parts))
+            block = cap.outputs.new_empty(cap.n, cap.n_outputs, p)
+            ops.per_example(cap, engine.space, out=block.transpose(0, 1))
+            parts.append(block)
+        return cls(engine.space, parts[0] if len(parts) == 1 else torch.cat(parts))
 
     def mv(self, v: PVector) -> FVector:
         _check_pvec(self.space, v)

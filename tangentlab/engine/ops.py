@@ -34,9 +34,24 @@ def layer_per_example(cap: Capture, layer: Layer, c: slice = slice(None)) -> tor
     return torch.cat([t.reshape(t.shape[0], t.shape[1], -1) for t in parts], 2)
 
 
-def per_example(cap: Capture, space: ParamSpace, c: slice = slice(None)) -> torch.Tensor:
-    """Flat per-example gradients ``Φ``: ``(C_s, N, P)`` in the space's order."""
-    return torch.cat([layer_per_example(cap, lay, c) for lay in space.layers], 2)
+def per_example(cap: Capture, space: ParamSpace, c: slice = slice(None),
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Flat per-example gradients ``Φ``: ``(C_s, N, P)`` in the space's order, written into
+    ``out`` if given (any view with a contiguous last dimension)."""
+    hooked = _hooked(cap)
+    cs = len(range(cap.n_outputs)[c])
+    if out is None:
+        out = cap.outputs.new_empty(cs, cap.n, space.numel)
+    for lay in space.layers:
+        lc = hooked.get(lay.module)
+        if lc is not None:
+            outs = {p.local: out[:, :, p.slice].unflatten(2, p.shape) if p.shape else out[:, :, p.slice]
+                    for p in lay.params}
+            lc.rule.per_example_into(lc.module, lc.feat, lc.g[c], outs)
+        else:
+            for p in lay.params:
+                out[:, :, p.slice] = cap.generic[p.name][c].reshape(cs, cap.n, -1)
+    return out
 
 
 def diag(cap: Capture, space: ParamSpace) -> torch.Tensor:

@@ -49,6 +49,14 @@ class LayerRule:
         """Per-example gradients ``φ_{c,n}``: ``{local name: (C, N, *param_shape)}``."""
         raise NotImplementedError
 
+    def per_example_into(self, module: nn.Module, feat: Any, g: torch.Tensor,
+                         outs: dict[str, torch.Tensor]) -> None:
+        """Write per-example gradients into ``outs[name]`` (views of shape ``(C, N, *shape)``,
+        for the parameters wanted); saves the intermediate copies of :meth:`per_example`."""
+        pe = self.per_example(module, feat, g)
+        for k, dst in outs.items():
+            dst.copy_(pe[k])
+
     # ---- defaults built on per_example ---------------------------------------
     def _chunks(self, module: nn.Module, g: torch.Tensor) -> Iterator[slice]:
         c, n = g.shape[0], g.shape[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -41,6 +42,28 @@ def _pads(module: nn.modules.conv._ConvNd, dims: int) -> list[tuple[int, int]]:
     return [(p, p) for p in module.padding]
 
 
+def _patches(x: torch.Tensor, kernel: tuple[int, int], dil: tuple[int, int], stride: tuple[int, int],
+             groups: int, bias: bool) -> torch.Tensor:
+    """Homogeneous patches ``(N, T, G, Cin/G·kh·kw [+1])`` of an already padded ``(N, Cin, H, W)``
+    input, built by one strided copy into a ``(N, G, I[+1], T)`` buffer (im2col's memory
+    order: the innermost copy runs along the output width) whose bias row is ones; returned
+    as a permuted view. Column order matches the flattened ``(Cin/G, kh, kw)`` weight."""
+    n, cin, h, w = x.shape
+    kh, kw = kernel
+    ho = (h - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    cg = cin // groups
+    sn, sc, sh, sw = x.stride()
+    view = x.as_strided((n, groups, cg, kh, kw, ho, wo),
+                        (sn, cg * sc, sc, dil[0] * sh, dil[1] * sw, stride[0] * sh, stride[1] * sw))
+    inner = cg * kh * kw
+    buf = torch.empty(n, groups, inner + int(bias), ho * wo, dtype=x.dtype, device=x.device)
+    buf[:, :, :inner].unflatten(3, (ho, wo)).unflatten(2, (cg, kh, kw)).copy_(view)
+    if bias:
+        buf[:, :, inner] = 1
+    return buf.permute(0, 3, 1, 2)
+
+
 class ConvRule(PatchRule):
     """``nn.Conv1d`` / ``nn.Conv2d`` with any stride, padding (incl. 'same' and
     non-zero padding modes), dilation and groups, via unfolded patches."""
@@ -68,12 +91,8 @@ class ConvRule(PatchRule):
             kernel, dil, stride = (1, module.kernel_size[0]), (1, module.dilation[0]), (1, module.stride[0])
         else:
             kernel, dil, stride = module.kernel_size, module.dilation, module.stride
-        cols = F.unfold(x, kernel, dilation=dil, stride=stride)  # (N, Cin*K, T)
-        n, _, t = cols.shape
-        grp = module.groups
-        a = cols.transpose(1, 2).reshape(n, t, grp, -1)
-        return Patches(homogeneous(a, module.bias is not None), tuple(module.weight.shape),
-                       module.bias is not None)
+        return Patches(_patches(x.contiguous(), kernel, dil, stride, module.groups, module.bias is not None),
+                       tuple(module.weight.shape), module.bias is not None)
 
     def geometry(self, module):
         grp = module.groups

@@ -79,6 +79,16 @@ class PatchRule(LayerRule):
         pe = torch.einsum("cntgo,ntgi->cngoi", gg, feat.a)
         return self._split(feat, pe, (g.shape[0], g.shape[1]))
 
+    def per_example_into(self, module, feat: Patches, g, outs):
+        gg = self.shape_g(module, feat, g)
+        pe = torch.einsum("cntgo,ntgi->cngoi", gg, feat.a)  # homogeneous: bias in the last column
+        c, n, grp, o = pe.shape[:4]
+        iw = pe.shape[-1] - (1 if feat.has_bias else 0)
+        if "weight" in outs:
+            outs["weight"].view(c, n, grp, o, iw).copy_(pe[..., :iw])
+        if "bias" in outs:
+            outs["bias"].view(c, n, grp, o).copy_(pe[..., iw])
+
     def flat_per_example(self, module, feat: Patches, g):
         pe = self.per_example(module, feat, g)
         c, n = g.shape[0], g.shape[1]

@@ -49,8 +49,64 @@ def _demo(sub: Subparsers) -> None:
     p.set_defaults(handler=demo.command)
 
 
+def _run(sub: Subparsers) -> None:
+    from .studies.registry import study_names
+
+    names = study_names()
+    p = sub.add_parser(
+        "run", help="run a study (results, checkpoints and an HTML report in a run directory)",
+        description="Run a registered study. The configuration is built from the study's defaults, "
+                    "then --preset, then --config FILE (TOML), then each --set KEY=VALUE, and validated "
+                    "before any work starts. Tables are written incrementally; --resume continues a "
+                    "killed run from its last checkpoint.",
+    )
+    p.add_argument("study", choices=names, metavar="STUDY", help=f"one of: {', '.join(names)}")
+    p.add_argument("--preset", metavar="NAME", help="a named preset of the study (e.g. tiny, paper)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field (repeatable); values are TOML (3, 1e-3, true, [1, 2]) "
+                        "or plain strings; lists may be comma-separated")
+    p.add_argument("--config", metavar="FILE", help="TOML file of config fields (flat key = value)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: results/STUDY[-PRESET])")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the validated configuration (and the fields and presets) and exit")
+    p.set_defaults(handler=_run_command)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from .studies.config import build_config, describe
+    from .studies.registry import get_study, run_study
+
+    if args.show_config:
+        cls = get_study(args.study)
+        cfg = build_config(cls.config_class, preset=args.preset, toml=args.config, sets=args.sets,
+                           study=args.study)
+        for key, value in cfg.to_dict().items():
+            print(f"{key} = {value!r}  ({cfg.source(key)})")
+        print("\nfields:\n" + describe(cls.config_class))
+        return 0
+    run_study(args.study, preset=args.preset, toml=args.config, sets=args.sets, out=args.out,
+              resume=args.resume)
+    return 0
+
+
+def _report(sub: Subparsers) -> None:
+    p = sub.add_parser("report", help="render a run directory's HTML report again from its tables",
+                       description="Regenerate RUN_DIR/report.html (figures, claims, tables) from the stored "
+                                   "tidy tables and print the study's paper-claim-vs-measured summary.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(handler=_report_command)
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from .studies.registry import report_run
+
+    report_run(args.run_dir)
+    return 0
+
+
 #: Registered subcommands, in the order ``--help`` lists them.
-COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_demo,)
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_demo, _run, _report)
 
 
 def build_parser() -> argparse.ArgumentParser:

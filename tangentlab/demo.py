@@ -56,14 +56,12 @@ import numbers
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -72,6 +70,10 @@ from .api import fim, ntk
 from .errors import InvalidInputError
 from .memory import tensor_nbytes
 from .pmat import PMat
+from .studies.data import Split, load_split  # noqa: F401 - Split is part of the demo's API
+from .studies.models import make_mlp as _make_mlp
+from .studies.store import atomic_write_text
+from .studies.training import accuracy, train_epochs
 from .vectors import PVector
 
 #: Representations compared, in display order (the first is the reference).
@@ -86,7 +88,7 @@ QUICK_EPOCHS = 4
 QUICK_N_PROBE = 32
 BATCH_SIZE = 32
 LEARNING_RATE = 3e-3
-TEST_FRACTION = 0.25
+
 #: Relative tolerance of the float64 identities (they hold to ~1e-14 in practice).
 RTOL = 1e-9
 N_TOP = 5
@@ -97,86 +99,17 @@ DEFAULT_THREADS = 1
 # ---------------------------------------------------------------------------------------------
 # data and model
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Split:
-    """Standardized digits: float32 inputs ``(N, 64)`` and int64 labels ``(N,)``."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-
-def load_split(seed: int) -> Split:
-    """Digits split 75/25 (stratified, ``random_state=seed``), standardized with the
-    training statistics (constant pixels keep scale 1)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
-
-    x, y = load_digits(return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=TEST_FRACTION, random_state=seed,
-                                              stratify=y)
-    scaler = StandardScaler().fit(x_tr)
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
-
-    return Split(t(scaler.transform(x_tr)), torch.as_tensor(y_tr, dtype=torch.int64),
-                 t(scaler.transform(x_te)), torch.as_tensor(y_te, dtype=torch.int64))
-
-
 def make_mlp(n_in: int = 64, hidden: tuple[int, ...] = HIDDEN, n_out: int = 10) -> nn.Sequential:
     """``Linear → tanh → … → Linear`` in float32 (PyTorch's default initialization)."""
-    layers: list[nn.Module] = []
-    width = n_in
-    for h in hidden:
-        layers += [nn.Linear(width, h, dtype=torch.float32), nn.Tanh()]
-        width = h
-    layers.append(nn.Linear(width, n_out, dtype=torch.float32))
-    return nn.Sequential(*layers)
+    return _make_mlp(n_in, hidden, n_out, "tanh", torch.float32)
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
           progress: bool | None = None) -> list[float]:
     """Adam on the mean cross-entropy, minibatches of ``BATCH_SIZE`` reshuffled each epoch
     by a generator seeded with ``seed``. Returns the mean training loss of each epoch."""
-    from tqdm.auto import tqdm
-
-    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    loss_fn = nn.CrossEntropyLoss()
-    n = x.shape[0]
-    steps = math.ceil(n / BATCH_SIZE)
-    history: list[float] = []
-    bar = tqdm(total=epochs * steps, desc="training", unit="step", leave=False,
-               disable=None if progress is None else not progress)
-    try:
-        model.train()
-        for epoch in range(epochs):
-            perm = torch.randperm(n, generator=gen)
-            total = 0.0
-            for i in range(0, n, BATCH_SIZE):
-                idx = perm[i:i + BATCH_SIZE]
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x[idx]), y[idx])
-                loss.backward()
-                opt.step()
-                total += loss.item() * idx.numel()
-                bar.update(1)
-            history.append(total / n)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
-    finally:
-        bar.close()
-        model.eval()
-    return history
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of ``argmax f(x) == y``."""
-    dtype = next(model.parameters()).dtype
-    return float((model(x.to(dtype)).argmax(1) == y).double().mean())
+    return train_epochs(model, x, y, opt, epochs=epochs, batch_size=BATCH_SIZE, seed=seed, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,28 +303,6 @@ def fisher_study(model: nn.Module, x: torch.Tensor, seed: int,
 # ---------------------------------------------------------------------------------------------
 # output files
 # ---------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in ``path``'s directory, then ``os.replace`` it
-    (readers see the old file or the new one, never a partial one). The file gets the
-    usual ``0o666 & ~umask`` permissions rather than ``mkstemp``'s ``0o600``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _finite(obj: Any) -> Any:
     """JSON-safe copy: non-finite floats become ``None``."""
     if isinstance(obj, float):
@@ -575,9 +486,9 @@ def run_demo(out_dir: str | os.PathLike[str] = "results/demo", epochs: int = DEF
                     "total_s": time.perf_counter() - t_start},
         "files": files,
     }
-    _atomic_write(out / "representations.csv", representations_csv(rows))
+    atomic_write_text(out / "representations.csv", representations_csv(rows))
     summary["timings"]["total_s"] = time.perf_counter() - t_start
-    _atomic_write(out / "summary.json", json.dumps(_finite(summary), indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(_finite(summary), indent=2) + "\n")
     print(format_summary(summary), file=stream if stream is not None else sys.stdout, flush=True)
     return summary
 

@@ -1,0 +1,179 @@
+"""The study registry and the runner behind ``tangentlab run`` / ``tangentlab report``.
+
+A study is a subclass of :class:`Study` with a ``name``, a ``config_class`` (a
+:class:`~tangentlab.studies.config.StudyConfig`), :meth:`Study.run` (does the work,
+appending rows to tidy tables and saving checkpoints through ``self.store``; it must
+resume from the store's last checkpoint when there is one) and :meth:`Study.report`
+(builds the report content from the stored tables only). Register it with
+:func:`register`; :func:`run_study` and :func:`report_run` do the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import ClassVar, TextIO
+
+import torch
+
+from .. import __version__
+from ..errors import InvalidInputError
+from .config import ConfigError, StudyConfig, build_config, config_from_dict
+from .store import RunStore
+
+#: Fields a resumed run may change (they do not change results).
+RESUMABLE_FIELDS = ("progress", "threads")
+
+
+class Study:
+    """Base class of the studies (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type[StudyConfig]] = StudyConfig
+
+    def __init__(self, config: StudyConfig, store: RunStore, stream: TextIO | None = None):
+        self.config = config
+        self.store = store
+        self.stream = stream
+
+    def log(self, msg: str) -> None:
+        print(msg, file=self.stream if self.stream is not None else sys.stdout, flush=True)
+
+    def run(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def report(self):  # -> report.ReportContent
+        raise NotImplementedError  # pragma: no cover
+
+
+STUDIES: dict[str, type[Study]] = {}
+
+
+def register(cls: type[Study]) -> type[Study]:
+    """Class decorator: add ``cls`` to :data:`STUDIES` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError("a study needs a name")
+    STUDIES[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    from . import fim_quality  # noqa: F401 - registers itself
+
+
+def get_study(name: str) -> type[Study]:
+    _load_builtin()
+    if name not in STUDIES:
+        raise ConfigError("study", f"unknown study {name!r}", ", ".join(sorted(STUDIES)))
+    return STUDIES[name]
+
+
+def study_names() -> list[str]:
+    _load_builtin()
+    return sorted(STUDIES)
+
+
+@contextlib.contextmanager
+def _environment(cfg: StudyConfig) -> Iterator[None]:
+    """Torch threads and a forked global RNG for the duration of a run (restored after)."""
+    old = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _resume_config(cls: type[Study], store: RunStore, preset: str | None, toml: str | None,
+                   sets: Sequence[str]) -> StudyConfig:
+    meta = store.meta
+    stored = config_from_dict(cls.config_class, meta["config"])
+    if preset is None and toml is None and not sets:
+        return stored
+    # rebuild what was asked and compare: a resumed run keeps its configuration
+    asked = build_config(cls.config_class, preset=preset if preset is not None else meta.get("preset"), toml=toml,
+                         sets=sets, study=cls.name, check=False)
+    for key, source in asked._sources.items():
+        if key in RESUMABLE_FIELDS:
+            setattr(stored, key, getattr(asked, key))
+        elif getattr(asked, key) != getattr(stored, key):
+            raise ConfigError(key, f"{getattr(asked, key)!r} differs from the stored run's "
+                              f"{getattr(stored, key)!r} (a resumed run keeps its configuration)",
+                              f"{getattr(stored, key)!r}, or start a new run with another --out", source)
+    return stored
+
+
+def default_out(study: str, preset: str | None) -> str:
+    return str(Path("results") / (f"{study}-{preset}" if preset else study))
+
+
+def run_study(name: str, *, preset: str | None = None, toml: str | None = None, sets: Sequence[str] = (),
+              out: str | None = None, resume: bool = False, stream: TextIO | None = None,
+              report: bool = True) -> RunStore:
+    """Validate the configuration, create (or reopen with ``resume``) the run directory, run the
+    study, then write its report and print its claims. Returns the run's store."""
+    cls = get_study(name)
+    out = out or default_out(name, preset)
+    if resume:
+        store = RunStore.open(out)
+        meta = store.meta
+        if meta.get("study") != name:
+            raise ConfigError("study", f"{out!r} holds a run of study {meta.get('study')!r}, not {name!r}",
+                              str(meta.get("study")))
+        cfg = _resume_config(cls, store, preset, toml, sets)
+        cfg.check()
+        finished = store.state.get("status") == "finished"
+        if finished:
+            print(f"{out}: the run had finished; regenerating its report", file=stream or sys.stdout)
+        store.begin_session()
+    else:
+        cfg = build_config(cls.config_class, preset=preset, toml=toml, sets=sets, study=name)
+        meta = {"study": name, "title": cls.title, "preset": preset, "config": cfg.to_dict(),
+                "tangentlab_version": __version__, "created": time.time(),
+                "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                                "platform": platform.platform()}}
+        store = RunStore.create(out, meta)
+        finished = False
+    study = cls(cfg, store, stream)
+    status = "failed"
+    err: str | None = None
+    try:
+        with _environment(cfg):
+            if not finished:
+                study.run()
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException as e:
+        err = " ".join(f"{type(e).__name__}: {e}".split())
+        raise
+    finally:
+        store.end_session(status, err)
+    store.export_parquet()
+    if report:
+        from .report import write_report
+
+        write_report(store, study, stream=stream)
+    return store
+
+
+def report_run(run_dir: str, stream: TextIO | None = None) -> Path:
+    """Regenerate ``RUN_DIR/report.html`` from the stored tables and print the claims."""
+    from .report import write_report
+
+    store = RunStore.open(run_dir)
+    meta = store.meta
+    cls = get_study(str(meta.get("study")))
+    cfg = config_from_dict(cls.config_class, meta["config"])
+    if not store.table_names():
+        raise InvalidInputError(f"{run_dir!r} has no result tables yet")
+    return write_report(store, cls(cfg, store, stream), stream=stream)

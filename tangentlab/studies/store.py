@@ -1,0 +1,370 @@
+"""Run directories: tidy results tables, checkpoints and resume.
+
+Layout of a run directory::
+
+    RUN_DIR/
+      config.json          study name, preset, resolved configuration, versions (written once)
+      state.json           status (running / finished / failed), sessions, elapsed time
+      tables/NAME.csv      tidy tables, one row per step × probe × metric (append-only)
+      tables/NAME.parquet  copies of the tables when pyarrow is installed (written at the end)
+      checkpoints/TAG-00000123.pt   model / optimizer / RNG / study state at a step
+      figures/*.png        the report's figures
+      report.html          the report (``tangentlab report RUN_DIR`` writes it again)
+
+Tables are append-only CSV files. Each :meth:`Table.append` writes whole lines in one
+``write`` and ``fsync``s; on opening, a torn last line (a run killed mid-write) is cut
+off. Every table has *key columns*; the keys already in the file are loaded when it is
+opened and a row whose key is present is skipped, so a resumed run that recomputes
+the steps after its last checkpoint neither loses nor duplicates rows.
+
+Other files (``config.json``, ``state.json``, checkpoints, figures, the report) are
+written to a temporary file in the same directory and moved into place with
+``os.replace``: readers see the old file or the new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError
+
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic files
+# ---------------------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a temporary file in ``path``'s directory, fsync it, then ``os.replace``
+    it (readers see the old file or the new one, never a partial one). The file gets the usual
+    ``0o666 & ~umask`` permissions rather than ``mkstemp``'s ``0o600``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 text (newlines written as given)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> None:
+    """``torch.save`` into a temporary file, then ``os.replace``."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def json_safe(obj: Any) -> Any:
+    """A JSON-safe copy: non-finite floats become ``None``, tuples lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# tidy tables
+# ---------------------------------------------------------------------------------------------
+def cell(value: Any) -> str:
+    """How a value is written in a table: floats with ``repr`` (round-trips exactly; ``nan``,
+    ``inf``), ints and strings as is, ``None`` as an empty cell, booleans as true/false."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if hasattr(value, "item"):  # 0-d tensors and numpy scalars
+        return cell(value.item())
+    return str(value)
+
+
+def to_number(text: str) -> float:
+    """A table cell as a float (empty → NaN)."""
+    return float(text) if text != "" else math.nan
+
+
+class Table:
+    """An append-only tidy CSV table with key columns (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str], columns: Sequence[str], key: Sequence[str]):
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.key = list(key)
+        missing = [k for k in self.key if k not in self.columns]
+        if missing or not self.key:
+            raise InvalidInputError(f"table {self.path.name}: key columns {missing or '(none)'} not in its columns")
+        if len(set(self.columns)) != len(self.columns):
+            raise InvalidInputError(f"table {self.path.name}: duplicate column names {self.columns}")
+        self._kidx = [self.columns.index(k) for k in self.key]
+        self.keys: set[tuple[str, ...]] = set()
+        self._open()
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        header = ",".join(self.columns) + "\n"
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            atomic_write_text(self.path, header)
+            return
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):  # a torn last line: cut it off
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                atomic_write_text(self.path, header)
+                return
+            with open(self.path, "r+b") as fh:
+                fh.truncate(cut)
+                fh.flush()
+                os.fsync(fh.fileno())
+            data = data[:cut]
+        reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+        found = next(reader, None)
+        if found != self.columns:
+            raise InvalidInputError(
+                f"table {str(self.path)!r} has columns {found}, expected {self.columns} "
+                "(a run directory of another version of the study?)")
+        for row in reader:
+            if len(row) == len(self.columns):
+                self.keys.add(tuple(row[i] for i in self._kidx))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Append the rows whose key is new (extra keys in a row are an error, missing columns
+        are written empty); one write + fsync. Returns the number of rows written."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        new: list[tuple[str, ...]] = []
+        batch: set[tuple[str, ...]] = set()
+        for row in rows:
+            extra = set(row) - set(self.columns)
+            if extra:
+                raise InvalidInputError(f"table {self.path.name}: unknown columns {sorted(extra)}")
+            cells = [cell(row.get(c)) for c in self.columns]
+            k = tuple(cells[i] for i in self._kidx)
+            if k in self.keys or k in batch:
+                continue
+            batch.add(k)
+            new.append(k)
+            w.writerow(cells)
+        if new:
+            with open(self.path, "a", encoding="utf-8", newline="") as fh:
+                fh.write(buf.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.keys.update(new)
+        return len(new)
+
+    def read(self) -> list[dict[str, str]]:
+        return read_table(self.path)
+
+
+def read_table(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """All complete rows of a table file as dicts of strings (a torn last line is skipped)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        text = fh.read()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    n = len(reader.fieldnames or [])
+    return [r for r in reader if len(r) == n and None not in r.values()]
+
+
+# ---------------------------------------------------------------------------------------------
+# run directory
+# ---------------------------------------------------------------------------------------------
+_CKPT = re.compile(r"^(?P<tag>[A-Za-z0-9_.-]+)-(?P<step>\d{8,})\.pt$")
+
+
+class RunStore:
+    """One run directory (see the module docstring). Create it with :meth:`create`, open an
+    existing one with :meth:`open`."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]):
+        self.dir = Path(run_dir)
+        self.tables_dir = self.dir / "tables"
+        self.ckpt_dir = self.dir / "checkpoints"
+        self.fig_dir = self.dir / "figures"
+        self._tables: dict[str, Table] = {}
+        self._t0 = time.perf_counter()
+
+    # ---- creating / opening --------------------------------------------------------------
+    @classmethod
+    def create(cls, run_dir: str | os.PathLike[str], meta: Mapping[str, Any]) -> RunStore:
+        """A new run directory holding ``config.json = meta``. Refuses a directory that
+        already holds a run (resume it with ``--resume`` or choose another ``--out``)."""
+        d = Path(run_dir)
+        if d.exists() and not d.is_dir():
+            raise InvalidInputError(f"output path {str(d)!r} exists and is not a directory")
+        if (d / CONFIG_FILE).exists():
+            raise InvalidInputError(f"{str(d)!r} already holds a run; pass --resume to continue it or choose "
+                                    "another --out")
+        if d.exists() and any(d.iterdir()):
+            raise InvalidInputError(f"output directory {str(d)!r} is not empty; choose another --out")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InvalidInputError(f"cannot create output directory {str(d)!r}: {e.strerror}") from None
+        store = cls(d)
+        for sub in (store.tables_dir, store.ckpt_dir, store.fig_dir):
+            sub.mkdir(exist_ok=True)
+        atomic_write_text(d / CONFIG_FILE, json.dumps(json_safe(dict(meta)), indent=2) + "\n")
+        store.write_state(status="running", sessions=[{"started": time.time()}], elapsed_s=0.0)
+        return store
+
+    @classmethod
+    def open(cls, run_dir: str | os.PathLike[str]) -> RunStore:
+        d = Path(run_dir)
+        if not (d / CONFIG_FILE).is_file():
+            raise InvalidInputError(f"{str(d)!r} is not a run directory (no {CONFIG_FILE})")
+        store = cls(d)
+        for sub in (store.tables_dir, store.ckpt_dir, store.fig_dir):
+            sub.mkdir(exist_ok=True)
+        return store
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.dir / CONFIG_FILE).read_text())
+
+    # ---- state -------------------------------------------------------------------------
+    @property
+    def state(self) -> dict[str, Any]:
+        p = self.dir / STATE_FILE
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def write_state(self, **updates: Any) -> dict[str, Any]:
+        st = {**self.state, **updates, "updated": time.time()}
+        atomic_write_text(self.dir / STATE_FILE, json.dumps(json_safe(st), indent=2) + "\n")
+        return st
+
+    def begin_session(self) -> None:
+        """Mark a resumed session (status running, a new entry in ``sessions``)."""
+        st = self.state
+        self._t0 = time.perf_counter()
+        self.write_state(status="running", sessions=[*st.get("sessions", []), {"started": time.time()}])
+
+    def end_session(self, status: str, error: str | None = None) -> dict[str, Any]:
+        """Record the session's end (``finished`` / ``failed`` / ``interrupted``) and add its
+        wall-clock time to ``elapsed_s``."""
+        st = self.state
+        dt = time.perf_counter() - self._t0
+        sessions = st.get("sessions", [{}])
+        sessions[-1] = {**sessions[-1], "ended": time.time(), "seconds": dt, "status": status,
+                        **({"error": error} if error else {})}
+        return self.write_state(status=status, sessions=sessions, elapsed_s=float(st.get("elapsed_s", 0.0)) + dt)
+
+    # ---- tables ------------------------------------------------------------------------
+    def table(self, name: str, columns: Sequence[str], key: Sequence[str]) -> Table:
+        """The append-only table ``tables/NAME.csv`` (created, or reopened with its keys)."""
+        t = self._tables.get(name)
+        if t is None:
+            t = self._tables[name] = Table(self.tables_dir / f"{name}.csv", columns, key)
+        return t
+
+    def table_names(self) -> list[str]:
+        return sorted(p.stem for p in self.tables_dir.glob("*.csv"))
+
+    def read(self, name: str) -> list[dict[str, str]]:
+        p = self.tables_dir / f"{name}.csv"
+        return read_table(p) if p.exists() else []
+
+    def export_parquet(self) -> list[Path]:
+        """Write ``tables/NAME.parquet`` next to each CSV when pyarrow is installed (else nothing)."""
+        try:
+            import pyarrow.csv as pacsv
+            import pyarrow.parquet as pq
+        except ImportError:
+            return []
+        out = []
+        for name in self.table_names():
+            table = pacsv.read_csv(self.tables_dir / f"{name}.csv")
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            path = self.tables_dir / f"{name}.parquet"
+            atomic_write_bytes(path, buf.getvalue())
+            out.append(path)
+        return out
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def checkpoints(self, tag: str) -> list[tuple[int, Path]]:
+        """``(step, path)`` of the checkpoints of ``tag``, oldest first."""
+        out = []
+        for p in self.ckpt_dir.glob(f"{tag}-*.pt"):
+            m = _CKPT.match(p.name)
+            if m and m.group("tag") == tag:
+                out.append((int(m.group("step")), p))
+        return sorted(out)
+
+    def save_checkpoint(self, tag: str, step: int, payload: Mapping[str, Any], keep: int = 2) -> Path:
+        """Save ``payload`` (state dicts, RNG states, study state...) as the checkpoint of
+        ``tag`` at ``step`` (atomically), keeping the ``keep`` newest of that tag."""
+        if not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
+            raise InvalidInputError(f"checkpoint tag {tag!r} must be letters, digits, '_' or '.'")
+        path = self.ckpt_dir / f"{tag}-{int(step):08d}.pt"
+        atomic_torch_save(path, {"tag": tag, "step": int(step), "saved": time.time(), **payload})
+        for _, old in self.checkpoints(tag)[:-keep] if keep > 0 else []:
+            try:
+                old.unlink()
+            except OSError:  # pragma: no cover
+                pass
+        return path
+
+    def load_checkpoint(self, tag: str) -> dict[str, Any] | None:
+        """The newest checkpoint of ``tag`` (``None`` if there is none). A checkpoint that cannot
+        be read (it should not happen: they are written atomically) is skipped for an older one."""
+        import torch
+
+        for _, path in reversed(self.checkpoints(tag)):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except Exception:  # noqa: BLE001 - fall back to an older checkpoint
+                continue
+        return None

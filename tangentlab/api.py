@@ -53,7 +53,8 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
         params: Selector | ParamSpace = None, n_samples: int | None = None, loss: Any = None,
         variance: float | None = None, centering: bool = False, batch_size: int | None = None,
         route: str = "auto", registry: LayerRegistry | None = None, seed: int = 0,
-        memory_budget: Any = None, progress: bool | None = None, mixed: dict | None = None) -> PMat:
+        memory_budget: Any = None, progress: bool | None = None, mixed: dict | None = None,
+        distributed: Any = None) -> PMat:
     """Fisher information matrix (or GGN / empirical Fisher) of ``model`` on ``data``.
 
     ``F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ`` where the pseudo-outputs ``s_c``
@@ -75,10 +76,14 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
     representation names, overriding the default (EKFAC for Linear/Conv/Embedding,
     BlockDiag elsewhere). ``params`` restricts the parameter space; ``centering=True``
     centers the tangent features (``φ − E φ``).
+
+    ``distributed=True`` (or a process group): ``data`` is this rank's shard; the sums
+    are all-reduced so every rank gets the Fisher of the union of the shards
+    (see :mod:`tangentlab.distributed`).
     """
     output = _fisher_output(kind, n_samples, loss, variance)
     engine = Engine(model, output, params, registry=registry, route=route, seed=seed,
-                    memory_budget=memory_budget, progress=progress)
+                    memory_budget=memory_budget, progress=progress, distributed=distributed)
     cls = resolve(representation)
     if mixed is not None:
         if cls.__name__ != "PMatMixed":

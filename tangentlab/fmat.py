@@ -276,7 +276,7 @@ def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
     if centering:
         from .pmat.build import one_pass
 
-        _, mean = one_pass(engine, b1, "mean features", lambda cap: None, centering=True)
+        _, mean = one_pass(engine, b1, "mean features", lambda cap: None, centering=True, local=True)
     out = torch.zeros(n1, n2, c, c, dtype=engine.dtype, device=engine.device)
     per = {lay.module: torch.zeros_like(out) for lay in engine.space.layers} if per_layer else None
     symmetric = b2 is None

@@ -30,6 +30,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call, jacrev, vmap
 
 from ..data import Batch, Batches, to_device
+from ..distributed import Reducer, unwrap
 from ..errors import InvalidInputError, NonFiniteError
 from ..layers.base import LayerRegistry, LayerRule
 from ..memory import MemoryBudget
@@ -128,14 +129,20 @@ class Engine:
         train mode).
     seed: seed of the per-batch random generators (Monte-Carlo Fisher).
     memory_budget: see :class:`tangentlab.memory.MemoryBudget`.
+    distributed: ``None``/``False`` (one process), ``True`` (the default
+        ``torch.distributed`` process group) or a process group: each rank passes its
+        own shard of the data and the accumulated sums are all-reduced
+        (:mod:`tangentlab.distributed`). A ``DistributedDataParallel`` model is unwrapped.
     """
 
     def __init__(self, model: nn.Module, output: OutputFunction | str | Any = "raw",
                  params: Selector | ParamSpace = None, *, registry: LayerRegistry | None = None,
                  route: str = "auto", seed: int = 0, memory_budget: Any = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, distributed: Any = None):
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
+        model = unwrap(model)
+        self.reducer = Reducer.resolve(distributed)
         if route not in ROUTES:
             raise InvalidInputError(f"route must be one of {ROUTES}, got {route!r}")
         self.model = model
@@ -175,16 +182,29 @@ class Engine:
         if self._plan is None:
             check_coupling(self.model, self.route == "joint")
 
-            def probe(hooks):
-                handles = [m.register_forward_hook(h, with_kwargs=True) for m, h in hooks]
-                try:
-                    with torch.no_grad(), math_attention():
-                        self.output.forward(self.model, batch)
-                finally:
-                    for h in handles:
-                        h.remove()
+            def prober(b: Batch):
+                def probe(hooks):
+                    handles = [m.register_forward_hook(h, with_kwargs=True) for m, h in hooks]
+                    try:
+                        with torch.no_grad(), math_attention():
+                            self.output.forward(self.model, b)
+                    finally:
+                        for h in handles:
+                            h.remove()
+                return probe
 
-            self._plan = make_plan(self.model, self.space, self.registry, self.route, probe)
+            # The probe only counts module calls: two examples show the same structure as
+            # the whole batch at a fraction of the cost. A model that cannot run on a
+            # 2-example slice (a hard-coded batch size, say) is probed on the full batch.
+            small = _head(batch, 2)
+            if small is batch:
+                self._plan = make_plan(self.model, self.space, self.registry, self.route, prober(batch))
+            else:
+                try:  # make_plan warns only after a successful probe: no duplicate warnings
+                    plan = make_plan(self.model, self.space, self.registry, self.route, prober(small))
+                except Exception:  # noqa: BLE001 - retried on the full batch, which raises if it must
+                    plan = make_plan(self.model, self.space, self.registry, self.route, prober(batch))
+                self._plan = plan
         return self._plan
 
     # ---- functional forward (generic route, matrix-free products) ----------------
@@ -367,6 +387,15 @@ class Engine:
         with math_attention():
             jac = vmap(jacrev(f_one), in_dims=in_dims, randomness="different")(pg, *ins)
         return {k: v.transpose(0, 1) for k, v in jac.items()}  # (C, N, *shape)
+
+
+def _head(batch: Batch, k: int) -> Batch:
+    """The first ``k`` examples of a batch (every tensor with the batch's leading size is
+    sliced); the batch itself when it has at most ``k`` examples."""
+    n = batch[0].shape[0]
+    if n <= k:
+        return batch
+    return tuple(t[:k] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == n else t for t in batch)
 
 
 def _prod(shape: tuple[int, ...]) -> int:

@@ -8,12 +8,14 @@ which subtracts ``Σ_c m_c m_cᵀ``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from ..distributed import Reducer
 from ..engine import Capture, Engine, ops
+from ..errors import UnsupportedOperationError
 from ..layers.base import CHUNK_ELEMENTS
 from ..vectors import PVector
 from .dense import PMatBlockDiag, PMatDense, PMatDiag
@@ -21,8 +23,22 @@ from .lowrank import PMatLowRank
 
 
 def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], None],
-             centering: bool = False) -> tuple[int, torch.Tensor | None]:
-    """Run ``consume`` on every capture; return ``N`` and, if centering, the mean features ``(C, P)``."""
+             centering: bool = False, reduce: Sequence[torch.Tensor] | None = None,
+             local: bool = False) -> tuple[int, torch.Tensor | None]:
+    """Run ``consume`` on every capture; return ``N`` and, if centering, the mean features ``(C, P)``.
+
+    ``reduce``: the accumulators ``consume`` adds to. With a distributed engine they are
+    summed over the ranks (in place) after the pass, as are ``N`` and the feature sums;
+    a builder that does not name its accumulators refuses to run distributed.
+    ``local=True``: no reduction (every rank passes the same full data, as for kernels).
+    """
+    red = engine.reducer
+    if local:
+        red = Reducer()
+    if red.active and reduce is None:
+        raise UnsupportedOperationError(
+            desc, "distributed=...", "one process, or representation='dense', 'diag', 'blockdiag', "
+            "'quasidiag', 'lowrank' or 'implicit'", "this computation does not support distributed accumulation yet")
     n = 0
     total = None
     for cap in engine.captures(data, desc):
@@ -31,6 +47,9 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
         if centering:
             s = ops.grad_sum(cap, engine.space)
             total = s if total is None else total + s
+    if red.active:
+        n = red.total(n, device=engine.device)  # refuses, on every rank, when a shard is empty
+        red.sum_(*(reduce or ()), total)
     return n, (total / n if total is not None else None)
 
 
@@ -54,7 +73,7 @@ def build_dense(engine: Engine, data: Any, centering: bool = False) -> PMatDense
             phi = ops.per_example(cap, space, c).reshape(-1, p)
             acc.addmm_(phi.T, phi)
 
-    n, mean = one_pass(engine, data, "dense matrix", consume, centering)
+    n, mean = one_pass(engine, data, "dense matrix", consume, centering, reduce=[acc])
     acc /= n
     if mean is not None:
         acc -= mean.T @ mean
@@ -67,7 +86,7 @@ def build_diag(engine: Engine, data: Any, centering: bool = False) -> PMatDiag:
     def consume(cap: Capture) -> None:
         acc.add_(ops.diag(cap, engine.space))
 
-    n, mean = one_pass(engine, data, "diagonal", consume, centering)
+    n, mean = one_pass(engine, data, "diagonal", consume, centering, reduce=[acc])
     acc /= n
     if mean is not None:
         acc -= mean.pow(2).sum(0)
@@ -92,7 +111,7 @@ def build_blockdiag(engine: Engine, data: Any, centering: bool = False) -> PMatB
                 phi = ops.layer_per_example(cap, lay, c).reshape(-1, lay.numel)
                 blocks[lay.module].addmm_(phi.T, phi)
 
-    n, mean = one_pass(engine, data, "layer blocks", consume, centering)
+    n, mean = one_pass(engine, data, "layer blocks", consume, centering, reduce=list(blocks.values()))
     for lay in space.layers:
         blocks[lay.module] /= n
         if mean is not None:
@@ -116,8 +135,8 @@ def build_lowrank(engine: Engine, data: Any, centering: bool = False) -> PMatLow
         # rows ordered (example, output), as in FVector.flat()
         rows.append(ops.per_example(cap, space).transpose(0, 1).reshape(-1, p))
 
-    n, mean = one_pass(engine, data, "Jacobian", consume, centering)
-    u = torch.cat(rows)
+    n, mean = one_pass(engine, data, "Jacobian", consume, centering, reduce=[])
+    u = engine.reducer.gather_rows(torch.cat(rows))  # every rank's rows, in rank order
     if mean is not None:
         c = mean.shape[0]
         u = (u.reshape(-1, c, p) - mean[None]).reshape(-1, p)
@@ -127,6 +146,6 @@ def build_lowrank(engine: Engine, data: Any, centering: bool = False) -> PMatLow
 
 def mean_features(engine: Engine, data: Any) -> list[PVector]:
     """``m_c = (1/N) Σ_n φ_c(x_n)`` for each output coordinate ``c``."""
-    _, mean = one_pass(engine, data, "mean features", lambda cap: None, centering=True)
+    _, mean = one_pass(engine, data, "mean features", lambda cap: None, centering=True, reduce=[])
     assert mean is not None
     return [PVector.from_flat(engine.space, row) for row in mean]

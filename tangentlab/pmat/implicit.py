@@ -57,8 +57,17 @@ class PMatImplicit(PMat):
         """Mean tangent features ``(C, P)`` (computed once)."""
         if self._mean is None:
             self._n, self._mean = one_pass(self.engine, self.examples, "mean features",
-                                           lambda cap: None, centering=True)
+                                           lambda cap: None, centering=True, reduce=[])
         return self._mean  # type: ignore[return-value]
+
+    def _reduce(self, n: int, total: torch.Tensor) -> int:
+        """Distributed: sum ``total`` (in place) and the example count over the ranks."""
+        red = self.engine.reducer
+        if not red.active:
+            return n
+        n = red.total(n, device=self.device)
+        red.sum_(total)
+        return n
 
     def _center_mv(self, v: torch.Tensor) -> torch.Tensor:
         m = self._means()
@@ -72,6 +81,7 @@ class PMatImplicit(PMat):
             u = jvp(self.engine, b, i, v.to_dict())
             total += self.space.flatten(vjp(self.engine, b, i, u))
             n += b[0].shape[0]
+        n = self._reduce(n, total)
         out = total / n
         if self.centering:
             out = out - self._center_mv(v.flat().detach().to(self.dtype))
@@ -84,6 +94,7 @@ class PMatImplicit(PMat):
         for i, b in self.engine.batches(self.examples, "implicit vTMv"):
             total += jvp(self.engine, b, i, v.to_dict()).pow(2).sum()
             n += b[0].shape[0]
+        n = self._reduce(n, total)
         out = total / n
         if self.centering:
             out = out - (self._means() @ v.flat().detach().to(self.dtype)).pow(2).sum()
@@ -95,7 +106,7 @@ class PMatImplicit(PMat):
         def consume(cap):
             acc[0] += ops.sq_norms(cap, self.space).sum()
 
-        n, _ = one_pass(self.engine, self.examples, "implicit trace", consume)
+        n, _ = one_pass(self.engine, self.examples, "implicit trace", consume, reduce=acc)
         out = acc[0] / n
         if self.centering:
             out = out - self._means().pow(2).sum()
@@ -107,7 +118,7 @@ class PMatImplicit(PMat):
         def consume(cap):
             acc.add_(ops.diag(cap, self.space))
 
-        n, _ = one_pass(self.engine, self.examples, "implicit diag", consume)
+        n, _ = one_pass(self.engine, self.examples, "implicit diag", consume, reduce=[acc])
         out = acc / n
         if self.centering:
             out = out - self._means().pow(2).sum(0)
@@ -116,7 +127,7 @@ class PMatImplicit(PMat):
     def _select(self, sub, idx) -> PMatImplicit:
         e = self.engine
         engine = Engine(e.model, e.output, sub, registry=e.registry, route=e.route, seed=e.seed,
-                        memory_budget=e.budget, progress=e.show_progress)
+                        memory_budget=e.budget, progress=e.show_progress, distributed=e.reducer)
         return PMatImplicit(engine, self.examples, self.centering)
 
     def to_dense(self) -> torch.Tensor:
@@ -180,7 +191,10 @@ class PMatImplicit(PMat):
                                     "Lanczos gives the top eigenpairs")
         from scipy.sparse.linalg import eigsh
 
-        vals, vecs = eigsh(self.to_scipy(), k=k, which="LA")
+        # A fixed start vector: the same Lanczos run on every rank when distributed, and
+        # reproducible results on one process.
+        v0 = torch.randn(p, generator=torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+        vals, vecs = eigsh(self.to_scipy(), k=k, which="LA", v0=v0)
         order = np.argsort(vals)[::-1].copy()
         return (torch.as_tensor(vals[order], dtype=self.dtype, device=self.device),
                 torch.as_tensor(vecs[:, order], dtype=self.dtype, device=self.device))
@@ -192,6 +206,9 @@ class PMatImplicit(PMat):
             raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
         from ..fmat import gram_sq_frobenius
 
+        if self.engine.reducer.active:
+            raise self._unsupported("norm('fro') with distributed=...", "norm(2), or norm('fro') on one process",
+                                    "the Gram identity needs every pair of examples, across shards")
         m = self._means() if self.centering else None
         sq, n = gram_sq_frobenius(self.engine, self.examples, mean=m)
         return torch.sqrt(sq) / n

@@ -199,7 +199,8 @@ def build_mixed(engine: Engine, data: Any, centering: bool = False,
         keep = set(paths)
         sub = engine.space.select(lambda name: (name.rsplit(".", 1)[0] if "." in name else "") in keep)
         sub_engine = Engine(engine.model, engine.output, sub, registry=engine.registry, route=engine.route,
-                            seed=engine.seed, memory_budget=engine.budget, progress=engine.show_progress)
+                            seed=engine.seed, memory_budget=engine.budget, progress=engine.show_progress,
+                            distributed=engine.reducer)
         parts.append(BUILDERS[cls](sub_engine, batches, centering=centering))
     order = {lay.module: i for i, lay in enumerate(engine.space.layers)}
     parts.sort(key=lambda p: order[p.space.layers[0].module])

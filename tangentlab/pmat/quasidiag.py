@@ -432,7 +432,7 @@ def build_quasidiag(engine: Engine, data: Any, centering: bool = False, *,
         for pair in pairs:
             cross[pair.module].add_(layer_cross(cap, pair, fast))
 
-    n, mean = one_pass(engine, data, "quasi-diagonal", consume, centering)
+    n, mean = one_pass(engine, data, "quasi-diagonal", consume, centering, reduce=[diag, *cross.values()])
     diag /= n
     for c in cross.values():
         c /= n

@@ -1,0 +1,137 @@
+"""Data-parallel accumulation over ``torch.distributed`` ranks.
+
+Every matrix tangentlab builds is a sum over examples divided by the number of
+examples, so data parallelism is a reduction: each rank runs the same engine on
+its own shard of the data, and the per-rank sums (and example counts) are
+all-reduced before the division. Every rank ends with the same matrix, equal to the
+single-process result on the union of the shards (uneven shards are counted
+exactly).
+
+Use it by passing ``distributed=True`` (the default process group) or a process
+group to :func:`tangentlab.fim`, :func:`tangentlab.ntk` and friends, after
+``torch.distributed.init_process_group`` (``gloo`` on CPU, ``nccl`` on GPU;
+``torchrun`` sets the environment up). Shard the data without padding:
+:func:`shard` gives contiguous, possibly uneven, shards; PyTorch's
+``DistributedSampler`` pads the last shard with repeated examples by default
+(``drop_last=False``), which would count them twice.
+
+Caveats: every rank must call the same functions in the same order (they are
+collective operations); Monte-Carlo Fishers draw their samples from per-batch
+generators, so their samples differ from a single-process run (the expectation does
+not).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .errors import InvalidInputError
+
+
+class Reducer:
+    """Sums over the ranks of a process group; a no-op for a single process.
+
+    ``Reducer.resolve(distributed)`` turns the user's ``distributed=`` argument into a
+    reducer: ``None``/``False`` → local, ``True`` → the default process group, a
+    ``ProcessGroup`` → that group.
+    """
+
+    def __init__(self, group: Any = None, active: bool = False):
+        self.group = group
+        self.active = active
+
+    @classmethod
+    def resolve(cls, distributed: Any) -> Reducer:
+        if isinstance(distributed, Reducer):
+            return distributed
+        if distributed is None or distributed is False:
+            return cls()
+        if not dist.is_available() or not dist.is_initialized():
+            raise InvalidInputError(
+                "distributed=True needs an initialized process group: call "
+                "torch.distributed.init_process_group(...) first (torchrun sets up the environment)"
+            )
+        group = None if distributed is True else distributed
+        return cls(group, active=dist.get_world_size(group) > 1)
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size(self.group) if self.active else 1
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group) if self.active else 0
+
+    def sum_(self, *tensors: torch.Tensor | None) -> None:
+        """All-reduce (sum) the given tensors in place (``None`` entries are skipped)."""
+        if not self.active:
+            return
+        for t in tensors:
+            if t is not None:
+                dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+
+    def counts(self, n: int, device: torch.device | str = "cpu") -> list[int]:
+        """Every rank's local count (a list indexed by rank)."""
+        if not self.active:
+            return [int(n)]
+        t = torch.zeros(self.world_size, dtype=torch.int64, device=device)
+        t[self.rank] = int(n)
+        dist.all_reduce(t, group=self.group)
+        return [int(v) for v in t.tolist()]
+
+    def total(self, n: int, what: str = "examples", device: torch.device | str = "cpu") -> int:
+        """Sum of a count over ranks; refuses (on every rank alike) when a rank has none."""
+        counts = self.counts(n, device)
+        empty = [r for r, c in enumerate(counts) if c == 0]
+        if self.active and empty:
+            raise InvalidInputError(
+                f"ranks {empty} have no {what} (counts per rank: {counts}); give every rank a non-empty "
+                "shard (tangentlab.distributed.shard splits without padding)"
+            )
+        return sum(counts)
+
+    def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's ``t`` (same trailing shape, any number of rows) in rank order."""
+        if not self.active:
+            return t
+        counts = self.counts(t.shape[0], t.device)
+        width = max(counts)
+        pad = torch.zeros((width, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        pad[: t.shape[0]] = t
+        parts = [torch.empty_like(pad) for _ in counts]
+        dist.all_gather(parts, pad, group=self.group)
+        return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier(group=self.group)
+
+
+def shard(n: int, rank: int | None = None, world_size: int | None = None) -> range:
+    """Contiguous indices ``range(start, stop)`` of this rank's share of ``n`` examples.
+
+    The first ``n % world_size`` ranks get one more example; nothing is padded or
+    repeated. Defaults: the default process group's rank and size (1 process if
+    ``torch.distributed`` is not initialized).
+    """
+    if rank is None or world_size is None:
+        ready = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank() if ready else 0
+        world_size = dist.get_world_size() if ready else 1
+    if not 0 <= rank < world_size:
+        raise InvalidInputError(f"rank {rank} is not in 0..{world_size - 1}")
+    q, r = divmod(int(n), world_size)
+    start = rank * q + min(rank, r)
+    return range(start, start + q + (1 if rank < r else 0))
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (the model itself otherwise)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while isinstance(model, (DistributedDataParallel, DataParallel)):
+        model = model.module
+    return model

@@ -29,19 +29,20 @@ def _flops(f: float) -> str:
     return f"{f / 1e9:.3g} GFLOP"
 
 
-def _row(r: dict[str, Any], with_q: bool, q: str) -> str:
+def _row(r: dict[str, Any], with_q: bool, q: str, flops: float | None = None) -> str:
     cells = [r["library"]] + ([q] if with_q else [])
     if r["status"] == "ok":
         runs = len(r["times_s"])
         note = "reference" if r.get("reference") else ""
+        rate = flops / r["median_s"] / 1e9 if flops and r.get("median_s") else None
         cells += [_secs(r["median_s"]), _secs(r["min_s"]), str(runs), _num(r.get("x_fastest"), "{:.2f}"),
-                  _num(r.get("x_lower_bound"), "{:.3g}"),
+                  _num(r.get("x_lower_bound"), "{:.3g}"), _num(rate, "{:.3g}"),
                   _num(None if r.get("peak_rss_bytes") is None else r["peak_rss_bytes"] / MIB, "{:.0f}"),
                   _num(None if r.get("delta_rss_bytes") is None else r["delta_rss_bytes"] / MIB, "{:.0f}"),
                   "ref" if r.get("reference") else _num(r.get("rel_err"), "{:.1e}"), note]
     else:
         text = r["status"] if r["status"] != "error" else "error: " + r.get("error", "")
-        cells += ["—"] * 8 + [text.replace("|", "/")]
+        cells += ["—"] * 9 + [text.replace("|", "/")]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -60,7 +61,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "‖x − ref‖/‖ref‖ against the first library of the group that produced a result (max over "
         "the entries of multi-part results). *× lower bound* is the time divided by the "
         "floating-point work of the cheapest known algorithm at the measured matmul rate (see "
-        "`benchmarks/flops.py`); it is an estimate from the cheapest known algorithm, and values "
+        "`benchmarks/flops.py`); *GFLOP/s* is that work divided by the time, to compare with the "
+        "float32 matmul rate of the machine table (the roofline). Both are estimates from the cheapest "
+        "known algorithm; × lower bound values "
         "below 1 mean the kernels beat the measured matmul rate (e.g. oneDNN convolutions). A "
         "load average above the thread count means other processes "
         "competed for the cores during the run: times are then inflated and noisy, and *min* is "
@@ -105,9 +108,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                          f"{_secs(v / (m['matmul_gflops'] * 1e9))} s.")
         lines += ["",
                   "| library | " + ("quantity | " if with_q else "") + "time (s) | min (s) | runs | "
-                  "× fastest | × lower bound | peak RSS (MiB) | Δ RSS (MiB) | rel. err | note |",
-                  "|---|" + ("---|" if with_q else "") + "---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "× fastest | × lower bound | GFLOP/s | peak RSS (MiB) | Δ RSS (MiB) | rel. err | note |",
+                  "|---|" + ("---|" if with_q else "") + "---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for g in groups:
             for r in g["rows"]:
-                lines.append(_row(r, with_q, g["quantity"]))
+                lines.append(_row(r, with_q, g["quantity"], g.get("lower_bound_flops")))
     path.write_text("\n".join(lines) + "\n")

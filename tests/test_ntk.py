@@ -119,3 +119,13 @@ def test_select_layers_and_jacobian_columns():
     assert oracle.rel_err(J.data, want) < 1e-10
     with pytest.raises(tl.InvalidInputError, match="no layers"):
         K.select("nonexistent")
+
+
+@pytest.mark.parametrize("rows", [3, 300, 777])
+def test_symmetric_block_product_equals_full_product(rows):
+    from tangentlab.layers.base import per_example_gram, sym_outer
+
+    x = torch.randn(rows, 19, dtype=torch.float64)
+    torch.testing.assert_close(sym_outer(x, block=64), x @ x.T, rtol=0, atol=1e-12)
+    p = torch.randn(3, rows // 3 + 1, 7, dtype=torch.float64)
+    torch.testing.assert_close(per_example_gram(p), torch.einsum("cnp,dmp->nmcd", p, p), rtol=0, atol=1e-12)

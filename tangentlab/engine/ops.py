@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..layers.base import per_example_gram
 from ..space import Layer, ParamSpace
 from .engine import Capture, LayerCapture
 
@@ -111,8 +112,10 @@ def gram(cap1: Capture, cap2: Capture, space: ParamSpace,
                              l2.g if not same else l1.g)
         else:
             p1 = layer_per_example(cap1, lay)
-            p2 = p1 if same else layer_per_example(cap2, lay)
-            k = torch.einsum("cnp,dmp->nmcd", p1, p2)
+            if same:
+                k = per_example_gram(p1)
+            else:
+                k = torch.einsum("cnp,dmp->nmcd", p1, layer_per_example(cap2, lay))
         blocks[lay.module] = k
     if per_layer:
         return blocks

@@ -100,7 +100,9 @@ class LayerRule:
              feat2: Any, g2: torch.Tensor) -> torch.Tensor:
         """Layer contribution to the NTK: ``K[n, m, c, d] = ⟨φ¹_{c,n}, φ²_{d,m}⟩``, shape ``(N1, N2, C, D)``."""
         p1 = self.flat_per_example(module, feat1, g1)
-        p2 = p1 if (g2 is g1 and feat2 is feat1) else self.flat_per_example(module, feat2, g2)
+        if g2 is g1 and feat2 is feat1:
+            return per_example_gram(p1)
+        p2 = self.flat_per_example(module, feat2, g2)
         return torch.einsum("cnp,dmp->nmcd", p1, p2)
 
     # ---- Kronecker factors (optional: layers that define them support KFAC/EKFAC) ----------
@@ -129,6 +131,34 @@ class LayerRule:
             pe = self.per_example(module, feat, g[sl])
             parts.append(sum(torch.einsum("cn...,...->cn", pe[k], v[k]) for k in pe))
         return torch.cat(parts, 0)
+
+
+def sym_outer(x: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """``x xᵀ`` for ``x`` of shape ``(R, P)``, computing only the lower block triangle.
+
+    The ``R × R`` result is symmetric, so blocks ``(i, j)`` with ``j > i`` are copies of
+    ``(j, i)ᵀ``: about half the flops of ``x @ x.T`` once ``R`` spans a few blocks.
+    """
+    r = x.shape[0]
+    if r <= 2 * block:
+        return x @ x.T
+    k = -(-r // block)
+    step = -(-r // k)
+    out = torch.empty(r, r, dtype=x.dtype, device=x.device)
+    for i in range(0, r, step):
+        xi = x[i:i + step]
+        blk = xi @ x[: i + step].T  # block row i, columns 0 .. end of block i
+        out[i:i + step, : i + step] = blk
+        out[: i, i:i + step] = blk[:, : i].T
+    return out
+
+
+def per_example_gram(p: torch.Tensor) -> torch.Tensor:
+    """``K[n, m, c, d] = ⟨p[c, n], p[d, m]⟩`` for per-example features ``p`` of shape ``(C, N, P)``,
+    as a ``(N, N, C, C)`` view, using the symmetry (half the flops of the full product)."""
+    c, n, q = p.shape
+    x = p.transpose(0, 1).reshape(n * c, q)  # rows n·C + c
+    return sym_outer(x).view(n, c, n, c).permute(0, 2, 1, 3)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import CHUNK_ELEMENTS, KronLayout, LayerRule
+from .base import CHUNK_ELEMENTS, KronLayout, LayerRule, sym_outer
 
 
 @dataclass
@@ -133,9 +133,14 @@ class PatchRule(LayerRule):
         i = a1.shape[-1]
         if t == 1 and s == 1:
             out = None
+            same = x2 is x1 and a2 is a1
             for gi in range(grp):
-                aa = a1[:, 0, gi] @ a2[:, 0, gi].T  # (N, M)
-                gg = x1[:, :, 0, gi].reshape(c * n, o) @ x2[:, :, 0, gi].reshape(d * m, o).T
+                if same:  # symmetric: half the flops
+                    aa = sym_outer(a1[:, 0, gi])
+                    gg = sym_outer(x1[:, :, 0, gi].reshape(c * n, o))
+                else:
+                    aa = a1[:, 0, gi] @ a2[:, 0, gi].T  # (N, M)
+                    gg = x1[:, :, 0, gi].reshape(c * n, o) @ x2[:, :, 0, gi].reshape(d * m, o).T
                 k = gg.reshape(c, n, d, m).permute(1, 3, 0, 2) * aa[:, :, None, None]
                 out = k if out is None else out + k
             return out.contiguous()

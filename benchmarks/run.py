@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="start a new interpreter per row instead of forking from a pre-imported launcher")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite RESULTS.md from the results.json in --out")
+    ap.add_argument("--optim", action="store_true",
+                    help="also time KFAC/EKFAC steps against SGD (benchmarks.optim_overhead: OPTIM_RESULTS.md)")
     ap.add_argument("--matmul-size", type=int, default=None,
                     help="n of the n×n×n matmul (default 4096; quick 1024)")
     args = ap.parse_args(argv)
@@ -344,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done in {time.perf_counter() - t:.1f} s; wrote {Path(args.out) / 'RESULTS.md'}", file=sys.stderr)
     for e in errors:
         print(f"  error: {e}", file=sys.stderr)
+    if args.optim:
+        from . import optim_overhead
+
+        optim_overhead.main([*(["--quick"] if args.quick else []), "--threads", str(args.threads), "--out", args.out])
     return 1 if errors else 0
 
 

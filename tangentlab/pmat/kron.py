@@ -175,19 +175,18 @@ class _KronBase(PMat):
         vals = torch.cat([e.reshape(-1) for _, e, _, _ in parts])
         order = torch.argsort(vals, descending=True)[:kk]
         vecs = torch.zeros(p, kk, dtype=self.dtype, device=self.device)
-        starts = [0]
-        for _, e, _, _ in parts:
-            starts.append(starts[-1] + e.numel())
-        for col, flat_i in enumerate(order.tolist()):
-            bi = max(j for j in range(len(parts)) if starts[j] <= flat_i)
-            blk, e, ua, ub = parts[bi]
-            g, o, i = torch.unravel_index(torch.tensor(flat_i - starts[bi]), e.shape)
-            ucol = torch.zeros(e.shape[2], dtype=self.dtype, device=self.device)
-            if ua is None:
-                ucol[i] = 1.0
-            else:
-                ucol = ua[g, :, i]
-            vecs[blk.index[g].reshape(-1), col] = torch.outer(ub[g, :, o], ucol).reshape(-1)
+        sizes = torch.tensor([e.numel() for _, e, _, _ in parts], device=order.device)
+        starts = torch.cumsum(sizes, 0) - sizes
+        owner = torch.searchsorted(starts, order, right=True) - 1  # block of each selected eigenpair
+        for bi, (blk, e, ua, ub) in enumerate(parts):
+            cols = (owner == bi).nonzero().flatten()
+            if cols.numel() == 0:
+                continue
+            g, o, i = torch.unravel_index(order[cols] - starts[bi], e.shape)
+            left = ub[g, :, o]  # (k, O): columns of U_B
+            right = torch.nn.functional.one_hot(i, e.shape[2]).to(self.dtype) if ua is None else ua[g, :, i]
+            rows = blk.index[g].reshape(cols.numel(), -1)  # (k, O·I) flat positions
+            vecs[rows, cols[:, None].to(vecs.device)] = (left[:, :, None] * right[:, None, :]).reshape(cols.numel(), -1)
         return vals[order], vecs
 
     def _select_blocks(self, sub: ParamSpace):

@@ -67,6 +67,7 @@ def _load_builtin() -> None:
     from . import fim_quality  # noqa: F401 - registers itself
     from . import lazy_vs_hasty  # noqa: F401 - registers itself
     from . import linearized_generalization  # noqa: F401 - registers itself
+    from . import ekfac_study  # noqa: F401 - registers itself
 
 
 def get_study(name: str) -> type[Study]:

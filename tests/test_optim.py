@@ -1,0 +1,480 @@
+"""KFAC / EKFAC / EKFAC-ra optimizers and Fisher regularizers against dense float64 oracles.
+
+Oracles are independent of the layer rules: per-example gradients by ``torch.func``
+(``vmap(grad)``), factors from explicit activations and output gradients, dense
+Kronecker products, ``torch.linalg`` solves.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+import tangentlab as tl
+from tangentlab.errors import InvalidInputError
+from tangentlab.optim import EKFAC, EKFACRA, KFAC, FisherPenalty, natural_gradient_step
+
+DT = torch.float64
+TOL = dict(rtol=1e-9, atol=1e-11)
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).to(DT)
+
+
+def data(n: int = 12, seed: int = 1, d: int = 5, c: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=DT), torch.randint(0, c, (n,), generator=g)
+
+
+def per_example_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss1(p, xi, yi):
+        return F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    return vmap(grad(loss1), in_dims=(None, 0, 0))(params, x, y)
+
+
+def hom(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[W, b]`` (..., O, I+1)."""
+    return torch.cat([w, b[..., None]], -1)
+
+
+def linear_oracle(model, x, y):
+    """Per layer: ã (N, I+1), per-example gradient matrices G (N, O, I+1)."""
+    pe = per_example_grads(model, x, y)
+    h = torch.tanh(model[0](x)).detach()
+    out = {}
+    for name, inp in (("0", x), ("2", h)):
+        a = torch.cat([inp, torch.ones(inp.shape[0], 1, dtype=DT)], 1)
+        out[name] = (a, hom(pe[f"{name}.weight"], pe[f"{name}.bias"]))
+    return out
+
+
+def one_step(opt_cls, model, x, y, **kw):
+    opt = opt_cls(model, **kw)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt.step()
+    return opt, {k: before[k] - v.detach() for k, v in model.named_parameters()}
+
+
+def dense_kfac_solve(a_mat, b_mat, gmat, eps, scheme):
+    """``Δ`` (O, I) for KFAC: plain ``(A⊗B + εI)⁻¹`` or π-factored Tikhonov."""
+    o, i = gmat.shape
+    if scheme == "plain":
+        big = torch.kron(b_mat, a_mat) + eps * torch.eye(o * i, dtype=DT)
+        return torch.linalg.solve(big, gmat.reshape(-1)).reshape(o, i)
+    pi = math.sqrt((torch.trace(a_mat) / i) / (torch.trace(b_mat) / o))
+    ia = torch.linalg.inv(a_mat + pi * math.sqrt(eps) * torch.eye(i, dtype=DT))
+    ib = torch.linalg.inv(b_mat + math.sqrt(eps) / pi * torch.eye(o, dtype=DT))
+    return ib @ gmat @ ia
+
+
+def dense_ekfac_solve(a_mat, b_mat, gs, gmat, eps, scheme, s=None):
+    """``Δ`` for EKFAC from the dense KFE ``Q = U_B ⊗ U_A``: ``s* = mean (Qᵀ vec G_n)²``."""
+    ea, ua = torch.linalg.eigh(a_mat)
+    eb, ub = torch.linalg.eigh(b_mat)
+    q = torch.kron(ub, ua)
+    if s is None:
+        s = ((gs.reshape(gs.shape[0], -1) @ q) ** 2).mean(0)
+    den = s + eps
+    if scheme == "factored":
+        den = den + math.sqrt(eps) * (eb[:, None] + ea[None, :]).reshape(-1)
+    return (q @ ((q.T @ gmat.reshape(-1)) / den)).reshape(gmat.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["plain", "factored"])
+def test_kfac_step_matches_dense_oracle(scheme):
+    model = mlp()
+    x, y = data()
+    orc = linear_oracle(model, x, y)
+    lr, eps = 0.3, 1e-2
+    _, d = one_step(KFAC, model, x, y, lr=lr, damping=eps, damping_scheme=scheme)
+    for name, (a, gs) in orc.items():
+        a_mat = a.T @ a / a.shape[0]
+        bias_g = gs[..., -1]  # per-example output gradients (T = 1: the bias gradient)
+        b_mat = bias_g.T @ bias_g / a.shape[0]
+        want = lr * dense_kfac_solve(a_mat, b_mat, gs.mean(0), eps, scheme)
+        torch.testing.assert_close(hom(d[f"{name}.weight"], d[f"{name}.bias"]), want, **TOL)
+
+
+@pytest.mark.parametrize("scheme", ["plain", "factored"])
+def test_ekfac_step_matches_dense_eigenbasis_formula(scheme):
+    model = mlp(3)
+    x, y = data(16, 4)
+    orc = linear_oracle(model, x, y)
+    lr, eps = 0.2, 3e-3
+    _, d = one_step(EKFAC, model, x, y, lr=lr, damping=eps, damping_scheme=scheme)
+    for name, (a, gs) in orc.items():
+        n = a.shape[0]
+        a_mat, b_mat = a.T @ a / n, gs[..., -1].T @ gs[..., -1] / n
+        want = lr * dense_ekfac_solve(a_mat, b_mat, gs, gs.mean(0), eps, scheme)
+        torch.testing.assert_close(hom(d[f"{name}.weight"], d[f"{name}.bias"]), want, **TOL)
+
+
+def test_ekfac_step_equals_representation_solve():
+    """Cross-check with PMatEKFAC (empirical Fisher built by the engine, s* at construction)."""
+    model = mlp(5)
+    x, y = data(10, 6)
+    ref = copy.deepcopy(model)
+    F_ = tl.fim(ref, (x, y), kind="empirical", representation="ekfac")
+    ref.zero_grad()
+    F.cross_entropy(ref(x), y).backward()
+    want = F_.solve(tl.PVector.from_grad(ref), 1e-2)
+    _, d = one_step(EKFAC, model, x, y, lr=1.0, damping=1e-2)
+    for k in d:
+        torch.testing.assert_close(d[k], want[k], **TOL)
+
+
+def test_ekfac_with_kfac_scalings_is_kfac():
+    """One example: s* = (U_Bᵀg)²(U_Aᵀã)² = S_B ⊗ S_A exactly, so EKFAC and KFAC steps coincide
+    (plain damping); and the A.4 scheme equals (A + √ε)⁻¹ ⊗ (B + √ε)⁻¹."""
+    x, y = data(1, 7)
+    m1, m2 = mlp(2), mlp(2)
+    _, d1 = one_step(EKFAC, m1, x, y, lr=0.5, damping=1e-3, damping_scheme="plain")
+    _, d2 = one_step(KFAC, m2, x, y, lr=0.5, damping=1e-3, damping_scheme="plain")
+    for k in d1:
+        torch.testing.assert_close(d1[k], d2[k], rtol=1e-8, atol=1e-12)
+    m3 = mlp(2)
+    eps = 1e-2
+    _, d3 = one_step(EKFAC, m3, x, y, lr=1.0, damping=eps, damping_scheme="factored")
+    orc = linear_oracle(mlp(2), x, y)
+    for name, (a, gs) in orc.items():
+        a_mat, b_mat = a.T @ a, gs[..., -1].T @ gs[..., -1]
+        r = math.sqrt(eps)
+        want = torch.linalg.inv(b_mat + r * torch.eye(b_mat.shape[0], dtype=DT)) @ gs[0] @ torch.linalg.inv(
+            a_mat + r * torch.eye(a_mat.shape[0], dtype=DT))
+        torch.testing.assert_close(hom(d3[f"{name}.weight"], d3[f"{name}.bias"]), want, **TOL)
+
+
+def test_ekfac_ra_running_average_and_amortization():
+    """Two steps, period 10: m = α(α S_B⊗S_A + (1−α) N r₀²) + (1−α) N r₁² in the step-0 KFE."""
+    model = mlp(8)
+    alpha, eps, lr = 0.6, 1e-2, 0.1
+    opt = EKFACRA(model, lr=lr, damping=eps, decay=alpha, period=10)
+    batches = [data(9, 10), data(9, 11)]
+    probe = copy.deepcopy(model)
+    orc0 = linear_oracle(probe, *batches[0])
+    basis = {}
+    for name, (a, gs) in orc0.items():
+        n = a.shape[0]
+        ea, ua = torch.linalg.eigh(a.T @ a / n)
+        eb, ub = torch.linalg.eigh(gs[..., -1].T @ gs[..., -1] / n)
+        basis[name] = (ua, ub, eb[:, None] * ea[None, :])
+    for x, y in batches:
+        orc = linear_oracle(model, x, y)
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        for name, (_, gs) in orc.items():
+            ua, ub, m = basis[name]
+            r = ub.T @ gs.mean(0) @ ua
+            m = alpha * m + (1 - alpha) * x.shape[0] * r**2
+            basis[name] = (ua, ub, m)
+            want = lr * ub @ ((ub.T @ gs.mean(0) @ ua) / (m + eps)) @ ua.T
+            got = hom(before[f"{name}.weight"] - model.get_parameter(f"{name}.weight").detach(),
+                      before[f"{name}.bias"] - model.get_parameter(f"{name}.bias").detach())
+            torch.testing.assert_close(got, want, **TOL)
+
+
+def test_amortized_basis_is_kept_between_recomputations():
+    """EKFAC with period 3: at step 1 the KFE is step 0's, s* is step 1's batch."""
+    model = mlp(9)
+    opt = EKFAC(model, lr=0.1, damping=1e-2, period=3)
+    (x0, y0), (x1, y1) = data(8, 20), data(8, 21)
+    orc0 = linear_oracle(copy.deepcopy(model), x0, y0)
+    opt.zero_grad()
+    F.cross_entropy(model(x0), y0).backward()
+    opt.step()
+    orc1 = linear_oracle(model, x1, y1)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt.zero_grad()
+    F.cross_entropy(model(x1), y1).backward()
+    opt.step()
+    for name in orc0:
+        a0, g0 = orc0[name]
+        _, g1 = orc1[name]
+        n = a0.shape[0]
+        want = 0.1 * dense_ekfac_solve(a0.T @ a0 / n, g0[..., -1].T @ g0[..., -1] / n, g1, g1.mean(0), 1e-2,
+                                       "plain")
+        got = hom(before[f"{name}.weight"] - model.get_parameter(f"{name}.weight").detach(),
+                  before[f"{name}.bias"] - model.get_parameter(f"{name}.bias").detach())
+        torch.testing.assert_close(got, want, **TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 3, 3, padding=1, stride=1).to(DT)
+        self.fc = nn.Linear(3 * 4 * 4, 3).to(DT)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.conv(x)).flatten(1))
+
+
+def conv_oracle(model: SmallCNN, x, y):
+    """Patches ã (N, T, Cin·9+1), output gradients g (N, T, O), per-example weight grads."""
+    n = x.shape[0]
+    out = model.conv(x)
+    out.retain_grad()
+    F.cross_entropy(model.fc(torch.tanh(out).flatten(1)), y, reduction="sum").backward()
+    g = out.grad.detach().reshape(n, 3, -1).transpose(1, 2)  # per-example (sum loss)
+    model.zero_grad()
+    p = F.unfold(x, 3, padding=1).transpose(1, 2)  # (N, T, Cin·9)
+    a = torch.cat([p, torch.ones(n, p.shape[1], 1, dtype=DT)], 2)
+    pe = per_example_grads(model, x, y)
+    return a, g, pe
+
+
+@pytest.mark.parametrize("cls", [KFAC, EKFAC])
+def test_conv_kfc_step(cls):
+    model = SmallCNN()
+    x = torch.randn(6, 2, 4, 4, dtype=DT, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    a, g, pe = conv_oracle(copy.deepcopy(model), x, y)
+    n, t = a.shape[0], a.shape[1]
+    a_mat = torch.einsum("nti,ntj->ij", a, a) / n
+    b_mat = torch.einsum("nto,ntp->op", g, g) / n / t
+    gs = hom(pe["conv.weight"].reshape(n, 3, -1), pe["conv.bias"])
+    eps = 1e-2
+    _, d = one_step(cls, model, x, y, lr=1.0, damping=eps, damping_scheme="plain")
+    got = hom(d["conv.weight"].reshape(3, -1), d["conv.bias"])
+    if cls is KFAC:
+        want = dense_kfac_solve(a_mat, b_mat, gs.mean(0), eps, "plain")
+    else:
+        want = dense_ekfac_solve(a_mat, b_mat, gs, gs.mean(0), eps, "plain")
+    torch.testing.assert_close(got, want, **TOL)
+
+
+@pytest.mark.parametrize("cls", [KFAC, EKFAC])
+def test_conv_sua_step(cls):
+    """SUA: weight block I_K ⊗ (B ⊗ A_SUA) over kernel positions, bias block B·T_out."""
+    model = SmallCNN()
+    x = torch.randn(5, 2, 4, 4, dtype=DT, generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    a, g, pe = conv_oracle(copy.deepcopy(model), x, y)
+    n, t = a.shape[0], a.shape[1]
+    xs = x.reshape(n, 2, -1)
+    a_sua = torch.einsum("ncp,ndp->cd", xs, xs) / n * (t / xs.shape[2])
+    b_mat = torch.einsum("nto,ntp->op", g, g) / n / t
+    eps = 1e-2
+    _, d = one_step(cls, model, x, y, lr=1.0, damping=eps, damping_scheme="plain", conv="sua")
+    wk = pe["conv.weight"].reshape(n, 3, 2, 9)  # (N, O, Cin, K)
+    for k in range(9):
+        gs = wk[..., k]
+        if cls is KFAC:
+            want = dense_kfac_solve(a_sua, b_mat, gs.mean(0), eps, "plain")
+        else:
+            want = dense_ekfac_solve(a_sua, b_mat, gs, gs.mean(0), eps, "plain")
+        torch.testing.assert_close(d["conv.weight"][..., k // 3, k % 3], want, **TOL)
+    gb = pe["conv.bias"][..., None]
+    a_b = torch.full((1, 1), float(t), dtype=DT)
+    want_b = (dense_kfac_solve(a_b, b_mat, gb.mean(0), eps, "plain") if cls is KFAC
+              else dense_ekfac_solve(a_b, b_mat, gb, gb.mean(0), eps, "plain"))
+    torch.testing.assert_close(d["conv.bias"], want_b[:, 0], **TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+def test_true_fisher_gaussian_statistics():
+    """fisher='true', Gaussian likelihood: B₁ = mean Jᵀ J with J = W₂ diag(1 − h²), B₂ = I."""
+    model = mlp(11)
+    x = data(7, 12)[0]
+    target = torch.randn(7, 3, dtype=DT)
+    eps = 1e-2
+    opt = KFAC(model, lr=1.0, damping=eps, damping_scheme="plain", fisher="true", likelihood="gaussian")
+    s1 = model[0](x).detach()
+    h = torch.tanh(s1)
+    w2 = model[2].weight.detach()
+    jac = w2[None] * (1 - h**2)[:, None, :]  # (N, C, H)
+    b1 = torch.einsum("nch,nck->hk", jac, jac) / 7
+    a1 = torch.cat([x, torch.ones(7, 1, dtype=DT)], 1)
+    a2 = torch.cat([h, torch.ones(7, 1, dtype=DT)], 1)
+    opt.zero_grad()
+    F.mse_loss(model(x), target).backward()
+    grads = {k: v.grad.detach().clone() for k, v in model.named_parameters()}
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt.step()
+    for name, a, b in (("0", a1, b1), ("2", a2, torch.eye(3, dtype=DT))):
+        want = dense_kfac_solve(a.T @ a / 7, b, hom(grads[f"{name}.weight"], grads[f"{name}.bias"]), eps, "plain")
+        got = hom(before[f"{name}.weight"] - model.get_parameter(f"{name}.weight").detach(),
+                  before[f"{name}.bias"] - model.get_parameter(f"{name}.bias").detach())
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_true_fisher_sampled_matches_mc_representation():
+    """fisher='true', softmax: the sampled labels are the engine's Monte-Carlo Fisher samples
+    (same seed, batch index = step), so step 0 equals PMatKFAC(kind='mc').solve."""
+    model = mlp(13)
+    x, y = data(11, 14)
+    ref = copy.deepcopy(model)
+    Fm = tl.fim(ref, (x,), kind="mc", n_samples=1, representation="kfac", seed=5)
+    ref.zero_grad()
+    F.cross_entropy(ref(x), y).backward()
+    want = Fm.solve(tl.PVector.from_grad(ref), 1e-2)
+    _, d = one_step(KFAC, model, x, y, lr=1.0, damping=1e-2, damping_scheme="plain", fisher="true", seed=5)
+    for k in d:
+        torch.testing.assert_close(d[k], want[k], **TOL)
+
+
+@pytest.mark.slow
+def test_sampled_fisher_factor_converges_to_exact():
+    """The sampled output factor averaged over many steps tends to the exact-Fisher factor."""
+    model = mlp(15)
+    x, _ = data(40, 16)
+    opt = KFAC(model, lr=0.0, damping=1e-2, fisher="true", period=1)
+    acc = 0
+    k = 60
+    for _ in range(k):
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        acc = acc + opt.state[model[2].weight]["ub"][0] @ torch.diag(opt.state[model[2].weight]["eb"][0]) @ \
+            opt.state[model[2].weight]["ub"][0].T
+    exact = tl.fim(model, (x,), kind="classification", representation="kfac")
+    b_exact = exact.factors["2"][0][1]
+    err = (acc / k - b_exact).norm() / b_exact.norm()
+    assert err < 0.15, err
+
+
+# ---------------------------------------------------------------------------------------------
+class WithExtra(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp(17)
+        self.scale = nn.Parameter(torch.tensor(1.5, dtype=DT))
+        self.norm = nn.LayerNorm(4).to(DT)
+
+    def forward(self, x):
+        h = self.norm(torch.tanh(self.net[0](x)))
+        return self.net[2](h) * self.scale
+
+
+def test_fallback_optimizer_for_other_parameters():
+    model = WithExtra()
+    x, y = data(8, 18)
+    ref = copy.deepcopy(model)
+    opt = EKFAC(model, lr=0.1, damping=1e-2, fallback=lambda ps: torch.optim.SGD(ps, lr=0.05))
+    covered = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert {n for n, p in model.named_parameters() if id(p) not in covered} == {"scale", "norm.weight", "norm.bias"}
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    F.cross_entropy(ref(x), y).backward()
+    for name in ("scale", "norm.weight", "norm.bias"):
+        want = ref.get_parameter(name).detach() - 0.05 * ref.get_parameter(name).grad
+        torch.testing.assert_close(model.get_parameter(name).detach(), want, **TOL)
+    assert not torch.allclose(model.net[0].weight, ref.net[0].weight)
+
+
+def test_precondition_in_front_of_another_optimizer():
+    m1, m2 = mlp(19), mlp(19)
+    x, y = data(9, 20)
+    _, d = one_step(EKFAC, m1, x, y, lr=0.3, damping=1e-2)
+    pre = EKFAC(m2, damping=1e-2)
+    sgd = torch.optim.SGD(m2.parameters(), lr=0.3)
+    before = {k: v.detach().clone() for k, v in m2.named_parameters()}
+    F.cross_entropy(m2(x), y).backward()
+    pre.precondition()
+    sgd.step()
+    for k, v in m2.named_parameters():
+        torch.testing.assert_close(before[k] - v.detach(), d[k], **TOL)
+
+
+@pytest.mark.parametrize("make", [lambda m: KFAC(m, lr=0.2, damping=1e-2, period=2, momentum=0.5),
+                                  lambda m: EKFAC(m, lr=0.2, damping=1e-2, period=2),
+                                  lambda m: EKFACRA(m, lr=0.2, damping=1e-2, period=3),
+                                  lambda m: KFAC(m, lr=0.2, damping=1e-2, fisher="true", period=2)])
+def test_state_dict_round_trip_continues_identically(make):
+    model = WithExtra()
+    opt = make(model)
+    batches = [data(10, 30 + i) for i in range(6)]
+
+    def run(m, o, bs):
+        for x, y in bs:
+            o.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+
+    run(model, opt, batches[:3])
+    saved_model = copy.deepcopy(model.state_dict())
+    saved = copy.deepcopy(opt.state_dict())
+    run(model, opt, batches[3:])
+    clone = WithExtra()
+    clone.load_state_dict(saved_model)
+    opt2 = make(clone)
+    opt2.load_state_dict(saved)
+    run(clone, opt2, batches[3:])
+    for (k, a), (_, b) in zip(model.named_parameters(), clone.named_parameters()):
+        assert torch.equal(a, b), k
+
+
+def test_dtype_float32_and_bad_configuration():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).float()
+    x, y = torch.randn(8, 5, dtype=torch.float32), torch.randint(0, 3, (8,))
+    opt = EKFAC(model, lr=0.1, damping=1e-2)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert opt.state[model[0].weight]["s"].dtype == torch.float32
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(InvalidInputError, match="damping_scheme"):
+        KFAC(model, damping_scheme="tikhonov")
+    with pytest.raises(InvalidInputError, match="damping"):
+        EKFAC(model, damping=0.0)
+    with pytest.raises(InvalidInputError, match="period"):
+        EKFAC(model, period=0)
+    with pytest.raises(InvalidInputError, match="fisher"):
+        EKFAC(model, fisher="fake")
+    opt.zero_grad(set_to_none=False)
+    with pytest.raises(InvalidInputError, match="backward"):
+        opt.step()
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rep", ["dense", "diag", "kfac", "ekfac", "lowrank"])
+def test_fisher_penalty_value_and_gradient(rep):
+    model = mlp(21)
+    x, y = data(10, 22)
+    Fm = tl.fim(model, (x, y), kind="exact", representation=rep)
+    Fd = tl.fim(model, (x, y), kind="exact", representation="dense").to_dense()
+    if rep != "dense":
+        Fd = Fm.to_dense()
+    pen = FisherPenalty(Fm, model, strength=3.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    delta = (tl.PVector.from_model(model) - pen.anchor).flat().detach()
+    val = pen(model)
+    torch.testing.assert_close(val, 1.5 * delta @ Fd @ delta, **TOL)
+    val.backward()
+    g = tl.PVector.from_grad(model).flat()
+    torch.testing.assert_close(g, 3.0 * Fd @ delta, **TOL)
+
+
+@pytest.mark.parametrize("rep", ["dense", "diag", "ekfac", "lowrank"])
+def test_natural_gradient_step(rep):
+    model = mlp(23)
+    x, y = data(10, 24)
+    Fm = tl.fim(model, (x, y), kind="exact", representation=rep)
+    Fd = Fm.to_dense()
+    F.cross_entropy(model(x), y).backward()
+    g = tl.PVector.from_grad(model).flat()
+    before = tl.PVector.from_model(model).flat().detach().clone()
+    natural_gradient_step(model, Fm, lr=0.5, damping=1e-2)
+    want = before - 0.5 * torch.linalg.solve(Fd + 1e-2 * torch.eye(Fd.shape[0], dtype=DT), g)
+    torch.testing.assert_close(tl.PVector.from_model(model).flat().detach(), want, **TOL)

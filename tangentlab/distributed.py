@@ -73,6 +73,16 @@ class Reducer:
             if t is not None:
                 dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
 
+    def broadcast_(self, *tensors: torch.Tensor | None, src: int = 0) -> None:
+        """Overwrite the given tensors with rank ``src``'s (e.g. eigenbases, whose signs may
+        differ between machines even for equal inputs)."""
+        if not self.active:
+            return
+        for t in tensors:
+            if t is not None:
+                dist.broadcast(t, src=dist.get_global_rank(self.group, src) if self.group is not None else src,
+                               group=self.group)
+
     def counts(self, n: int, device: torch.device | str = "cpu") -> list[int]:
         """Every rank's local count (a list indexed by rank)."""
         if not self.active:

@@ -23,11 +23,13 @@ from .lowrank import PMatLowRank
 
 
 def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], None],
-             centering: bool = False, reduce: Sequence[torch.Tensor] | None = None,
+             centering: bool = False,
+             reduce: Sequence[torch.Tensor] | Callable[[], Sequence[torch.Tensor]] | None = None,
              local: bool = False) -> tuple[int, torch.Tensor | None]:
     """Run ``consume`` on every capture; return ``N`` and, if centering, the mean features ``(C, P)``.
 
-    ``reduce``: the accumulators ``consume`` adds to. With a distributed engine they are
+    ``reduce``: the accumulators ``consume`` adds to (or a function returning them after
+    the pass, in the same order on every rank). With a distributed engine they are
     summed over the ranks (in place) after the pass, as are ``N`` and the feature sums;
     a builder that does not name its accumulators refuses to run distributed.
     ``local=True``: no reduction (every rank passes the same full data, as for kernels).
@@ -49,7 +51,8 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
             total = s if total is None else total + s
     if red.active:
         n = red.total(n, device=engine.device)  # refuses, on every rank, when a shard is empty
-        red.sum_(*(reduce or ()), total)
+        accs = reduce() if callable(reduce) else reduce
+        red.sum_(*(accs or ()), total)
     return n, (total / n if total is not None else None)
 
 

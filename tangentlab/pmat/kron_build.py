@@ -74,7 +74,8 @@ def build_kfac(engine: Engine, data: Any, centering: bool = False) -> PMatKFAC:
                 sums[m] = [a, b]
                 index[m] = idx
 
-    n, _ = one_pass(engine, data, "KFAC factors", consume)
+    n, _ = one_pass(engine, data, "KFAC factors", consume,
+                    reduce=lambda: [t for lay in engine.space.layers for t in sums[lay.module]])
     blocks = [KronBlock(lay.module, index[lay.module], sums[lay.module][0] / n, sums[lay.module][1] / n)
               for lay in engine.space.layers]
     return PMatKFAC(engine.space, blocks, engine.budget)
@@ -95,7 +96,8 @@ def kfe_diagonals(engine: Engine, data: Any, space: ParamSpace, blocks: list,
 
     if space != engine.space:
         raise InvalidInputError("the engine's parameter space differs from the matrix's")
-    n, mean = one_pass(engine, data, "EKFAC diagonal", consume, centering)
+    n, mean = one_pass(engine, data, "EKFAC diagonal", consume, centering,
+                       reduce=lambda: [sums[b.module] for b in blocks])
     out = []
     for blk in blocks:
         s = sums[blk.module] / n
@@ -112,6 +114,8 @@ def build_ekfac(engine: Engine, data: Any, centering: bool = False) -> PMatEKFAC
     for blk in kfac.blocks:
         ea, ua = _eigh(blk.a)
         eb, ub = _eigh(blk.b)
+        # one basis for all ranks: eigenvector signs may differ between machines
+        engine.reducer.broadcast_(ea, ua, eb, ub)
         blocks.append(KfeBlock(blk.module, blk.index, ua, ub, eb[:, :, None] * ea[:, None, :], ea, eb))
     ss = kfe_diagonals(engine, data, engine.space, blocks, centering)
     blocks = [KfeBlock(b.module, b.index, b.ua, b.ub, s, b.ea, b.eb) for b, s in zip(blocks, ss)]

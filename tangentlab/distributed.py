@@ -71,17 +71,23 @@ class Reducer:
             return
         for t in tensors:
             if t is not None:
-                dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+                buf = t if t.is_contiguous() else t.contiguous()  # collectives read raw storage
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
+                if buf is not t:
+                    t.copy_(buf)
 
     def broadcast_(self, *tensors: torch.Tensor | None, src: int = 0) -> None:
         """Overwrite the given tensors with rank ``src``'s (e.g. eigenbases, whose signs may
         differ between machines even for equal inputs)."""
         if not self.active:
             return
+        root = dist.get_global_rank(self.group, src) if self.group is not None else src
         for t in tensors:
             if t is not None:
-                dist.broadcast(t, src=dist.get_global_rank(self.group, src) if self.group is not None else src,
-                               group=self.group)
+                buf = t if t.is_contiguous() else t.contiguous()  # e.g. eigh's column-major vectors
+                dist.broadcast(buf, src=root, group=self.group)
+                if buf is not t:
+                    t.copy_(buf)
 
     def counts(self, n: int, device: torch.device | str = "cpu") -> list[int]:
         """Every rank's local count (a list indexed by rank)."""

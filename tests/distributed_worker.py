@@ -87,6 +87,44 @@ def main(rank: int, world: int, init_file: str, out_dir: str, uneven: bool, tile
         dist.destroy_process_group()
 
 
+OPT_STEPS = 3
+
+
+def optimizer_run(kind: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, distributed: bool) -> torch.Tensor:
+    """``OPT_STEPS`` steps of KFAC / EKFAC / EKFAC-ra (period 2) on (x, y); the final flat parameters."""
+    from tangentlab.optim import EKFAC, KFAC
+
+    net = nn.parallel.DistributedDataParallel(model) if distributed else model
+    make = {"kfac": lambda m: KFAC(m, lr=0.1, damping=1e-2, period=2, distributed=distributed),
+            "ekfac": lambda m: EKFAC(m, lr=0.1, damping=1e-2, period=2, distributed=distributed),
+            "ekfac-ra": lambda m: EKFAC(m, lr=0.1, damping=1e-2, period=2, running=True,
+                                        distributed=distributed)}[kind]
+    opt = make(net)
+    for _ in range(OPT_STEPS):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    opt.remove_hooks()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def optimizer_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Data-parallel KFAC/EKFAC on equal shards of the first ``world * (N // world)`` examples."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        per = N // world
+        out = {}
+        for kind in ("kfac", "ekfac", "ekfac-ra"):
+            model, x, y, _ = problem()
+            out[kind] = optimizer_run(kind, model, x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per],
+                                      True)
+        torch.save(out, os.path.join(out_dir, f"opt{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
 def torchrun_main() -> None:
     """Entry point under ``torchrun`` (environment variables set by the launcher)."""
     torch.set_num_threads(1)

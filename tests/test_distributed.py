@@ -102,6 +102,19 @@ def test_three_processes_uneven_shards_and_resumed_tiles(tmp_path, reference):
 
 
 @pytest.mark.distributed
+def test_data_parallel_optimizers_match_one_process(tmp_path):
+    world = 2
+    mp.spawn(W.optimizer_main, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    per = W.N // world
+    for kind in ("kfac", "ekfac", "ekfac-ra"):
+        model, x, y, _ = W.problem()
+        ref = W.optimizer_run(kind, model, x[:world * per], y[:world * per], False)
+        for r in range(world):
+            got = torch.load(tmp_path / f"opt{r}.pt", weights_only=False)[kind]
+            assert rel(got, ref) < 1e-10, (kind, r, rel(got, ref))
+
+
+@pytest.mark.distributed
 def test_torchrun_two_processes(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     if torchrun is None:

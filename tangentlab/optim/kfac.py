@@ -67,6 +67,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributed import Reducer
 from ..errors import InvalidInputError
 from ..layers.base import LayerRegistry, LayerRule
 from ..layers.patch import PatchRule
@@ -148,6 +149,11 @@ class KronOptimizer(torch.optim.Optimizer):
     conv: ``"kfc"`` or ``"sua"``. momentum, weight_decay: of the update.
     fallback: ``callable(list of parameters) -> torch.optim.Optimizer`` for the parameters of
         other modules (default SGD with ``lr`` and ``momentum``).
+    distributed: ``True`` (default process group) or a group: data-parallel training (wrap the
+        model in ``DistributedDataParallel`` so gradients are averaged). The factors and ``s*``
+        are averaged over the ranks weighted by their batch sizes, and the eigendecompositions
+        are dealt round-robin to the ranks (block ``k`` on rank ``k mod world``) and broadcast,
+        so every rank applies the same preconditioner.
     """
 
     scaling: str = "kfac"
@@ -157,7 +163,7 @@ class KronOptimizer(torch.optim.Optimizer):
                  n_samples: int = 1, loss_reduction: str = "mean", conv: str = "kfc", momentum: float = 0.0,
                  weight_decay: float = 0.0, fallback: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None
                  = None, layers: Iterable[str] | None = None, seed: int = 0,
-                 registry: LayerRegistry | None = None):
+                 registry: LayerRegistry | None = None, distributed: Any = None):
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
         if not (isinstance(lr, (int, float)) and lr >= 0):
@@ -174,6 +180,10 @@ class KronOptimizer(torch.optim.Optimizer):
         _choice("loss_reduction", loss_reduction, REDUCTIONS)
         _choice("conv", conv, CONV_MODES)
         self.model = model
+        self.reducer = Reducer.resolve(distributed)
+        if self.reducer.active and loss_reduction != "mean":
+            raise InvalidInputError("distributed=... needs loss_reduction='mean' (DistributedDataParallel averages "
+                                    "the gradients over the ranks)")
         self.period = period
         self.damping_scheme = damping_scheme
         self.fisher, self.likelihood, self.n_samples = fisher, likelihood, int(n_samples)
@@ -348,8 +358,24 @@ class KronOptimizer(torch.optim.Optimizer):
             out[b.name] = (lc.feat, lc.g, cap.n)
         return out
 
+    def _mean_over_ranks(self, tensors: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+        """Means over this rank's ``n`` examples → means over all ranks' examples."""
+        red = self.reducer
+        if not red.active:
+            return tensors
+        total = red.total(n, "examples in this step's batch", tensors[0].device)
+        sums = [t * n for t in tensors]
+        red.sum_(*sums)
+        return [t / total for t in sums]
+
     def _factors(self, b: _Block, stats) -> tuple[torch.Tensor, torch.Tensor]:
-        """``A`` (G, I, I) and ``B`` (G, O, O) of block ``b`` on the current minibatch (means)."""
+        """``A`` (G, I, I) and ``B`` (G, O, O) of block ``b`` on the current minibatch (means;
+        over all ranks when distributed)."""
+        a, bb = self._local_factors(b, stats)
+        a, bb = self._mean_over_ranks([a.contiguous(), bb.contiguous()], stats[b.name][2])
+        return a, bb
+
+    def _local_factors(self, b: _Block, stats) -> tuple[torch.Tensor, torch.Tensor]:
         feat, g, n = stats[b.name]
         if b.part == "patch":
             cols = torch.arange(b.shape[2], device=g.device)
@@ -375,7 +401,12 @@ class KronOptimizer(torch.optim.Optimizer):
         return self._records[b.name]["args"][0]
 
     def _per_example_kfe(self, b: _Block, stats, ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
-        """``(1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` for block ``b`` (EKFAC's ``s*``)."""
+        """``(1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` for block ``b`` (EKFAC's ``s*``; over all ranks
+        when distributed)."""
+        s = self._local_kfe(b, stats, ua, ub)
+        return self._mean_over_ranks([s.contiguous()], stats[b.name][2])[0]
+
+    def _local_kfe(self, b: _Block, stats, ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
         feat, g, n = stats[b.name]
         if b.part == "patch":
             cols = torch.arange(b.shape[2], device=g.device)
@@ -397,8 +428,15 @@ class KronOptimizer(torch.optim.Optimizer):
     def _recompute(self, b: _Block, stats) -> None:
         st = self._state(b)
         a, bb = self._factors(b, stats)
-        ea, ua = torch.linalg.eigh((a + a.transpose(1, 2)) / 2)
-        eb, ub = torch.linalg.eigh((bb + bb.transpose(1, 2)) / 2)
+        red = self.reducer
+        owner = self.blocks.index(b) % red.world_size
+        if red.rank == owner:  # distributed: one rank per block decomposes, then broadcasts
+            ea, ua = torch.linalg.eigh((a + a.transpose(1, 2)) / 2)
+            eb, ub = torch.linalg.eigh((bb + bb.transpose(1, 2)) / 2)
+        else:
+            ea, ua = a.new_empty(a.shape[:2]), torch.empty_like(a)
+            eb, ub = bb.new_empty(bb.shape[:2]), torch.empty_like(bb)
+        red.broadcast_(ea, ua, eb, ub, src=owner)
         ea, eb = ea.clamp_min(0), eb.clamp_min(0)
         st.update(ua=ua, ea=ea, ub=ub, eb=eb)
         if self.scaling == "running":
@@ -414,6 +452,8 @@ class KronOptimizer(torch.optim.Optimizer):
             return st["s"]
         n = stats[b.name][2] if stats else 1
         mean_grad = grad / n if self.loss_reduction == "sum" else grad
+        if self.reducer.active:  # DDP averages the gradient over all ranks' examples
+            n = self.reducer.total(n, "examples in this step's batch", grad.device)
         rot = st["ub"].transpose(1, 2) @ mean_grad @ st["ua"]
         alpha = self.decay
         st["s"] = alpha * st["s"] + (1 - alpha) * n * rot.pow(2)

@@ -108,11 +108,15 @@ def sqrt_categorical_covariance(p: torch.Tensor) -> torch.Tensor:
     ok = (qk1 > 0) & (qk > 0)
     safe_qk = torch.where(ok, qk, torch.ones_like(qk))
     safe_qk1 = torch.where(ok, qk1, torch.ones_like(qk1))
-    diag = torch.where(ok, torch.sqrt(pk * safe_qk1 / safe_qk), torch.zeros_like(pk))
-    coef = torch.where(ok, torch.sqrt(pk / (safe_qk * safe_qk1)), torch.zeros_like(pk))
+    # Factored so that no product of two small q's is formed (it underflows in float32 for
+    # confident predictions, turning the coefficient into inf and the entries into NaN):
+    # L[k, k] = sqrt(p_k/q_k)·sqrt(q_{k+1}),  L[j, k] = −(p_j/sqrt(q_{k+1}))·sqrt(p_k/q_k).
+    r = torch.where(ok, torch.sqrt(pk / safe_qk), torch.zeros_like(pk))
+    diag = r * torch.sqrt(torch.where(ok, safe_qk1, torch.zeros_like(qk1)))
+    inv = torch.where(ok, torch.rsqrt(safe_qk1), torch.zeros_like(qk1))
     j = torch.arange(c, device=p.device)[:, None]
     k = torch.arange(c - 1, device=p.device)[None, :]
-    low = -p[..., :, None] * coef[..., None, :]
+    low = -(p[..., :, None] * inv[..., None, :]) * r[..., None, :]
     L = torch.where(j > k, low, torch.zeros((), dtype=p.dtype, device=p.device))
     return torch.where(j == k, diag[..., None, :].expand_as(L), L)
 

@@ -111,3 +111,18 @@ def test_gram_strategies(strategy):
         g2 = torch.randn(3, 2, *gshape[2:])
         pe2 = rule.flat_per_example(mod, f2, g2)
         assert oracle.rel_err(rule.gram(mod, f, g, f2, g2), torch.einsum("cnp,dmp->nmcd", pe, pe2)) < 1e-12
+
+
+@pytest.mark.parametrize("logits", [[60.0] + [0.0] * 9, [90.0, 30.0, 0.0, -30.0], [5.0, -1.0, 2.0]])
+def test_categorical_covariance_root_is_finite_and_exact_in_float32(logits):
+    """L Lᵀ = diag(p) − ppᵀ without NaN for confident float32 predictions (products of two tiny
+    tail masses q_k q_{k+1} underflowed to 0 and made the entries inf·0)."""
+    from tangentlab.outputs import sqrt_categorical_covariance
+
+    z = torch.tensor([logits])
+    L = sqrt_categorical_covariance(torch.softmax(z.float(), -1))
+    assert torch.isfinite(L).all()
+    p = torch.softmax(z.double(), -1)
+    ref = torch.diag_embed(p) - p[..., :, None] * p[..., None, :]
+    L = L.double()
+    assert (L @ L.transpose(-1, -2) - ref).abs().max() < 1e-6

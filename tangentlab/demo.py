@@ -66,6 +66,8 @@ import torch
 from torch import nn
 
 from . import __version__
+from .analysis.kernels import cka as _cka
+from .analysis.kernels import effective_rank as _effective_rank
 from .api import fim, ntk
 from .errors import InvalidInputError
 from .memory import tensor_nbytes
@@ -118,19 +120,14 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed:
 def effective_rank(eigenvalues: torch.Tensor) -> float:
     """``exp(H(p))`` with ``p = λ⁺/Σλ⁺`` (negative round-off clipped to 0) and
     ``H(p) = −Σ p log p`` (``0 log 0 = 0``): between 1 and the number of eigenvalues."""
-    lam = eigenvalues.clamp_min(0)
-    total = lam.sum()
-    if total <= 0:
-        return 0.0
-    p = lam / total
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
+    return _effective_rank(eigenvalues)
 
 
 def centered_alignment(k: torch.Tensor, l: torch.Tensor) -> float:
     """Centered kernel alignment ``⟨HKH, HLH⟩_F / (‖HKH‖_F ‖HLH‖_F)`` of two ``M × M``
     kernels with the single centering ``H = I − 11ᵀ/M`` (the mean over all ``M`` rows is
-    removed). In ``[−1, 1]``; 1 when ``HKH ∝ HLH``.
+    removed). In ``[−1, 1]``; 1 when ``HKH ∝ HLH``. Computed by
+    :func:`tangentlab.analysis.kernels.cka` with ``centering="full"``.
 
     The demo applies it twice to the NTK ``K[n, m, c, d]`` of ``N`` probe examples with
     one-hot labels ``Y`` (``N × C``):
@@ -143,12 +140,7 @@ def centered_alignment(k: torch.Tensor, l: torch.Tensor) -> float:
       of the per-output kernels) against ``L = Y Yᵀ`` (``1[label_n = label_m]``), with
       ``H = I − 11ᵀ/N``.
     """
-    m = k.shape[0]
-    h = torch.eye(m, dtype=k.dtype, device=k.device) - 1.0 / m
-    kc = h @ k @ h
-    lc = h @ l.to(k.dtype) @ h
-    den = torch.linalg.matrix_norm(kc) * torch.linalg.matrix_norm(lc)
-    return float((kc * lc).sum() / den) if den > 0 else 0.0
+    return _cka(k, l.to(k.dtype), centering="full", n_outputs=1)
 
 
 def ntk_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int,

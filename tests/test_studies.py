@@ -405,6 +405,37 @@ def test_resume_after_a_kill_neither_loses_nor_duplicates_rows(toy, tmp_path, ca
     assert "had finished" in capsys.readouterr().out and _rows(run) == reference
 
 
+def test_resume_reuses_the_stored_config_with_preset_and_set_overrides(toy, tmp_path, capsys):
+    """``--preset P --set k=v`` then ``--resume --set progress=off``: the stored config (with
+    its own --set overrides) is reused, not rebuilt from the preset (was: spurious "differs")."""
+    full = tmp_path / "full"
+    assert main(["run", "toy-test", "--preset", "short", "--set", "steps=10", "--out", str(full)]) == 0
+    reference = _rows(full)
+    assert len(reference) == 2 * 10
+
+    run = tmp_path / "killed"
+    FAIL["at"] = 5
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        main(["run", "toy-test", "--preset", "short", "--set", "steps=10", "--out", str(run)])
+    capsys.readouterr()
+    # the stored preset sets steps=6 but the run's --set said 10: no complaint about 'steps'
+    assert main(["run", "toy-test", "--resume", "--out", str(run), "--set", "progress=off",
+                 "--set", "threads=1"]) == 0
+    assert _rows(run) == reference
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["preset"] == "short" and stored["config"]["steps"] == 10
+    capsys.readouterr()
+    # the same preset and an unchanged value are accepted; another preset or a changed value is not
+    assert main(["run", "toy-test", "--resume", "--out", str(run), "--preset", "short", "--set", "steps=10"]) == 0
+    capsys.readouterr()
+    assert main(["run", "toy-test", "--resume", "--out", str(run), "--preset", "nope"]) == 2
+    line = _one_error_line(capsys)
+    assert "config field 'preset'" in line and "'short'" in line
+    assert main(["run", "toy-test", "--resume", "--out", str(run), "--set", "every=3"]) == 2
+    line = _one_error_line(capsys)
+    assert "config field 'every' (from --set)" in line and "differs from the stored run" in line
+
+
 def test_report_command_regenerates_from_tables(toy, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["run", "toy-test", "--preset", "short", "--out", str(run)]) == 0

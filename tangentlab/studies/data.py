@@ -11,6 +11,22 @@
 Splits are stratified (``random_state=seed``) and standardized with the training
 statistics (per feature for ``flat``, per pixel for digit images, per channel for
 TinyImageNet).
+
+The alignment studies add (see :mod:`tangentlab.studies.datasets`, registry
+:data:`ALL_DATASETS`, which :func:`check_dataset` / :func:`load_dataset` read):
+
+* ``mnist`` / ``kmnist``: IDX files in ``data_dir`` (official train/test split), ``x/255``
+  standardized by the global training mean and std; ``flat`` (784) or ``image`` (1×28×28).
+* ``cifar10``: the python pickle batches in ``data_dir``, standardized per channel;
+  ``image`` (3×32×32) or ``flat`` (3072).
+* ``mnist1d``: MNIST-1D generated with ``seed`` (4000 train / 1000 test sequences of length 40).
+* ``disk``: the 2-D disk task, 500 training and 2000 test points (``flat``, 2 classes).
+
+``max_per_class`` keeps the first that many examples of each class of the *training* set of the
+file-based datasets (0/None: all); the official test set is always kept whole (the papers
+evaluate on it). MNIST/KMNIST use one scalar mean and std (the alignment paper's code
+normalizes MNIST with the dataset's scalar mean/std), not a per-pixel standardization: the
+digits' per-pixel scaling would blow up MNIST's nearly constant border pixels.
 """
 
 from __future__ import annotations
@@ -153,14 +169,114 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# alignment-study datasets (MNIST/KMNIST/CIFAR-10 from files, MNIST-1D and the disk task generated)
+# ---------------------------------------------------------------------------------------------
+def _layout(x: torch.Tensor, layout: str, image_shape: tuple[int, ...]) -> torch.Tensor:
+    return x.reshape(len(x), -1) if layout == "flat" else x.reshape(len(x), *image_shape)
+
+
+def _check_files(name: str) -> Callable[[str], None]:
+    from . import datasets
+
+    def check(data_dir: str) -> None:
+        if not data_dir:
+            raise ConfigError("data_dir", f"dataset {name!r} needs data_dir (nothing is downloaded)",
+                              f"a folder with the {name} files")
+        if not Path(data_dir).is_dir():
+            raise ConfigError("data_dir", f"{data_dir!r} is not a directory", f"a folder with the {name} files")
+        if name == "cifar10":
+            for split in datasets.CIFAR10_FILES.values():
+                for f in split:
+                    datasets.find_file(data_dir, (f,), ("cifar-10-batches-py",), name)
+        else:
+            subdirs = (f"{name.upper()}/raw", f"{name}/raw", name.upper(), name)
+            for split in datasets.MNIST_FILES.values():
+                for f in split:
+                    datasets.find_file(data_dir, (f, f + ".gz"), subdirs, name)
+    return check
+
+
+def load_idx_split(name: str, data_dir: str, layout: str = "flat", max_per_class: int | None = None) -> Split:
+    """MNIST/KMNIST from IDX files: ``x/255`` standardized with the global (scalar) training
+    mean and std; the first ``max_per_class`` training examples of each class, the whole test set."""
+    from .datasets import first_per_class, load_mnist_arrays
+
+    _check_files(name)(data_dir)
+    (xt, yt), (xe, ye) = (load_mnist_arrays(data_dir, s, name) for s in ("train", "test"))
+    it = first_per_class(yt, max_per_class)
+    xt = torch.as_tensor(xt[it], dtype=torch.float32) / 255
+    xe = torch.as_tensor(xe, dtype=torch.float32) / 255
+    mean, std = xt.mean(), xt.std().clamp_min(1e-6)
+    shape = (1, *xt.shape[1:])
+    return Split(_layout((xt - mean) / std, layout, shape), torch.as_tensor(yt[it]),
+                 _layout((xe - mean) / std, layout, shape), torch.as_tensor(ye))
+
+
+def load_cifar10_split(data_dir: str, layout: str = "image", max_per_class: int | None = None) -> Split:
+    """CIFAR-10 from the python pickle batches, ``x/255`` standardized per channel with the
+    training statistics; the first ``max_per_class`` training examples of each class, the whole
+    test set."""
+    from .datasets import first_per_class, load_cifar10_arrays
+
+    _check_files("cifar10")(data_dir)
+    (xt, yt), (xe, ye) = (load_cifar10_arrays(data_dir, s) for s in ("train", "test"))
+    it = first_per_class(yt, max_per_class)
+    xt = torch.as_tensor(xt[it], dtype=torch.float32) / 255
+    xe = torch.as_tensor(xe, dtype=torch.float32) / 255
+    mean = xt.mean(dim=(0, 2, 3), keepdim=True)
+    std = xt.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return Split(_layout((xt - mean) / std, layout, (3, 32, 32)), torch.as_tensor(yt[it]),
+                 _layout((xe - mean) / std, layout, (3, 32, 32)), torch.as_tensor(ye))
+
+
+def load_mnist1d_split(seed: int) -> Split:
+    """MNIST-1D (5000 sequences, 80/20 split) generated with ``seed``."""
+    from .datasets import mnist1d
+
+    return Split(*mnist1d(5000, seed))
+
+
+def load_disk_split(seed: int, n_train: int = 500, n_test: int = 2000) -> Split:
+    """The disk task: ``n_train`` training and ``n_test`` test points from independent seeds."""
+    from .datasets import disk_task
+
+    s_train, s_test = np.random.SeedSequence(seed).spawn(2)
+    x, y = disk_task(n_train, int(s_train.generate_state(1)[0]))
+    xe, ye = disk_task(n_test, int(s_test.generate_state(1)[0]))
+    return Split(x, y, xe, ye)
+
+
+#: Every dataset; :data:`DATASETS` (the FIM-quality study's choices) is a subset.
+ALL_DATASETS: dict[str, DatasetSpec] = {
+    **DATASETS,
+    "mnist": DatasetSpec("mnist", ("flat", "image"), _check_files("mnist"),
+                         lambda seed, layout, data_dir, m: load_idx_split("mnist", data_dir, layout, m),
+                         "MNIST read from IDX files in data_dir"),
+    "kmnist": DatasetSpec("kmnist", ("flat", "image"), _check_files("kmnist"),
+                          lambda seed, layout, data_dir, m: load_idx_split("kmnist", data_dir, layout, m),
+                          "Kuzushiji-MNIST read from IDX files in data_dir"),
+    "cifar10": DatasetSpec("cifar10", ("image", "flat"), _check_files("cifar10"),
+                           lambda seed, layout, data_dir, m: load_cifar10_split(data_dir, layout, m),
+                           "CIFAR-10 read from the python pickle batches in data_dir"),
+    "mnist1d": DatasetSpec("mnist1d", ("flat",), lambda data_dir: None,
+                           lambda seed, layout, data_dir, m: load_mnist1d_split(seed),
+                           "MNIST-1D generated procedurally (no download)"),
+    "disk": DatasetSpec("disk", ("flat",), lambda data_dir: None,
+                        lambda seed, layout, data_dir, m: load_disk_split(seed),
+                        "2-D disk task of the alignment paper's Fig. 1 (generated)"),
+}
+
+
 def check_dataset(name: str, layout: str, data_dir: str = "", field: str = "dataset") -> DatasetSpec:
-    """The spec of ``name`` after checking it exists, supports ``layout`` and has its files."""
-    spec = DATASETS.get(name)
+    """The spec of ``name`` (any of :data:`ALL_DATASETS`) after checking it exists, supports
+    ``layout`` and has its files."""
+    spec = ALL_DATASETS.get(name)
     if spec is None:
-        raise ConfigError(field, f"unknown dataset {name!r}", ", ".join(DATASETS))
+        raise ConfigError(field, f"unknown dataset {name!r}", ", ".join(ALL_DATASETS))
     if layout not in spec.layouts:
         raise ConfigError(field, f"dataset {name!r} has no {layout!r} layout (the model needs it)",
-                          ", ".join(n for n, s in DATASETS.items() if layout in s.layouts))
+                          ", ".join(n for n, s in ALL_DATASETS.items() if layout in s.layouts))
     spec.check(data_dir)
     return spec
 

@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..errors import InvalidInputError
-from .config import ConfigError, StudyConfig, build_config, config_from_dict
+from .config import ConfigError, StudyConfig, build_config, config_from_dict, read_toml
 from .store import RunStore
 
 #: Fields a resumed run may change (they do not change results).
@@ -41,6 +41,11 @@ class Study:
         self.config = config
         self.store = store
         self.stream = stream
+
+    @property
+    def device(self) -> torch.device:
+        """The torch device of the run (``config.device``, ``auto`` resolved)."""
+        return torch.device(self.config.resolved_device())
 
     def log(self, msg: str) -> None:
         print(msg, file=self.stream if self.stream is not None else sys.stdout, flush=True)
@@ -64,10 +69,13 @@ def register(cls: type[Study]) -> type[Study]:
 
 
 def _load_builtin() -> None:
-    from . import fim_quality  # noqa: F401 - registers itself
-    from . import lazy_vs_hasty  # noqa: F401 - registers itself
-    from . import linearized_generalization  # noqa: F401 - registers itself
-    from . import ekfac_study  # noqa: F401 - registers itself
+    from . import (
+        alignment,  # noqa: F401 - registers itself
+        ekfac_study,  # noqa: F401 - registers itself
+        fim_quality,  # noqa: F401 - registers itself
+        lazy_vs_hasty,  # noqa: F401 - registers itself
+        linearized_generalization,  # noqa: F401 - registers itself
+    )
 
 
 def get_study(name: str) -> type[Study]:
@@ -97,16 +105,32 @@ def _environment(cfg: StudyConfig) -> Iterator[None]:
 
 def _resume_config(cls: type[Study], store: RunStore, preset: str | None, toml: str | None,
                    sets: Sequence[str]) -> StudyConfig:
+    """The stored configuration of a resumed run. Only :data:`RESUMABLE_FIELDS` may be changed
+    (by ``--config`` / ``--set``); any other field given again must equal the stored value, and
+    a ``--preset`` (or a file's ``preset =``) must name the stored preset. The stored config is
+    reused as is: the stored preset is *not* reapplied (the run's own ``--set`` overrides are
+    already in the stored values)."""
     meta = store.meta
     stored = config_from_dict(cls.config_class, meta["config"])
     if preset is None and toml is None and not sets:
         return stored
-    # rebuild what was asked and compare: a resumed run keeps its configuration
-    asked = build_config(cls.config_class, preset=preset if preset is not None else meta.get("preset"), toml=toml,
-                         sets=sets, study=cls.name, check=False)
+    stored_preset = meta.get("preset")
+    asked_preset = preset
+    if asked_preset is None and toml is not None:
+        file_preset = read_toml(toml).get("preset")
+        asked_preset = None if file_preset is None else str(file_preset)
+    if asked_preset is not None and asked_preset != stored_preset:
+        raise ConfigError("preset", f"{asked_preset!r} differs from the stored run's {stored_preset!r} "
+                          "(a resumed run keeps its configuration)",
+                          f"{stored_preset!r}, or start a new run with another --out")
+    # only what the file / --set give explicitly; the preset layer is the stored run's own
+    asked = build_config(cls.config_class, preset=None, toml=toml, sets=sets, study=cls.name, check=False)
     for key, source in asked._sources.items():
+        if source.startswith("preset"):
+            continue
         if key in RESUMABLE_FIELDS:
             setattr(stored, key, getattr(asked, key))
+            stored._sources[key] = source
         elif getattr(asked, key) != getattr(stored, key):
             raise ConfigError(key, f"{getattr(asked, key)!r} differs from the stored run's "
                               f"{getattr(stored, key)!r} (a resumed run keeps its configuration)",

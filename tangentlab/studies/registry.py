@@ -70,7 +70,9 @@ def register(cls: type[Study]) -> type[Study]:
 
 def _load_builtin() -> None:
     from . import (
+        adaptive_tangent,  # noqa: F401 - registers itself
         alignment,  # noqa: F401 - registers itself
+        compression,  # noqa: F401 - registers itself
         ekfac_study,  # noqa: F401 - registers itself
         fim_quality,  # noqa: F401 - registers itself
         lazy_vs_hasty,  # noqa: F401 - registers itself

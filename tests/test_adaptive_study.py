@@ -1,0 +1,203 @@
+"""``tangentlab run adaptive-tangent --preset tiny`` end to end: tables, deterministic checks,
+report, resume after a failure, configuration errors; the factorized model and the targets."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from tangentlab.cli import main
+from tangentlab.studies import adaptive_tangent as at
+from tangentlab.studies.config import ConfigError, build_config
+from tangentlab.studies.registry import run_study
+from tangentlab.studies.store import read_table
+
+
+def _table(run, name):
+    return read_table(os.path.join(run, "tables", f"{name}.csv"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("at") / "tiny"
+    assert main(["run", "adaptive-tangent", "--preset", "tiny", "--out", str(out), "--set", "progress=off"]) == 0
+    return out
+
+
+def test_tables_and_deterministic_checks(tiny_run):
+    cfg = build_config(at.AdaptiveTangentConfig, preset="tiny")
+    for name, (cols, _) in at.COLS.items():
+        with open(tiny_run / "tables" / f"{name}.csv") as fh:
+            assert fh.readline().strip().split(",") == cols, name
+    checks = _table(tiny_run, "checks")
+    assert {c["part"] for c in checks} == {"penalties", "theory"}
+    failed = [c["check"] for c in checks if c["held"] != "true"]
+    assert not failed, failed
+    align = _table(tiny_run, "alignment")
+    combos = {(r["seed"], r["family"], r["target"]) for r in align}
+    assert len(combos) == cfg.seeds * len(cfg.families) * 2
+    for r in align:
+        assert math.isfinite(float(r["value"])), r
+        if r["metric"] == "cos":
+            assert -1 - 1e-12 <= float(r["value"]) <= 1 + 1e-12
+    # Theorem 1's kernel is exactly K0 + c·K_ŷ: zero least-squares residual
+    assert all(float(r["value"]) < 1e-8 for r in align if r["kernel"] == "Ktheorem1" and r["metric"] == "lsq_residual")
+    assert len(_table(tiny_run, "diagonal")) == len(combos) * cfg.n_points
+    q = _table(tiny_run, "quadrature")
+    assert {int(r["n"]) for r in q} == set(cfg.quadrature_check) | {cfg.quadrature_points}
+    solver = _table(tiny_run, "solver")
+    for fam in cfg.families:
+        for tgt in ("y", "sign"):
+            objs = [float(r["objective"]) for r in sorted(solver, key=lambda r: int(r["step"]))
+                    if r["family"] == fam and r["target"] == tgt]
+            assert len(objs) == 2 * cfg.solver_iters + 1
+            assert all(b <= a + 1e-9 * objs[0] for a, b in zip(objs, objs[1:]))  # monotone
+    sweep = _table(tiny_run, "sweep")
+    assert {r["model"] for r in sweep} == set(at.SWEEP_MODELS)
+    assert all(0 <= float(r["value"]) <= 1 for r in sweep if r["metric"] == "test_error")
+    html = (tiny_run / "report.html").read_text()
+    assert "Theorem 1" in html and "Fig. 2 penalty values" in html
+
+
+def test_resume_after_failure(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = at.AdaptiveTangent._align_one
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(at.AdaptiveTangent, "_align_one", flaky)
+    sets = ["progress=off", "parts=penalties,alignment", "families=paper", "seeds=1", "n_points=12", "width=6",
+            "train_steps=20", "quadrature_points=3", "quadrature_check=3", "map_size=4"]
+    with pytest.raises(RuntimeError, match="killed"):
+        run_study("adaptive-tangent", out=str(out), sets=sets, report=False)
+    assert len(_table(out, "penalties")) > 0 and len(_table(out, "alignment")) > 0  # first unit kept
+    n_pen = len(_table(out, "penalties"))
+    run_study("adaptive-tangent", out=str(out), resume=True, report=False)
+    align = _table(out, "alignment")
+    keys = [(r["seed"], r["family"], r["target"], r["kernel"], r["metric"]) for r in align]
+    assert len(keys) == len(set(keys)) and {k[2] for k in keys} == {"y", "sign"}
+    assert len(_table(out, "penalties")) == n_pen
+    assert calls["n"] == 3  # the finished unit was not recomputed
+
+
+@pytest.mark.parametrize("sets, field", [
+    (["dataset=mnist"], "data_dir"),
+    (["dataset=mnist", "data_dir=/nonexistent"], "data_dir"),
+    (["n_points=400"], "n_points"),
+    (["sweep_n=2000"], "sweep_n"),
+    (["parts=solver"], "parts"),
+    (["parts=bogus"], "parts"),
+    (["solver_penalty=cube"], "solver_penalty"),
+    (["quadrature=simpson"], "quadrature"),
+])
+def test_config_errors(sets, field):
+    with pytest.raises(ConfigError) as e:
+        build_config(at.AdaptiveTangentConfig, sets=sets)
+    assert e.value.field == field and "\n" not in str(e.value)
+
+
+def test_gpu_and_file_presets_refused_on_cpu():
+    if torch.cuda.is_available():  # pragma: no cover
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError) as e:
+        build_config(at.AdaptiveTangentConfig, preset="fig4")
+    assert e.value.field in ("device", "data_dir")
+    with pytest.raises(ConfigError) as e:
+        build_config(at.AdaptiveTangentConfig, preset="mnist")
+    assert e.value.field == "data_dir"
+
+
+def test_factorized_model_is_f0_plus_j0_delta():
+    from tangentlab.linearize import Linearized
+
+    base = at.he_mlp(5, (4,), 3, seed=1, bias=True, dtype=torch.float64)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    fac = Factorized = at.Factorized(base)
+    assert torch.allclose(fac(x), base(x), atol=1e-14)  # M = I, W = 0
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in Factorized.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    # oracle: the linearized model at θ = θ0 + δ with δ built by hand
+    lin = Linearized(base)
+    with torch.no_grad():
+        for (_name, p), (_, key, pname) in zip(lin.theta().items(), fac._plan):
+            if pname == "weight":
+                p.add_((fac.M1[key] @ fac.W[key] @ fac.M2[key]).T)
+            else:
+                p.add_(fac.M2[key].T @ fac.b[key])
+    assert torch.allclose(fac(x), lin(x), atol=1e-12)
+    # gradients reach the factors
+    fac(x).sum().backward()
+    assert all(p.grad is not None for p in fac.parameters() if p.requires_grad)
+    assert not any(p.requires_grad for p in fac.lin.parameters())
+    with pytest.raises(TypeError):
+        at.Factorized(nn.Sequential(nn.Conv1d(1, 1, 3)))
+
+
+def test_targets_on_digits_match_the_digest():
+    cfg = build_config(at.AdaptiveTangentConfig, sets=["progress=off"])
+    x, lab = at.pair_data(cfg)
+    assert x.shape == (360, 64) and torch.allclose(x.norm(dim=1), torch.ones(360, dtype=torch.float64))
+    y, acc = at.make_targets(x, lab, "paper", 0, 128)
+    assert acc == 1.0 and 0.9 < float(y.std()) < 1.05  # digest S5: 100% accurate, std ≈ 0.98
+    yh, _ = at.make_targets(x, lab, "hard", 0, 128)
+    assert abs(float(yh.std()) - 1) < 1e-12 and 0.1 < float((yh.abs() < 0.25).double().mean()) < 0.3
+
+
+@pytest.mark.slow
+def test_hard_target_directions_on_digits(tmp_path):
+    """Digest S5b, reduced (150 digits, width 48): sign(y) is harder than y, and the average-feature
+    kernel aligns more with K_ŷ and is amplified on its diagonal near y ≈ 0 (directions only)."""
+    out = tmp_path / "s5b"
+    run_study("adaptive-tangent", out=str(out), report=False,
+              sets=["progress=off", "parts=alignment", "families=hard", "seeds=1", "n_points=150", "width=48",
+                    "train_steps=600", "quadrature_points=20", "quadrature_check=20", "map_size=4"])
+    A = {(r["target"], r["kernel"], r["metric"]): float(r["value"]) for r in _table(out, "alignment")}
+    for tgt in ("y", "sign"):
+        assert A[(tgt, "Kbar", "cos")] > A[(tgt, "K0", "cos")]
+        assert A[(tgt, "Kfinal", "cos")] > A[(tgt, "K0", "cos")]
+    assert A[("sign", "", "ntk_norm2")] > A[("y", "", "ntk_norm2")]  # the binarized target is harder
+    assert A[("sign", "Kbar", "cos")] > A[("y", "Kbar", "cos")]
+    assert A[("sign", "Kfinal", "cos")] > A[("y", "Kfinal", "cos")]
+    assert A[("sign", "Kbar", "diag_ratio")] > A[("y", "Kbar", "diag_ratio")] > 0.9
+    assert A[("sign", "Kbar", "diag_ratio")] > 1.2
+
+
+def _write_idx(path, arr):
+    import struct
+
+    import numpy as np
+
+    a = np.ascontiguousarray(arr, dtype=np.uint8)
+    with open(path, "wb") as fh:
+        fh.write(bytes([0, 0, 0x08, a.ndim]) + b"".join(struct.pack(">i", s) for s in a.shape) + a.tobytes())
+
+
+def test_mnist_files_path(tmp_path):
+    """The MNIST presets' data path on small synthetic IDX files (no real MNIST here)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 80), ("t10k", 40)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    out = tmp_path / "run"
+    run_study("adaptive-tangent", out=str(out), report=False, sets=[
+        "progress=off", "parts=alignment,training", "dataset=mnist", "sweep_dataset=mnist", f"data_dir={tmp_path}",
+        "n_points=12", "width=6", "families=paper", "seeds=1", "train_steps=5", "quadrature_points=2",
+        "quadrature_check=2", "map_size=3", "sweep_n=20", "sweep_seeds=1", "sweep_width=6", "sweep_epochs=1",
+        "sweep_test=30", "sweep_models=standard"])
+    diag = _table(out, "diagonal")
+    assert len(diag) == 2 * 12
+    assert {r["model"] for r in _table(out, "sweep")} == {"standard"}

@@ -56,7 +56,7 @@ def _run(sub: Subparsers) -> None:
     p = sub.add_parser(
         "run", help="run a study (results, checkpoints and an HTML report in a run directory)",
         description="Run a registered study. The configuration is built from the study's defaults, "
-                    "then --preset, then --config FILE (TOML), then each --set KEY=VALUE, and validated "
+                    "then --preset, then --config FILE (TOML or YAML), then each --set KEY=VALUE, and validated "
                     "before any work starts. Tables are written incrementally; --resume continues a "
                     "killed run from its last checkpoint.",
     )
@@ -65,7 +65,8 @@ def _run(sub: Subparsers) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field (repeatable); values are TOML (3, 1e-3, true, [1, 2]) "
                         "or plain strings; lists may be comma-separated")
-    p.add_argument("--config", metavar="FILE", help="TOML file of config fields (flat key = value)")
+    p.add_argument("--config", metavar="FILE", help="config fields from a TOML file (flat key = value) or a YAML "
+                   "file (.yaml/.yml, flat key: value)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: results/STUDY[-PRESET])")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--show-config", action="store_true",

@@ -120,6 +120,23 @@ def test_config_toml_errors(tmp_path):
         build_config(ToyConfig, toml=table)
 
 
+def test_config_yaml_file(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text('preset: short\nlr: 0.5\nkinds: [c]\nwidths: [8, 8]\n')
+    cfg = build_config(ToyConfig, toml=y, sets=["lr=2e-1"])
+    assert (cfg.steps, cfg.every) == (6, 2) and cfg.lr == pytest.approx(0.2)
+    assert cfg.kinds == ("c",) and cfg.widths == (8, 8) and cfg.source("widths") == f"file {y}"
+    bad = tmp_path / "bad.yml"
+    bad.write_text("steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        build_config(ToyConfig, toml=bad)
+    assert "\n" not in str(info.value)
+    seq = tmp_path / "seq.yaml"
+    seq.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="not a YAML mapping"):
+        build_config(ToyConfig, toml=seq)
+
+
 @pytest.mark.parametrize("sets, field, accepted", [
     (["dataset=mnist"], "dataset", "digits, tinyimagenet"),
     (["model=vgg"], "model", "mlp, cnn"),

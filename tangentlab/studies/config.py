@@ -297,14 +297,34 @@ def parse_sets(pairs: Sequence[str]) -> list[tuple[str, Any]]:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """The flat ``key = value`` mapping of a config file: TOML, or YAML for ``.yaml``/``.yml``
+    files (a flat ``key: value`` mapping; needs PyYAML, a dependency of the project)."""
     p = Path(path)
+    yaml_file = p.suffix.lower() in (".yaml", ".yml")
     try:
+        if yaml_file:
+            import yaml
+
+            with open(p, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+            if data is None:
+                return {}
+            if not isinstance(data, dict):
+                raise ConfigError("--config", f"{str(p)!r} is not a YAML mapping", "flat `key: value` lines")
+            return data
         with open(p, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError("--config", f"no such file {str(p)!r}", "a readable TOML file") from None
+        raise ConfigError("--config", f"no such file {str(p)!r}", "a readable TOML or YAML file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("--config", f"{str(p)!r} is not valid TOML ({e})", "flat `key = value` lines") from None
+    except ImportError:
+        raise ConfigError("--config", f"{str(p)!r} is YAML but PyYAML is not installed",
+                          "pip install pyyaml, or a TOML file") from None
+    except Exception as e:  # yaml.YAMLError (PyYAML imported lazily)
+        if yaml_file and type(e).__module__.startswith("yaml"):
+            raise ConfigError("--config", f"{str(p)!r} is not valid YAML ({e})", "flat `key: value` lines") from None
+        raise
 
 
 def build_config(cls: type[StudyConfig], *, preset: str | None = None, toml: str | Path | None = None,

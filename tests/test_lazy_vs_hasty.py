@@ -16,7 +16,10 @@ from tangentlab.studies.lazy_data import (
     estimate_cscores,
     flip_labels,
     quantile_bins,
+    read_celeba,
+    read_waterbirds,
     spurious_digits,
+    spurious_images,
     yin_yang,
     yin_yang_regions,
 )
@@ -137,7 +140,7 @@ def test_config_errors_name_the_field():
         build_config(LazyVsHastyConfig, sets=["mlp_alphas=10,0.1"])
     with pytest.raises(ConfigError, match="'data_dir'.*cifar10"):
         build_config(LazyVsHastyConfig, sets=["dataset=cifar10", "device=cpu"])
-    with pytest.raises(ConfigError, match="'data_dir'.*lacks metadata.csv"):
+    with pytest.raises(ConfigError, match="'data_dir'.*metadata.csv"):
         build_config(LazyVsHastyConfig, sets=["spurious_dataset=waterbirds", "data_dir=/nonexistent"])
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="'device'.*needs a GPU"):
@@ -241,3 +244,136 @@ def test_cifar10_path_on_fake_files(tmp_path):
     assert {r["part"] for r in read_table(out / "tables" / "curves.csv")} == {"cscores", "noise"}
     with pytest.raises(ConfigError, match="'model'.*resnet18"):
         build_config(LazyVsHastyConfig, sets=[s for s in sets if not s.startswith("model")])
+
+
+# ---- Waterbirds / CelebA on tiny fake copies in the original on-disk formats ----------------------------
+WB_SIZES = {0: (10, 2, 2, 10), 1: (1, 1, 1, 1), 2: (3, 3, 3, 3)}  # split -> groups (y, place) = 00, 01, 10, 11
+
+
+def _color(i: int) -> tuple[int, int, int]:
+    return (20 + 7 * i % 200, 200 - 5 * i % 180, 60 + 11 * i % 190)
+
+
+def _fake_waterbirds(root):
+    """``waterbird_complete95_forest2water2/metadata.csv`` + uniform-colour JPEGs of varied sizes."""
+    from PIL import Image
+
+    d = root / "waterbird_complete95_forest2water2"
+    rows, i = [], 0
+    for split, sizes in WB_SIZES.items():
+        for g, n in enumerate(sizes):
+            for _ in range(n):
+                rel = f"{1 + g // 2:03d}.Bird_{g // 2}/img_{i}.jpg"
+                (d / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (12 + i % 5, 10 + i % 3), _color(i)).save(d / rel, quality=95)
+                rows.append(f"{i + 1},{rel},{g // 2},{split},{g % 2}")
+                i += 1
+    (d / "metadata.csv").write_text("img_id,img_filename,y,split,place\n" + "\n".join(rows) + "\n")
+    return rows
+
+
+def _fake_celeba(root, n=40):
+    """``celeba/list_attr_celeba.txt``, ``list_eval_partition.txt`` and ``img_align_celeba/*.jpg``
+    (12x16 portrait images whose top/bottom 2 rows are red, cut off by the centre crop)."""
+    from PIL import Image
+
+    d = root / "celeba"
+    (d / "img_align_celeba").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    blond, male = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    split = np.array([0, 0, 0, 1, 2])[np.arange(n) % 5]
+    names = ["5_o_Clock_Shadow", "Blond_Hair", "Male", "Young"]
+    lines = [str(n), " ".join(names)]
+    for i in range(n):
+        f = f"{i + 1:06d}.jpg"
+        im = Image.new("RGB", (12, 16), _color(i))
+        im.paste((255, 0, 0), (0, 0, 12, 2))
+        im.paste((255, 0, 0), (0, 14, 12, 16))
+        im.save(d / "img_align_celeba" / f, quality=95)
+        vals = [1, 2 * blond[i] - 1, 2 * male[i] - 1, -1]
+        lines.append(f + "  " + " ".join(f"{v:2d}" for v in vals))
+    (d / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (d / "list_eval_partition.txt").write_text("".join(f"{i + 1:06d}.jpg {split[i]}\n" for i in range(n)))
+    return blond, male, split
+
+
+def test_waterbirds_loader_on_fake_files(tmp_path):
+    _fake_waterbirds(tmp_path)
+    table = read_waterbirds(tmp_path)
+    assert len(table.files) == 40 and table.files[0].is_file()
+    for split, sizes in WB_SIZES.items():
+        assert np.bincount(table.group[table.split == split], minlength=4).tolist() == list(sizes)
+    data, _, tr, te = spurious_images("waterbirds", tmp_path, seed=0, image_size=8, balanced_per_group=2)
+    assert data.x_train.shape == (24, 3, 8, 8) and data.x_test.shape == (8, 3, 8, 8)
+    assert data.x_train.dtype == torch.float64
+    assert (table.split[tr] == 0).all() and (table.split[te] == 2).all()
+    assert (data.y_train.numpy() == table.y[tr]).all() and (data.y_test.numpy() == table.y[te]).all()
+    # with spurious = bird type matches the background
+    assert (data.agree_train.numpy() == (table.y[tr] == table.spurious[tr])).all()
+    assert np.bincount(table.group[te], minlength=4).tolist() == [2, 2, 2, 2]
+    assert np.bincount(table.group[tr][data.balanced_train.numpy()], minlength=4).tolist() == [2, 2, 2, 2]
+    # per-channel standardization with the training statistics
+    xtr = data.x_train.numpy()
+    np.testing.assert_allclose(xtr.mean((0, 2, 3)), 0, atol=1e-6)
+    np.testing.assert_allclose(xtr.std((0, 2, 3)), 1, atol=1e-6)
+    # pixels: the uniform colour of each image (up to JPEG rounding), standardized over the training images
+    raw = np.stack([[_color(int(i))[c] / 255 for c in range(3)] for i in tr])
+    np.testing.assert_allclose(xtr, ((raw - raw.mean(0)) / raw.std(0))[:, :, None, None] + 0 * xtr, atol=0.1)
+    capped, _, tr2, _ = spurious_images("waterbirds", tmp_path, seed=0, image_size=8, max_per_group=3)
+    assert np.bincount(table.group[tr2], minlength=4).tolist() == [3, 2, 2, 3]
+    assert list(tr2) == sorted(tr2) and capped.x_train.shape[0] == 10
+
+
+def test_celeba_loader_on_fake_files(tmp_path):
+    blond, male, split = _fake_celeba(tmp_path)
+    table = read_celeba(tmp_path)
+    assert (table.y == blond).all() and (table.spurious == male).all() and (table.split == split).all()
+    data, _, tr, te = spurious_images("celeba", tmp_path, seed=1, image_size=4, balanced_per_group=100,
+                                      dtype=torch.float32)
+    assert data.x_train.shape == (int((split == 0).sum()), 3, 4, 4) and data.x_train.dtype == torch.float32
+    assert sorted(te.tolist()) == np.flatnonzero(split == 2).tolist()  # fewer than 100 per group: all of them
+    assert (data.agree_train.numpy() == (male[tr] == 0)).all()  # with spurious = women
+    assert (data.y_test.numpy() == blond[te]).all()
+    # the red top/bottom rows are cut by the centre crop: every image is uniform after resizing
+    x = data.x_train.numpy()
+    assert np.abs(x - x[:, :, :1, :1]).max() < 0.2 * np.abs(x).max()
+    first, _, tr3, _ = spurious_images("celeba", tmp_path, seed=1, image_size=4, max_train=5)
+    assert tr3.tolist() == np.flatnonzero(split == 0)[:5].tolist() and first.x_train.shape[0] == 5
+
+
+def test_spurious_files_missing_or_invalid(tmp_path):
+    with pytest.raises(ConfigError, match="'data_dir'.*metadata.csv"):
+        read_waterbirds(tmp_path)
+    rows = _fake_waterbirds(tmp_path)
+    img = tmp_path / "waterbird_complete95_forest2water2" / rows[5].split(",")[1]
+    img.unlink()
+    with pytest.raises(ConfigError, match=f"'data_dir'.*{img.name}.*no such image"):
+        spurious_images("waterbirds", tmp_path, seed=0, image_size=8)
+    (tmp_path / "waterbird_complete95_forest2water2" / "metadata.csv").write_text("img_id,y\n1,0\n")
+    with pytest.raises(ConfigError, match="'data_dir'.*img_filename"):
+        build_config(LazyVsHastyConfig, sets=["spurious_dataset=waterbirds", f"data_dir={tmp_path}"])
+    cel = tmp_path / "c"
+    _fake_celeba(cel)
+    (cel / "celeba" / "list_eval_partition.txt").unlink()
+    with pytest.raises(ConfigError, match="'data_dir'.*list_eval_partition.txt"):
+        build_config(LazyVsHastyConfig, sets=["spurious_dataset=celeba", f"data_dir={cel}"])
+    with pytest.raises(ConfigError, match="'model'"):
+        build_config(LazyVsHastyConfig, sets=["model=resnet18", "parts=spurious"])
+
+
+@pytest.mark.parametrize("name, model", [("waterbirds", "mlp"), ("celeba", "resnet18")])
+def test_spurious_part_end_to_end_on_fake_files(tmp_path, name, model):
+    (_fake_waterbirds if name == "waterbirds" else _fake_celeba)(tmp_path)
+    sets = [f"spurious_dataset={name}", f"data_dir={tmp_path}", f"model={model}", "parts=spurious", "image_size=8",
+            "hidden=8", "resnet_width=2", "balanced_per_group=2", "steps_alpha05=4", "steps_alpha1=4",
+            "steps_alpha100=4", "batch_size=8", "n_linearity=4", "linearity_every=2", "progress=off",
+            "dtype=" + ("float64" if model == "mlp" else "float32")]
+    out = tmp_path / "run"
+    assert main(["run", "lazy-vs-hasty", "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
+    curves = read_table(out / "tables" / "curves.csv")
+    assert {(r["part"], r["alpha"]) for r in curves} == {("spurious", "0.5"), ("spurious", "1.0"),
+                                                         ("spurious", "100.0")}
+    assert {"with", "without", "balanced", "test_with", "test_without", "linearity"} <= {r["group"] for r in curves}
+    first = {(r["group"], r["metric"]): float(r["value"]) for r in curves if r["alpha"] == "1.0" and r["probe"] == "0"}
+    assert 0 <= first[("without", "accuracy")] <= 1 and first[("linearity", "ntk_alignment")] == pytest.approx(1.0)
+    assert (out / "report.html").exists()

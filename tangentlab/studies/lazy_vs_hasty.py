@@ -22,7 +22,9 @@ Parts (``parts``):
    on 90 % of the training set; α ∈ {0.5, 1, 100}; loss/accuracy with and without the spurious
    agreement on a balanced training subset and a balanced test set, against the loss of the
    balanced subset's majority ("with spurious") examples (the thesis plots w/o- against
-   with-spurious accuracy).
+   with-spurious accuracy). ``spurious_dataset = waterbirds | celeba`` reads the real datasets from
+   ``data_dir`` (``lazy_data.spurious_images``: ``image_size²`` RGB, MLP on the flattened pixels or
+   the BN-free ResNet-18; balanced subsets of ``balanced_per_group`` per (label, spurious) group).
 5. ``quadratic`` (§5.4, Fig. 5.4, Fig. C.9): closed forms (5.4.5)/(5.4.6) against numerical gradient
    flow, examples 1–3, and the dense 2-layer linear network with α = 0.1 vs 10.
 
@@ -59,7 +61,10 @@ from .lazy_data import (
     flip_labels,
     loss_thresholds,
     quantile_bins,
+    read_celeba,
+    read_waterbirds,
     spurious_digits,
+    spurious_images,
     yin_yang,
     yin_yang_label,
     yin_yang_regions,
@@ -97,7 +102,7 @@ ODE_TOL = 1e-8
 DATA_FILES = {
     "cifar10": "the CIFAR-10 python batches (data_batch_1..5) and cifar10-cscores-orig-order.npz",
     "waterbirds": "waterbirds metadata.csv and its image folders",
-    "celeba": "CelebA list_attr_celeba.txt and img_align_celeba/",
+    "celeba": "CelebA list_attr_celeba.txt, list_eval_partition.txt and img_align_celeba/",
 }
 
 
@@ -118,12 +123,15 @@ class LazyVsHastyConfig(StudyConfig):
             "batch_size": 125, "steps_alpha1": 64000, "steps_alpha100": 320000, "steps_alpha05": 64000,
             "n_linearity": 100, "linearity_every": 5, "quad_seeds": 20, "mlp_seeds": 20, "eval_per_group": 1000,
             "parts": ("toy", "cscores", "noise", "quadratic")}, needs_gpu=True),
-        "waterbirds": Preset("Fig. 5.3 bottom: Waterbirds from data_dir (ResNet-18, eval-mode BN); GPU", {
-            "spurious_dataset": "waterbirds", "device": "cuda", "dtype": "float32", "parts": ("spurious",),
-            "lr": 0.001, "batch_size": 100}, needs_gpu=True),
-        "celeba": Preset("Fig. 5.3 top: CelebA blond/gender from data_dir (BN-free ResNet-18); GPU", {
-            "spurious_dataset": "celeba", "device": "cuda", "dtype": "float32", "parts": ("spurious",),
-            "lr": 0.01, "batch_size": 100}, needs_gpu=True),
+        "waterbirds": Preset("Fig. 5.3 bottom: Waterbirds from data_dir, 64x64, BN-free ResNet-18 from scratch "
+                             "(the thesis: ImageNet-pretrained, 224x224); GPU", {
+            "spurious_dataset": "waterbirds", "model": "resnet18", "image_size": 64, "device": "cuda",
+            "dtype": "float32", "parts": ("spurious",), "lr": 0.001, "batch_size": 100}, needs_gpu=True),
+        "celeba": Preset("Fig. 5.3 top: CelebA blond/gender from data_dir (first 15,000 training images, as the "
+                         "authors' code), 64x64, BN-free ResNet-18; GPU", {
+            "spurious_dataset": "celeba", "model": "resnet18", "image_size": 64, "max_train": 15000,
+            "device": "cuda", "dtype": "float32", "parts": ("spurious",), "lr": 0.01, "batch_size": 100},
+            needs_gpu=True),
     }
 
     threads: int = option(1, "torch intra-op threads (small models: 1 avoids contention; 0: torch's default)",
@@ -163,6 +171,12 @@ class LazyVsHastyConfig(StudyConfig):
     spurious_agree: float = option(0.9, "fraction of training examples whose spurious patch agrees with the label",
                                    min=0.51, max=0.99)
     spurious_strength: float = option(2.0, "scale of the standardized spurious patch", min=0.0)
+    image_size: int = option(32, "side of the resized square images (waterbirds, celeba)", min=4)
+    max_train: int = option(0, "first training images kept, in file order (waterbirds, celeba; 0: all)", min=0)
+    max_per_group: int = option(0, "training examples kept per (label, spurious) group, first in file order "
+                                "(waterbirds, celeba; 0: all)", min=0)
+    balanced_per_group: int = option(180, "examples per (label, spurious) group of the balanced train subset and "
+                                     "test set (waterbirds, celeba)", min=1)
     probe_ratio: float = option(0.96, "probes fire when the minibatch loss crosses L₀·ratio^k", min=0.5, max=0.999)
     eval_per_group: int = option(0, "examples evaluated per group at each probe (0: all; paper: 1000)", min=0)
     n_linearity: int = option(100, "held-out examples of the linearity metrics", min=2)
@@ -194,8 +208,9 @@ class LazyVsHastyConfig(StudyConfig):
             self._check_files(self.dataset)
         if self.spurious_dataset != "digits" and "spurious" in self.parts:
             self._check_files(self.spurious_dataset)
-        if self.model == "resnet18" and "spurious" in self.parts:
-            raise self.error("model", "part spurious runs the MLP on digits", "mlp, or parts without spurious")
+        if self.model == "resnet18" and "spurious" in self.parts and self.spurious_dataset == "digits":
+            raise self.error("model", "part spurious runs the MLP on digits",
+                             "mlp, spurious_dataset waterbirds/celeba, or parts without spurious")
         if self.model == "mlp" and self.dataset == "cifar10" and ds_parts:
             raise self.error("model", "cifar10 uses the BN-free ResNet-18", "resnet18")
         if self.model == "resnet18" and self.dataset == "digits" and ds_parts:
@@ -214,16 +229,18 @@ class LazyVsHastyConfig(StudyConfig):
         if not self.data_dir:
             raise self.error("data_dir", f"{field} = {name!r} reads {DATA_FILES[name]} from data_dir, which is empty",
                              f"a folder holding those files, or {field} = 'digits'")
+        if name != "cifar10":  # the metadata files (the images are checked when they are read)
+            if name == "waterbirds":
+                read_waterbirds(self.data_dir)
+            else:
+                read_celeba(self.data_dir)
+            return
         d = Path(self.data_dir)
-        need = {"cifar10": ["cifar10-cscores-orig-order.npz", "data_batch_1"], "waterbirds": ["metadata.csv"],
-                "celeba": ["list_attr_celeba.txt"]}[name]
+        need = ["cifar10-cscores-orig-order.npz", "data_batch_1"]
         missing = [f for f in need if not (d / f).exists() and not any(d.rglob(f))]
         if missing:
             raise self.error("data_dir", f"{str(d)!r} lacks {', '.join(missing)} ({DATA_FILES[name]})",
                              "a folder holding those files, or 'digits'")
-        if name != "cifar10":
-            raise self.error(field, f"the {name!r} image loader (and its pretrained ResNet-18) is not implemented "
-                             "in this version", "digits")
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -534,8 +551,15 @@ class LazyVsHasty(Study):
     def _run_spurious(self) -> None:
         cfg = self.config
         curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY)
-        data = spurious_digits(cfg.seed, cfg.spurious_agree, strength=cfg.spurious_strength,
-                               dtype=_dtype(cfg.dtype))
+        if cfg.spurious_dataset == "digits":
+            data = spurious_digits(cfg.seed, cfg.spurious_agree, strength=cfg.spurious_strength,
+                                   dtype=_dtype(cfg.dtype))
+        else:
+            data = spurious_images(cfg.spurious_dataset, cfg.data_dir, cfg.seed, cfg.image_size, cfg.max_per_group,
+                                   cfg.balanced_per_group, _dtype(cfg.dtype), show=self._show,
+                                   max_train=cfg.max_train)[0]
+            if cfg.model == "mlp":  # flattened pixels
+                data.x_train, data.x_test = data.x_train.flatten(1), data.x_test.flatten(1)
         x, y = data.x_train.to(self.dev), data.y_train.to(self.dev)
         xt, yt = data.x_test.to(self.dev), data.y_test.to(self.dev)
         ag, agt = data.agree_train.to(self.dev), data.agree_test.to(self.dev)
@@ -545,9 +569,10 @@ class LazyVsHasty(Study):
         probe = self._lin_probe(net0, xt)
 
         def evaluate(model: nn.Module) -> dict[str, float]:
-            vals = group_metrics(model(x), y, {"train": torch.ones_like(ag), "with": ag & bal, "without": ~ag & bal,
-                                               "balanced": bal})
-            vt = group_metrics(model(xt), yt, {"test": torch.ones_like(agt), "test_with": agt, "test_without": ~agt})
+            vals = group_metrics(self._outputs(model, x), y, {"train": torch.ones_like(ag), "with": ag & bal,
+                                                              "without": ~ag & bal, "balanced": bal})
+            vt = group_metrics(self._outputs(model, xt), yt, {"test": torch.ones_like(agt), "test_with": agt,
+                                                              "test_without": ~agt})
             vals.update(vt)
             return vals
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .data import Batches
-from .distributed import Reducer
+from .distributed import Reducer, unwrap
 from .engine import Engine, ops
 from .engine.functional import jvp, vjp
 from .errors import InvalidInputError
@@ -46,7 +46,7 @@ _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 def _fingerprint(model: nn.Module, *datas: list) -> str:
     """A hash of the parameters and the inputs, so a resumed run refuses other inputs."""
     h = hashlib.blake2b(digest_size=16)
-    for name, p in sorted(unwrap_params(model)):
+    for name, p in sorted(unwrap(model).named_parameters(), key=lambda kv: kv[0]):
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
     for data in datas:
@@ -54,12 +54,6 @@ def _fingerprint(model: nn.Module, *datas: list) -> str:
             for t in batch:
                 h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def unwrap_params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    from .distributed import unwrap
-
-    return list(unwrap(model).named_parameters())
 
 
 def _atomic_touch(path: Path, text: str = "") -> None:
@@ -111,7 +105,7 @@ def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, o
     """
     if gather not in ("all", "rank0"):
         raise InvalidInputError(f"gather={gather!r}; accepted: 'all', 'rank0'")
-    if not isinstance(block, int) or block <= 0:
+    if isinstance(block, bool) or not isinstance(block, int) or block <= 0:
         raise InvalidInputError(f"block must be a positive integer, got {block!r}")
     engine = Engine(model, make_output(output), params, registry=registry, route=route,
                     memory_budget=memory_budget, progress=False, distributed=distributed)

@@ -190,3 +190,11 @@ def test_ntk_operator_products_diag_and_spectrum():
     assert rel(torch.as_tensor(op.to_scipy() @ u.reshape(-1).numpy()), M @ u.reshape(-1)) < 1e-12
     with pytest.raises(InvalidInputError):
         op.mv(torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"block": 0}, "block"), ({"block": True}, "block"),
+                                           ({"gather": "rank1"}, "gather")])
+def test_ntk_tiled_bad_arguments_are_named(kwargs, match):
+    model, x, _, _ = W.problem()
+    with pytest.raises(InvalidInputError, match=match):
+        ntk_tiled(model, x, **kwargs)

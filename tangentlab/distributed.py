@@ -8,7 +8,8 @@ single-process result on the union of the shards (uneven shards are counted
 exactly).
 
 Use it by passing ``distributed=True`` (the default process group) or a process
-group to :func:`tangentlab.fim`, :func:`tangentlab.ntk` and friends, after
+group to :func:`tangentlab.fim` (every representation) or to the
+:mod:`tangentlab.optim` optimizers, after
 ``torch.distributed.init_process_group`` (``gloo`` on CPU, ``nccl`` on GPU;
 ``torchrun`` sets the environment up). Shard the data without padding:
 :func:`shard` gives contiguous, possibly uneven, shards; PyTorch's
@@ -18,7 +19,8 @@ group to :func:`tangentlab.fim`, :func:`tangentlab.ntk` and friends, after
 Caveats: every rank must call the same functions in the same order (they are
 collective operations); Monte-Carlo Fishers draw their samples from per-batch
 generators, so their samples differ from a single-process run (the expectation does
-not).
+not). Kernels couple all pairs of examples: for them every rank passes the full data
+and the ranks split the work (:mod:`tangentlab.ntk_large`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class Reducer:
                 "distributed=True needs an initialized process group: call "
                 "torch.distributed.init_process_group(...) first (torchrun sets up the environment)"
             )
+        if distributed is not True and not isinstance(distributed, dist.ProcessGroup):
+            raise InvalidInputError(f"distributed must be None, False, True or a torch.distributed "
+                                    f"ProcessGroup, got {type(distributed).__name__}")
         group = None if distributed is True else distributed
         return cls(group, active=dist.get_world_size(group) > 1)
 

@@ -148,6 +148,8 @@ def test_local_reducer_is_identity_and_distributed_needs_a_process_group():
     assert not red.active and red.world_size == 1 and red.total(5) == 5 and torch.equal(t, torch.ones(3))
     with pytest.raises(InvalidInputError, match="init_process_group"):
         Reducer.resolve(True)
+    with pytest.raises(InvalidInputError, match="init_process_group"):
+        tl.fim(W.problem()[0], W.problem()[1], "raw", "diag", distributed=True)
 
 
 @pytest.mark.parametrize("x2", [False, True])

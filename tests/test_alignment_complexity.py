@@ -42,6 +42,8 @@ def test_ntk_trace_matches_brute_force_and_closed_form() -> None:
     brute = float((J1 * J1).sum())
     assert cap.ntk_trace(one, x) == pytest.approx(brute, rel=1e-12)
     assert cap.one_hidden_relu_ntk_trace(one, x) == pytest.approx(brute, rel=1e-12)
+    with pytest.raises(ValueError, match="Linear-ReLU-Linear.*got 3 Linear layers"):
+        cap.one_hidden_relu_ntk_trace(deep, x)
 
 
 def test_fisher_rao_norm_matches_explicit_fisher() -> None:
@@ -128,6 +130,8 @@ def test_margins() -> None:
     z = torch.tensor([[1.0, 3.0, 2.0], [5.0, -1.0, 0.0], [2.0, 2.0, 1.0]])
     y = torch.tensor([1, 2, 0])
     assert torch.allclose(cap.margins(z, y), torch.tensor([1.0, -5.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"labels \(N,\), got \(3, 3\) and \(2,\)"):
+        cap.margins(z, y[:2])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -62,6 +62,10 @@ def test_randomize_labels_are_uniform() -> None:
     y_new, mask = D.randomize_labels(y, 1.0, 4, seed=0)
     freq = torch.bincount(y_new, minlength=4).double() / 20000
     assert torch.allclose(freq, torch.full((4,), 0.25, dtype=torch.float64), atol=0.015)
+    assert bool(mask.all()) and mask.dtype == torch.bool
+    y_part, mask_part = D.randomize_labels(y, 0.3, 4, seed=1)
+    assert int(mask_part.sum()) == 6000 and bool((y_part[~mask_part] == 0).all())
+    assert torch.equal(y, torch.zeros(20000, dtype=torch.int64))  # the input is not modified
 
 
 def test_mix_other_dataset() -> None:
@@ -254,6 +258,14 @@ def test_cifar10_pickles_load(tmp_path) -> None:
     assert torch.allclose(split.x_train.double(), (raw - mean) / std, atol=1e-5)
     assert torch.equal(split.y_test, torch.as_tensor(ye))
     assert load_dataset("cifar10", 0, "flat", str(tmp_path)).x_train.shape == (30, 3072)
+    bad = tmp_path / "cifar-10-batches-py" / "test_batch"
+    bad.write_bytes(b"not a pickle")
+    with pytest.raises(ConfigError, match="test_batch.*not a readable pickle"):
+        D.load_cifar10_arrays(tmp_path, "test")
+    with bad.open("wb") as fh:
+        pickle.dump([1, 2, 3], fh)
+    with pytest.raises(ConfigError, match="test_batch.*no data/labels entries"):
+        D.load_cifar10_arrays(tmp_path, "test")
 
 
 def test_registry() -> None:

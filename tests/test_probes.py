@@ -20,6 +20,7 @@ from tangentlab.studies.probes import (
     ProbeSet,
     bce_loss,
     decade_schedule,
+    lightning_available,
     lightning_callback,
     log_schedule,
     rows_by,
@@ -223,6 +224,19 @@ def test_bce_loss_and_errors():
         Probe([ProbeSet("a", x, torch.zeros(4))], metrics=("spectrum", "bogus"))
     with pytest.raises(Exception, match="unique"):
         Probe([ProbeSet("a", x, torch.zeros(4)), ProbeSet("a", x, torch.zeros(4))])
+
+
+def test_lightning_callback_needs_lightning(monkeypatch):
+    """Runs whether or not lightning is installed: with both packages hidden, the callback
+    factory refuses with a one-line ImportError naming them."""
+    import sys
+
+    for mod in ("lightning", "lightning.pytorch", "pytorch_lightning"):
+        monkeypatch.setitem(sys.modules, mod, None)  # `import mod` now raises ImportError
+    assert not lightning_available()
+    cb = ProbeCallback(Probe([ProbeSet("t", torch.randn(4, 5), torch.zeros(4))], metrics=("loss",)), steps=[0])
+    with pytest.raises(ImportError, match="needs `lightning` or `pytorch_lightning`"):
+        lightning_callback(cb)
 
 
 def test_lightning_callback():

@@ -115,6 +115,8 @@ def test_prop3_minimiser_and_eigenvalue_update() -> None:
     assert np.allclose(B @ a_inv, expected, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="unknown kappa"):
         SN.kappa_value("median", lam, c, 1.0)
+    with pytest.raises(ValueError, match="unknown method 'supernat_median'.*supernat_trace"):
+        SN.run_method(B, np.ones(B.shape[0]), B, np.ones(B.shape[0]), 1, 0.1, "supernat_median", {0})
 
 
 def test_record_steps() -> None:

@@ -141,6 +141,9 @@ def fisher_rao_norm(model: nn.Module, x: torch.Tensor, batch_size: int | None = 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Multiclass margins ``f_y(x) − max_{y'≠y} f_{y'}(x)`` (float64, shape ``(N,)``)."""
+    if logits.dim() != 2 or logits.shape[1] < 2 or tuple(y.shape) != (logits.shape[0],):
+        raise InvalidInputError(f"margins needs logits (N, C >= 2) and labels (N,), got {tuple(logits.shape)} "
+                                f"and {tuple(y.shape)}")
     z = logits.detach().to(torch.float64)
     true = z.gather(1, y.view(-1, 1)).squeeze(1)
     other = z.scatter(1, y.view(-1, 1), -math.inf).max(1).values
@@ -198,7 +201,11 @@ def one_hidden_relu_ntk_trace(model: nn.Module, x: torch.Tensor) -> float:
     """Closed-form ``Tr K`` of ``f = W2 relu(W1 x + b1) + b2`` (a ``Sequential(Linear, ReLU,
     Linear)``): per example ``c (‖h‖² + 1) + Σ_y ‖W2[y, :] ∘ 1(z > 0)‖² (‖x‖² + 1)`` with
     ``z = W1 x + b1``, ``h = relu(z)`` (digest §1.5); used to check :func:`ntk_trace`."""
-    l1, l2 = linear_layers(model)
+    layers = linear_layers(model)
+    if len(layers) != 2 or layers[0].bias is None:
+        raise InvalidInputError(f"one_hidden_relu_ntk_trace needs Linear-ReLU-Linear with a first-layer bias, got "
+                                f"{len(layers)} Linear layers")
+    l1, l2 = layers
     W1, b1 = l1.weight.detach().double(), l1.bias.detach().double()
     W2 = l2.weight.detach().double()
     X = x.detach().double().reshape(x.shape[0], -1)

@@ -248,8 +248,6 @@ class AlignmentConfig(StudyConfig):
                     raise self.error(name, f"{frac} of {n_train} training examples gives {k} difficult and "
                                      f"{n_train - k} easy ones, fewer than hier_subset={self.hier_subset}",
                                      f"a fraction between {need:.3f} and {1 - need:.3f}")
-        if self.disk_n < 2:  # pragma: no cover - caught by min
-            raise self.error("disk_n", "too few points", ">= 4")
         if 7 in wants:
             if self.complexity_n_train > DIGITS_TRAIN:
                 raise self.error("complexity_n_train", f"{self.complexity_n_train} exceeds the {DIGITS_TRAIN} digits "
@@ -662,13 +660,15 @@ class Results:
                 d[k].sort()
         self.runs = list(dict.fromkeys(k[0] for k in self.p))
 
-    def series(self, run: str, probe: str, metric: str, layer: str = "") -> tuple[np.ndarray, np.ndarray]:
-        pts = self.p.get((run, probe, metric, layer), [])
+    @staticmethod
+    def _arrays(pts: list[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
         return np.array([s for s, _ in pts], dtype=float), np.array([v for _, v in pts], dtype=float)
 
+    def series(self, run: str, probe: str, metric: str, layer: str = "") -> tuple[np.ndarray, np.ndarray]:
+        return self._arrays(self.p.get((run, probe, metric, layer), []))
+
     def train_series(self, run: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        pts = self.t.get((run, metric), [])
-        return np.array([s for s, _ in pts], dtype=float), np.array([v for _, v in pts], dtype=float)
+        return self._arrays(self.t.get((run, metric), []))
 
     def layers(self, run: str, probe: str) -> list[str]:
         names = {k[3] for k in self.p if k[0] == run and k[1] == probe and k[2] == "cka" and k[3]}
@@ -735,8 +735,6 @@ def alignment_claims(cfg: AlignmentConfig, R: Results) -> list[Claim]:
                                 bool(ratio < paper)))
         ks = [k for k in cfg.ks if R.series(run, "train", f"T{k}")[1].size]
         if ks:
-            k = ks[0]
-            _, tk = R.series(run, "train", f"T{k}")
             grew = [(kk, R.series(run, "train", f"T{kk}")[1]) for kk in ks]
             claims.append(Claim(f"Fig. 2: trace ratios ({round(100 * p)}% random labels)",
                                 "the top trace ratios T_k grow (top 40 of 1000 eigenvalues hold > 70% of the "

@@ -173,7 +173,7 @@ def train_and_measure(cfg: Any, width: int, noise: float, seed: int,
     its trajectory rows (log-spaced steps)."""
     from .datasets import randomize_labels
     from .models import make_mlp
-    from .training import BatchStream
+    from .training import BatchStream, train_step
 
     t0 = time.perf_counter()
     x, y_clean, x_test, y_test = data
@@ -216,16 +216,13 @@ def train_and_measure(cfg: Any, width: int, noise: float, seed: int,
                 C_code += float((w_now - w_last_eval).norm()) * math.sqrt(trk)
                 w_last_eval = w_now
             idx = stream.next()
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
+            loss = train_step(model, opt, x[idx], y[idx])
             w_new = _flat(model)
             dw = float((w_new - w_prev).norm())
             w_prev = w_new
             C += dw * math.sqrt(trk)
             if step in evals:
-                trace_rows.append({**key, "step": step, "epoch": epoch, "batch_loss": float(loss.detach()),
+                trace_rows.append({**key, "step": step, "epoch": epoch, "batch_loss": loss,
                                    "trK": trk, "dw": dw, "C_partial": C})
             step += 1
         model.eval()
@@ -246,10 +243,7 @@ def train_and_measure(cfg: Any, width: int, noise: float, seed: int,
     gamma = float(torch.quantile(margins(z, y), 0.1))
     g = gamma if gamma > 0 else math.nan  # an unfitted network has no positive margin
     layers = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
-    try:
-        closed = one_hidden_relu_ntk_trace(model, x_probe) * n / n_probe
-    except Exception:  # noqa: BLE001 - only defined for Linear-ReLU-Linear
-        closed = math.nan
+    closed = one_hidden_relu_ntk_trace(model, x_probe) * n / n_probe  # the model is Linear-ReLU-Linear
     row = {**key, "params": int(w0.numel()), "n_train": n, "epochs": epoch, "steps": step, "reached": int(reached),
            "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
            "gap": train_acc - test_acc, "margin": gamma, "C": C, "C_norm": C / n, "C_code": C_code,

@@ -190,44 +190,50 @@ def _check_files(name: str) -> Callable[[str], None]:
                 for f in split:
                     datasets.find_file(data_dir, (f,), ("cifar-10-batches-py",), name)
         else:
-            subdirs = (f"{name.upper()}/raw", f"{name}/raw", name.upper(), name)
             for split in datasets.MNIST_FILES.values():
                 for f in split:
-                    datasets.find_file(data_dir, (f, f + ".gz"), subdirs, name)
+                    datasets.find_file(data_dir, (f, f + ".gz"), datasets.mnist_subdirs(name), name)
     return check
 
 
 def load_idx_split(name: str, data_dir: str, layout: str = "flat", max_per_class: int | None = None) -> Split:
     """MNIST/KMNIST from IDX files: ``x/255`` standardized with the global (scalar) training
     mean and std; the first ``max_per_class`` training examples of each class, the whole test set."""
-    from .datasets import first_per_class, load_mnist_arrays
+    from .datasets import load_mnist_arrays
 
     _check_files(name)(data_dir)
     (xt, yt), (xe, ye) = (load_mnist_arrays(data_dir, s, name) for s in ("train", "test"))
-    it = first_per_class(yt, max_per_class)
-    xt = torch.as_tensor(xt[it], dtype=torch.float32) / 255
-    xe = torch.as_tensor(xe, dtype=torch.float32) / 255
-    mean, std = xt.mean(), xt.std().clamp_min(1e-6)
-    shape = (1, *xt.shape[1:])
-    return Split(_layout((xt - mean) / std, layout, shape), torch.as_tensor(yt[it]),
-                 _layout((xe - mean) / std, layout, shape), torch.as_tensor(ye))
+    return _scaled_split(xt, yt, xe, ye, max_per_class, layout, (1, *xt.shape[1:]), per_channel=False)
 
 
 def load_cifar10_split(data_dir: str, layout: str = "image", max_per_class: int | None = None) -> Split:
     """CIFAR-10 from the python pickle batches, ``x/255`` standardized per channel with the
     training statistics; the first ``max_per_class`` training examples of each class, the whole
     test set."""
-    from .datasets import first_per_class, load_cifar10_arrays
+    from .datasets import load_cifar10_arrays
 
     _check_files("cifar10")(data_dir)
     (xt, yt), (xe, ye) = (load_cifar10_arrays(data_dir, s) for s in ("train", "test"))
+    return _scaled_split(xt, yt, xe, ye, max_per_class, layout, (3, 32, 32), per_channel=True)
+
+
+def _scaled_split(xt: np.ndarray, yt: np.ndarray, xe: np.ndarray, ye: np.ndarray, max_per_class: int | None,
+                  layout: str, image_shape: tuple[int, ...], per_channel: bool) -> Split:
+    """8-bit images as a :class:`Split`: the first ``max_per_class`` training examples of each
+    class and the whole test set, ``x/255`` standardized with the training mean and std (one
+    scalar, or per channel of ``(N, C, H, W)`` images), in ``layout``."""
+    from .datasets import first_per_class
+
     it = first_per_class(yt, max_per_class)
     xt = torch.as_tensor(xt[it], dtype=torch.float32) / 255
     xe = torch.as_tensor(xe, dtype=torch.float32) / 255
-    mean = xt.mean(dim=(0, 2, 3), keepdim=True)
-    std = xt.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return Split(_layout((xt - mean) / std, layout, (3, 32, 32)), torch.as_tensor(yt[it]),
-                 _layout((xe - mean) / std, layout, (3, 32, 32)), torch.as_tensor(ye))
+    if per_channel:
+        mean = xt.mean(dim=(0, 2, 3), keepdim=True)
+        std = xt.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    else:
+        mean, std = xt.mean(), xt.std().clamp_min(1e-6)
+    return Split(_layout((xt - mean) / std, layout, image_shape), torch.as_tensor(yt[it]),
+                 _layout((xe - mean) / std, layout, image_shape), torch.as_tensor(ye))
 
 
 def load_mnist1d_split(seed: int) -> Split:

@@ -267,6 +267,11 @@ def find_file(data_dir: str | Path, names: tuple[str, ...], subdirs: tuple[str, 
                       f"a folder with the {what} files (nothing is downloaded)")
 
 
+def mnist_subdirs(name: str) -> tuple[str, ...]:
+    """Subfolders of ``data_dir`` searched for the IDX files of ``name`` (torchvision's layout first)."""
+    return (f"{name.upper()}/raw", f"{name}/raw", name.upper(), name)
+
+
 def load_mnist_arrays(data_dir: str | Path, split: str = "train", name: str = "mnist"
                       ) -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 (N, 28, 28), labels int64 (N,))`` of an MNIST-format dataset (MNIST,
@@ -274,8 +279,7 @@ def load_mnist_arrays(data_dir: str | Path, split: str = "train", name: str = "m
     ``data_dir/MNIST/raw``, ``data_dir/KMNIST/raw``)."""
     if split not in MNIST_FILES:
         raise ConfigError("split", f"unknown split {split!r}", "train, test")
-    subdirs = (f"{name.upper()}/raw", f"{name}/raw", name.upper(), name)
-    paths = [find_file(data_dir, (f, f + ".gz"), subdirs, name) for f in MNIST_FILES[split]]
+    paths = [find_file(data_dir, (f, f + ".gz"), mnist_subdirs(name), name) for f in MNIST_FILES[split]]
     x, y = read_idx(paths[0]), read_idx(paths[1]).astype(np.int64)
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise ConfigError("data_dir", f"{name} {split} files have shapes {x.shape} and {y.shape}",
@@ -295,10 +299,14 @@ def load_cifar10_arrays(data_dir: str | Path, split: str = "train") -> tuple[np.
     xs, ys = [], []
     for f in CIFAR10_FILES[split]:
         path = find_file(data_dir, (f,), ("cifar-10-batches-py",), "cifar10")
-        with open(path, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-        data = d.get(b"data", d.get("data"))
-        labels = d.get(b"labels", d.get("labels"))
+        try:
+            with open(path, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
+            raise ConfigError("data_dir", f"{str(path)!r} is not a readable pickle ({e})",
+                              "CIFAR-10 python batches") from None
+        data = d.get(b"data", d.get("data")) if isinstance(d, dict) else None
+        labels = d.get(b"labels", d.get("labels")) if isinstance(d, dict) else None
         if data is None or labels is None:
             raise ConfigError("data_dir", f"{str(path)!r} has no data/labels entries", "CIFAR-10 python batches")
         xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..analysis.kernels import kernel_alignment
+from ..errors import InvalidInputError
 from ..progress import progress as progress_bar
 from .report import Claim, FigureSpec, TableSpec
 from .store import RunStore, to_number
@@ -81,7 +82,7 @@ def kappa_value(kind: str, lam: np.ndarray, c: np.ndarray, kappa0: float) -> flo
         return float((lam * a).sum() / lam.sum())
     if kind == "max":
         return float((lam * a).max() / lam.max())
-    raise ValueError(f"unknown kappa {kind!r}; accepted: {', '.join(KAPPAS)}")
+    raise InvalidInputError(f"unknown kappa {kind!r}; accepted: {', '.join(KAPPAS)}")
 
 
 def supernat_rescaling(phi_t: np.ndarray, g: np.ndarray, kind: str, kappa0: float
@@ -114,7 +115,10 @@ def run_method(phi: np.ndarray, y: np.ndarray, phi_test: np.ndarray, y_test: np.
     M = np.eye(P)
     log_scale = 0.0
     signal = torch.as_tensor(np.outer(phi[:, 0], phi[:, 0]))
-    kind = method.split("_", 1)[1] if method.startswith("supernat") else ""
+    kind = method.split("_", 1)[1] if method.startswith("supernat_") else ""
+    if method != "gd" and kind not in KAPPAS:
+        raise InvalidInputError(f"unknown method {method!r}; accepted: gd, "
+                                + ", ".join(f"supernat_{k}" for k in KAPPAS))
     kappa0 = math.nan
     rows = []
     for t in range(steps + 1):
@@ -174,9 +178,10 @@ def run_supernat(store: RunStore, cfg: Any, log: Callable[[str], None], progress
     steps = int(cfg.supernat_steps)
     lr = float(cfg.supernat_lr)
     record = record_steps(steps, int(cfg.supernat_records))
-    todo = [(s, m) for s in range(seeds) for m in methods(cfg) if (cell(s), m) not in done]
-    if len(todo) < seeds * len(methods(cfg)):
-        log(f"supernat: {seeds * len(methods(cfg)) - len(todo)} runs already done")
+    names = methods(cfg)
+    todo = [(s, m) for s in range(seeds) for m in names if (cell(s), m) not in done]
+    if len(todo) < seeds * len(names):
+        log(f"supernat: {seeds * len(names) - len(todo)} runs already done")
     for s, m in progress_bar(todo, "supernat", enabled=progress):
         data = noisy_regression(int(cfg.supernat_n_train), int(cfg.supernat_dim), float(cfg.supernat_noise),
                                 int(cfg.supernat_n_test), int(cfg.seed) * 1000 + s)

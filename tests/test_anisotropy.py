@@ -213,6 +213,8 @@ def test_alignment_of_eigenvectors_and_backward_product():
     v = alignment_vector(model, x, f, torch.ones(9, dtype=D))  # Jᵀf
     assert v.pow(2).sum().item() == pytest.approx(float(f @ K @ f), rel=1e-10)
     assert alignment(K, f).item() == pytest.approx(float(f @ K @ f / (f @ f)), rel=1e-12)
+    with pytest.raises(InvalidInputError, match="weights must have shape"):
+        alignment_vector(model, x, f, torch.ones(8, dtype=D))
 
 
 def test_eigenfunction_targets_orthogonality_and_binarization():

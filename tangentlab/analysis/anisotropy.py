@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-from .kernels import _matrix, label_energy
+from .kernels import _matrix, eigh_desc, label_energy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def lemma1(K: Any, F: Any, rcond: float | None = None) -> dict[str, torch.Tensor
     Km = _matrix(K)
     m = Km.shape[0]
     Fm = _columns(F, m)
-    evals, evecs = torch.linalg.eigh(0.5 * (Km + Km.T))
+    evals, evecs = eigh_desc(Km)
     keep = _eig_cutoff(evals, rcond)
     C = evecs.T @ Fm  # (m, k) coordinates in the eigenbasis
     Ck, lk = C[keep], evals[keep].unsqueeze(1)
@@ -161,6 +161,17 @@ def _params(model: nn.Module) -> tuple[list[str], dict[str, torch.Tensor]]:
     return [n for n, _ in named], {n: p.detach() for n, p in named}
 
 
+def _weights(weights: Any, x: torch.Tensor) -> torch.Tensor:
+    """Per-example weights ``(N,)`` on ``x``'s dtype and device; ``None`` means ``1/N`` each."""
+    n = x.shape[0]
+    if weights is None:
+        return torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
+    w = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
+    if w.shape != (n,):
+        raise InvalidInputError(f"weights must have shape ({n},) (one per example), got {tuple(w.shape)}")
+    return w
+
+
 def mixed_derivative(model: nn.Module, x: torch.Tensor, weights: torch.Tensor | None = None,
                      batch_size: int = 256) -> torch.Tensor:
     """``A = Mᵀ`` with ``M = Σ_i w_i ∇²_{x,θ} f(x_i)`` (default ``w_i = 1/N``): a ``(d, P)`` tensor,
@@ -174,11 +185,7 @@ def mixed_derivative(model: nn.Module, x: torch.Tensor, weights: torch.Tensor | 
     n = x.shape[0]
     if n == 0:
         raise InvalidInputError("mixed_derivative needs at least one input")
-    if weights is None:
-        weights = torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
-    weights = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
-    if weights.shape != (n,):
-        raise InvalidInputError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
+    weights = _weights(weights, x)
     names, params = _params(model)
     d = x[0].numel()
 
@@ -275,8 +282,7 @@ def alignment_vector(model: nn.Module, x: torch.Tensor, f: torch.Tensor, weights
     from ..vectors import FVector
 
     n = x.shape[0]
-    w = (torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device) if weights is None
-         else torch.as_tensor(weights, dtype=x.dtype, device=x.device))
+    w = _weights(weights, x)
     J = jacobian(model, (x,), implicit=True, progress=False)
     u = (w * torch.as_tensor(f, dtype=x.dtype, device=x.device).reshape(-1)).reshape(n, 1)
     return J.T.mv(FVector(u)).flat()

@@ -62,6 +62,20 @@ def _dtype(model: nn.Module) -> torch.dtype:
 
 
 @torch.no_grad()
+def _run_hooked(net: nn.Module, x: torch.Tensor, hooks: list) -> None:
+    """One eval-mode forward pass of ``net`` on ``x`` with ``hooks`` registered; restores the train/eval
+    mode and removes the hooks afterwards."""
+    was = net.training
+    try:
+        net.eval()
+        net(x.to(_dtype(net)))
+    finally:
+        net.train(was)
+        for h in hooks:
+            h.remove()
+
+
+@torch.no_grad()
 def relu_signs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The activation pattern ``relu(·) > 0`` of every ``nn.ReLU`` call on ``x``, flattened (bool).
 
@@ -73,15 +87,8 @@ def relu_signs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not relus:
         raise InvalidInputError("sign similarity needs nn.ReLU modules; the model has none")
     outs: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o: outs.append((o > 0).reshape(-1))) for m in relus]
-    was = net.training
-    try:
-        net.eval()
-        net(x.to(_dtype(net)))
-    finally:
-        net.train(was)
-        for h in hooks:
-            h.remove()
+    _run_hooked(net, x, [m.register_forward_hook(lambda _m, _i, o: outs.append((o > 0).reshape(-1)))
+                         for m in relus])
     return torch.cat(outs)
 
 
@@ -100,15 +107,7 @@ def last_hidden_representation(model: nn.Module, x: torch.Tensor) -> torch.Tenso
     if not linears:
         raise InvalidInputError("representation alignment needs an nn.Linear output layer; the model has none")
     seen: list[torch.Tensor] = []
-    hooks = [m.register_forward_pre_hook(lambda _m, args: seen.append(args[0])) for m in linears]
-    was = net.training
-    try:
-        net.eval()
-        net(x.to(_dtype(net)))
-    finally:
-        net.train(was)
-        for h in hooks:
-            h.remove()
+    _run_hooked(net, x, [m.register_forward_pre_hook(lambda _m, args: seen.append(args[0])) for m in linears])
     r = seen[-1]
     return r.reshape(r.shape[0], -1).to(torch.float64)
 

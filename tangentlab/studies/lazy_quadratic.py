@@ -167,16 +167,21 @@ def _labels(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(y)
 
 
+def _labels_and_flips(n: int, q: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Balanced ``±1`` labels, a mask of ``q`` random examples and ``κ`` (``-1`` on them, ``1`` elsewhere)."""
+    rng = np.random.default_rng(seed)
+    y = _labels(n, rng)
+    flipped = np.zeros(n, dtype=bool)
+    flipped[rng.choice(n, q, replace=False)] = True
+    return y, flipped, np.where(flipped, -1.0, 1.0)
+
+
 def example2(n: int = 20, q: int = 5, d: int = 200, eta: float = 2.0, sigma: float = 1e-3,
              seed: int = 0) -> QuadraticExample:
     """Ex. 2: ``x_i = κ_i y_i e_1 + η e_{i+1}`` with ``q`` examples whose feature disagrees with the label."""
     if not (1 <= q < (n + 1) // 2 and d > n):
         raise ValueError("example 2 needs 1 <= q < ceil(n/2) and d > n")
-    rng = np.random.default_rng(seed)
-    y = _labels(n, rng)
-    noisy = np.zeros(n, dtype=bool)
-    noisy[rng.choice(n, q, replace=False)] = True
-    kappa = np.where(noisy, -1.0, 1.0)
+    y, noisy, kappa = _labels_and_flips(n, q, seed)
     X = np.zeros((n, d))
     X[:, 0] = kappa * y
     X[np.arange(n), np.arange(n) + 1] = eta
@@ -189,11 +194,7 @@ def example3(n: int = 20, q: int = 5, d: int = 200, eta: float = 2.0, lam: float
     label on the majority (``κ = 1``) and disagrees on ``q`` minority examples; ``e_2`` is the core feature."""
     if not (1 <= q < n and d > n + 1):
         raise ValueError("example 3 needs 1 <= q < n and d > n + 1")
-    rng = np.random.default_rng(seed)
-    y = _labels(n, rng)
-    minority = np.zeros(n, dtype=bool)
-    minority[rng.choice(n, q, replace=False)] = True
-    kappa = np.where(minority, -1.0, 1.0)
+    y, minority, kappa = _labels_and_flips(n, q, seed)
     X = np.zeros((n, d))
     X[:, 0] = kappa * y
     X[:, 1] = lam * y

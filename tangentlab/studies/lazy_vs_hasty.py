@@ -280,7 +280,6 @@ class LazyVsHasty(Study):
 
     def run(self) -> None:
         cfg = self.config
-        self.dev = torch.device(cfg.resolved_device())
         for part in PARTS:
             if part in cfg.parts:
                 t0 = time.perf_counter()
@@ -288,6 +287,21 @@ class LazyVsHasty(Study):
                 self.log(f"lazy-vs-hasty: part {part} took {time.perf_counter() - t0:.1f}s")
 
     # ---- generic α-scaled training with probes at loss thresholds -------------------------------
+    def _train_regimes(self, curves, part: str, schedule: Sequence[tuple[float, int]], net0: nn.Module,
+                       x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+                       evaluate: Callable[[nn.Module], dict[str, float]], probe: LinearityProbe | None,
+                       stream_seed: int) -> None:
+        """One resumable unit ``part/α`` per ``(α, steps)`` of ``schedule``: :meth:`_train_regime` rows
+        appended to ``curves``; finished units are skipped."""
+        for alpha, steps in schedule:
+            unit = f"{part}/{alpha}"
+            if self._done(unit):
+                continue
+            t0 = time.perf_counter()
+            curves.append(self._train_regime(part, 0, alpha, net0, x, y, loss_fn, steps, evaluate, probe,
+                                             stream_seed))
+            self._finish(unit, t0)
+
     def _train_regime(self, part: str, seed: int, alpha: float, net0: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       loss_fn: Callable, steps: int, evaluate: Callable[[nn.Module], dict[str, float]],
                       lin_probe: LinearityProbe | None, stream_seed: int) -> list[dict[str, Any]]:
@@ -347,8 +361,8 @@ class LazyVsHasty(Study):
         if self.config.model == "resnet18":
             from .models import make_resnet
 
-            return make_resnet(18, 3, n_out, width=self.config.resnet_width, dtype=dtype).to(self.dev)
-        return make_mlp(n_in, tuple(hidden), n_out, "relu", dtype).to(self.dev)
+            return make_resnet(18, 3, n_out, width=self.config.resnet_width, dtype=dtype).to(self.device)
+        return make_mlp(n_in, tuple(hidden), n_out, "relu", dtype).to(self.device)
 
     def _data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training and held-out inputs/labels of parts cscores/noise: the digits split, or CIFAR-10's
@@ -367,25 +381,25 @@ class LazyVsHasty(Study):
             xa = (xa - mean) / std
             x, y = torch.as_tensor(xa[:n_tr]), torch.as_tensor(ya[:n_tr])
             xt, yt = torch.as_tensor(xa[n_tr:]), torch.as_tensor(ya[n_tr:])
-            return x.to(self.dev, dt), y.to(self.dev), xt.to(self.dev, dt), yt.to(self.dev)
+            return x.to(self.device, dt), y.to(self.device), xt.to(self.device, dt), yt.to(self.device)
         from .data import load_digits_split
 
         split = load_digits_split(cfg.seed, "flat")
-        return (split.x_train.to(self.dev, dt), split.y_train.to(self.dev), split.x_test.to(self.dev, dt),
-                split.y_test.to(self.dev))
+        return (split.x_train.to(self.device, dt), split.y_train.to(self.device), split.x_test.to(self.device, dt),
+                split.y_test.to(self.device))
 
     def _eval_subset(self, n: int, groups: dict[str, torch.Tensor]) -> torch.Tensor:
         """Indices evaluated at each probe: all ``n`` examples, or (``eval_per_group > 0``) at most that many
         per group (seeded, as the authors' 1000 per decile)."""
         k = self.config.eval_per_group
         if k <= 0:
-            return torch.arange(n, device=self.dev)
+            return torch.arange(n, device=self.device)
         rng = np.random.default_rng(1337)
         keep = set()
         for mask in groups.values():
             idx = np.nonzero(mask.cpu().numpy())[0]
             keep.update(rng.choice(idx, min(k, idx.size), replace=False).tolist())
-        return torch.as_tensor(sorted(keep), device=self.dev)
+        return torch.as_tensor(sorted(keep), device=self.device)
 
     def _outputs(self, model: nn.Module, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
         return torch.cat([model(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
@@ -402,8 +416,8 @@ class LazyVsHasty(Study):
         g = cfg.toy_grid
         lin = torch.linspace(-1, 1, g, dtype=torch.float64)
         gx1, gx2 = torch.meshgrid(lin, lin, indexing="xy")  # rows: x2, columns: x1
-        grid = torch.stack([gx1.reshape(-1), gx2.reshape(-1)], 1).to(self.dev)
-        y_grid = torch.as_tensor(yin_yang_label(grid.cpu().numpy())).to(self.dev)
+        grid = torch.stack([gx1.reshape(-1), gx2.reshape(-1)], 1).to(self.device)
+        y_grid = torch.as_tensor(yin_yang_label(grid.cpu().numpy())).to(self.device)
         from ..progress import progress
 
         for seed in progress(range(cfg.toy_seeds), "lazy-vs-hasty: yin-yang seeds", enabled=self._show):
@@ -412,7 +426,7 @@ class LazyVsHasty(Study):
                 continue
             t0 = time.perf_counter()
             x, y = yin_yang(cfg.toy_n, cfg.seed * 1000 + seed)
-            x, y = x.to(self.dev), y.to(self.dev)
+            x, y = x.to(self.device), y.to(self.device)
             net0 = self._init_net(cfg.seed * 1000 + seed, 2, 1, cfg.toy_hidden, torch.float64)
             rows, mrows, losses = [], [], {}
             for alpha in (1.0, 100.0):
@@ -499,7 +513,7 @@ class LazyVsHasty(Study):
         cfg = self.config
         curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY)
         x, y, xt, yt = self._data()
-        bins = torch.as_tensor(self._cscores(x, y)).to(self.dev)
+        bins = torch.as_tensor(self._cscores(x, y)).to(self.device)
         groups = {f"decile{b}": bins == b for b in range(cfg.n_bins)}
         sub = self._eval_subset(x.shape[0], groups)
         xe, ye, ge = x[sub], y[sub], {k: v[sub] for k, v in groups.items()}
@@ -511,14 +525,8 @@ class LazyVsHasty(Study):
             vals.update(group_metrics(self._outputs(model, xt), yt, {"test": torch.ones_like(yt, dtype=torch.bool)}))
             return vals
 
-        for alpha, steps in ((1.0, cfg.steps_alpha1), (100.0, cfg.steps_alpha100)):
-            unit = f"cscores/{alpha}"
-            if self._done(unit):
-                continue
-            t0 = time.perf_counter()
-            rows = self._train_regime("cscores", 0, alpha, net0, x, y, ce, steps, evaluate, probe, cfg.seed + 2)
-            curves.append(rows)
-            self._finish(unit, t0)
+        self._train_regimes(curves, "cscores", ((1.0, cfg.steps_alpha1), (100.0, cfg.steps_alpha100)),
+                            net0, x, y, ce, evaluate, probe, cfg.seed + 2)
 
     # ---- part 3: label noise ------------------------------------------------------------------------
     def _run_noise(self) -> None:
@@ -526,7 +534,7 @@ class LazyVsHasty(Study):
         curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY)
         x, y, xt, yt = self._data()
         yn, noisy = flip_labels(y.cpu(), cfg.noise_fraction, 10, cfg.seed + 23)
-        yn, noisy = yn.to(self.dev), noisy.to(self.dev)
+        yn, noisy = yn.to(self.device), noisy.to(self.device)
         sub = self._eval_subset(x.shape[0], {"clean": ~noisy, "noisy": noisy})
         xe, ye, ne = x[sub], yn[sub], noisy[sub]
         net0 = self._init_net(cfg.seed + 3, x.shape[1], 10, cfg.hidden, x.dtype)
@@ -538,14 +546,8 @@ class LazyVsHasty(Study):
             vals.update(group_metrics(self._outputs(model, xt), yt, {"test": torch.ones_like(yt, dtype=torch.bool)}))
             return vals
 
-        for alpha, steps in ((1.0, 2 * cfg.steps_alpha1), (100.0, (4 * cfg.steps_alpha100) // 3)):
-            unit = f"noise/{alpha}"
-            if self._done(unit):
-                continue
-            t0 = time.perf_counter()
-            curves.append(self._train_regime("noise", 0, alpha, net0, x, yn, ce, steps, evaluate, probe,
-                                             cfg.seed + 4))
-            self._finish(unit, t0)
+        self._train_regimes(curves, "noise", ((1.0, 2 * cfg.steps_alpha1), (100.0, (4 * cfg.steps_alpha100) // 3)),
+                            net0, x, yn, ce, evaluate, probe, cfg.seed + 4)
 
     # ---- part 4: spurious correlations ---------------------------------------------------------------
     def _run_spurious(self) -> None:
@@ -560,11 +562,11 @@ class LazyVsHasty(Study):
                                    max_train=cfg.max_train)[0]
             if cfg.model == "mlp":  # flattened pixels
                 data.x_train, data.x_test = data.x_train.flatten(1), data.x_test.flatten(1)
-        x, y = data.x_train.to(self.dev), data.y_train.to(self.dev)
-        xt, yt = data.x_test.to(self.dev), data.y_test.to(self.dev)
-        ag, agt = data.agree_train.to(self.dev), data.agree_test.to(self.dev)
+        x, y = data.x_train.to(self.device), data.y_train.to(self.device)
+        xt, yt = data.x_test.to(self.device), data.y_test.to(self.device)
+        ag, agt = data.agree_train.to(self.device), data.agree_test.to(self.device)
         bal = torch.zeros_like(ag)
-        bal[data.balanced_train.to(self.dev)] = True
+        bal[data.balanced_train.to(self.device)] = True
         net0 = self._init_net(cfg.seed + 5, x.shape[1], 1, cfg.hidden, x.dtype)
         probe = self._lin_probe(net0, xt)
 
@@ -576,14 +578,9 @@ class LazyVsHasty(Study):
             vals.update(vt)
             return vals
 
-        for alpha, steps in ((0.5, cfg.steps_alpha05), (1.0, cfg.steps_alpha1), (100.0, cfg.steps_alpha100)):
-            unit = f"spurious/{alpha}"
-            if self._done(unit):
-                continue
-            t0 = time.perf_counter()
-            curves.append(self._train_regime("spurious", 0, alpha, net0, x, y, bce, steps, evaluate, probe,
-                                             cfg.seed + 6))
-            self._finish(unit, t0)
+        self._train_regimes(curves, "spurious",
+                            ((0.5, cfg.steps_alpha05), (1.0, cfg.steps_alpha1), (100.0, cfg.steps_alpha100)),
+                            net0, x, y, bce, evaluate, probe, cfg.seed + 6)
 
     # ---- part 5: quadratic model ------------------------------------------------------------------------
     def _examples(self) -> list[tuple[str, int, Any]]:

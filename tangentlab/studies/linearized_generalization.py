@@ -294,10 +294,6 @@ class LinearizedGeneralization(Study):
     config: LinGenConfig
 
     # ---- plumbing -----------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.config.resolved_device())
-
     def _tables(self) -> None:
         self.results = self.store.table("results", RESULT_COLUMNS, RESULT_KEY)
         self.curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY)

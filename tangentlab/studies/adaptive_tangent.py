@@ -390,7 +390,7 @@ class AdaptiveTangent(Study):
         self.done: set[str] = set(ck["done"]) if ck else set()
         if self.done:
             self.log(f"adaptive-tangent: resuming ({len(self.done)} units done)")
-        self.dev = torch.device(cfg.resolved_device())
+        self.dev = self.device
         t0 = time.perf_counter()
         if "penalties" in cfg.parts:
             self._unit("penalties", self._penalties)

@@ -409,7 +409,7 @@ class Compression(Study):
 
     def _unit(self, model: str, p: int, seed: int) -> dict[str, Any]:
         cfg, store = self.config, self.store
-        dev = torch.device(cfg.resolved_device())
+        dev = self.device
         d, d_par = cfg.dims(model)
         lambda_only = seed >= cfg.seeds
         n_kernel = p if (cfg.ntk_p == p and model in cfg.ntk_models and not lambda_only) else 0
@@ -512,7 +512,7 @@ class Compression(Study):
         from .compression_data import parity_task
 
         cfg = self.config
-        dev = torch.device(cfg.resolved_device())
+        dev = self.device
         data = parity_task(cfg.cnn_dataset, cfg.cnn_p, cfg.cnn_p, cfg.cnn_n_test, cfg.seed, cfg.data_dir)
         data = TaskSplit(*(t.to(dev) for t in (data.x_train, data.y_train, data.x_kernel, data.y_kernel,
                                                data.x_test, data.y_test)))

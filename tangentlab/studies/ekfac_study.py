@@ -365,10 +365,6 @@ class EkfacStudy(Study):
     config: EkfacConfig
 
     @property
-    def device(self) -> torch.device:
-        return torch.device(self.config.resolved_device())
-
-    @property
     def dtype(self) -> torch.dtype:
         return _dtype(self.config.dtype)
 

@@ -58,7 +58,9 @@ def _run(sub: Subparsers) -> None:
         description="Run a registered study. The configuration is built from the study's defaults, "
                     "then --preset, then --config FILE (TOML or YAML), then each --set KEY=VALUE, and validated "
                     "before any work starts. Tables are written incrementally; --resume continues a "
-                    "killed run from its last checkpoint.",
+                    "killed run from its last checkpoint. On several processes: "
+                    "torchrun --nproc-per-node=N -m tangentlab run STUDY ... (studies with independent "
+                    "units split them across the ranks; rank 0 writes the report).",
     )
     p.add_argument("study", choices=names, metavar="STUDY", help=f"one of: {', '.join(names)}")
     p.add_argument("--preset", metavar="NAME", help="a named preset of the study (e.g. tiny, paper)")

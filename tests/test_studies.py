@@ -214,7 +214,7 @@ def test_table_appends_incrementally_and_skips_known_keys(tmp_path):
         t2.append([{"step": 9, "metric": "x", "value": 1, "extra": 2}])
     with pytest.raises(Exception, match="has columns"):
         Table(path, ["step", "metric", "val"], ["step", "metric"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.csv.lock", "t.csv"]  # no temporary files left
 
 
 def test_table_repairs_a_torn_last_line(tmp_path):

@@ -45,6 +45,7 @@ a killed study resumes from the last checkpoint of the unfinished run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections import defaultdict
@@ -414,6 +415,7 @@ class Alignment(Study):
     description = "NTK spectra, effective rank, trace ratios, CKA with labels, easy vs difficult alignment"
     config_class = AlignmentConfig
     config: AlignmentConfig
+    parallel = True
 
     def run(self) -> None:
         """All items of ``items``. Torch's intra-op threads are ``threads`` (set by the runner);
@@ -430,21 +432,30 @@ class Alignment(Study):
             self.log(f"alignment: {what} took {time.perf_counter() - t:.1f}s "
                      f"(CPU {time.process_time() - c:.1f}s)")
 
+        # independent units, claimed one at a time by the ranks of a torchrun launch (all here with one process)
+        units: list[tuple[str, Callable[[], None]]] = []
         if 1 in cfg.items:
-            self._run_disk()
-            took("item 1 (disk)", t0, c0)
-        runs = plan_runs(cfg)
-        if runs:
-            split = load_alignment_split(cfg)
-            for spec in runs:
-                t, c = time.perf_counter(), time.process_time()
-                self._run_training(spec, split)
-                took(f"run {spec.name}", t, c)
-        for item, fn in ((6, supernat.run_supernat), (7, alignment_complexity.run_complexity)):
-            if item in cfg.items:
-                t, c = time.perf_counter(), time.process_time()
-                fn(self.store, cfg, self.log, cfg.progress_flag)
-                took(f"item {item}", t, c)
+            units.append(("item 1 (disk)", self._run_disk))
+        split: list[Any] = []
+
+        def training_run(spec: RunSpec) -> None:
+            if not split:
+                split.append(load_alignment_split(cfg))
+            self._run_training(spec, split[0])
+
+        units += [(f"run {spec.name}", functools.partial(training_run, spec)) for spec in plan_runs(cfg)]
+        if 6 in cfg.items:
+            units.append(("item 6", functools.partial(supernat.run_supernat, self.store, cfg, self.log,
+                                                      cfg.progress_flag)))
+        for what, unit in self.ctx.mine(units, key=lambda u: u[0]):
+            t, c = time.perf_counter(), time.process_time()
+            unit()
+            took(what, t, c)
+        if 7 in cfg.items:  # its (width, noise, seed) runs are claimed one by one
+            t, c = time.perf_counter(), time.process_time()
+            alignment_complexity.run_complexity(self.store, cfg, self.log, cfg.progress_flag,
+                                                claim=self.ctx.claim if self.ctx.active else None)
+            took("item 7", t, c)
         took("the whole study", t0, c0)
 
     # ---- shared training driver -----------------------------------------------------------------

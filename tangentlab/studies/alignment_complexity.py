@@ -256,19 +256,24 @@ def train_and_measure(cfg: Any, width: int, noise: float, seed: int,
     return row, trace_rows
 
 
-def run_complexity(store: RunStore, cfg: Any, log: Callable[[str], None], progress: bool | None = None) -> None:
+def run_complexity(store: RunStore, cfg: Any, log: Callable[[str], None], progress: bool | None = None,
+                   claim: Callable[[str], bool] | None = None) -> None:
     """Run every planned ``(width, noise, seed)`` not yet in table ``complexity`` (resume = skip
-    the finished runs; a run is written, trajectory first, only when it is complete)."""
+    the finished runs; a run is written, trajectory first, only when it is complete).
+    ``claim(unit)``: whether this process does a run (the ranks of a ``torchrun`` launch split
+    the runs; default: every run)."""
     table = store.table(TABLE, COLUMNS, KEY)
     trace = store.table(TRACE_TABLE, TRACE_COLUMNS, TRACE_KEY)
     runs = planned_runs(cfg)
     todo = [r for r in runs if _key(*r) not in table.keys]
     if len(todo) < len(runs):
         log(f"complexity: {len(runs) - len(todo)} of {len(runs)} runs already done")
-    if not todo:
-        return
-    data = load_complexity_data(cfg)
+    data = None
     for width, noise, seed in progress_bar(todo, "complexity runs", enabled=progress):
+        if claim is not None and not claim(f"complexity w{width} noise{noise:g} s{seed}"):
+            continue
+        if data is None:
+            data = load_complexity_data(cfg)
         row, rows = train_and_measure(cfg, width, noise, seed, data, progress)
         trace.append(rows)
         table.append([row])

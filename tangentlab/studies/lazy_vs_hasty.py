@@ -259,6 +259,7 @@ def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @register
 class LazyVsHasty(Study):
     name = "lazy-vs-hasty"
+    parallel = True
     title = "Lazy vs hasty: linearized vs non-linear training (thesis ch. 5)"
     description = "α-scaled training at equal progress: toy, C-scores, label noise, spurious features, quadratic model"
     config_class = LazyVsHastyConfig
@@ -269,7 +270,12 @@ class LazyVsHasty(Study):
         return self.store.table("units", UNIT_COLUMNS, ["unit"])
 
     def _done(self, unit: str) -> bool:
-        return (unit,) in self._units().keys
+        return (unit,) in self._units()
+
+    def _take(self, unit: str) -> bool:
+        """Whether this process does ``unit`` now: not finished (by any rank, in any session) and
+        claimed by this rank (always, with one process)."""
+        return not self._done(unit) and self.ctx.claim(unit)
 
     def _finish(self, unit: str, t0: float) -> None:
         self._units().append([{"unit": unit, "seconds": time.perf_counter() - t0}])
@@ -295,7 +301,7 @@ class LazyVsHasty(Study):
         appended to ``curves``; finished units are skipped."""
         for alpha, steps in schedule:
             unit = f"{part}/{alpha}"
-            if self._done(unit):
+            if not self._take(unit):
                 continue
             t0 = time.perf_counter()
             curves.append(self._train_regime(part, 0, alpha, net0, x, y, loss_fn, steps, evaluate, probe,
@@ -422,7 +428,7 @@ class LazyVsHasty(Study):
 
         for seed in progress(range(cfg.toy_seeds), "lazy-vs-hasty: yin-yang seeds", enabled=self._show):
             unit = f"toy/{seed}"
-            if self._done(unit):
+            if not self._take(unit):
                 continue
             t0 = time.perf_counter()
             x, y = yin_yang(cfg.toy_n, cfg.seed * 1000 + seed)
@@ -513,7 +519,7 @@ class LazyVsHasty(Study):
         cfg = self.config
         curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY)
         x, y, xt, yt = self._data()
-        bins = torch.as_tensor(self._cscores(x, y)).to(self.device)
+        bins = torch.as_tensor(self.ctx.once(lambda: self._cscores(x, y))).to(self.device)  # rank 0 estimates
         groups = {f"decile{b}": bins == b for b in range(cfg.n_bins)}
         sub = self._eval_subset(x.shape[0], groups)
         xe, ye, ge = x[sub], y[sub], {k: v[sub] for k, v in groups.items()}
@@ -602,7 +608,7 @@ class LazyVsHasty(Study):
 
         for name, seed, make in progress(self._examples(), "lazy-vs-hasty: quadratic model", enabled=self._show):
             unit = f"quadratic/{name}/{seed}"
-            if self._done(unit):
+            if not self._take(unit):
                 continue
             t0 = time.perf_counter()
             ex = make()

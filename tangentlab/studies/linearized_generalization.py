@@ -287,6 +287,7 @@ def _gram(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @register
 class LinearizedGeneralization(Study):
+    parallel = True
     name = "linearized-generalization"
     title = "What can linearized networks say about generalization? (Ortiz-Jiménez et al. 2021)"
     description = "eigenfunction and NAD tasks, non-linear advantage vs n, energy concentration, kernel rotation"
@@ -328,14 +329,20 @@ class LinearizedGeneralization(Study):
         cfg = self.config
         self._tables()
         t0 = time.perf_counter()
-        self.setup = self._setup()
+        self.setup = self.ctx.once(self._setup)  # rank 0 computes K₀'s spectrum; the others load it
         self.log(f"linearized-generalization: setup (data, θ₀, K₀ spectrum) {time.perf_counter() - t0:.1f}s")
-        for part in PARTS:
-            if part not in cfg.parts:
-                continue
+        # units of a torchrun launch: the parts, with eigen and energy together (both use the rotation
+        # run's checkpoints) and part size split into its runs (claimed inside _run_size)
+        units = [p for p in PARTS if p in cfg.parts and p != "size" and not (p == "energy" and "eigen" in cfg.parts)]
+        for unit in self.ctx.mine(units):
+            for part in ((unit, "energy") if unit == "eigen" and "energy" in cfg.parts else (unit,)):
+                t = time.perf_counter()
+                getattr(self, f"_run_{part}")()
+                self.log(f"linearized-generalization: part {part} took {time.perf_counter() - t:.1f}s")
+        if "size" in cfg.parts:
             t = time.perf_counter()
-            getattr(self, f"_run_{part}")()
-            self.log(f"linearized-generalization: part {part} took {time.perf_counter() - t:.1f}s")
+            self._run_size()
+            self.log(f"linearized-generalization: part size took {time.perf_counter() - t:.1f}s")
 
     # ---- setup ----------------------------------------------------------------------------------
     def _setup(self) -> _Setup:
@@ -512,7 +519,8 @@ class LinearizedGeneralization(Study):
                 n = min(n, n_tr)
                 idx = stratified_subset(S.y_train_cls.cpu(), n, cfg.seed + seed).to(S.x_train.device)
                 for kind in ("nn", "lin"):
-                    if self._is_done("size", f"half_s{seed}", n, kind):
+                    if self._is_done("size", f"half_s{seed}", n, kind) or \
+                            not self.ctx.claim(f"size half_s{seed} n{n} {kind}"):
                         continue
                     model = copy.deepcopy(model0) if kind == "nn" else Linearized(model0)
                     out = train_binary(model, S.x_train[idx], y_tr[idx], S.x_test, y_te, cfg.recipe(cfg.size_epochs),
@@ -530,7 +538,8 @@ class LinearizedGeneralization(Study):
             theta0 = flat_params(model0)
             for n in cfg.xor_sizes:
                 for kind in ("nn", "lin"):
-                    if self._is_done("size", f"xor_s{seed}", n, kind):
+                    if self._is_done("size", f"xor_s{seed}", n, kind) or \
+                            not self.ctx.claim(f"size xor_s{seed} n{n} {kind}"):
                         continue
                     model = copy.deepcopy(model0) if kind == "nn" else Linearized(model0)
                     out = train_binary(model, xall[:n].to(self.device), yall[:n].to(self.device), xte.to(self.device),

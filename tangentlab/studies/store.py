@@ -15,7 +15,10 @@ Tables are append-only CSV files. Each :meth:`Table.append` writes whole lines i
 ``write`` and ``fsync``s; on opening, a torn last line (a run killed mid-write) is cut
 off. Every table has *key columns*; the keys already in the file are loaded when it is
 opened and a row whose key is present is skipped, so a resumed run that recomputes
-the steps after its last checkpoint neither loses nor duplicates rows.
+the steps after its last checkpoint neither loses nor duplicates rows. Several processes
+(the ranks of ``torchrun -m tangentlab run``) may append to one table: opening and
+appending hold an exclusive lock on ``tables/.NAME.lock``, and an append first reads the
+rows other processes added since (so a key written by any rank is never written twice).
 
 Other files (``config.json``, ``state.json``, checkpoints, figures, the report) are
 written to a temporary file in the same directory and moved into place with
@@ -24,6 +27,7 @@ written to a temporary file in the same directory and moved into place with
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -32,11 +36,16 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+
+try:  # POSIX advisory locks serialize appends of several processes (torchrun ranks)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: one process per run directory
+    fcntl = None  # type: ignore[assignment]
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
@@ -147,9 +156,28 @@ class Table:
         self.keys: set[tuple[str, ...]] = set()
         self._open()
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive lock on ``.NAME.lock`` next to the table (a separate file: the table
+        itself may be replaced atomically when it is created)."""
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with open(self.path.parent / f".{self.path.name}.lock", "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            self._open_locked()
+
+    def _open_locked(self) -> None:
         header = ",".join(self.columns) + "\n"
+        self._offset = len(header.encode("utf-8"))
         if not self.path.exists() or self.path.stat().st_size == 0:
             atomic_write_text(self.path, header)
             return
@@ -170,9 +198,39 @@ class Table:
             raise InvalidInputError(
                 f"table {str(self.path)!r} has columns {found}, expected {self.columns} "
                 "(a run directory of another version of the study?)")
-        for row in reader:
+        self._add_keys(reader)
+        self._offset = len(data)
+
+    def _add_keys(self, rows: Iterable[list[str]]) -> None:
+        for row in rows:
             if len(row) == len(self.columns):
                 self.keys.add(tuple(row[i] for i in self._kidx))
+
+    def _catch_up(self) -> None:
+        """Read the complete rows other processes appended since this object last looked."""
+        size = self.path.stat().st_size
+        if size <= self._offset:
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read(size - self._offset)
+        data = data[: data.rfind(b"\n") + 1]
+        self._add_keys(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+        self._offset += len(data)
+
+    def refresh(self) -> Table:
+        """Update :attr:`keys` with the rows other processes appended (returns ``self``)."""
+        with self._locked():
+            self._catch_up()
+        return self
+
+    def __contains__(self, key: object) -> bool:
+        """Whether a row with this key (a tuple of key cells, as written) is in the file,
+        counting rows appended by other processes."""
+        if key in self.keys:
+            return True
+        self.refresh()
+        return key in self.keys
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -182,26 +240,33 @@ class Table:
         are written empty); one write + fsync. Returns the number of rows written."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        new: list[tuple[str, ...]] = []
-        batch: set[tuple[str, ...]] = set()
+        new: dict[tuple[str, ...], str] = {}  # key -> its CSV line(s)
         for row in rows:
             extra = set(row) - set(self.columns)
             if extra:
                 raise InvalidInputError(f"table {self.path.name}: unknown columns {sorted(extra)}")
             cells = [cell(row.get(c)) for c in self.columns]
             k = tuple(cells[i] for i in self._kidx)
-            if k in self.keys or k in batch:
+            if k in self.keys or k in new:
                 continue
-            batch.add(k)
-            new.append(k)
+            buf.seek(0)
+            buf.truncate()
             w.writerow(cells)
-        if new:
-            with open(self.path, "a", encoding="utf-8", newline="") as fh:
-                fh.write(buf.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            self.keys.update(new)
-        return len(new)
+            new[k] = buf.getvalue()
+        if not new:
+            return 0
+        with self._locked():
+            self._catch_up()
+            keep = [k for k in new if k not in self.keys]
+            if keep:
+                data = "".join(new[k] for k in keep).encode("utf-8")
+                with open(self.path, "ab") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                self._offset += len(data)
+                self.keys.update(keep)
+        return len(keep)
 
     def read(self) -> list[dict[str, str]]:
         return read_table(self.path)

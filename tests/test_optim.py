@@ -478,3 +478,114 @@ def test_natural_gradient_step(rep):
     natural_gradient_step(model, Fm, lr=0.5, damping=1e-2)
     want = before - 0.5 * torch.linalg.solve(Fd + 1e-2 * torch.eye(Fd.shape[0], dtype=DT), g)
     torch.testing.assert_close(tl.PVector.from_model(model).flat().detach(), want, **TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# fast paths of the step (tangentlab.optim._fast, structured gather/scatter, skipped statistics)
+def _kfe_reference(a, g, ua, ub):
+    """The straightforward formula: materialize G_{c,n} = Σ_t g ãᵀ, rotate, square, sum."""
+    pe = torch.einsum("cntgo,ntgi->cngoi", g, a)
+    return torch.einsum("cngoi,gop,giq->cngpq", pe, ub, ua).pow(2).sum((0, 1))
+
+
+def _orthogonal(grp: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(grp, d, d, generator=gen, dtype=DT))[0]
+
+
+@pytest.mark.parametrize("c,n,t,grp,o,i", [(1, 7, 1, 1, 3, 5), (2, 7, 1, 2, 3, 5),  # T = 1: one matmul
+                                           (1, 9, 4, 1, 3, 5),  # rotate g first, ã after
+                                           (1, 9, 4, 1, 6, 3),  # ã first, g after
+                                           (2, 9, 4, 3, 2, 2),  # both after
+                                           (3, 5, 2, 2, 4, 9)])  # both first
+@pytest.mark.parametrize("chunk", [1 << 24, 10])
+def test_kfe_second_moment_fast_path_matches_per_example_formula(c, n, t, grp, o, i, chunk):
+    from tangentlab.optim._fast import kfe_second_moment
+
+    gen = torch.Generator().manual_seed(c * 100 + t * 10 + o)
+    a = torch.randn(n, t, grp, i, generator=gen, dtype=DT)
+    g = torch.randn(c, n, t, grp, o, generator=gen, dtype=DT)
+    ua, ub = _orthogonal(grp, i, gen), _orthogonal(grp, o, gen)
+    torch.testing.assert_close(kfe_second_moment(a, g, ua, ub, chunk), _kfe_reference(a, g, ua, ub), **TOL)
+    # a strided (non-contiguous) patch layout, as the convolution rule produces
+    buf = a.permute(0, 2, 3, 1).contiguous()
+    torch.testing.assert_close(kfe_second_moment(buf.permute(0, 3, 1, 2), g, ua, ub, chunk),
+                               _kfe_reference(a, g, ua, ub), **TOL)
+
+
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_sua_second_moments_fast_path_matches_per_example_formula(has_bias):
+    from tangentlab.optim._fast import sua_second_moments
+
+    gen = torch.Generator().manual_seed(5)
+    c, n, t, o, cin, k = 2, 6, 5, 3, 2, 4
+    a = torch.randn(n, t, 1, cin * k + int(has_bias), generator=gen, dtype=DT)
+    g = torch.randn(c, n, t, 1, o, generator=gen, dtype=DT)
+    ua, ub = _orthogonal(1, cin, gen).expand(k, -1, -1), _orthogonal(1, o, gen).expand(k, -1, -1)
+    ua_b, ub_b = torch.full((1, 1, 1), 0.7, dtype=DT), _orthogonal(1, o, gen)
+    sw, sb = sua_second_moments(a, g, k, has_bias, (ua, ub), (ua_b, ub_b) if has_bias else None, chunk=17)
+    pe = torch.einsum("cnto,nti->cnoi", g[:, :, :, 0], a[:, :, 0])
+    w = pe[..., :cin * k].reshape(c, n, o, cin, k)
+    want = torch.einsum("cnoik,op,iq->cnkpq", w, ub[0], ua[0]).pow(2).sum((0, 1))
+    torch.testing.assert_close(sw, want, **TOL)
+    if has_bias:
+        want_b = ((g[:, :, :, 0].sum(2) @ ub_b[0]) ** 2).sum((0, 1)) * 0.49
+        torch.testing.assert_close(sb[0, :, 0], want_b, **TOL)
+    else:
+        assert sb is None
+
+
+@pytest.mark.parametrize("conv", ["kfc", "sua"])
+def test_structured_gather_scatter_equal_the_index_layout(conv):
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, groups=2, bias=False),
+                          nn.Flatten(), nn.Linear(36, 3)).to(DT)
+    if conv == "sua":
+        model[2] = nn.Conv2d(4, 4, 3, bias=False).to(DT)
+    opt = KFAC(model, conv=conv)
+    for b in opt.blocks:
+        assert b.structured
+        tensors = {k: torch.randn(p.shape, dtype=DT) for k, p in b.params.items()}
+        flat = torch.cat([tensors[k].reshape(-1) for k in b.index])
+        mat = b.gather(tensors)
+        torch.testing.assert_close(mat, flat[b.perm].reshape(b.shape), rtol=0, atol=0)
+        back = b.scatter(mat)
+        for k in tensors:
+            torch.testing.assert_close(back[k], tensors[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", [lambda m: KFAC(m, lr=0.1, damping=1e-2, period=3),
+                                  lambda m: EKFACRA(m, lr=0.1, damping=1e-2, period=3)])
+def test_statistics_only_formed_on_recomputation_steps(make):
+    """KFAC and EKFAC-ra between recomputations need no layer statistics (EKFAC does)."""
+    model = mlp(31)
+    opt = make(model)
+    calls = []
+    real = opt._statistics
+    opt._statistics = lambda: calls.append(opt.n_steps) or real()
+    for i in range(5):
+        x, y = data(6, 40 + i)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert calls == [0, 3]
+    opt.zero_grad(set_to_none=False)  # no backward since the last step: still refused
+    with pytest.raises(InvalidInputError, match="backward"):
+        opt.step()
+
+
+@pytest.mark.parametrize("cls,scheme", [(KFAC, "plain"), (KFAC, "factored"), (EKFAC, "factored")])
+def test_changed_damping_takes_effect_between_recomputations(cls, scheme):
+    """The cached damped denominators follow a change of ``param_groups[0]['damping']``."""
+    m1, m2 = mlp(33), mlp(33)
+    x, y = data(8, 34)
+    o1 = cls(m1, damping=1e-1, damping_scheme=scheme, period=5)
+    o2 = cls(m2, damping=3e-3, damping_scheme=scheme, period=5)
+    for m, o in ((m1, o1), (m2, o2)):
+        F.cross_entropy(m(x), y).backward()
+        o.precondition()  # recomputes on this batch; parameters unchanged
+        o.zero_grad()
+    o1.param_groups[0]["damping"] = 3e-3
+    for m, o in ((m1, o1), (m2, o2)):
+        F.cross_entropy(m(x), y).backward()
+        o.precondition()
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, **TOL)

@@ -71,6 +71,7 @@ from ..distributed import Reducer
 from ..errors import InvalidInputError
 from ..layers.base import LayerRegistry, LayerRule
 from ..layers.patch import PatchRule
+from ._fast import kfe_second_moment, sua_second_moments
 
 FISHERS = ("empirical", "true")
 LIKELIHOODS = ("softmax", "gaussian", "bernoulli")
@@ -116,19 +117,52 @@ class _Block:
             raise InvalidInputError(f"layer {self.name!r}: the Kronecker layout does not cover its parameters")
         self.perm = perm.reshape(-1)
         self.inverse = torch.argsort(self.perm)
+        # the built-in layouts are reshapes (and a concatenation): gather/scatter without an
+        # index copy when the layout is one of them (checked on the index tensors themselves)
+        self.structured = False
+        probe = {}
+        start = 0
+        for k, n in zip(self.index, self.sizes):
+            probe[k] = torch.arange(start, start + n).reshape(self.params[k].shape)
+            start += n
+        try:
+            self.structured = torch.equal(self._gather_structured(probe), self.perm.reshape(self.shape))
+        except RuntimeError:  # a layout of another shape
+            self.structured = False
 
     @property
     def key(self) -> nn.Parameter:
         """The parameter whose optimizer state holds this block's state."""
         return self.params["bias"] if self.part == "sua_b" else self.params["weight"]
 
+    def _gather_structured(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        grp, o, i = self.shape
+        if self.part == "sua_w":  # (O, C_in, kh, kw) → (K, O, C_in)
+            return tensors["weight"].reshape(o, i, grp).permute(2, 0, 1)
+        if self.part == "sua_b":
+            return tensors["bias"].reshape(1, o, 1)
+        if "bias" in tensors:  # homogeneous [W, b]
+            return torch.cat([tensors["weight"].reshape(grp, o, i - 1), tensors["bias"].reshape(grp, o, 1)], 2)
+        return tensors["weight"].reshape(grp, o, i)
+
     def gather(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(G, O, I)`` matrices of ``tensors`` (one per local parameter name)."""
+        if self.structured:
+            return self._gather_structured(tensors)
         flat = torch.cat([tensors[k].reshape(-1) for k in self.index])
         return flat[self.perm.to(flat.device)].reshape(self.shape)
 
     def scatter(self, mat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Inverse of :meth:`gather`: ``{local: tensor shaped like the parameter}``."""
+        if self.structured:
+            if self.part == "sua_w":
+                return {"weight": mat.permute(1, 2, 0).reshape(self.params["weight"].shape)}
+            if self.part == "sua_b":
+                return {"bias": mat.reshape(self.params["bias"].shape)}
+            if "bias" in self.params:
+                return {"weight": mat[..., :-1].reshape(self.params["weight"].shape),
+                        "bias": mat[..., -1].reshape(self.params["bias"].shape)}
+            return {"weight": mat.reshape(self.params["weight"].shape)}
         flat = mat.reshape(-1)[self.inverse.to(mat.device)]
         parts = torch.split(flat, self.sizes)
         return {k: part.reshape(self.params[k].shape) for k, part in zip(self.index, parts)}
@@ -222,6 +256,9 @@ class KronOptimizer(torch.optim.Optimizer):
         else:
             self.fallback = None
         self.n_steps = 0
+        self._index = {id(b): i for i, b in enumerate(self.blocks)}
+        self._names = list(dict.fromkeys(b.name for b in self.blocks))
+        self._den_cache: dict[int, tuple[float, torch.Tensor]] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._recording = True
         self._handles = []
@@ -301,21 +338,34 @@ class KronOptimizer(torch.optim.Optimizer):
         self._handles = []
 
     # ---- statistics --------------------------------------------------------------------
+    def _check_records(self) -> None:
+        """Empirical Fisher: every covered layer saw exactly one forward call and a backward
+        pass since the last step."""
+        for name in self._names:
+            rec = self._records.get(name)
+            if rec is None or rec["gout"] is None:
+                raise InvalidInputError(f"no backward pass went through layer {name!r} since the last step: "
+                                        "call loss.backward() (on a loss of this model's outputs) before step()")
+            if rec["calls"] > 1:
+                raise InvalidInputError(f"layer {name!r} was called {rec['calls']} times in one forward pass; "
+                                        "KFAC/EKFAC need one call per layer (pass layers= to exclude it)")
+
+    def _batch_size(self) -> int:
+        """``N``, the number of examples of the current minibatch on this rank."""
+        if self.fisher == "true":
+            return int(self._inputs[0][0].shape[0])
+        return int(self._records[self._names[0]]["gout"].shape[0])
+
     def _statistics(self) -> dict[str, tuple[Any, torch.Tensor, int]]:
         """Per module: (rule features, ``g`` of shape ``(C, N, *out)``, ``N``)."""
-        out: dict[str, tuple[Any, torch.Tensor, int]] = {}
         if self.fisher == "true":
             return self._true_statistics()
+        self._check_records()
+        out: dict[str, tuple[Any, torch.Tensor, int]] = {}
         for b in self.blocks:
             if b.name in out:
                 continue
-            rec = self._records.get(b.name)
-            if rec is None or rec["gout"] is None:
-                raise InvalidInputError(f"no backward pass went through layer {b.name!r} since the last step: "
-                                        "call loss.backward() (on a loss of this model's outputs) before step()")
-            if rec["calls"] > 1:
-                raise InvalidInputError(f"layer {b.name!r} was called {rec['calls']} times in one forward pass; "
-                                        "KFAC/EKFAC need one call per layer (pass layers= to exclude it)")
+            rec = self._records[b.name]
             g = rec["gout"].unsqueeze(0)
             n = g.shape[1]
             if self.loss_reduction == "mean":
@@ -386,40 +436,60 @@ class KronOptimizer(torch.optim.Optimizer):
         # SUA: B from the rule (one column of A, discarded), A over input channels
         _, bb = b.rule.kfac_factors(b.module, feat, g, torch.zeros(1, dtype=torch.long, device=g.device))
         t_out = feat.t
-        k = b.shape[0]
         if b.part == "sua_b":
             a = torch.full((1, 1, 1), float(t_out), dtype=bb.dtype, device=bb.device)
             return a, bb / n
         x = self._records_input(b)
         x = x.reshape(x.shape[0], x.shape[1], -1)
         a = torch.einsum("ncp,ndp->cd", x, x) * (t_out / x.shape[2])
-        return (a / n).expand(k, -1, -1).contiguous(), (bb / n).expand(k, -1, -1).contiguous()
+        return (a / n)[None], bb / n  # the same for all K kernel positions (expanded after eigh)
 
     def _records_input(self, b: _Block) -> torch.Tensor:
         if self.fisher == "true":  # the engine keeps patches, not raw inputs (see _sua_inputs)
             return self._true_inputs[b.name]
         return self._records[b.name]["args"][0]
 
-    def _per_example_kfe(self, b: _Block, stats, ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
-        """``(1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` for block ``b`` (EKFAC's ``s*``; over all ranks
-        when distributed)."""
-        s = self._local_kfe(b, stats, ua, ub)
-        return self._mean_over_ranks([s.contiguous()], stats[b.name][2])[0]
+    def _kfe_second_moments(self, blocks: list[_Block], stats) -> dict[int, torch.Tensor]:
+        """EKFAC's ``s* = (1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` for each block (keyed by position in
+        ``self.blocks``; means over all ranks when distributed). Batched kernels of
+        :mod:`tangentlab.optim._fast`: one matmul per Linear layer, chunked batched matmuls per
+        convolution, the two SUA blocks of a convolution from one pass."""
+        out: dict[int, torch.Tensor] = {}
+        sua: dict[str, dict[str, int]] = {}
+        for b in blocks:
+            idx = self._index[id(b)]
+            feat, g, n = stats[b.name]
+            if b.part == "patch":
+                a = feat.a if feat.a.shape[-1] == b.shape[2] else feat.a[..., :b.shape[2]]
+                st = self._state(b)
+                out[idx] = kfe_second_moment(a, b.rule.shape_g(b.module, feat, g), st["ua"], st["ub"]) / n
+            else:
+                sua.setdefault(b.name, {})[b.part] = idx
+        for name, parts in sua.items():
+            feat, g, n = stats[name]
+            some = self.blocks[next(iter(parts.values()))]
+            wi, bi = parts.get("sua_w"), parts.get("sua_b")
+            basis = {i: (self._state(self.blocks[i])["ua"], self._state(self.blocks[i])["ub"])
+                     for i in (wi, bi) if i is not None}
+            sw, sb = sua_second_moments(feat.a, some.rule.shape_g(some.module, feat, g), self._kernel_size(some),
+                                        feat.has_bias, basis.get(wi), basis.get(bi))
+            if wi is not None:
+                out[wi] = sw / n
+            if bi is not None:
+                out[bi] = sb / n
+        if self.reducer.active:
+            n = stats[blocks[0].name][2]
+            keys = list(out)
+            for k, v in zip(keys, self._mean_over_ranks([out[k].contiguous() for k in keys], n)):
+                out[k] = v
+        return out
 
-    def _local_kfe(self, b: _Block, stats, ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
-        feat, g, n = stats[b.name]
-        if b.part == "patch":
-            cols = torch.arange(b.shape[2], device=g.device)
-            return b.rule.kfe_diag(b.module, feat, g, cols, ua, ub) / n
-        pe = b.rule.per_example(b.module, feat, g)  # (C, N, *param shape)
-        if b.part == "sua_b":
-            r = torch.einsum("cno,op->cnp", pe["bias"], ub[0])
-            return (r.pow(2).sum((0, 1)) / n)[None, :, None] * ua[0, 0, 0] ** 2
-        w = pe["weight"]
-        c, nn_, o, cin = w.shape[:4]
-        w = w.reshape(c, nn_, o, cin, -1)
-        r = torch.einsum("cnoik,op,iq->cnkpq", w, ub[0], ua[0])
-        return r.pow(2).sum((0, 1)) / n
+    @staticmethod
+    def _kernel_size(b: _Block) -> int:
+        k = 1
+        for d in b.module.kernel_size:
+            k *= d
+        return k
 
     # ---- the step ----------------------------------------------------------------------
     def _state(self, b: _Block) -> dict[str, Any]:
@@ -429,7 +499,7 @@ class KronOptimizer(torch.optim.Optimizer):
         st = self._state(b)
         a, bb = self._factors(b, stats)
         red = self.reducer
-        owner = self.blocks.index(b) % red.world_size
+        owner = self._index[id(b)] % red.world_size
         if red.rank == owner:  # distributed: one rank per block decomposes, then broadcasts
             ea, ua = torch.linalg.eigh((a + a.transpose(1, 2)) / 2)
             eb, ub = torch.linalg.eigh((bb + bb.transpose(1, 2)) / 2)
@@ -438,38 +508,37 @@ class KronOptimizer(torch.optim.Optimizer):
             eb, ub = bb.new_empty(bb.shape[:2]), torch.empty_like(bb)
         red.broadcast_(ea, ua, eb, ub, src=owner)
         ea, eb = ea.clamp_min(0), eb.clamp_min(0)
+        if b.part == "sua_w":  # one decomposition shared by the K kernel positions
+            k = b.shape[0]
+            ea, ua, eb, ub = (t.expand(k, *t.shape[1:]).contiguous() for t in (ea, ua, eb, ub))
         st.update(ua=ua, ea=ea, ub=ub, eb=eb)
+        self._den_cache.pop(self._index[id(b)], None)
         if self.scaling == "running":
             st["s"] = eb[:, :, None] * ea[:, None, :]
 
-    def _scalings(self, b: _Block, stats, grad: torch.Tensor) -> torch.Tensor:
-        """The diagonal ``s`` in the KFE for this step."""
-        st = self._state(b)
-        if self.scaling == "kfac":
-            return st["eb"][:, :, None] * st["ea"][:, None, :]
-        if self.scaling == "batch":
-            st["s"] = self._per_example_kfe(b, stats, st["ua"], st["ub"])
-            return st["s"]
-        n = stats[b.name][2] if stats else 1
-        mean_grad = grad / n if self.loss_reduction == "sum" else grad
-        if self.reducer.active:  # DDP averages the gradient over all ranks' examples
-            n = self.reducer.total(n, "examples in this step's batch", grad.device)
-        rot = st["ub"].transpose(1, 2) @ mean_grad @ st["ua"]
-        alpha = self.decay
-        st["s"] = alpha * st["s"] + (1 - alpha) * n * rot.pow(2)
-        return st["s"]
-
-    def _denominator(self, b: _Block, s: torch.Tensor, eps: float) -> torch.Tensor:
-        st = self._state(b)
-        if self.damping_scheme == "plain":
+    def _denominator(self, b: _Block, s: torch.Tensor | None, eps: float) -> torch.Tensor:
+        """The damped diagonal ``D`` in the KFE (see the module docstring). The parts fixed
+        between recomputations (KFAC's whole ``D``; the A.4 term ``ε + √ε (λ_B ⊗ 1 + 1 ⊗ λ_A)``)
+        are cached per block and ``ε``."""
+        if self.damping_scheme == "plain" and self.scaling != "kfac":
             return s + eps
-        ea, eb = st["ea"], st["eb"]
-        r = math.sqrt(eps)
-        if self.scaling == "kfac":  # Martens & Grosse's π-factored Tikhonov damping
-            pi = torch.sqrt(ea.mean(-1) / eb.mean(-1).clamp_min(torch.finfo(ea.dtype).tiny)).clamp_min(
-                torch.finfo(ea.dtype).tiny)
-            return (eb + (r / pi)[:, None])[:, :, None] * (ea + (pi * r)[:, None])[:, None, :]
-        return s + eps + r * (eb[:, :, None] + ea[:, None, :])  # appendix A.4
+        idx = self._index[id(b)]
+        hit = self._den_cache.get(idx)
+        if hit is None or hit[0] != eps:
+            st = self._state(b)
+            ea, eb = st["ea"], st["eb"]
+            r = math.sqrt(eps)
+            if self.damping_scheme == "plain":  # KFAC, (A ⊗ B + ε I)⁻¹
+                fixed = eb[:, :, None] * ea[:, None, :] + eps
+            elif self.scaling == "kfac":  # Martens & Grosse's π-factored Tikhonov damping
+                tiny = torch.finfo(ea.dtype).tiny
+                pi = torch.sqrt(ea.mean(-1) / eb.mean(-1).clamp_min(tiny)).clamp_min(tiny)
+                fixed = (eb + (r / pi)[:, None])[:, :, None] * (ea + (pi * r)[:, None])[:, None, :]
+            else:  # appendix A.4: s + ε + √ε (λ_B ⊗ 1 + 1 ⊗ λ_A)
+                fixed = r * (eb[:, :, None] + ea[:, None, :]) + eps
+            hit = (eps, fixed)
+            self._den_cache[idx] = hit
+        return hit[1] if self.scaling == "kfac" else s + hit[1]
 
     def _block_grad(self, b: _Block, group: dict[str, Any]) -> torch.Tensor | None:
         grads = {}
@@ -484,32 +553,57 @@ class KronOptimizer(torch.optim.Optimizer):
 
     def _preconditioned(self) -> dict[nn.Parameter, torch.Tensor]:
         """``{parameter: preconditioned gradient}`` for the covered parameters (advances the
-        statistics: one call per optimization step)."""
+        statistics: one call per optimization step).
+
+        Work per step: the statistics (layer features, output gradients; for ``fisher="true"``
+        the extra engine pass) are only formed when something consumes them — EKFAC's ``s*``
+        on every step, the factors on recomputation steps; KFAC and EKFAC-ra between
+        recomputations only rotate the gradient."""
         group = self.param_groups[0]
         eps = group["damping"]
         grads = {id(b.key): self._block_grad(b, group) for b in self.blocks}
         todo = [b for b in self.blocks if grads[id(b.key)] is not None]
-        if self.fisher == "true" and self.conv == "sua":
-            self._true_inputs = self._sua_inputs()
-        stats = self._statistics() if todo else {}
-        recompute = self.n_steps % self.period == 0
         out: dict[nn.Parameter, torch.Tensor] = {}
-        for b in todo:
-            st = self._state(b)
-            if recompute or "ua" not in st:
+        if todo:
+            recompute = self.n_steps % self.period == 0
+            stale = [b for b in todo if recompute or "ua" not in self._state(b)]
+            stats: dict[str, tuple[Any, torch.Tensor, int]] = {}
+            if stale or self.scaling == "batch":
+                if self.fisher == "true" and self.conv == "sua":
+                    self._true_inputs = self._sua_inputs()
+                stats = self._statistics()
+            elif self.fisher == "empirical":
+                self._check_records()
+            for b in stale:
                 self._recompute(b, stats)
-            grad = grads[id(b.key)]
-            s = self._scalings(b, stats, grad)
-            rot = st["ub"].transpose(1, 2) @ grad @ st["ua"]
-            delta = st["ub"] @ (rot / self._denominator(b, s, eps)) @ st["ua"].transpose(1, 2)
-            for k, v in b.scatter(delta).items():
-                p = b.params[k]
-                out[p] = out[p] + v if p in out else v
+            s_batch = self._kfe_second_moments(todo, stats) if self.scaling == "batch" else {}
+            n = n_all = 0
+            if self.scaling == "running":
+                n = n_all = self._batch_size()
+                if self.reducer.active:  # DDP averages the gradient over all ranks' examples
+                    n_all = self.reducer.total(n, "examples in this step's batch", todo[0].key.device)
+            for b in todo:
+                st = self._state(b)
+                ua, ub = st["ua"], st["ub"]
+                grad = grads[id(b.key)]
+                rot = torch.matmul(torch.matmul(ub.transpose(1, 2), grad), ua)  # G̃ = U_Bᵀ G U_A
+                s = None
+                if self.scaling == "batch":
+                    s = st["s"] = s_batch[self._index[id(b)]]
+                elif self.scaling == "running":
+                    mean_rot = rot / n if self.loss_reduction == "sum" else rot
+                    s = st["s"] = self.decay * st["s"] + (1 - self.decay) * n_all * mean_rot.square()
+                delta = torch.matmul(torch.matmul(ub, rot / self._denominator(b, s, eps)), ua.transpose(1, 2))
+                for k, v in b.scatter(delta).items():
+                    p = b.params[k]
+                    out[p] = out[p] + v if p in out else v
         for rec in self._records.values():
             rec["gout"] = None
         self.n_steps += 1
-        for b in todo:
-            self._state(b)["step"] = torch.tensor(float(self.n_steps))
+        if todo:
+            step = torch.tensor(float(self.n_steps))
+            for b in todo:
+                self._state(b)["step"] = step
         return out
 
     def _sua_inputs(self) -> dict[str, torch.Tensor]:
@@ -540,21 +634,31 @@ class KronOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """One step ``θ ← θ − η Δ`` (with momentum when set) on the covered parameters, and one
-        step of the fallback optimizer on the others. ``closure`` re-evaluates the loss
-        (forward and backward) first."""
+        """One step ``θ ← θ − η Δ`` (with momentum ``μ`` when set: ``m ← μ m + Δ``,
+        ``θ ← θ − η m``) on the covered parameters, and one step of the fallback optimizer on
+        the others. ``closure`` re-evaluates the loss (forward and backward) first."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         group = self.param_groups[0]
-        for p, d in self._preconditioned().items():
-            if group["momentum"]:
+        pre = self._preconditioned()
+        params, deltas = list(pre), list(pre.values())
+        if params and group["momentum"]:
+            bufs, fresh = [], []
+            for p, d in zip(params, deltas):
                 st = self.state[p]
-                buf = st.get("momentum_buffer")
-                st["momentum_buffer"] = d.clone() if buf is None else buf.mul_(group["momentum"]).add_(d)
-                d = st["momentum_buffer"]
-            p.add_(d, alpha=-group["lr"])
+                if st.get("momentum_buffer") is None:
+                    st["momentum_buffer"] = d.clone()
+                    fresh.append(p)
+                else:
+                    bufs.append((st["momentum_buffer"], d))
+            if bufs:
+                torch._foreach_mul_([m for m, _ in bufs], group["momentum"])
+                torch._foreach_add_([m for m, _ in bufs], [d for _, d in bufs])
+            deltas = [self.state[p]["momentum_buffer"] for p in params]
+        if params:
+            torch._foreach_add_(params, deltas, alpha=-group["lr"])
         if self.fallback is not None:
             self.fallback.step()
         return loss
@@ -580,6 +684,7 @@ class KronOptimizer(torch.optim.Optimizer):
         if (fb is None) != (self.fallback is None):
             raise InvalidInputError("the state dict and this optimizer disagree on having a fallback optimizer")
         super().load_state_dict(sd)
+        self._den_cache.clear()
         self.n_steps = int(n_steps)
         if fb is not None and self.fallback is not None:
             self.fallback.load_state_dict(fb)

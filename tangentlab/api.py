@@ -54,7 +54,7 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
         variance: float | None = None, centering: bool = False, batch_size: int | None = None,
         route: str = "auto", registry: LayerRegistry | None = None, seed: int = 0,
         memory_budget: Any = None, progress: bool | None = None, mixed: dict | None = None,
-        distributed: Any = None) -> PMat:
+        distributed: Any = None, precision: Any = None) -> PMat:
     """Fisher information matrix (or GGN / empirical Fisher) of ``model`` on ``data``.
 
     ``F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ`` where the pseudo-outputs ``s_c``
@@ -80,10 +80,15 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
     ``distributed=True`` (or a process group): ``data`` is this rank's shard; the sums
     are all-reduced so every rank gets the Fisher of the union of the shards
     (see :mod:`tangentlab.distributed`).
+
+    ``precision``: mixed-precision policy, e.g. ``"bf16"`` (bf16 Jacobians, float32
+    sums), ``"model/fp64"`` (float64 products and sums for a float32 model); see
+    :mod:`tangentlab.engine.precision` and ``benchmarks/PRECISION.md`` for the errors.
     """
     output = _fisher_output(kind, n_samples, loss, variance)
     engine = Engine(model, output, params, registry=registry, route=route, seed=seed,
-                    memory_budget=memory_budget, progress=progress, distributed=distributed)
+                    memory_budget=memory_budget, progress=progress, distributed=distributed,
+                    precision=precision)
     cls = resolve(representation)
     if mixed is not None:
         if cls.__name__ != "PMatMixed":
@@ -95,7 +100,8 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
 def ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: Any = "raw",
         params: Selector | ParamSpace = None, per_layer: bool = False, centering: bool = False,
         batch_size: int | None = None, route: str = "auto", registry: LayerRegistry | None = None,
-        seed: int = 0, memory_budget: Any = None, progress: bool | None = None) -> FMatDense:
+        seed: int = 0, memory_budget: Any = None, progress: bool | None = None,
+        precision: Any = None) -> FMatDense:
     """Empirical neural tangent kernel ``K[n, m, c, d] = ⟨∂f_c(x_n)/∂θ, ∂f_d(x'_m)/∂θ⟩``.
 
     ``x2=None`` gives the kernel of ``x1`` with itself (each off-diagonal block
@@ -104,9 +110,10 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: Any = "raw",
     such as a class difference ``lambda m, b: m(b[0])[:, 1] - m(b[0])[:, 0]``.
     ``per_layer=True`` also returns each layer's contribution (``K.layer(name)``);
     ``centering=True`` centers the tangent features by their mean over ``x1``.
+    ``precision``: mixed-precision policy (as in :func:`fim`).
     """
     engine = Engine(model, make_output(output), params, registry=registry, route=route, seed=seed,
-                    memory_budget=memory_budget, progress=progress)
+                    memory_budget=memory_budget, progress=progress, precision=precision)
     b2 = None if x2 is None else Batches(x2, batch_size)
     return build_ntk(engine, Batches(x1, batch_size), b2, per_layer=per_layer, centering=centering)
 
@@ -114,14 +121,14 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: Any = "raw",
 def jacobian(model: nn.Module, data: Any, *, output: Any = "raw", params: Selector | ParamSpace = None,
              implicit: bool = False, batch_size: int | None = None, route: str = "auto",
              registry: LayerRegistry | None = None, seed: int = 0, memory_budget: Any = None,
-             progress: bool | None = None) -> PushForwardDense | PushForwardImplicit:
+             progress: bool | None = None, precision: Any = None) -> PushForwardDense | PushForwardImplicit:
     """The Jacobian ``J`` of the outputs on ``data`` as a map ``PVector → FVector``.
 
     Dense: ``J`` stored as ``(N, C, P)``; ``implicit=True``: forward-mode products,
-    nothing stored. ``J.T`` is the pull-back ``Jᵀ``.
+    nothing stored. ``J.T`` is the pull-back ``Jᵀ``. ``precision`` as in :func:`fim`.
     """
     engine = Engine(model, make_output(output), params, registry=registry, route=route, seed=seed,
-                    memory_budget=memory_budget, progress=progress)
+                    memory_budget=memory_budget, progress=progress, precision=precision)
     b = Batches(data, batch_size)
     if implicit:
         return PushForwardImplicit(engine, b)

@@ -38,6 +38,7 @@ from ..outputs import Aux, OutputFunction, make_output
 from ..progress import progress
 from ..space import Layer, ParamSpace, Selector
 from .plan import RoutePlan, check_coupling, check_params, make_plan
+from .precision import Precision
 
 ROUTES = ("auto", "generic", "joint")
 
@@ -133,12 +134,17 @@ class Engine:
         ``torch.distributed`` process group) or a process group: each rank passes its
         own shard of the data and the accumulated sums are all-reduced
         (:mod:`tangentlab.distributed`). A ``DistributedDataParallel`` model is unwrapped.
+    precision: mixed-precision policy (:class:`~tangentlab.engine.precision.Precision`):
+        e.g. ``"bf16"`` (bf16 Jacobians under autocast, float32 accumulation),
+        ``"bf16/fp64"``, ``"model/fp64"`` (float32 passes, float64 products and sums) or
+        ``"tf32"`` (CUDA). ``engine.dtype`` is the accumulation dtype, ``engine.model_dtype``
+        the parameters' (inputs must have it).
     """
 
     def __init__(self, model: nn.Module, output: OutputFunction | str | Any = "raw",
                  params: Selector | ParamSpace = None, *, registry: LayerRegistry | None = None,
                  route: str = "auto", seed: int = 0, memory_budget: Any = None,
-                 progress: bool | None = None, distributed: Any = None):
+                 progress: bool | None = None, distributed: Any = None, precision: Any = None):
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
         model = unwrap(model)
@@ -149,7 +155,10 @@ class Engine:
         self.output = make_output(output)
         self.space = params if isinstance(params, ParamSpace) else ParamSpace.from_model(model, params)
         self.params = self.space.check_model(model)
-        self.dtype, self.device = check_params(self.params)
+        self.model_dtype, self.device = check_params(self.params)
+        self.precision = Precision.resolve(precision, self.model_dtype, self.device)
+        #: dtype of the captured features after the capture, of all products and of the results
+        self.dtype = self.precision.accumulate_dtype(self.model_dtype)
         self.registry = registry or LayerRegistry.default()
         self.route = route
         self.seed = int(seed)
@@ -158,11 +167,18 @@ class Engine:
         self._plan: RoutePlan | None = None
         self._wrapper = _FnModule(model, self.output)
 
+    def with_space(self, space: ParamSpace) -> Engine:
+        """The same engine (model, output, route, seed, budget, reduction, precision) on
+        another parameter selection ``space``."""
+        return Engine(self.model, self.output, space, registry=self.registry, route=self.route, seed=self.seed,
+                      memory_budget=self.budget, progress=self.show_progress, distributed=self.reducer,
+                      precision=self.precision)
+
     # ---- data ------------------------------------------------------------------
     def batches(self, data: Any, desc: str = "batches") -> Iterator[tuple[int, Batch]]:
         src = data if isinstance(data, Batches) else Batches(data)
         for i, b in enumerate(progress(src, desc, self.show_progress)):
-            yield i, to_device(b, self.device, self.dtype, i)
+            yield i, to_device(b, self.device, self.model_dtype, i)
 
     def captures(self, data: Any, desc: str = "tangent features") -> Iterator[Capture]:
         for i, b in self.batches(data, desc):
@@ -272,17 +288,24 @@ class Engine:
             raise InvalidInputError(
                 f"the {self.output.name} needs targets: batch {index} has no element 1 (y)"
             )
-        if plan.hooked:
-            s, aux, layers = self._hook_pass(plan, batch, index)
-        else:
-            z, aux = self.prepare(batch, index)
-            with torch.no_grad():
-                s = self.output.head(z, aux, batch)
-            self.check_outputs(s, n, index)
-            layers = []
-        cap = Capture(index, n, s.shape[1], s.detach(), layers)
-        if plan.generic:
-            cap.generic = self._generic_pass(plan, batch, aux)
+        prec = self.precision
+        with prec.context(self.device):
+            if plan.hooked:
+                s, aux, layers = self._hook_pass(plan, batch, index)
+            else:
+                z, aux = self.prepare(batch, index)
+                with torch.no_grad():
+                    s = self.output.head(z, aux, batch)
+                self.check_outputs(s, n, index)
+                layers = []
+            cap = Capture(index, n, s.shape[1], s.detach(), layers)
+            if plan.generic:
+                cap.generic = self._generic_pass(plan, batch, aux)
+        if not prec.is_default:  # rounded to the compute dtype, then in the accumulation dtype
+            cap.outputs = prec.cast(cap.outputs, self.dtype)
+            for lay in cap.layers:
+                lay.feat, lay.g = prec.cast(lay.feat, self.dtype), prec.cast(lay.g, self.dtype)
+            cap.generic = prec.cast(cap.generic, self.dtype)
         return cap
 
     def _hook_pass(self, plan: RoutePlan, batch: Batch, index: int):

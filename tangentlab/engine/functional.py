@@ -9,6 +9,7 @@ the fused attention kernels), ``J v`` falls back to the double-VJP identity
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,7 +62,14 @@ def jvp(engine: Engine, batch: Batch, index: int,
         return engine.functional_outputs({**fixed, **p}, batch, index)
 
     primals = {n: engine.params[n].detach() for n in names}
-    tang = {n: tangents[n].detach().to(engine.dtype) for n in names}
+    tang = {n: tangents[n].detach().to(engine.model_dtype) for n in names}
+    with engine.precision.context(engine.device):
+        jv = _jvp(engine, batch, index, f, names, primals, tang, n_ex)
+    return engine.precision.cast(jv, engine.dtype)
+
+
+def _jvp(engine: Engine, batch: Batch, index: int, f: Any, names: list[str], primals: dict[str, torch.Tensor],
+         tang: dict[str, torch.Tensor], n_ex: int) -> torch.Tensor:
     pad_rows, pad_shared = _padding_rows(engine)
     with math_attention():
         # joint mode mutates buffers (BatchNorm in train mode): plain autograd only
@@ -101,7 +109,7 @@ def vjp(engine: Engine, batch: Batch, index: int, cotangent: torch.Tensor) -> di
     """``Jᵀ u = Σ_{n,c} u[n, c] φ_c(x_n)`` for one batch: ``{name: tensor}``."""
     engine.validate(batch, index)
     names, fixed = _split(engine)
-    with math_attention(), torch.enable_grad():
+    with math_attention(), torch.enable_grad(), engine.precision.context(engine.device):
         p = {n: engine.params[n].detach().requires_grad_(True) for n in names}
         s = engine.functional_outputs({**fixed, **p}, batch, index)
         engine.check_outputs(s.detach(), batch[0].shape[0], index)
@@ -111,4 +119,5 @@ def vjp(engine: Engine, batch: Batch, index: int, cotangent: torch.Tensor) -> di
                 f"these examples, the outputs have shape {tuple(s.shape)}"
             )
         grads = torch.autograd.grad(s, list(p.values()), cotangent.to(s.dtype), allow_unused=True)
-    return {n: (g if g is not None else torch.zeros_like(p[n])).detach() for n, g in zip(names, grads)}
+    return {n: engine.precision.cast((g if g is not None else torch.zeros_like(p[n])).detach(), engine.dtype)
+            for n, g in zip(names, grads)}

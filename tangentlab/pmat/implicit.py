@@ -125,10 +125,7 @@ class PMatImplicit(PMat):
         return self._vec(out)
 
     def _select(self, sub, idx) -> PMatImplicit:
-        e = self.engine
-        engine = Engine(e.model, e.output, sub, registry=e.registry, route=e.route, seed=e.seed,
-                        memory_budget=e.budget, progress=e.show_progress, distributed=e.reducer)
-        return PMatImplicit(engine, self.examples, self.centering)
+        return PMatImplicit(self.engine.with_space(sub), self.examples, self.centering)
 
     def to_dense(self) -> torch.Tensor:
         raise self._unsupported("to_dense", "PMatDense (fim(..., representation='dense'))",

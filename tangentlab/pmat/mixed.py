@@ -198,10 +198,7 @@ def build_mixed(engine: Engine, data: Any, centering: bool = False,
             raise InvalidInputError("a part of a mixed matrix cannot itself be 'mixed'")
         keep = set(paths)
         sub = engine.space.select(lambda name: (name.rsplit(".", 1)[0] if "." in name else "") in keep)
-        sub_engine = Engine(engine.model, engine.output, sub, registry=engine.registry, route=engine.route,
-                            seed=engine.seed, memory_budget=engine.budget, progress=engine.show_progress,
-                            distributed=engine.reducer)
-        parts.append(BUILDERS[cls](sub_engine, batches, centering=centering))
+        parts.append(BUILDERS[cls](engine.with_space(sub), batches, centering=centering))
     order = {lay.module: i for i, lay in enumerate(engine.space.layers)}
     parts.sort(key=lambda p: order[p.space.layers[0].module])
     return PMatMixed(engine.space, parts, engine.budget)

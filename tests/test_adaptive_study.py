@@ -57,10 +57,11 @@ def test_tables_and_deterministic_checks(tiny_run):
             assert len(objs) == 2 * cfg.solver_iters + 1
             assert all(b <= a + 1e-9 * objs[0] for a, b in zip(objs, objs[1:]))  # monotone
     sweep = _table(tiny_run, "sweep")
-    assert {r["model"] for r in sweep} == set(at.SWEEP_MODELS)
+    assert {(r["arch"], r["model"]) for r in sweep} == {(a, m) for a in at.SWEEP_ARCHS for m in at.SWEEP_MODELS}
     assert all(0 <= float(r["value"]) <= 1 for r in sweep if r["metric"] == "test_error")
     html = (tiny_run / "report.html").read_text()
     assert "Theorem 1" in html and "Fig. 2 penalty values" in html
+    assert "CNN on digits" in html and "fig4_sweep.png" in html and "best test error over seeds" in html
 
 
 def test_resume_after_failure(tmp_path, monkeypatch):
@@ -98,6 +99,11 @@ def test_resume_after_failure(tmp_path, monkeypatch):
     (["parts=bogus"], "parts"),
     (["solver_penalty=cube"], "solver_penalty"),
     (["quadrature=simpson"], "quadrature"),
+    (["sweep_arch=rnn"], "sweep_arch"),
+    (["sweep_channels=4,8,16,32"], "sweep_channels"),  # 4 pooling blocks do not fit 8×8 digits
+    (["sweep_conv_factors=cp"], "sweep_conv_factors"),
+    (["sweep_dataset=cifar10"], "data_dir"),
+    (["sweep_dataset=imagenet"], "sweep_dataset"),
 ])
 def test_config_errors(sets, field):
     with pytest.raises(ConfigError) as e:
@@ -113,6 +119,24 @@ def test_gpu_and_file_presets_refused_on_cpu(monkeypatch):
     with pytest.raises(ConfigError) as e:
         build_config(at.AdaptiveTangentConfig, preset="mnist")
     assert e.value.field == "data_dir"
+    with pytest.raises(ConfigError) as e:
+        build_config(at.AdaptiveTangentConfig, preset="fig4_cifar")
+    assert e.value.field in ("device", "data_dir")
+
+
+def test_cnn_sweep_end_to_end_matrix_factors(tmp_path):
+    """A short sweep of the digits CNN with the matricized conv factorization: one row per
+    (n, seed, model), finite errors, and the report's sweep table and figure."""
+    out = tmp_path / "cnn"
+    run_study("adaptive-tangent", out=str(out), sets=[
+        "progress=off", "parts=training", "sweep_arch=cnn", "sweep_conv_factors=matrix", "sweep_channels=3,4",
+        "sweep_width=8", "sweep_n=20,40", "sweep_seeds=1", "sweep_epochs=2", "sweep_patience=2", "sweep_test=60"])
+    rows = [r for r in _table(out, "sweep") if r["metric"] == "test_error"]
+    assert sorted((int(r["n_train"]), r["model"]) for r in rows) == sorted(
+        (n, m) for n in (20, 40) for m in at.SWEEP_MODELS)
+    assert all(r["arch"] == "cnn" and 0 <= float(r["value"]) <= 1 for r in rows)
+    html = (out / "report.html").read_text()
+    assert "matricization" in html and (out / "figures" / "fig4_sweep.png").is_file()
 
 
 def test_factorized_model_is_f0_plus_j0_delta():
@@ -136,12 +160,126 @@ def test_factorized_model_is_f0_plus_j0_delta():
             else:
                 p.add_(fac.M2[key].T @ fac.b[key])
     assert torch.allclose(fac(x), lin(x), atol=1e-12)
-    # gradients reach the factors
+    # gradients reach the factors, and only them
     fac(x).sum().backward()
-    assert all(p.grad is not None for p in fac.parameters() if p.requires_grad)
-    assert not any(p.requires_grad for p in fac.lin.parameters())
+    assert all(p.grad is not None for p in fac.parameters())
+    assert {n.split(".")[0] for n, _ in fac.named_parameters()} == {"M1", "M2", "W", "b"}
     with pytest.raises(TypeError):
         at.Factorized(nn.Sequential(nn.Conv1d(1, 1, 3)))
+
+
+# ---- the factorized CNN (Fig. 4's CIFAR-10 model, conv kernels factorized) ---------------------
+def _tiny_cnn(bias=True):
+    return at.he_cnn(2, 4, (3,), (4,), 2, seed=3, bias=bias, dtype=torch.float64)
+
+
+def _oracle_delta(fac, name, key, pname, shape):
+    """δ from the Kronecker form: fan-in matricization (row i·S + s) δ_mat = (M1 ⊗ Ms) W_mat M2."""
+    if pname == "bias":
+        return fac.M2[key].T @ fac.b[key]
+    if len(shape) == 2:
+        return (fac.M1[key] @ fac.W[key] @ fac.M2[key]).T
+    O, I, kh, kw = shape
+    if key in fac.Ms:
+        W_mat = fac.W[key].permute(1, 0, 2).reshape(I * kh * kw, O)  # (S, I, O) -> rows i·S + s
+        left = torch.kron(fac.M1[key], fac.Ms[key])
+    else:
+        W_mat, left = fac.W[key], fac.M1[key]
+    return (left @ W_mat @ fac.M2[key]).T.reshape(shape)
+
+
+def _perturb(module, scale=0.3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("mode", ["tucker", "matrix"])
+def test_factorized_cnn_shapes_and_start(mode):
+    net = _tiny_cnn()
+    fac = at.Factorized(net, mode)
+    conv = net[0]
+    key = "0"
+    if mode == "tucker":
+        assert fac.Ms[key].shape == (9, 9) and fac.M1[key].shape == (2, 2) and fac.W[key].shape == (9, 2, 3)
+    else:
+        assert key not in fac.Ms and fac.M1[key].shape == (18, 18) and fac.W[key].shape == (18, 3)
+    assert fac.M2[key].shape == (3, 3) and fac.b[key].shape == (3,)
+    assert all(torch.equal(d, torch.zeros_like(d)) for d in fac.deltas().values())
+    assert fac.deltas()["0.weight"].shape == conv.weight.shape
+    x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    assert torch.equal(fac(x), net(x))  # M = I, W = 0, b = 0: exactly f0
+    # the first gradient step: the factors get no gradient and ∂L/∂W, ∂L/∂b are the standard network's
+    R = torch.randn(5, 2, dtype=torch.float64)
+    (fac(x) * R).sum().backward()
+    (net(x) * R).sum().backward()
+    for name, k, pname in fac._plan:
+        g_net = dict(net.named_parameters())[name].grad
+        if pname == "bias":
+            assert torch.allclose(fac.b[k].grad, g_net, atol=1e-12)
+            continue
+        if k in fac.Ms:
+            gw = fac.W[k].grad.permute(2, 1, 0).reshape(g_net.shape)
+        else:
+            gw = fac.W[k].grad.T.reshape(g_net.shape)
+        assert torch.allclose(gw, g_net, atol=1e-12), name
+    for group in (fac.M1, fac.M2, fac.Ms):
+        assert all(float(p.grad.abs().max()) == 0.0 for p in group.values())
+
+
+@pytest.mark.parametrize("mode", ["tucker", "matrix"])
+def test_factorized_cnn_is_first_order_expansion(mode):
+    """f0 + J0 δ with δ = (M1 ⊗ Ms) W M2: against the linearized model at θ0 + δ, the explicit
+    Jacobian (reverse mode) and central finite differences of the standard network (float64)."""
+    from torch.func import functional_call, jacrev
+
+    from tangentlab.linearize import Linearized
+
+    net = _tiny_cnn()
+    fac = at.Factorized(net, mode)
+    _perturb(fac, 0.3, seed=1)
+    x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    params = dict(net.named_parameters())
+    delta = {name: _oracle_delta(fac, name, key, pname, params[name].shape).detach()
+             for name, key, pname in fac._plan}
+    for name, d in fac.deltas().items():
+        assert torch.allclose(d, delta[name], atol=1e-13), name
+    out = fac(x)
+    lin = Linearized(net)
+    with torch.no_grad():
+        for name, p in lin.theta().items():
+            p.add_(delta[name])
+    assert torch.allclose(out, lin(x), atol=1e-12)
+    theta0 = {n: p.detach() for n, p in params.items()}
+    J = jacrev(lambda th: functional_call(net, th, (x,)))(theta0)
+    f0 = net(x)
+    jd = sum((J[n].reshape(*f0.shape, -1) @ delta[n].reshape(-1)) for n in theta0)
+    assert torch.allclose(out, f0 + jd, atol=1e-12)
+    eps = 1e-5
+
+    def f_at(sign):
+        return functional_call(net, {n: theta0[n] + sign * eps * delta[n] for n in theta0}, (x,))
+
+    fd = (f_at(1.0) - f_at(-1.0)) / (2 * eps)
+    assert torch.allclose(out - f0, fd, atol=1e-7 * float(fd.abs().max()) + 1e-9)
+
+
+@pytest.mark.parametrize("mode", ["tucker", "matrix"])
+def test_factorized_cnn_gradients_match_finite_differences(mode):
+    from torch.func import functional_call
+
+    net = at.he_cnn(1, 2, (2,), (2,), 2, seed=0, bias=True, dtype=torch.float64)
+    fac = at.Factorized(net, mode)
+    _perturb(fac, 0.2, seed=2)
+    x = torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    names = [n for n, _ in fac.named_parameters()]
+    values = tuple(p.detach().clone().requires_grad_(True) for _, p in fac.named_parameters())
+
+    def f(*vals):
+        return functional_call(fac, dict(zip(names, vals)), (x,))
+
+    assert torch.autograd.gradcheck(f, values, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def test_targets_on_digits_match_the_digest():
@@ -181,6 +319,26 @@ def _write_idx(path, arr):
     a = np.ascontiguousarray(arr, dtype=np.uint8)
     with open(path, "wb") as fh:
         fh.write(bytes([0, 0, 0x08, a.ndim]) + b"".join(struct.pack(">i", s) for s in a.shape) + a.tobytes())
+
+
+def test_cifar10_files_path(tmp_path):
+    """The fig4_cifar preset's data path (CNN on 3×32×32 images) on small synthetic CIFAR-10 batches."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", 12) for i in range(1, 6)] + [("test_batch", 30)]:
+        with open(tmp_path / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"labels": list(np.arange(n) % 10)}, fh)
+    out = tmp_path / "run"
+    run_study("adaptive-tangent", out=str(out), report=False, sets=[
+        "progress=off", "parts=training", "sweep_dataset=cifar10", f"data_dir={tmp_path}", "sweep_arch=cnn",
+        "sweep_channels=2,2,2,2", "sweep_width=4", "sweep_n=20", "sweep_seeds=1", "sweep_epochs=1",
+        "sweep_test=30", "sweep_models=standard,adaptive"])
+    assert {(r["dataset"], r["arch"], r["model"]) for r in _table(out, "sweep")} == {
+        ("cifar10", "cnn", "standard"), ("cifar10", "cnn", "adaptive")}
 
 
 def test_mnist_files_path(tmp_path):

@@ -27,9 +27,14 @@ Parts (``parts``):
   alignment, norm and diagonal.
 * ``training`` — fixed vs adaptive vs standard networks (the preprint's Fig. 4): a
   linearized ``f0 + J0δ`` (:class:`tangentlab.linearize.Linearized`), a factorized
-  ``δ_ℓ = M1_ℓ W_ℓ M2_ℓ`` (``M = I``, ``W = 0`` at start; bias deviation ``M2ᵀb``) and the
-  standard network, trained with cross-entropy, early stopping on test accuracy (as the
-  repo), over ``sweep_n`` training sizes and ``sweep_seeds`` seeds.
+  ``δ_ℓ = M1_ℓ W_ℓ M2_ℓ`` (``M = I``, ``W = 0`` at start; bias deviation ``M2ᵀb``; conv
+  kernels factorized along their spatial, input- and output-channel modes or on their
+  ``(c_in·kh·kw) × c_out`` matricization, ``sweep_conv_factors``; see
+  :mod:`tangentlab.analysis.adaptive_factorized`) and the standard network, trained with
+  cross-entropy, early stopping on test accuracy (as the repo), over ``sweep_n`` training
+  sizes and ``sweep_seeds`` seeds, for each architecture of ``sweep_arch``: the MLP and/or
+  the CNN (``sweep_channels`` blocks [conv 3×3, ReLU, avg-pool 2×2], then a dense head;
+  8×8 digits on CPU by default, the repo's CIFAR-10 CNN with the ``fig4_cifar`` preset).
 
 Tables (tidy, appended as each unit finishes; a killed run resumes at the next unit):
 ``penalties``, ``checks``, ``alignment``, ``quadrature``, ``diagonal``, ``kernel_maps``,
@@ -51,6 +56,7 @@ from torch import nn
 
 from ..analysis import adaptive as ad
 from ..analysis import adaptive_features as af
+from ..analysis.adaptive_factorized import CONV_MODES, Factorized
 from ..analysis.kernels import cka, kernel_alignment
 from ..api import ntk
 from .config import Preset, StudyConfig, option
@@ -88,12 +94,15 @@ COLS = {
     "solver_metrics": (["family", "target", "metric", "value"], ["family", "target", "metric"]),
     "solver_spectrum": (["family", "target", "layer", "method", "index", "value"],
                         ["family", "target", "layer", "method", "index"]),
-    "sweep": (["dataset", "n_train", "seed", "model", "metric", "value"],
-              ["dataset", "n_train", "seed", "model", "metric"]),
+    "sweep": (["dataset", "arch", "n_train", "seed", "model", "metric", "value"],
+              ["dataset", "arch", "n_train", "seed", "model", "metric"]),
 }
 
 ALIGN_DATASETS = ("digits", "mnist")
-SWEEP_DATASETS = ("digits", "mnist")
+SWEEP_DATASETS = ("digits", "mnist", "cifar10")
+SWEEP_ARCHS = ("mlp", "cnn")
+#: (channels, height = width) of the sweep datasets' images.
+SWEEP_IMAGES = {"digits": (1, 8), "mnist": (1, 28), "cifar10": (3, 32)}
 
 
 @dataclass
@@ -105,7 +114,7 @@ class AdaptiveTangentConfig(StudyConfig):
             "n_points": 40, "width": 16, "seeds": 1, "train_steps": 300, "quadrature_points": 6,
             "quadrature_check": (3, 6), "map_size": 8, "solver_iters": 3, "theory_restarts": 1,
             "sweep_n": (30,), "sweep_seeds": 1, "sweep_width": 16, "sweep_epochs": 3, "sweep_patience": 2,
-            "sweep_test": 100}),
+            "sweep_test": 100, "sweep_channels": (4, 8)}),
         "mnist": Preset("Figs. 1 and 3 at the paper's scale: MNIST 2 vs 3, N = 500, 784-128-128-1 (needs data_dir)", {
             "dataset": "mnist", "n_points": 500, "seeds": 4, "train_steps": 6000, "quadrature_points": 50,
             "normalization": "l2", "parts": ("penalties", "theory", "alignment", "solver")}),
@@ -115,7 +124,16 @@ class AdaptiveTangentConfig(StudyConfig):
                            "sweep_bias": True, "sweep_lr": 0.01, "sweep_optimizer": "sgd", "sweep_batch": 50,
                            "sweep_n": (125, 250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 60000),
                            "sweep_seeds": 10, "sweep_epochs": 1000, "sweep_patience": 20, "sweep_test": 10000,
-                           "device": "cuda"}, needs_gpu=True),
+                           "sweep_arch": ("mlp",), "device": "cuda"}, needs_gpu=True),
+        "fig4_cifar": Preset("the preprint's Fig. 4 on CIFAR-10: the repo's CNN (4 × [conv 3×3, ReLU, avg-pool], "
+                             "16-128 channels, dense 128-128-10), factorized conv kernels, Adam lr 1e-3, n ≤ 50000, "
+                             "10 seeds (GPU, needs data_dir with the CIFAR-10 python batches)", {
+                                 "parts": ("training",), "sweep_dataset": "cifar10", "sweep_arch": ("cnn",),
+                                 "sweep_channels": (16, 32, 64, 128), "sweep_depth": 3, "sweep_width": 128,
+                                 "sweep_bias": True, "sweep_lr": 1e-3, "sweep_optimizer": "adam", "sweep_batch": 50,
+                                 "sweep_n": (125, 250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 50000),
+                                 "sweep_seeds": 10, "sweep_epochs": 1000, "sweep_patience": 20, "sweep_test": 10000,
+                                 "device": "cuda"}, needs_gpu=True),
     }
 
     threads: int = option(1, "torch intra-op threads (default 1: these matrices are small, and several threads "
@@ -148,13 +166,22 @@ class AdaptiveTangentConfig(StudyConfig):
     solver_scale: float = option(1.0, "λ in λΩ (not in the paper; 1 reproduces it)", min=1e-12)
     theory_restarts: int = option(3, "restarts of the direct L-BFGS cross-checks", min=1)
     # training sweep (Fig. 4)
-    sweep_dataset: str = option("digits", "data of the sweep (10 classes)", choices=SWEEP_DATASETS)
+    sweep_dataset: str = option("digits", "data of the sweep (10 classes; pixels /16 for digits, /255 otherwise)",
+                                choices=SWEEP_DATASETS)
+    sweep_arch: tuple[str, ...] = option(SWEEP_ARCHS, "networks of the sweep: mlp (sweep_depth Linear layers) and/or "
+                                         "cnn (conv blocks of sweep_channels, then sweep_depth Linear layers)",
+                                         choices=SWEEP_ARCHS)
+    sweep_channels: tuple[int, ...] = option((16, 32), "cnn: output channels of the [conv 3×3, ReLU, avg-pool 2×2] "
+                                             "blocks (the repo's CIFAR-10 net: 16,32,64,128)", min=1)
+    sweep_conv_factors: str = option("tucker", "cnn: factorization of the conv kernels in the adaptive model: tucker "
+                                     "(the repo's spatial, in- and out-channel factors) or matrix (M1 W M2 on the "
+                                     "(c_in·kh·kw) × c_out matricization)", choices=CONV_MODES)
     sweep_n: tuple[int, ...] = option((50, 100, 200, 400), "training-set sizes", min=10)
     sweep_seeds: int = option(2, "seeds per size", min=1)
     sweep_models: tuple[str, ...] = option(SWEEP_MODELS, "models compared", choices=SWEEP_MODELS)
-    sweep_depth: int = option(3, "Linear layers of the sweep MLP", min=2)
-    sweep_width: int = option(128, "hidden width of the sweep MLP", min=1)
-    sweep_bias: bool = option(False, "biases in the sweep MLP")
+    sweep_depth: int = option(3, "Linear layers of the sweep MLP (and of the CNN's dense head)", min=2)
+    sweep_width: int = option(128, "hidden width of the sweep MLP (and of the CNN's dense head)", min=1)
+    sweep_bias: bool = option(False, "biases in the sweep networks")
     sweep_optimizer: str = option("sgd", "optimizer of the sweep", choices=("sgd", "adam"))
     sweep_lr: float = option(0.05, "learning rate of the sweep", min=0.0)
     sweep_batch: int = option(0, "minibatch size (0: 25 when n ≤ 125, else 50, as the repo)", min=0)
@@ -176,8 +203,18 @@ class AdaptiveTangentConfig(StudyConfig):
             raise self.error("parts", "the solver part uses the alignment part's targets and networks",
                              "add 'alignment' to parts")
         if "training" in self.parts:
+            if "cnn" in self.sweep_arch:
+                size = SWEEP_IMAGES[self.sweep_dataset][1]
+                if size >> len(self.sweep_channels) < 1:
+                    raise self.error("sweep_channels", f"{len(self.sweep_channels)} conv/pool blocks do not fit "
+                                     f"{size}×{size} {self.sweep_dataset} images",
+                                     f"at most {size.bit_length() - 1} channel counts")
             if self.sweep_dataset == "mnist":
                 _check_mnist(self.data_dir, "sweep_dataset")
+            elif self.sweep_dataset == "cifar10":
+                from .data import check_dataset
+
+                check_dataset("cifar10", "image", self.data_dir, "sweep_dataset")
             else:
                 pool = 1797 - self.sweep_test
                 if pool < 10:
@@ -299,58 +336,36 @@ def block_average(K: torch.Tensor, size: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# the factorized (adaptive) model of the preprint's Fig. 4
+# the models of the preprint's Fig. 4 (the factorized model: analysis.adaptive_factorized)
 # ---------------------------------------------------------------------------------------------
-class Factorized(nn.Module):
-    """``f(x) = f0(x) + J0(x) δ`` with ``δ_ℓ = M1_ℓ W_ℓ M2_ℓ`` for each Linear weight
-    (``W_ℓ``: fan-in × fan-out, so the torch weight deviation is ``(M1 W M2)ᵀ``) and bias
-    deviation ``M2_ℓᵀ b_ℓ``; ``M = I``, ``W = 0``, ``b = 0`` at start. The linear model is
-    :class:`tangentlab.linearize.Linearized` evaluated at ``θ0 + δ`` (one JVP per call)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        from ..linearize import Linearized
-
-        self.lin = Linearized(model)
-        for p in self.lin.parameters():
-            p.requires_grad_(False)
-        self._names = list(self.lin.theta())
-        mods = dict(model.named_modules())
-        self.M1, self.M2, self.W, self.b = nn.ParameterDict(), nn.ParameterDict(), nn.ParameterDict(), \
-            nn.ParameterDict()
-        self._plan: list[tuple[str, str, str]] = []
-        for i, name in enumerate(self._names):
-            mod_name, _, pname = name.rpartition(".")
-            mod = mods[mod_name]
-            if not isinstance(mod, nn.Linear):
-                raise TypeError(f"Factorized supports Linear layers only, got {type(mod).__name__} at {mod_name!r}")
-            key = mod_name.replace(".", "_") or "root"
-            dtype = mod.weight.dtype
-            if key not in self.M1:
-                self.M1[key] = nn.Parameter(torch.eye(mod.in_features, dtype=dtype))
-                self.M2[key] = nn.Parameter(torch.eye(mod.out_features, dtype=dtype))
-            if pname == "weight":
-                self.W[key] = nn.Parameter(torch.zeros(mod.in_features, mod.out_features, dtype=dtype))
-            else:
-                self.b[key] = nn.Parameter(torch.zeros(mod.out_features, dtype=dtype))
-            self._plan.append((f"theta_params.{i}", key, pname))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.func import functional_call
-
-        theta0 = list(self.lin.theta0().values())
-        values = {}
-        for (pname_full, key, pname), t0 in zip(self._plan, theta0):
-            if pname == "weight":
-                delta = (self.M1[key] @ self.W[key] @ self.M2[key]).T
-            else:
-                delta = self.M2[key].T @ self.b[key]
-            values[pname_full] = t0 + delta
-        return functional_call(self.lin, values, (x,))
+def he_cnn(in_channels: int, image_size: int, channels: tuple[int, ...], hidden: tuple[int, ...], n_out: int,
+           seed: int, bias: bool = False, dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    """The Fig. 4 CNN (the authors' CIFAR-10 model, any number of blocks): ``len(channels)``
+    blocks ``Conv 3×3 (padding 1) → ReLU → AvgPool 2×2``, then ``Flatten → Linear → ReLU →
+    … → Linear(n_out)`` with the ``hidden`` widths. He-normal weights ``N(0, 2/fan_in)``
+    (``fan_in = c_in·9`` for a convolution) from a generator seeded with ``seed``; biases 0.
+    The repo's CIFAR-10 net is ``channels = (16, 32, 64, 128)``, ``hidden = (128, 128)``."""
+    if image_size >> len(channels) < 1:
+        raise ValueError(f"{len(channels)} pooling blocks do not fit {image_size}×{image_size} images")
+    gen = torch.Generator().manual_seed(int(seed))
+    layers: list[nn.Module] = []
+    c, size = in_channels, image_size
+    for co in channels:
+        conv = nn.Conv2d(c, co, 3, padding=1, bias=bias, dtype=dtype)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen, dtype=dtype) * math.sqrt(2.0 / (c * 9)))
+            if bias:
+                conv.bias.zero_()
+        layers += [conv, nn.ReLU(), nn.AvgPool2d(2)]
+        c, size = co, size // 2
+    head = he_mlp(c * size * size, hidden, n_out, seed + 7_777, bias, dtype)
+    return nn.Sequential(*layers, nn.Flatten(), *head)
 
 
 def sweep_data(cfg: AdaptiveTangentConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pool of training images and the fixed test set (digits /16 or MNIST /255), 10 classes."""
+    """Pool of training images and the fixed test set, 10 classes, as ``(N, C, H, W)`` float32
+    images: digits /16 (stratified held-out split of ``sweep_test``), MNIST and CIFAR-10 /255
+    (the first ``sweep_test`` test images), no other normalization (as the repo)."""
     if cfg.sweep_dataset == "digits":
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -358,15 +373,27 @@ def sweep_data(cfg: AdaptiveTangentConfig) -> tuple[torch.Tensor, torch.Tensor, 
         X, Y = load_digits(return_X_y=True)
         xtr, xte, ytr, yte = train_test_split(X / 16.0, Y, test_size=cfg.sweep_test, random_state=0, stratify=Y)
     else:
-        from .datasets import load_mnist_arrays
-
-        xtr, ytr = load_mnist_arrays(cfg.data_dir, "train")
-        xte, yte = load_mnist_arrays(cfg.data_dir, "test")
-        xtr, xte = xtr.reshape(len(xtr), -1) / 255.0, xte.reshape(len(xte), -1)[:cfg.sweep_test] / 255.0
+        if cfg.sweep_dataset == "mnist":
+            from .datasets import load_mnist_arrays as load
+        else:
+            from .datasets import load_cifar10_arrays as load
+        xtr, ytr = load(cfg.data_dir, "train")
+        xte, yte = load(cfg.data_dir, "test")
+        xtr, xte = xtr / 255.0, xte[:cfg.sweep_test] / 255.0
         yte = yte[:cfg.sweep_test]
+    c, size = SWEEP_IMAGES[cfg.sweep_dataset]
     f = torch.float32
-    return (torch.as_tensor(xtr, dtype=f), torch.as_tensor(ytr, dtype=torch.int64), torch.as_tensor(xte, dtype=f),
-            torch.as_tensor(yte, dtype=torch.int64))
+    return (torch.as_tensor(xtr, dtype=f).reshape(-1, c, size, size), torch.as_tensor(ytr, dtype=torch.int64),
+            torch.as_tensor(xte, dtype=f).reshape(-1, c, size, size), torch.as_tensor(yte, dtype=torch.int64))
+
+
+def sweep_network(cfg: AdaptiveTangentConfig, arch: str, seed: int) -> nn.Sequential:
+    """The standard network of the sweep (float32): the MLP on flattened images or the CNN."""
+    c, size = SWEEP_IMAGES[cfg.sweep_dataset]
+    hidden = (cfg.sweep_width,) * (cfg.sweep_depth - 1)
+    if arch == "mlp":
+        return nn.Sequential(nn.Flatten(), *he_mlp(c * size * size, hidden, 10, seed, cfg.sweep_bias, torch.float32))
+    return he_cnn(c, size, tuple(cfg.sweep_channels), hidden, 10, seed, cfg.sweep_bias, torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,23 +654,24 @@ class AdaptiveTangent(Study):
     def _sweep(self) -> None:
         cfg = self.config
         data = sweep_data(cfg)
-        for n in cfg.sweep_n:
-            for k in range(cfg.sweep_seeds):
-                for model in cfg.sweep_models:
-                    self._unit(f"sweep:{n}:{cfg.seed + k}:{model}", self._sweep_one, data, n, cfg.seed + k, model)
+        for arch in cfg.sweep_arch:
+            for n in cfg.sweep_n:
+                for k in range(cfg.sweep_seeds):
+                    for model in cfg.sweep_models:
+                        self._unit(f"sweep:{arch}:{n}:{cfg.seed + k}:{model}", self._sweep_one, data, arch, n,
+                                   cfg.seed + k, model)
 
-    def _sweep_one(self, data, n: int, seed: int, which: str) -> None:
+    def _sweep_one(self, data, arch: str, n: int, seed: int, which: str) -> None:
         cfg = self.config
         xtr, ytr, xte, yte = (t.to(self.dev) for t in data)
         perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))[:n].to(self.dev)
         x, y = xtr[perm], ytr[perm]
-        base = he_mlp(x.shape[1], (cfg.sweep_width,) * (cfg.sweep_depth - 1), 10, seed, cfg.sweep_bias,
-                      torch.float32).to(self.dev)
+        base = sweep_network(cfg, arch, seed).to(self.dev)
         model: nn.Module
         if which == "standard":
             model = base
         elif which == "adaptive":
-            model = Factorized(base)
+            model = Factorized(base, cfg.sweep_conv_factors)
         else:
             from ..linearize import Linearized
 
@@ -676,8 +704,8 @@ class AdaptiveTangent(Study):
                 break
         rows = [("test_error", best_err), ("best_epoch", best_epoch), ("epochs", epoch + 1),
                 ("seconds", time.perf_counter() - t0), ("last_train_loss", loss_v)]
-        self.T["sweep"].append([{"dataset": cfg.sweep_dataset, "n_train": n, "seed": seed, "model": which,
-                                 "metric": k, "value": float(v)} for k, v in rows])
+        self.T["sweep"].append([{"dataset": cfg.sweep_dataset, "arch": arch, "n_train": n, "seed": seed,
+                                 "model": which, "metric": k, "value": float(v)} for k, v in rows])
 
     # ---- report ------------------------------------------------------------------------------------
     def report(self) -> ReportContent:
@@ -870,26 +898,30 @@ def build_report(cfg: AdaptiveTangentConfig, store: Any) -> ReportContent:
                                     b > a if S[(fam, "sign", "ntk_objective")] > S[(fam, "y", "ntk_objective")]
                                     else None))
     # ---- sweep
-    if sweep:
-        errs: dict[tuple, list[float]] = defaultdict(list)
-        for r in sweep:
-            if r["metric"] == "test_error":
-                errs[(r["n_train"], r["model"])].append(r["value"])
-        ns = sorted({k[0] for k in errs})
-        mean_err = {k: _mean(v) for k, v in errs.items()}
-        if all((n, m) in mean_err for n in ns for m in ("standard", "fixed", "adaptive")):
-            std_best = all(mean_err[(n, "standard")] <= min(mean_err[(n, "fixed")], mean_err[(n, "adaptive")])
-                           for n in ns)
-            claims.append(Claim("Fig. 4 (preprint): the standard network is best",
-                                "test error NN < Adaptive < Fixed (MNIST n = 125: 0.068 < 0.140 < 0.187)",
-                                "; ".join(f"n={int(n)}: NN {mean_err[(n, 'standard')]:.3f}, adaptive "
-                                          f"{mean_err[(n, 'adaptive')]:.3f}, fixed {mean_err[(n, 'fixed')]:.3f}"
-                                          for n in ns), std_best))
-            wins = sum(mean_err[(n, "adaptive")] < mean_err[(n, "fixed")] for n in ns)
-            claims.append(Claim("Fig. 4 (preprint): adaptive beats fixed tangent features",
-                                "adaptive (factorized) < fixed (linearized) test error at small and medium n, ≈ 4–8× "
-                                "sample-complexity gain (digest S7: NOT reproduced on 8×8 digits with depth 3)",
-                                f"adaptive better at {wins}/{len(ns)} sizes", wins == len(ns)))
+    sweep_rows = _sweep_summary(sweep)
+    ref = {"mlp": "MNIST MLP n = 125: 0.068 < 0.140 < 0.187", "cnn": "CIFAR-10 CNN n = 125: 0.544 < 0.613 < 0.697"}
+    for arch in [a for a in SWEEP_ARCHS if any(r["arch"] == a for r in sweep_rows)]:
+        mean_err = {(r["n_train"], r["model"]): r["mean"] for r in sweep_rows if r["arch"] == arch}
+        ns = sorted({k[0] for k in mean_err})
+        label = {"mlp": "MLP", "cnn": "CNN"}[arch]
+        if not all((n, m) in mean_err for n in ns for m in SWEEP_MODELS):
+            continue
+        std_best = all(mean_err[(n, "standard")] <= min(mean_err[(n, "fixed")], mean_err[(n, "adaptive")])
+                       for n in ns)
+        claims.append(Claim(f"Fig. 4 (preprint, {label} on {cfg.sweep_dataset}): the standard network is best",
+                            f"test error NN < Adaptive < Fixed ({ref[arch]})",
+                            "; ".join(f"n={int(n)}: NN {mean_err[(n, 'standard')]:.3f}, adaptive "
+                                      f"{mean_err[(n, 'adaptive')]:.3f}, fixed {mean_err[(n, 'fixed')]:.3f}"
+                                      for n in ns), std_best))
+        wins = sum(mean_err[(n, "adaptive")] < mean_err[(n, "fixed")] for n in ns)
+        claims.append(Claim(f"Fig. 4 (preprint, {label} on {cfg.sweep_dataset}): adaptive beats fixed tangent "
+                            "features",
+                            "adaptive (factorized) < fixed (linearized) test error at small and medium n, ≈ 4–8× "
+                            "sample-complexity gain"
+                            + (" (digest S7: NOT reproduced on 8×8 digits with depth 3)" if arch == "mlp" else ""),
+                            f"adaptive better at {wins}/{len(ns)} sizes"
+                            + (f" (conv kernels factorized: {cfg.sweep_conv_factors})" if arch == "cnn" else ""),
+                            wins == len(ns)))
     figures = _figures(cfg, pens, maps, diag, align, quad, solver, sspec, sweep, training, A, seeds, fams)
     tables = [TableSpec("Deterministic checks", ["part", "check", "measured", "reference", "tolerance", "held"],
                         [dict(c) for c in checks], link="tables/checks.csv")]
@@ -900,16 +932,42 @@ def build_report(cfg: AdaptiveTangentConfig, store: Any) -> ReportContent:
     if smet:
         tables.append(TableSpec("Model A solver (first seed)", ["family", "target", "metric", "value"],
                                 [dict(r) for r in smet], link="tables/solver_metrics.csv"))
+    if sweep_rows:
+        tables.append(TableSpec(f"Fig. 4 sweep on {cfg.sweep_dataset}: best test error over seeds",
+                                ["arch", "n_train", "model", "mean", "std", "seeds", "mean_epochs"], sweep_rows,
+                                max_rows=None, link="tables/sweep.csv"))
     notes = ["Kernels live on the N training points (C = 1); cos is the Frobenius cosine (the paper's 'sim'), cka the "
              "alignment after centering over examples.",
              "Ktheorem1 = K0 + (s²−1)/‖β̂‖²·K_ŷ is Theorem 1's structureless adapted kernel for r = f_θ̂ − f_θ0.",
              "The solver uses r = f_θ̂ − f_θ0 of the trained network (= ŷ − f0 at interpolation) and ω = "
              f"{cfg.solver_penalty} for every factor, the last layer's M2 fixed (χ_{{1}}), λ = {cfg.solver_scale:g}.",
              "Fig. 4 is supplementary (arXiv v1/v2 and the authors' repo, not the CPAL text); early stopping selects "
-             "on "
-             "the test set, as in the repo. The CIFAR-10 CNN variant (Tucker factorization of conv kernels) is not "
-             "implemented."]
+             "on the test set, as in the repo. Fixed = f0 + J0δ; adaptive = f0 + J0δ with δ_ℓ = M1 W M2 per Linear "
+             "layer and, per Conv2d, "
+             + ("δ[s,i,o] = Ms[s,s'] M1[i,i'] W[s',i',o'] M2[o',o] (spatial, in- and out-channel factors: the "
+                "repo's Tucker-style extension)" if cfg.sweep_conv_factors == "tucker" else
+                "δ = M1 W M2 on the (c_in·kh·kw) × c_out matricization")
+             + f"; CNN: {len(cfg.sweep_channels)} blocks [conv 3×3, ReLU, avg-pool 2×2] with channels "
+             f"{', '.join(map(str, cfg.sweep_channels))}, then {cfg.sweep_depth} Linear layers (width "
+             f"{cfg.sweep_width}); the preset fig4_cifar is the repo's CIFAR-10 CNN."]
     return ReportContent(AdaptiveTangent.title, summary, claims, figures, tables, notes)
+
+
+def _sweep_summary(sweep: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds of the best test error per (arch, n, model)."""
+    errs: dict[tuple, list[float]] = defaultdict(list)
+    epochs: dict[tuple, list[float]] = defaultdict(list)
+    for r in sweep:
+        key = (r.get("arch") or "mlp", r["n_train"], r["model"])
+        if r["metric"] == "test_error":
+            errs[key].append(r["value"])
+        elif r["metric"] == "epochs":
+            epochs[key].append(r["value"])
+    order = {m: i for i, m in enumerate(SWEEP_MODELS)}
+    return [{"arch": k[0], "n_train": int(k[1]), "model": k[2], "mean": _mean(v),
+             "std": float(np.std(v)) if len(v) > 1 else math.nan, "seeds": len(v),
+             "mean_epochs": _mean(epochs.get(k, []))}
+            for k, v in sorted(errs.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 9)))]
 
 
 def _figures(cfg, pens, maps, diag, align, quad, solver, sspec, sweep, training, A, seeds, fams) -> list[FigureSpec]:
@@ -1040,23 +1098,30 @@ def _figures(cfg, pens, maps, diag, align, quad, solver, sspec, sweep, training,
                                "Left: objective after every half step (starts at the NTK value). Right: singular "
                                "values "
                                "of B̂_ℓ (solid) vs the ridgeless NTK solution's (dotted).", draw_solver, (10, 3.8)))
-    if sweep:
+    archs = [a for a in SWEEP_ARCHS if any((r.get("arch") or "mlp") == a for r in sweep)]
+    if archs:
+        rows = _sweep_summary(sweep)
+
         def draw_sweep(fig):
-            ax = fig.subplots()
-            for model in SWEEP_MODELS:
-                ns = sorted({r["n_train"] for r in sweep if r["model"] == model})
-                m = [_mean([r["value"] for r in sweep if r["model"] == model and r["n_train"] == n
-                            and r["metric"] == "test_error"]) for n in ns]
-                if ns:
-                    ax.plot(ns, m, "o-", label={"standard": "NN", "fixed": "Fixed", "adaptive": "Adaptive"}[model])
-            ax.set_xscale("log")
-            ax.set_xlabel("training examples")
-            ax.set_ylabel("test error")
-            ax.legend()
+            axes = fig.subplots(1, len(archs), squeeze=False)[0]
+            for ax, arch in zip(axes, archs):
+                for model in SWEEP_MODELS:
+                    pts = [(r["n_train"], r["mean"], r["std"]) for r in rows if r["arch"] == arch
+                           and r["model"] == model]
+                    if pts:
+                        n, m, sd = zip(*pts)
+                        ax.errorbar(n, m, yerr=[0 if v != v else v for v in sd], marker="o", capsize=2,
+                                    label={"standard": "NN", "fixed": "Fixed", "adaptive": "Adaptive"}[model])
+                ax.set_xscale("log")
+                ax.set_xlabel("training examples")
+                ax.set_ylabel("test error")
+                ax.set_title(f"{arch.upper()} on {cfg.sweep_dataset}", fontsize=9)
+                ax.legend()
 
         figs.append(FigureSpec("fig4_sweep", "Fig. 4 (preprint): fixed vs adaptive vs standard",
-                               "Best test error (early stopping on test accuracy, as the repo), mean over seeds.",
-                               draw_sweep, (6, 3.8)))
+                               "Best test error (early stopping on test accuracy, as the repo), mean ± std over seeds; "
+                               "one panel per architecture (MLP; CNN with factorized conv kernels).",
+                               draw_sweep, (5.5 * len(archs), 3.8)))
     if training:
         def draw_training(fig):
             ax = fig.subplots()

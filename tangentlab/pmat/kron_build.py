@@ -18,12 +18,18 @@ from .build import one_pass
 from .kron import KfeBlock, KronBlock, PMatEKFAC, PMatKFAC, _eigh, _rot
 
 
-def kron_layouts(cap: Capture, space: ParamSpace) -> list[tuple[LayerCapture, torch.Tensor, torch.Tensor]]:
+def kron_layouts(cap: Capture, space: ParamSpace,
+                 cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 ) -> list[tuple[LayerCapture, torch.Tensor, torch.Tensor]]:
     """Per layer of ``space``: (its capture, kept homogeneous columns, flat index (G, O, I_kept)).
 
-    Raises if a layer has no Kronecker structure (no rule defining one, or generic route).
+    The columns and index depend on the layers only: pass the same ``cache`` dict for every
+    batch of a pass and they are built once. Raises if a layer has no Kronecker structure
+    (no rule defining one, or generic route).
     """
     hooked = {lc.layer.module: lc for lc in cap.layers}
+    if cache is not None and cache and all(lay.module in cache and lay.module in hooked for lay in space.layers):
+        return [(hooked[lay.module], *cache[lay.module]) for lay in space.layers]
     out, bad = [], []
     for lay in space.layers:
         lc = hooked.get(lay.module)
@@ -47,6 +53,8 @@ def kron_layouts(cap: Capture, space: ParamSpace) -> list[tuple[LayerCapture, to
                 raise InvalidInputError(f"layer {lay.module!r}: a selected parameter shares Kronecker "
                                         "columns with an unselected one; select whole parameters")
             out.append((lc, cols.nonzero().flatten(), glob[..., cols]))
+            if cache is not None:
+                cache[lay.module] = out[-1][1:]
     if bad:
         raise UnsupportedLayerError(
             "KFAC/EKFAC are not defined for " + ", ".join(bad) + "; use representation='mixed' "
@@ -62,9 +70,10 @@ def build_kfac(engine: Engine, data: Any, centering: bool = False) -> PMatKFAC:
                                 "representation='ekfac' (exact centered s*) or 'dense'")
     sums: dict[str, list] = {}
     index: dict[str, torch.Tensor] = {}
+    layouts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def consume(cap: Capture) -> None:
-        for lc, cols, idx in kron_layouts(cap, engine.space):
+        for lc, cols, idx in kron_layouts(cap, engine.space, layouts):
             a, b = lc.rule.kfac_factors(lc.module, lc.feat, lc.g, cols)
             m = lc.layer.module
             if m in sums:
@@ -87,9 +96,10 @@ def kfe_diagonals(engine: Engine, data: Any, space: ParamSpace, blocks: list,
     with ``centering``, of the centered features (``− Σ_c (U_Bᵀ M_c U_A)²``)."""
     by_module = {b.module: b for b in blocks}
     sums: dict[str, torch.Tensor] = {}
+    layouts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def consume(cap: Capture) -> None:
-        for lc, cols, _ in kron_layouts(cap, space):
+        for lc, cols, _ in kron_layouts(cap, space, layouts):
             blk = by_module[lc.layer.module]
             s = lc.rule.kfe_diag(lc.module, lc.feat, lc.g, cols, blk.ua, blk.ub)
             sums[blk.module] = sums[blk.module] + s if blk.module in sums else s

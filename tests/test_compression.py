@@ -309,7 +309,9 @@ def test_config_errors():
              (("models=stripe,torus",), "models"), (("p_values=5,10",), "p_values"),
              (("kernel_solver=ridge",), "kernel_solver"), (("p_values=128,128",), "p_values"),
              (("cnn_dataset=mnist",), "data_dir"), (("cnn_dataset=mnist", "data_dir=/nonexistent"), "data_dir"),
-             (("cnn_p=1000",), "cnn_p"), (("cnn_dataset=cifar",), "cnn_dataset")]
+             (("cnn_p=1000",), "cnn_p"), (("cnn_dataset=cifar",), "cnn_dataset"),
+             (("cnn_p_values=64,64,256",), "cnn_p_values"), (("cnn_p_values=64,1000", "cnn_p=64"), "cnn_p_values"),
+             (("cnn_p_values=8,256",), "cnn_p_values"), (("cnn_p_values=64,128",), "cnn_p")]
     for sets, fieldname in cases:
         with pytest.raises(ConfigError) as e:
             build(*sets)
@@ -325,7 +327,7 @@ def test_study_smoke_and_resume(tmp_path):
 
     sets = ["width=16", "p_values=20,30", "cylinder_p_values=20,30", "seeds=1", "n_test=60", "max_steps=40",
             "ntk_p=30", "n_modes=3", "mi_k=2", "progress=off", "threads=1", "cnn_width=1", "cnn_p=24",
-            "cnn_steps=4", "cnn_n_test=100", "lambda_seeds=1"]
+            "cnn_p_values=16,24", "cnn_seeds=1", "cnn_steps=4", "cnn_n_test=100", "lambda_seeds=1"]
     out = tmp_path / "run"
     store = run_study("compression", sets=sets, out=str(out), stream=open("/dev/null", "w"))
     runs = store.read("runs")
@@ -338,9 +340,39 @@ def test_study_smoke_and_resume(tmp_path):
     assert len(store.read("spectra")) > 0 and len(store.read("trajectory")) > 0
     assert {r["kernel"] for r in store.read("kernels") if r["model"] == "cnn"} == {*kinds} - {"lazy",
                                                                                        "compressed_lazy"}
-    n = len(store.read("trajectory"))
+    cnn = [r for r in store.read("kernels") if r["model"] == "cnn"]
+    assert sorted({int(r["p"]) for r in cnn}) == [16, 24] and len(cnn) == 2 * 5
+    html = (out / "report.html").read_text()
+    assert "cnn_learning_curves.png" in html and "β initial NTK" in html
+    n, nk = len(store.read("trajectory")), len(store.read("kernels"))
     store = run_study("compression", out=str(out), resume=True, stream=open("/dev/null", "w"))
-    assert len(store.read("runs")) == 8 and len(store.read("trajectory")) == n
+    assert len(store.read("runs")) == 8 and len(store.read("trajectory")) == n and len(store.read("kernels")) == nk
+
+
+def test_cnn_learning_curve_fits_recover_exact_power_laws():
+    """Medians → exponents: exact power laws give β exactly, with a seed-bootstrap interval
+    (several seeds) or the OLS t-interval (one seed), and the Fig. 8 claims."""
+    from tangentlab.studies.compression import CompressionConfig, _cnn_learning_curves, _exponent
+    from tangentlab.studies.config import build_config
+
+    ps = [64, 128, 256, 512]
+    beta = {"network": 0.5, "ntk_init": 0.3, "ntk_final": 0.45, "last_init": 0.1, "last_final": 0.4}
+    rows = [{"model": "cnn", "p": float(p), "seed": float(s), "kernel": k, "test_error": 2.0 * (1 + 0.1 * s) * p ** -b}
+            for k, b in beta.items() for p in ps for s in range(3)]
+    cfg = build_config(CompressionConfig, sets=["cnn_p_values=64,128,256,512", "cnn_p=256"], study="compression")
+    table, fits, claims = _cnn_learning_curves(cfg, rows)
+    for k, b in beta.items():
+        assert fits[k]["value"] == pytest.approx(b, abs=1e-12) and fits[k]["ci"] == "seed bootstrap"
+        assert fits[k]["lo"] <= b + 1e-12 and b - 1e-12 <= fits[k]["hi"]
+    assert len(table) == len(beta) * len(ps) and all(r["seeds"] == 3 for r in table)
+    assert [c.held for c in claims] == [True, True]
+    # one seed with noise: the OLS t-interval of the slope brackets the fit
+    rng = np.random.default_rng(0)
+    noisy = [[float(2 * p ** -0.5 * math.exp(0.1 * rng.standard_normal()))] for p in ps]
+    f = _exponent(ps, noisy, -1.0)
+    assert f["ci"] == "OLS t-interval" and f["lo"] < f["value"] < f["hi"]
+    ols = fit_power_law(ps, [v[0] for v in noisy])
+    assert f["value"] == pytest.approx(-ols.slope) and (f["lo"], f["hi"]) == pytest.approx(sorted(-c for c in ols.ci))
 
 
 def test_training_resumes_exactly_from_a_checkpoint():

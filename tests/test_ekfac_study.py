@@ -46,9 +46,12 @@ def test_tables_are_tidy_and_complete(tiny_run):
         with open(tiny_run / "tables" / f"{name}.csv") as fh:
             assert fh.readline().strip().split(",") == cols
     search = _table(tiny_run, "search")
-    # one grid point per method and task (tiny grid, no random perturbation)
-    assert sorted((r["task"], r["method"]) for r in search) == sorted(
-        (t, m) for t in ("autoencoder", "cnn") for m in cfg.methods)
+    # one grid point per method, task and recompute period (tiny grid, no random perturbation): (η, ε)
+    # is selected again for each period of the period study
+    want_search = [(t, m, str(ekfac_study._period(m, cfg.period))) for t in ("autoencoder", "cnn")
+                   for m in cfg.methods]
+    want_search += [("autoencoder", m, "5") for m in ("kfac", "ekfac")]
+    assert sorted((r["task"], r["method"], r["period"]) for r in search) == sorted(want_search)
     curves = _table(tiny_run, "curves")
     runs = {(r["task"], r["method"], r["period"], r["seed"]) for r in curves}
     want = {("autoencoder", m, str(ekfac_study._period(m, cfg.period)), "0") for m in cfg.methods}
@@ -69,14 +72,33 @@ def test_tables_are_tidy_and_complete(tiny_run):
 
 
 def test_spectrum_identities(tiny_run):
-    """At step 0 the fixed KFE is fresh: EKFAC-ra's diagonal is KFAC's (distances equal), and
-    EKFAC (Frobenius-optimal diagonal) is at least as close to the exact spectrum as KFAC."""
+    """diag(QᵀGQ) is the reference of the diagonals (zero error) and keeps the trace of G
+    (Σ_i (QᵀGQ)_ii = tr G for an orthogonal Q); at step 0 the fixed KFE is fresh and that
+    Frobenius-optimal diagonal is at least as close to the exact spectrum as KFAC's."""
     rows = _table(tiny_run, "spectrum")
-    by = {(int(r["step"]), r["approximation"]): float(r["distance"]) for r in rows}
+    by = {(int(r["step"]), r["approximation"]): r for r in rows}
     cfg = build_config(EkfacConfig, preset="tiny")
     assert {s for s, _ in by} == set(range(cfg.spectrum_steps + 1))
-    assert math.isclose(by[(0, "kfac")], by[(0, "ekfac_ra")], rel_tol=1e-12)
-    assert by[(0, "ekfac")] <= by[(0, "kfac")] + 1e-12
+    assert {a for _, a in by} == set(ekfac_study.SPECTRUM_APPROXIMATIONS)
+    for s in range(cfg.spectrum_steps + 1):
+        opt = by[(s, "kfe_optimum")]
+        assert float(opt["diag_rel_error"]) == 0.0
+        assert math.isclose(float(opt["trace_ratio"]), 1.0, rel_tol=1e-9)
+        for a in ("kfac", "ekfac", "ekfac_ra"):
+            assert float(by[(s, a)]["diag_rel_error"]) > 0
+            assert float(by[(s, a)]["rel_distance"]) >= 0
+    assert float(by[(0, "kfe_optimum")]["distance"]) <= float(by[(0, "kfac")]["distance"]) + 1e-12
+
+
+def test_selection_prefers_runs_that_did_not_diverge():
+    rows = [{"diverged": "true", "best_train_loss": "0.1", "lr": "1.0"},
+            {"diverged": "false", "best_train_loss": "0.5", "lr": "0.3"},
+            {"diverged": "false", "best_train_loss": "0.5", "lr": "0.1"},
+            {"diverged": "false", "best_train_loss": "nan", "lr": "0.01"}]
+    assert min(rows, key=ekfac_study._selection_key)["lr"] == "0.1"
+    tagged = [{**r, "task": "t", "method": "kfac", "period": "5"} for r in rows]
+    assert ekfac_study._selected(tagged, "t", "kfac", 5)["lr"] == "0.1"
+    assert ekfac_study._selected(tagged, "t", "kfac", 20) == {}  # selection is per recompute period
 
 
 def test_report_and_claims(tiny_run, capsys):
@@ -137,7 +159,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_run, tmp_path, mo
 
     def failing(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == 41:  # inside a final run, after its first checkpoint
+        if calls["n"] == 43:  # inside the second final run, after its first checkpoint
             raise KeyboardInterrupt
         return evaluate(self, *a, **k)
 

@@ -16,7 +16,10 @@ output (``T`` positions: 1 for a plain Linear):
 
   - KFAC: ``s = s_B ⊗ s_A`` (fixed between recomputations),
   - EKFAC: ``s* = (1/N) Σ_n G̃_n²`` re-estimated on every minibatch from the per-example
-    gradients in the KFE (:meth:`LayerRule.kfe_diag`, one matmul per Linear layer),
+    gradients in the KFE (:mod:`tangentlab.optim._fast`: for a Linear layer
+    ``s* = (1/N) ((g U_B)²)ᵀ (ã U_A)²``, one matmul and no per-example gradient; for a
+    convolution the per-example gradients ``Σ_t g_t ã_tᵀ`` are formed in chunks by a batched
+    matmul, each side rotated before or after the sum over positions, whichever is cheaper),
   - EKFAC-ra: ``m ← α m + (1 − α) N Ḡ̃²`` (``Ḡ̃`` the rotated minibatch-mean gradient,
     ``N`` the batch size, so that ``N Ḡ̃²`` estimates the per-example second moment),
     reset to ``s_B ⊗ s_A`` at every recomputation (as in the reference implementation);
@@ -41,7 +44,10 @@ tangent-feature engine on the same inputs with the model's own likelihood —
 ``likelihood="softmax"``: one sampled label per example (Monte-Carlo Fisher, a fresh
 sample every step, reproducible from ``seed``), ``"gaussian"``: the exact Fisher of
 ``N(f(x), I)``, ``"bernoulli"``: the exact Fisher of independent sigmoid outputs.
-No Python loop runs over examples: everything is batched matmuls in the layer rules.
+No Python loop runs over examples: everything is batched matmuls. Work is skipped where a
+step does not need it: KFAC and EKFAC-ra form no layer statistics between recomputations
+(they only rotate the gradient), the damped denominators fixed between recomputations are
+cached, and the SUA weight block's ``K`` identical factors are decomposed once.
 
 Convolutions: ``conv="kfc"`` (default) uses the unfolded-patch factors (Grosse & Martens'
 KFC); ``conv="sua"`` (spatially uncorrelated activations) replaces the input factor by

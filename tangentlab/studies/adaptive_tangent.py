@@ -401,6 +401,7 @@ def sweep_network(cfg: AdaptiveTangentConfig, arch: str, seed: int) -> nn.Sequen
 # ---------------------------------------------------------------------------------------------
 @register
 class AdaptiveTangent(Study):
+    parallel = True
     name = "adaptive-tangent"
     title = "Adaptive tangent features (LeJeune & Alemohammad, CPAL 2024): penalties, kernels, solvers"
     description = "Fig. 2 penalties, Theorems 1-2, Figs. 1/3 kernel alignment on digits, fixed vs adaptive training"
@@ -413,10 +414,14 @@ class AdaptiveTangent(Study):
     def run(self) -> None:
         cfg = self.config
         self.T = self._tables()
+        # finished units: table "units" (shared by the ranks of a torchrun launch); run directories of
+        # earlier versions listed them in a "progress" checkpoint
+        self.units = self.store.table("units", ["unit", "seconds"], ["unit"])
         ck = self.store.load_checkpoint("progress")
-        self.done: set[str] = set(ck["done"]) if ck else set()
-        if self.done:
-            self.log(f"adaptive-tangent: resuming ({len(self.done)} units done)")
+        legacy = set(ck["done"]) if ck else set()
+        if legacy or len(self.units):
+            self.log(f"adaptive-tangent: resuming ({len(legacy | {k[0] for k in self.units.keys})} units done)")
+        self.units.append([{"unit": key} for key in sorted(legacy)])
         self.dev = self.device
         t0 = time.perf_counter()
         if "penalties" in cfg.parts:
@@ -430,12 +435,13 @@ class AdaptiveTangent(Study):
         self.log(f"adaptive-tangent: done in {time.perf_counter() - t0:.1f}s")
 
     def _unit(self, key: str, fn, *args) -> None:
-        if key in self.done:
+        """Run ``fn(*args)`` unless unit ``key`` is finished (by any rank, in any session) or
+        another rank claimed it; record it as finished."""
+        if (key,) in self.units or not self.ctx.claim(key):
             return
         t = time.perf_counter()
         fn(*args)
-        self.done.add(key)
-        self.store.save_checkpoint("progress", len(self.done), {"done": sorted(self.done)})
+        self.units.append([{"unit": key, "seconds": time.perf_counter() - t}])
         self.log(f"adaptive-tangent: {key} ({time.perf_counter() - t:.1f}s)")
 
     def _check(self, part: str, check: str, measured: float, reference: float, tol: float, held: bool) -> None:

@@ -387,6 +387,7 @@ def _spectrum_rows(cfg: CompressionConfig, key: dict[str, Any], K: torch.Tensor,
 
 @register
 class Compression(Study):
+    parallel = True
     name = "compression"
     title = "Geometric compression of invariant manifolds (paper 004): stripe and cylinder models"
     description = "Λ* ~ √p, feature vs lazy learning curves, NTK kernel PCA before/after training"
@@ -411,10 +412,13 @@ class Compression(Study):
         from ..progress import progress
 
         for model, p, s in progress(todo, "compression: runs", cfg.progress_flag):
+            if not self.ctx.claim(f"run {model} p{p} s{s}"):  # another rank of a torchrun launch does it
+                continue
             t1 = time.perf_counter()
             row = self._unit(model, p, s)
             row["wall_s"] = time.perf_counter() - t1
             runs.append([row])
+            store.drop_checkpoints(f"train_{model}_p{p}_s{s}")  # the row is written: the unit is done
             self.log(f"compression: {model} p={p} seed={s}: Λ*={row['lambda_star']:.3g} Λmax={row['lambda_max']:.3g} "
                      f"err={row['test_error']:.4f} lazy={row['lazy_error']:.4f} "
                      f"compressed={row['compressed_error']:.4f} ({row['stop']}, {row['wall_s']:.1f}s)"
@@ -427,7 +431,7 @@ class Compression(Study):
             t0 = time.perf_counter()
             for s in range(cfg.seed, cfg.seed + cfg.cnn_seeds):
                 for p in cfg.cnn_p_values:
-                    if (p, s) not in done_cnn:
+                    if (p, s) not in done_cnn and self.ctx.claim(f"cnn p{p} s{s}"):
                         t1 = time.perf_counter()
                         err = self._cnn(p, s)
                         self.log(f"compression: CNN p={p} seed={s}: " + ", ".join(f"{k} {v:.4f}"
@@ -449,9 +453,11 @@ class Compression(Study):
         P0 = init_params(d, cfg.width, gen)
         P0 = NetParams(P0.w.to(dev), P0.b.to(dev), P0.beta.to(dev))
         f0_train, f0_test = net_output(P0, data.x_train), net_output(P0, data.x_test)
-        tag = "train"
-        ck = store.load_checkpoint(tag)
+        tag = f"train_{model}_p{p}_s{seed}"  # one tag per unit: ranks of a torchrun launch train side by side
         unit = [model, p, seed]
+        ck = store.load_checkpoint(tag)
+        if ck is None:  # run directories of earlier versions kept one "train" checkpoint
+            ck = store.load_checkpoint("train")
         if ck is not None and ck.get("unit") == unit:
             run = FeatureRun.from_state(ck["run"])
             run.params = NetParams(run.params.w.to(dev), run.params.b.to(dev), run.params.beta.to(dev))

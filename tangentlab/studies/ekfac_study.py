@@ -78,7 +78,7 @@ from .config import Preset, StudyConfig, option
 from .models import _init, make_cnn, make_mlp, make_resnet
 from .registry import Study, register
 from .report import Claim, FigureSpec, ReportContent, TableSpec
-from .store import to_number
+from .store import cell, to_number
 from .training import BatchStream, rng_state, set_rng_state
 
 KRON_METHODS = ("ekfac", "ekfac_ra", "kfac", "kfac_every")
@@ -367,6 +367,7 @@ def _period(method: str, period: int) -> int:
 # ---------------------------------------------------------------------------------------------
 @register
 class EkfacStudy(Study):
+    parallel = True
     name = "ekfac"
     title = "EKFAC, EKFAC-ra and KFAC as optimizers (thesis §4.4: Figs. 4.3, 4.4, 4.5) and an EWC demo"
     description = "Auto-encoder and CNN optimization, recompute period, spectrum tracking, EWC forgetting"
@@ -419,13 +420,17 @@ class EkfacStudy(Study):
                 self.log(f"ekfac: auto-encoder part took {time.perf_counter() - t0:.1f}s")
             if cfg.spectrum:
                 t1 = time.perf_counter()
-                self._spectrum(ae)
-                self.log(f"ekfac: spectrum tracking took {time.perf_counter() - t1:.1f}s")
+                # (η, ε) of EKFAC first: a collective search when the auto-encoder part ran
+                sel = (self._search(ae, "ekfac", cfg.search_epochs or cfg.epochs, cfg.period) if cfg.autoencoder
+                       else (0.1, 0.01))
+                if self.ctx.claim("spectrum"):
+                    self._spectrum(ae, *sel)
+                    self.log(f"ekfac: spectrum tracking took {time.perf_counter() - t1:.1f}s")
         if cfg.cnn:
             t1 = time.perf_counter()
             self._optimize(self._cnn_task(), cfg.cnn_search_epochs, cfg.cnn_epochs, periods=())
             self.log(f"ekfac: CNN part took {time.perf_counter() - t1:.1f}s")
-        if cfg.ewc:
+        if cfg.ewc and self.ctx.claim("ewc"):
             t1 = time.perf_counter()
             self._ewc()
             self.log(f"ekfac: EWC demo took {time.perf_counter() - t1:.1f}s")
@@ -519,65 +524,84 @@ class EkfacStudy(Study):
         """Grid + random perturbations on seed ``seed`` for ``method`` at recompute ``period``;
         returns the selected ``(η, ε)``: the run with the best training loss reached during
         training (thesis §4.4), among the runs that did not diverge (a diverged run has no
-        final loss to compare; they count only when every run diverged)."""
+        final loss to compare; they count only when every run diverged).
+
+        Collective under ``torchrun``: the ranks split each phase's runs and wait for each
+        other between the grid and the perturbations and before selecting."""
+        self._search_phases(task, [(method, period)], epochs)
+        return self._selected(task, method, period)
+
+    def _search_phases(self, task: Task, configs: list[tuple[str, int]], epochs: int) -> None:
+        """The grid runs of every ``(method, period)`` of ``configs``, then (once every rank has
+        finished them) the random perturbations around each one's two best grid points."""
         cfg = self.config
-        table = self.store.table("search", SEARCH_COLUMNS, SEARCH_KEY)
+        for phase in ("grid", "random"):
+            for method, period in configs:
+                done = self._search_rows(task, method, period)
+                if phase == "grid":
+                    cells = [(lr, d, "grid") for lr, d in self._grid(method)]
+                else:
+                    scored = sorted((r for r in done.values() if r["kind"] == "grid"), key=_selection_key)
+                    gen = np.random.default_rng([cfg.seed, METHODS.index(method), 7])
+                    cells = []
+                    for r in scored[:2]:
+                        lr, d = to_number(r["lr"]), to_number(r["damping"])
+                        for _ in range(cfg.n_random):
+                            u = gen.uniform(-0.5, 0.5, size=2)
+                            cells.append((float(lr * 10 ** u[0]), float(d * 10 ** u[1]) if d > 0 else 0.0, "random"))
+                ptag = _period(method, period)
+                bar = self._bar(len(cells), f"ekfac: {task.name} search {method} (period {ptag}, {phase})")
+                try:
+                    for lr, d, kind in cells:
+                        if (cell(lr), cell(d)) not in done and \
+                                self.ctx.claim(f"search {task.name} {method} p{ptag} lr{cell(lr)} d{cell(d)}"):
+                            self._search_run(task, method, lr, d, kind, period, epochs)
+                        bar.update(1)
+                finally:
+                    bar.close()
+            self.ctx.barrier()  # every rank's runs of this phase are in the table
+
+    def _search_rows(self, task: Task, method: str, period: int) -> dict[tuple[str, str], dict[str, str]]:
         ptag = str(_period(method, period))
-        done = {(r["lr"], r["damping"]): r for r in self.store.read("search")
+        return {(r["lr"], r["damping"]): r for r in self.store.read("search")
                 if r["task"] == task.name and r["method"] == method and r["period"] == ptag}
 
-        def run(lr: float, damping: float, kind: str) -> None:
-            from .store import cell
+    def _search_run(self, task: Task, method: str, lr: float, damping: float, kind: str, period: int,
+                    epochs: int) -> None:
+        t = time.perf_counter()
+        rows = self._train(task, method, lr, damping, period, self.config.seed, epochs)
+        losses = [r["train_loss"] for r in rows[1:]]
+        self.store.table("search", SEARCH_COLUMNS, SEARCH_KEY).append([{
+            "task": task.name, "method": method, "period": _period(method, period), "kind": kind, "lr": lr,
+            "damping": damping, "best_train_loss": min(losses), "final_train_loss": losses[-1],
+            "diverged": not math.isfinite(losses[-1]), "seconds": time.perf_counter() - t}])
 
-            if (cell(lr), cell(damping)) in done:
-                return
-            t = time.perf_counter()
-            rows = self._train(task, method, lr, damping, period, cfg.seed, epochs)
-            losses = [r["train_loss"] for r in rows[1:]]
-            row = {"task": task.name, "method": method, "period": _period(method, period), "kind": kind, "lr": lr,
-                   "damping": damping, "best_train_loss": min(losses), "final_train_loss": losses[-1],
-                   "diverged": not math.isfinite(losses[-1]), "seconds": time.perf_counter() - t}
-            table.append([row])
-            done[(cell(lr), cell(damping))] = {k: cell(v) for k, v in row.items()}
-
-        grid = self._grid(method)
-        bar = self._bar(len(grid) + 2 * cfg.n_random, f"ekfac: {task.name} search {method} (period {ptag})")
-        try:
-            for lr, d in grid:
-                run(lr, d, "grid")
-                bar.update(1)
-            scored = sorted((r for r in done.values() if r["kind"] == "grid"), key=_selection_key)
-            gen = np.random.default_rng([cfg.seed, METHODS.index(method), 7])
-            for r in scored[:2]:
-                lr, d = to_number(r["lr"]), to_number(r["damping"])
-                for _ in range(cfg.n_random):
-                    u = gen.uniform(-0.5, 0.5, size=2)
-                    run(float(lr * 10 ** u[0]), float(d * 10 ** u[1]) if d > 0 else 0.0, "random")
-                    bar.update(1)
-        finally:
-            bar.close()
-        best = min(done.values(), key=_selection_key)
+    def _selected(self, task: Task, method: str, period: int) -> tuple[float, float]:
+        best = min(self._search_rows(task, method, period).values(), key=_selection_key)
         return to_number(best["lr"]), to_number(best["damping"])
 
     def _optimize(self, task: Task, search_epochs: int, epochs: int, periods: tuple[int, ...]) -> None:
         """Per method — and, for the period study, per recompute period — select (η, ε) by
         :meth:`_search` (runs of ``search_epochs`` epochs, ``0``: ``epochs``), then train the
-        selected configuration on ``n_seeds`` seeds."""
+        selected configuration on ``n_seeds`` seeds (split across the ranks of a torchrun launch)."""
         cfg = self.config
         search_epochs = search_epochs or epochs
         seeds = [cfg.seed + k for k in range(cfg.n_seeds)]
         configs = [(m, cfg.period) for m in cfg.methods]
         configs += [(m, p) for p in periods for m in ("kfac", "ekfac") if m in cfg.methods and p != cfg.period]
-        chosen = {(m, p): self._search(task, m, search_epochs, p) for m, p in configs}
+        self._search_phases(task, configs, search_epochs)
+        chosen = {(m, p): self._selected(task, m, p) for m, p in configs}
         runs = [(m, p, s) for m, p in configs for s in seeds]
         have = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY).keys
         bar = self._bar(len(runs), f"ekfac: {task.name} final runs")
         try:
             for m, p, s in runs:
                 key = (task.name, m, str(_period(m, p)), str(s), str(epochs))
-                if key not in have and not self._diverged_before(task.name, m, _period(m, p), s):
+                tag = f"{task.name}_{m}_p{_period(m, p)}_s{s}"
+                if key not in have and not self._diverged_before(task.name, m, _period(m, p), s) \
+                        and self.ctx.claim(f"final {tag}"):
                     lr, d = chosen[(m, p)]
-                    self._train(task, m, lr, d, p, s, epochs, tag=f"{task.name}_{m}_p{_period(m, p)}_s{s}")
+                    self._train(task, m, lr, d, p, s, epochs, tag=tag)
                 bar.update(1)
         finally:
             bar.close()
@@ -588,7 +612,7 @@ class EkfacStudy(Study):
                    for r in self.store.read("curves"))
 
     # ---- part 3: spectrum tracking -----------------------------------------------------------
-    def _spectrum(self, ae: Task) -> None:
+    def _spectrum(self, ae: Task, lr: float, damping: float) -> None:
         """Fig. 4.4c: the KFE ``Q = U_A ⊗ U_B`` of layer ``spectrum_layer`` is computed once at
         initialization on the evaluation examples (``spectrum_eval``, default the whole
         training set) and kept. The auto-encoder is trained with EKFAC (selected (η, ε)) and
@@ -611,8 +635,6 @@ class EkfacStudy(Study):
         table = self.store.table("spectrum", SPECTRUM_COLUMNS, SPECTRUM_KEY)
         if len(table) >= len(SPECTRUM_APPROXIMATIONS) * (cfg.spectrum_steps + 1):
             return
-        lr, damping = (self._search(ae, "ekfac", cfg.search_epochs or cfg.epochs, cfg.period) if cfg.autoencoder
-                       else (0.1, 0.01))
         torch.manual_seed(cfg.seed)
         model = ae.build()
         n_train = ae.x_train.shape[0]

@@ -422,6 +422,17 @@ class RunStore:
                 pass
         return path
 
+    def drop_checkpoints(self, tag: str) -> int:
+        """Delete every checkpoint of ``tag`` (a finished unit's); returns how many."""
+        k = 0
+        for _, path in self.checkpoints(tag):
+            try:
+                path.unlink()
+                k += 1
+            except OSError:  # pragma: no cover - removed by another process
+                pass
+        return k
+
     def load_checkpoint(self, tag: str) -> dict[str, Any] | None:
         """The newest checkpoint of ``tag`` (``None`` if there is none). A checkpoint that cannot
         be read (it should not happen: they are written atomically) is skipped for an older one."""

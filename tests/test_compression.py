@@ -311,7 +311,9 @@ def test_config_errors():
              (("cnn_dataset=mnist",), "data_dir"), (("cnn_dataset=mnist", "data_dir=/nonexistent"), "data_dir"),
              (("cnn_p=1000",), "cnn_p"), (("cnn_dataset=cifar",), "cnn_dataset"),
              (("cnn_p_values=64,64,256",), "cnn_p_values"), (("cnn_p_values=64,1000", "cnn_p=64"), "cnn_p_values"),
-             (("cnn_p_values=8,256",), "cnn_p_values"), (("cnn_p_values=64,128",), "cnn_p")]
+             (("cnn_p_values=8,256",), "cnn_p_values"), (("cnn_p_values=64,128",), "cnn_p"),
+             (("lambda_p_values=512",), "lambda_p_values"), (("lambda_p_values=2048,2048",), "lambda_p_values"),
+             (("lambda_p_values=5",), "lambda_p_values")]
     for sets, fieldname in cases:
         with pytest.raises(ConfigError) as e:
             build(*sets)
@@ -327,13 +329,15 @@ def test_study_smoke_and_resume(tmp_path):
 
     sets = ["width=16", "p_values=20,30", "cylinder_p_values=20,30", "seeds=1", "n_test=60", "max_steps=40",
             "ntk_p=30", "n_modes=3", "mi_k=2", "progress=off", "threads=1", "cnn_width=1", "cnn_p=24",
-            "cnn_p_values=16,24", "cnn_seeds=1", "cnn_steps=4", "cnn_n_test=100", "lambda_seeds=1"]
+            "cnn_p_values=16,24", "cnn_seeds=1", "cnn_steps=4", "cnn_n_test=100", "lambda_seeds=1",
+            "lambda_p_values=40"]
     out = tmp_path / "run"
     store = run_study("compression", sets=sets, out=str(out), stream=open("/dev/null", "w"))
     runs = store.read("runs")
-    assert len(runs) == 8 and {r["model"] for r in runs} == {"stripe", "cylinder"}
-    lam_only = [r for r in runs if r["seed"] == "1"]
-    assert len(lam_only) == 4 and all(r["test_error"] == "nan" and r["lambda_max"] == "nan" for r in lam_only)
+    assert len(runs) == 12 and {r["model"] for r in runs} == {"stripe", "cylinder"}
+    lam_only = [r for r in runs if r["seed"] == "1" or r["p"] == "40"]  # extra seeds; every seed at p = 40
+    assert len(lam_only) == 8 and all(r["test_error"] == "nan" and r["lambda_max"] == "nan" for r in lam_only)
+    assert all(r["test_error"] != "nan" for r in runs if r not in lam_only)
     assert (out / "report.html").exists()
     kinds = {r["kernel"] for r in store.read("kernels")}
     assert {"lazy", "ntk_init", "ntk_final", "last_init", "last_final", "network"} <= kinds
@@ -346,7 +350,7 @@ def test_study_smoke_and_resume(tmp_path):
     assert "cnn_learning_curves.png" in html and "β initial NTK" in html
     n, nk = len(store.read("trajectory")), len(store.read("kernels"))
     store = run_study("compression", out=str(out), resume=True, stream=open("/dev/null", "w"))
-    assert len(store.read("runs")) == 8 and len(store.read("trajectory")) == n and len(store.read("kernels")) == nk
+    assert len(store.read("runs")) == 12 and len(store.read("trajectory")) == n and len(store.read("kernels")) == nk
 
 
 def test_cnn_learning_curve_fits_recover_exact_power_laws():

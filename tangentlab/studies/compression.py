@@ -39,7 +39,10 @@ the k-NN mutual information (bits) of the top ``n_modes`` eigenvectors with the 
 and the test error of hinge kernel learning with each frozen kernel.
 
 ``lambda_seeds`` extra seeds per (model, p) are trained only up to t*: Λ* is set by the
-training set (its spread between seeds is ~3×, digest S6) and costs ~100 steps.
+training set (its spread between seeds is ~3×, digest S6) and costs ~100 steps. The
+training-set sizes of ``lambda_p_values`` get only such runs (every seed): Λ* ∝ √p is an
+asymptotic law and p ≤ 1024 alone is pre-asymptotic (median stripe Λ* 6.9, 11.6, 19, 37 at
+p = 128…1024: local slopes 0.76–0.95, flattening to 0.4–0.6 beyond 1024).
 
 **CNN** (§5.2, ``cnn = true``): the 16-convolution MnasNet-like CNN (NTK parameterization,
 normalized swish, mean-field output; width ``cnn_width``) on digit parity (scikit-learn
@@ -68,6 +71,7 @@ import numpy as np
 import torch
 
 from ..analysis.compression import (
+    SQRT2,
     MeanFieldNet,
     NetParams,
     Scale,
@@ -86,7 +90,6 @@ from ..analysis.compression import (
     label_projections,
     net_output,
     preactivations,
-    sigma,
 )
 from ..api import ntk
 from .compression_data import STRIPE_X_MAX, STRIPE_X_MIN, TaskSplit, gaussian_task
@@ -121,7 +124,8 @@ class CompressionConfig(StudyConfig):
         "tiny": Preset("seconds-long smoke run (tests)", {
             "width": 40, "p_values": (32, 64), "cylinder_p_values": (32, 64), "seeds": 2, "n_test": 300,
             "max_steps": 400, "ntk_p": 64, "stop_fraction": 0.6, "n_modes": 5, "cnn_width": 1, "cnn_p": 64,
-            "cnn_p_values": (32, 64), "cnn_steps": 30, "cnn_n_test": 300, "lambda_seeds": 1}),
+            "cnn_p_values": (32, 64), "cnn_steps": 30, "cnn_n_test": 300, "lambda_seeds": 1,
+            "lambda_p_values": (128,)}),
         "mnist": Preset("the CNN part only, on MNIST parity with the paper's 16-conv MnasNet-like CNN (h = 10); "
                         "needs the MNIST IDX files in data_dir and a GPU", {
             "models": ("stripe",), "p_values": (128, 256), "seeds": 1, "ntk_p": 0, "cnn_dataset": "mnist",
@@ -150,6 +154,10 @@ class CompressionConfig(StudyConfig):
     lambda_seeds: int = option(17, "extra seeds per (model, p) trained only up to t* (Λ* only: cheap, and Λ* "
                                "varies ~3× with the training set); default: seeds + lambda_seeds = 20, the paper's "
                                "median over 20 realizations (Fig. 5)", min=0)
+    lambda_p_values: tuple[int, ...] = option((2048, 4096, 8192), "larger training-set sizes with Λ*-only runs "
+                                              "(every seed trained up to t*, both models): they extend the Λ* vs p "
+                                              "fit beyond the pre-asymptotic p ≤ 1024 for a few seconds each",
+                                              min=10, nonempty=False)
     n_test: int = option(4000, "test points", min=10)
     width: int = option(250, "hidden neurons h", min=1)
     alpha: float = option(1e-6, "network scale α of F = α(f − f₀) (feature regime: α ≪ 1)", min=1e-300)
@@ -159,7 +167,8 @@ class CompressionConfig(StudyConfig):
     dt_min: float = option(0.5, "integrator: step (in units of h) below which the dgrad rule is waived", min=0.0)
     stop_fraction: float = option(0.9, "stop when this fraction of margins y F ≥ 1 is met (paper: 1)",
                                   min=0.11, max=1.0)
-    max_steps: int = option(1200, "largest number of accepted gradient steps per run", min=1)
+    max_steps: int = option(10000, "largest number of accepted gradient steps per run (the default runs reach "
+                            "90 % of the margins in 700-2700 steps)", min=1)
     lazy: bool = option(True, "lazy regime: kernel learning with the initial NTK")
     compressed_lazy: bool = option(True, "lazy regime on data compressed by the run's Λ*")
     kernel_solver: str = option("svc", "kernel learning: svc (the theory's kernel SVC) or hinge_gd (the paper's "
@@ -198,10 +207,14 @@ class CompressionConfig(StudyConfig):
         if self.cylinder_d_par >= self.cylinder_d:
             raise self.error("cylinder_d_par", f"{self.cylinder_d_par} informative dimensions need cylinder_d > "
                              f"{self.cylinder_d_par}", f"1..{self.cylinder_d - 1}")
-        for name in ("p_values", "cylinder_p_values"):
+        for name in ("p_values", "cylinder_p_values", "lambda_p_values"):
             vals = getattr(self, name)
             if len(set(vals)) != len(vals):
                 raise self.error(name, f"repeated values in {list(vals)}", "distinct integers ≥ 10")
+        both = sorted(set(self.lambda_p_values) & set(self.p_values + self.cylinder_p_values))
+        if both:
+            raise self.error("lambda_p_values", f"{both} also in p_values/cylinder_p_values (those sizes already "
+                             "have full runs)", "sizes not in p_values or cylinder_p_values")
         if self.ntk_p:
             pools = {"stripe": self.p_values, "cylinder": self.cylinder_p_values}
             for m in self.ntk_models:
@@ -288,11 +301,13 @@ def train_feature(run: FeatureRun, x: torch.Tensor, y: torch.Tensor, f0: torch.T
     h = run.params.h
     p = x.shape[0]
     floor = dt_min * h
+    work = torch.empty(3, p, h, dtype=x.dtype, device=x.device)  # u, relu(u), Θ(u): reused by every evaluation
 
     def evaluate(P: NetParams) -> tuple[torch.Tensor, NetParams, torch.Tensor]:
-        u = preactivations(P, x)
-        F = alpha * (sigma(u) @ P.beta / h - f0)
-        v, active = hinge_velocity(P, x, y, F, u)
+        u = preactivations(P, x, out=work[0])
+        r = torch.clamp_min(u, 0.0, out=work[1])
+        F = alpha * ((SQRT2 / h) * (r @ P.beta) - f0)
+        v, active = hinge_velocity(P, x, y, F, u, r, buf=work[2])
         return F, v, active
 
     def log(P: NetParams) -> None:
@@ -403,7 +418,8 @@ class Compression(Study):
     def run(self) -> None:
         cfg, store = self.config, self.store
         runs = store.table("runs", RUN_COLUMNS, RUN_KEY)
-        units = [(m, p, s) for s in range(cfg.seeds + cfg.lambda_seeds) for m in cfg.models for p in cfg.ps(m)]
+        units = [(m, p, s) for s in range(cfg.seeds + cfg.lambda_seeds) for m in cfg.models
+                 for p in cfg.ps(m) + cfg.lambda_p_values]
         done = {(r["model"], int(r["p"]), int(r["seed"])) for r in store.read("runs")}
         todo = [u for u in units if u not in done]
         if done:
@@ -443,7 +459,7 @@ class Compression(Study):
         cfg, store = self.config, self.store
         dev = self.device
         d, d_par = cfg.dims(model)
-        lambda_only = seed >= cfg.seeds
+        lambda_only = seed >= cfg.seeds or p in cfg.lambda_p_values
         n_kernel = p if (cfg.ntk_p == p and model in cfg.ntk_models and not lambda_only) else 0
         data = gaussian_task(model, d, p, cfg.n_test, n_kernel, seed, d_par=d_par,
                              interfaces=tuple(cfg.interfaces))
@@ -823,7 +839,8 @@ def build_report(cfg: CompressionConfig, store) -> ReportContent:
     cnn_net = [r for r in kern if r["model"] == "cnn" and r["kernel"] == "network"]
     summary = [
         f"Models: {', '.join(models)}; width h = {cfg.width}, α = {cfg.alpha:g}, {cfg.seeds} seeds per p "
-        f"(+ {cfg.lambda_seeds} seeds trained up to t* only, for Λ*), "
+        f"(+ {cfg.lambda_seeds} seeds trained up to t* only, for Λ*; Λ*-only runs with every seed at p = "
+        f"{', '.join(map(str, cfg.lambda_p_values)) or 'none'}), "
         f"{cfg.n_test} test points; gradient descent on the hinge loss in the paper's time t (reported in units of h), "
         f"adaptive dt (max_dgrad {cfg.max_dgrad:g}, max_dout {cfg.max_dout:g}, dgrad rule waived below "
         f"{cfg.dt_min:g}·h); stop at {cfg.stop_fraction:.0%} of margins met or {cfg.max_steps} steps.",
@@ -1009,7 +1026,7 @@ def _figures(cfg: CompressionConfig, models: list[str], runs: list[dict[str, Any
         for ax, m in zip(axes, models):
             ps = sorted({r["p"] for r in traj if r["model"] == m})
             for i, p in enumerate(ps):
-                for s in sorted({r["seed"] for r in traj if r["model"] == m and r["p"] == p}):
+                for s in sorted({r["seed"] for r in traj if r["model"] == m and r["p"] == p and r["seed"] < cfg.seeds}):
                     pts = sorted((r["t"], r["lambda"]) for r in traj if r["model"] == m and r["p"] == p
                                  and r["seed"] == s and r["t"] > 0)
                     if pts:
@@ -1028,7 +1045,8 @@ def _figures(cfg: CompressionConfig, models: list[str], runs: list[dict[str, Any
 
     figs.append(FigureSpec("lambda_t", "Λ(t): amplification factor during training",
                            "Global amplification factor Λ (Eq. 9; d_∥ > 1 form for the cylinder) vs time, one line per "
-                           "seed; dots: Λ* at t* (10 % of the margins met).", draw_lambda_t, (5 * len(models), 4)))
+                           "full-run seed (at the Λ*-only sizes these stop at t*); dots: Λ* at t* (10 % of the margins "
+                           "met), every seed.", draw_lambda_t, (5 * len(models), 4)))
 
     def draw_lambda_p(fig):
         axes = fig.subplots(1, len(models), squeeze=False)[0]

@@ -222,10 +222,13 @@ def _center_terms(cap: Capture, engine: Engine, mean: torch.Tensor, space) -> to
 
 def gram_tiles(engine: Engine, data1: Any, data2: Any = None, per_layer: bool = False,
                mean: torch.Tensor | None = None,
-               first: Capture | None = None) -> Iterator[tuple[slice, slice, Any]]:
+               first: Capture | None = None,
+               into: torch.Tensor | None = None) -> Iterator[tuple[slice, slice, Any]]:
     """Yield ``(rows, cols, block)`` tiles of the Gram tensor; for one set, only tiles with
     ``cols ≤ rows`` (the caller mirrors them). ``mean``: mean features ``(C, P)`` to center
-    with; ``first``: the already computed capture of the first batch of ``data1``."""
+    with; ``first``: the already computed capture of the first batch of ``data1``;
+    ``into``: a zero ``(N1, N2, C, D)`` tensor the tiles are accumulated into in place
+    (``per_layer=False`` only; the yielded block is then the view ``into[rows, cols]``)."""
     b1 = data1 if isinstance(data1, Batches) else Batches(data1)
     src1 = _CaptureSource(engine, b1, "NTK rows", first)
     symmetric = data2 is None
@@ -238,7 +241,9 @@ def gram_tiles(engine: Engine, data1: Any, data2: Any = None, per_layer: bool = 
         col0 = 0
         inner = src1.head(i + 1) if symmetric else iter(src2)  # type: ignore[arg-type]
         for c2 in inner:
-            blk = ops.gram(c1, c2, engine.space, per_layer=per_layer)
+            rows, cols = slice(row0, row0 + c1.n), slice(col0, col0 + c2.n)
+            target = into[rows, cols] if into is not None and not per_layer else None
+            blk = ops.gram(c1, c2, engine.space, per_layer=per_layer, out=target)
             if mean is not None:
                 def corr(sp, m, c1=c1, c2=c2):
                     a1 = _center_terms(c1, engine, m, sp)
@@ -249,9 +254,11 @@ def gram_tiles(engine: Engine, data1: Any, data2: Any = None, per_layer: bool = 
                     for name, sp in layers.items():
                         lay = engine.space.layer(name)
                         blk[name] = blk[name] + corr(sp, mean[:, lay.slice])
+                elif target is not None:
+                    blk += corr(engine.space, mean)
                 else:
                     blk = blk + corr(engine.space, mean)
-            yield slice(row0, row0 + c1.n), slice(col0, col0 + c2.n), blk
+            yield rows, cols, blk
             col0 += c2.n
         row0 += c1.n
 
@@ -280,12 +287,13 @@ def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
     out = torch.zeros(n1, n2, c, c, dtype=engine.dtype, device=engine.device)
     per = {lay.module: torch.zeros_like(out) for lay in engine.space.layers} if per_layer else None
     symmetric = b2 is None
-    for rows, cols, blk in gram_tiles(engine, b1, b2, per_layer, mean, first):
+    for rows, cols, blk in gram_tiles(engine, b1, b2, per_layer, mean, first, into=None if per_layer else out):
         targets = [(out, sum(blk.values()) if per_layer else blk)]
         if per is not None:
             targets += [(per[k], v) for k, v in blk.items()]
         for t, v in targets:
-            t[rows, cols] = v
+            if per_layer or t is not out:  # otherwise already accumulated in place
+                t[rows, cols] = v
             if symmetric and rows != cols:
                 t[cols, rows] = v.permute(1, 0, 3, 2)
     layers = {k: FMatDense(v, symmetric=symmetric) for k, v in per.items()} if per else None

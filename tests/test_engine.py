@@ -126,3 +126,28 @@ def test_categorical_covariance_root_is_finite_and_exact_in_float32(logits):
     ref = torch.diag_embed(p) - p[..., :, None] * p[..., None, :]
     L = L.double()
     assert (L @ L.transpose(-1, -2) - ref).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("strategy", ["structured", "materialize"])
+@pytest.mark.parametrize("layer", ["linear_seq", "conv", "conv_groups"])
+def test_gram_strategies_many_rows(strategy, layer):
+    """N·C = 600 rows: the symmetric Gram runs in several block rows (lower triangle + mirror,
+    accumulated in place), including into a strided view of a larger kernel."""
+    from tangentlab.layers import ConvRule, LinearRule
+
+    torch.manual_seed(4)
+    rule, mod, x, gshape = {
+        "linear_seq": (LinearRule(strategy), torch.nn.Linear(4, 3), torch.randn(60, 2, 4), (10, 60, 2, 3)),
+        "conv": (ConvRule(strategy), torch.nn.Conv2d(2, 4, 3), torch.randn(60, 2, 4, 4), (10, 60, 4, 2, 2)),
+        "conv_groups": (ConvRule(strategy), torch.nn.Conv2d(2, 4, 3, groups=2), torch.randn(60, 2, 4, 4),
+                        (10, 60, 4, 2, 2)),
+    }[layer]
+    f = rule.features(mod, (x,), {})
+    g = torch.randn(*gshape)
+    pe = rule.flat_per_example(mod, f, g)
+    want = torch.einsum("cnp,dmp->nmcd", pe, pe)
+    assert oracle.rel_err(rule.gram(mod, f, g, f, g), want) < 1e-12
+    big = torch.ones(70, 65, 10, 10)
+    rule.gram_into(mod, f, g, f, g, big[5:65, 3:63])
+    assert oracle.rel_err(big[5:65, 3:63] - 1, want) < 1e-12
+    assert (big[:5] == 1).all() and (big[:, :3] == 1).all() and (big[:, 63:] == 1).all()

@@ -129,3 +129,22 @@ def test_symmetric_block_product_equals_full_product(rows):
     torch.testing.assert_close(sym_outer(x, block=64), x @ x.T, rtol=0, atol=1e-12)
     p = torch.randn(3, rows // 3 + 1, 7, dtype=torch.float64)
     torch.testing.assert_close(per_example_gram(p), torch.einsum("cnp,dmp->nmcd", p, p), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch_size", [None, 23])
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_ntk_blocked_symmetric_gram(batch_size, per_layer):
+    """N·C = 700 rows > 512: the Linear Gram trick runs in several block rows of examples
+    (lower triangle + mirror, accumulated in place); with batch_size, tiles land in views."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 10))
+    x = torch.randn(70, 6)
+    K = _ntk(model, x, batch_size=batch_size or 70, per_layer=per_layer)
+    want = oracle.ntk(model, x)
+    assert oracle.rel_err(K.data, want) < 1e-12
+    if per_layer:
+        for lay in tl.ParamSpace.from_model(model).layers:
+            names = [p.name for p in lay.params]
+            assert oracle.rel_err(K.layer(lay.module).data, oracle.ntk(model, x, None, names)) < 1e-12
+    x2 = torch.randn(5, 6)
+    assert oracle.rel_err(_ntk(model, x, x2, batch_size=batch_size or 70).data, oracle.ntk(model, x, x2)) < 1e-12

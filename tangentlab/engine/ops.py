@@ -96,18 +96,30 @@ def sq_norms(cap: Capture, space: ParamSpace) -> torch.Tensor:
     return out
 
 
-def gram(cap1: Capture, cap2: Capture, space: ParamSpace,
-         per_layer: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+def gram(cap1: Capture, cap2: Capture, space: ParamSpace, per_layer: bool = False,
+         out: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
     """NTK block ``K[n, m, c, d] = ⟨φ¹_{c,n}, φ²_{d,m}⟩``: ``(N1, N2, C, D)``.
 
     With ``per_layer=True``, a dict ``{module path: block}`` (summing to the total).
+    Otherwise the layers' contributions are accumulated in place into ``out`` when given
+    (any ``(N1, N2, C, D)`` view, e.g. a tile of the full kernel; it is *added to*), or into
+    a new zero tensor, which is returned.
     """
     h1, h2 = _hooked(cap1), _hooked(cap2)
     same = cap1 is cap2
     blocks: dict[str, torch.Tensor] = {}
+    total = out
     for lay in space.layers:
         l1, l2 = h1.get(lay.module), h2.get(lay.module)
-        if l1 is not None and l2 is not None and _full(l1):
+        structured = l1 is not None and l2 is not None and _full(l1)
+        if structured and not per_layer:
+            if total is None:
+                total = torch.zeros(cap1.n, cap2.n, cap1.n_outputs, cap2.n_outputs,
+                                    dtype=l1.g.dtype, device=l1.g.device)
+            l1.rule.gram_into(l1.module, l1.feat, l1.g, l2.feat if not same else l1.feat,
+                              l2.g if not same else l1.g, total)
+            continue
+        if structured:
             k = l1.rule.gram(l1.module, l1.feat, l1.g, l2.feat if not same else l1.feat,
                              l2.g if not same else l1.g)
         else:
@@ -116,13 +128,15 @@ def gram(cap1: Capture, cap2: Capture, space: ParamSpace,
                 k = per_example_gram(p1)
             else:
                 k = torch.einsum("cnp,dmp->nmcd", p1, layer_per_example(cap2, lay))
-        blocks[lay.module] = k
+        if per_layer:
+            blocks[lay.module] = k
+        elif total is None:
+            total = k.clone()
+        else:
+            total += k
     if per_layer:
         return blocks
-    it = iter(blocks.values())
-    total = next(it).clone()
-    for k in it:
-        total += k
+    assert total is not None, "a parameter space has at least one layer"
     return total
 
 

@@ -105,6 +105,12 @@ class LayerRule:
         p2 = self.flat_per_example(module, feat2, g2)
         return torch.einsum("cnp,dmp->nmcd", p1, p2)
 
+    def gram_into(self, module: nn.Module, feat1: Any, g1: torch.Tensor, feat2: Any, g2: torch.Tensor,
+                  out: torch.Tensor) -> None:
+        """``out += gram(...)``: rules with a structured Gram accumulate in place (no
+        per-layer ``(N1, N2, C, D)`` temporaries)."""
+        out += self.gram(module, feat1, g1, feat2, g2)
+
     # ---- Kronecker factors (optional: layers that define them support KFAC/EKFAC) ----------
     def kron_layout(self, module: nn.Module) -> KronLayout | None:
         """The matrix layout of the parameters for KFAC/EKFAC, or None if not defined."""

@@ -105,4 +105,8 @@ class ConvRule(PatchRule):
         c, n, cout = g.shape[0], g.shape[1], g.shape[2]
         return g.reshape(c, n, cout, -1).transpose(2, 3).reshape(c, n, -1, feat.groups, cout // feat.groups)
 
+    def g_rows(self, module, feat: Patches, g):
+        c, n, cout = g.shape[0], g.shape[1], g.shape[2]  # native (C, N, O, *spatial): one fast copy
+        return g.reshape(c, n, cout, -1).transpose(0, 1).reshape(n, c * cout, -1)
+
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import CHUNK_ELEMENTS, KronLayout, LayerRule, sym_outer
+from .base import CHUNK_ELEMENTS, KronLayout, LayerRule
 
 
 @dataclass
@@ -125,6 +125,14 @@ class PatchRule(LayerRule):
         return super().sq_norms(module, feat, g)
 
     def gram(self, module, feat1: Patches, g1, feat2: Patches, g2):
+        x1 = self.shape_g(module, feat1, g1)
+        x2 = x1 if (g2 is g1 and feat2 is feat1) else self.shape_g(module, feat2, g2)
+        c, n, d, m = x1.shape[0], x1.shape[1], x2.shape[0], x2.shape[1]
+        out = torch.zeros(n, m, c, d, dtype=g1.dtype, device=g1.device)
+        self.gram_into(module, feat1, g1, feat2, g2, out)
+        return out
+
+    def gram_into(self, module, feat1: Patches, g1, feat2: Patches, g2, out: torch.Tensor) -> None:
         a1, a2 = feat1.a, feat2.a
         x1 = self.shape_g(module, feat1, g1)
         x2 = x1 if (g2 is g1 and feat2 is feat1) else self.shape_g(module, feat2, g2)
@@ -132,22 +140,24 @@ class PatchRule(LayerRule):
         d, m, s = x2.shape[0], x2.shape[1], x2.shape[2]
         i = a1.shape[-1]
         if t == 1 and s == 1:
-            out = None
             same = x2 is x1 and a2 is a1
             for gi in range(grp):
-                if same:  # symmetric: half the flops
-                    aa = sym_outer(a1[:, 0, gi])
-                    gg = sym_outer(x1[:, :, 0, gi].reshape(c * n, o))
-                else:
-                    aa = a1[:, 0, gi] @ a2[:, 0, gi].T  # (N, M)
-                    gg = x1[:, :, 0, gi].reshape(c * n, o) @ x2[:, :, 0, gi].reshape(d * m, o).T
-                k = gg.reshape(c, n, d, m).permute(1, 3, 0, 2) * aa[:, :, None, None]
-                out = k if out is None else out + k
-            return out.contiguous()
+                # rows n·C + c, so that the (n, c, m, d) product is read as (n, m, c, d) with
+                # contiguous runs over d
+                r1 = x1[:, :, 0, gi].transpose(0, 1).reshape(n * c, o)
+                if same:
+                    _sym_gram_into(a1[:, 0, gi], r1, c, out)
+                    continue
+                aa = a1[:, 0, gi] @ a2[:, 0, gi].T  # (N, M)
+                gg = r1 @ x2[:, :, 0, gi].transpose(0, 1).reshape(m * d, o).T
+                gg = gg.view(n, c, m, d).permute(0, 2, 1, 3)
+                if gg.dtype != out.dtype:
+                    gg, aa = gg.to(out.dtype), aa.to(out.dtype)
+                out.addcmul_(gg, aa[:, :, None, None])  # += (a·a') (g·g'): one pass over out
+            return
         structured = n * m * t * s * grp * (i + c * d * o)
         materialized = grp * (c * n * t + d * m * s) * o * i + c * d * n * m * grp * o * i
         if self._structured(structured, materialized):
-            out = torch.zeros(n, m, c, d, dtype=g1.dtype, device=g1.device)
             step = max(1, CHUNK_ELEMENTS // max(1, m * t * s * c * d))
             for gi in range(grp):
                 for st in range(0, n, step):
@@ -155,8 +165,35 @@ class PatchRule(LayerRule):
                     aa = torch.einsum("nti,msi->ntms", a1[sl, :, gi], a2[:, :, gi])
                     gg = torch.einsum("cnto,dmso->ntmscd", x1[:, sl, :, gi], x2[:, :, :, gi])
                     out[sl] += torch.einsum("ntms,ntmscd->nmcd", aa, gg)
-            return out
-        return super().gram(module, feat1, g1, feat2, g2)
+            return
+        # materialized per-example gradients, rows n·C + c and columns in the (group, o, i)
+        # order of the bmm (the Gram does not depend on the order of the parameters)
+        r1 = self.per_example_rows(module, feat1, g1)
+        if g2 is g1 and feat2 is feat1:
+            _sym_gram_into(None, r1, c, out)
+        else:
+            gg = (r1 @ self.per_example_rows(module, feat2, g2).T).view(n, c, m, d).permute(0, 2, 1, 3)
+            out += gg
+
+    def g_rows(self, module, feat: Patches, g) -> torch.Tensor:
+        """``g`` of a group-free layer as an (N, C·O, T) matrix per example (a view or one copy
+        that keeps the innermost dimension contiguous; a transposed view is fine for bmm)."""
+        x = self.shape_g(module, feat, g)  # (C, N, T, 1, O), O innermost
+        c, n, t, _, o = x.shape
+        return x[:, :, :, 0, :].permute(1, 2, 0, 3).reshape(n, t, c * o).transpose(1, 2)
+
+    def per_example_rows(self, module, feat: Patches, g) -> torch.Tensor:
+        """Per-example gradients ``Σ_t g_t ã_tᵀ`` as an ``(N·C, G·O·I)`` matrix with rows ``n·C + c``.
+
+        Without groups, one batched matmul of per-example ``(C·O, T) @ (T, I)`` products whose
+        (N, C·O, I) result already is the matrix (column order (group, o, i), not the
+        parameters' order: fine for Gram matrices); large per-example GEMMs beat one small
+        GEMM per output coordinate."""
+        c, n = g.shape[0], g.shape[1]
+        if feat.groups == 1:
+            return torch.bmm(self.g_rows(module, feat, g), feat.a[:, :, 0, :]).view(n * c, -1)
+        pe = torch.einsum("cntgo,ntgi->ncgoi", self.shape_g(module, feat, g), feat.a)
+        return pe.reshape(n * c, -1)
 
     # ---- Kronecker factors (KFAC for Linear, KFC for convolutions) --------------------------
     def geometry(self, module: nn.Module) -> tuple[int, int, int, bool]:
@@ -206,6 +243,40 @@ class PatchRule(LayerRule):
             w = torch.cat([w, v["bias"].reshape(grp, -1, 1)], dim=2)
         delta = torch.einsum("ntgi,goi->ntgo", feat.a, w)
         return torch.einsum("cntgo,ntgo->cn", gg, delta)
+
+
+def _sym_gram_into(a: torch.Tensor | None, r: torch.Tensor, c: int, out: torch.Tensor,
+                   block: int = 256) -> None:
+    """``out[n, m, c, d] += (a_n·a_m) (r_{nC+c}·r_{mC+d})`` for one set of examples (``a``: (N, I),
+    or ``None`` for the plain Gram ``r_{nC+c}·r_{mC+d}``; ``r``: (N·C, O); ``out``: (N, N, C, C),
+    any strides).
+
+    The symmetric ``r rᵀ`` is computed by block rows of examples, only up to the diagonal
+    (about half the flops), and each block is accumulated straight into ``out`` and, transposed,
+    into its mirror: no ``(N·C)²`` temporary and no copies beyond one block."""
+    n = r.shape[0] // c
+    aa = None
+    if a is not None:
+        aa = a @ a.T
+        if aa.dtype != out.dtype:
+            aa = aa.to(out.dtype)
+    k = max(1, -(-n * c // block)) if n * c > 2 * block else 1
+    step = -(-n // k)
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        blk = r[i0 * c:i1 * c] @ r[:i1 * c].T  # block row: examples i0..i1 against 0..i1
+        g4 = blk.view(i1 - i0, c, i1, c).permute(0, 2, 1, 3)  # (n, m, c, d)
+        if g4.dtype != out.dtype:
+            g4 = g4.to(out.dtype)
+        mirror = g4[:, :i0].permute(1, 0, 3, 2)  # below the diagonal block: out[m, n, d, c] = G[n, m, c, d]
+        if aa is None:
+            out[i0:i1, :i1] += g4
+            if i0 > 0:
+                out[:i0, i0:i1] += mirror
+        else:
+            out[i0:i1, :i1].addcmul_(g4, aa[i0:i1, :i1, None, None])
+            if i0 > 0:
+                out[:i0, i0:i1].addcmul_(mirror, aa[:i0, i0:i1, None, None])
 
 
 def homogeneous(a: torch.Tensor, has_bias: bool) -> torch.Tensor:

@@ -386,3 +386,35 @@ def test_kron_storage_is_factored():
     assert k_entries == 301**2 + 200**2 + 201**2 + 10**2
     e_entries = sum(b.ua.numel() + b.ub.numel() + b.s.numel() for b in E.blocks)
     assert e_entries == k_entries + 200 * 301 + 10 * 201
+
+
+@pytest.mark.parametrize("kind", ["exact", "mc"])
+def test_ekfac_second_pass_replays_captures(monkeypatch, kind):
+    """EKFAC's s* pass reuses the factor pass's captures (one capture per batch in all); when
+    they do not fit the stash it recomputes them, with the same result (same random streams)."""
+    from tangentlab.engine import Engine
+    from tangentlab.pmat import build, kron_build
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4))
+    x = torch.randn(30, 5)
+    calls = []
+    orig = Engine.capture
+    monkeypatch.setattr(Engine, "capture", lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+
+    def build_it():
+        calls.clear()
+        fm = tl.fim(model, x, kind=kind, representation="ekfac", batch_size=8, progress=False)
+        return fm, len(calls)
+
+    kept, n_kept = build_it()
+
+    class Tiny(build.CaptureStash):
+        def __init__(self, limit):
+            super().__init__(1)
+
+    monkeypatch.setattr(kron_build, "CaptureStash", Tiny)
+    again, n_again = build_it()
+    assert n_kept == 4 and n_again == 8
+    for a, b in zip(kept.blocks, again.blocks):
+        assert torch.equal(a.s, b.s) and torch.equal(a.ua, b.ua)

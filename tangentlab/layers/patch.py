@@ -100,8 +100,8 @@ class PatchRule(LayerRule):
 
     def diag(self, module, feat: Patches, g):
         gg = self.shape_g(module, feat, g)
-        if feat.t == 1:
-            d = torch.einsum("cngo,ngi->goi", gg[:, :, 0].pow(2), feat.a[:, 0].pow(2))
+        if feat.t == 1:  # Σ_c first (a contiguous reduction), then one (Σ_c g²)ᵀ (a²) matmul per group
+            d = torch.einsum("ngo,ngi->goi", gg[:, :, 0].pow(2).sum(0), feat.a[:, 0].pow(2))
             return self._split(feat, d, ())
         return super().diag(module, feat, g)
 
@@ -212,18 +212,20 @@ class PatchRule(LayerRule):
                                             "bias": torch.cat([torch.full_like(w, -1), oo], 2)})
 
     def kfac_factors(self, module, feat: Patches, g, cols):
-        a = feat.a[..., cols]
+        a = _kept(feat.a, cols)
         gg = self.shape_g(module, feat, g)
         big_a = torch.einsum("ntgi,ntgj->gij", a, a)
-        big_b = torch.einsum("cntgo,cntgp->gop", gg, gg) / feat.t
+        big_b = torch.einsum("cntgo,cntgp->gop", gg, gg)
+        if feat.t != 1:
+            big_b /= feat.t
         return big_a, big_b
 
     def kfe_diag(self, module, feat: Patches, g, cols, ua, ub):
-        a = feat.a[..., cols]
+        a = _kept(feat.a, cols)
         ar = a if ua is None else torch.einsum("ntgi,gij->ntgj", a, ua)
         gr = torch.einsum("cntgo,gop->cntgp", self.shape_g(module, feat, g), ub)
-        if feat.t == 1:  # one matmul: ((g U_B)²)ᵀ ((ã U_A)²)
-            return torch.einsum("cngo,ngi->goi", gr[:, :, 0].pow(2), ar[:, 0].pow(2))
+        if feat.t == 1:  # one matmul: (Σ_c (g U_B)²)ᵀ ((ã U_A)²)
+            return torch.einsum("ngo,ngi->goi", gr[:, :, 0].pow(2).sum(0), ar[:, 0].pow(2))
         c, n = gr.shape[0], gr.shape[1]
         per = max(1, CHUNK_ELEMENTS // max(1, gr.shape[3] * gr.shape[4] * ar.shape[-1]))
         out = None
@@ -277,6 +279,11 @@ def _sym_gram_into(a: torch.Tensor | None, r: torch.Tensor, c: int, out: torch.T
             out[i0:i1, :i1].addcmul_(g4, aa[i0:i1, :i1, None, None])
             if i0 > 0:
                 out[:i0, i0:i1].addcmul_(mirror, aa[:i0, i0:i1, None, None])
+
+
+def _kept(a: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``a[..., cols]`` for the sorted kept columns ``cols``; ``a`` itself (no copy) when all are kept."""
+    return a if cols.numel() == a.shape[-1] else a[..., cols]
 
 
 def homogeneous(a: torch.Tensor, has_bias: bool) -> torch.Tensor:

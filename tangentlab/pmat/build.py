@@ -17,15 +17,36 @@ from ..distributed import Reducer
 from ..engine import Capture, Engine, ops
 from ..errors import UnsupportedOperationError
 from ..layers.base import CHUNK_ELEMENTS
+from ..memory import tensor_nbytes
 from ..vectors import PVector
 from .dense import PMatBlockDiag, PMatDense, PMatDiag
 from .lowrank import PMatLowRank
 
 
+class CaptureStash:
+    """The captures of one pass, kept for a second pass over the same data (EKFAC's ``s*``
+    after its factors) while they fit ``limit`` bytes; past it they are dropped and the
+    second pass recomputes them (same batches, same random streams: same values)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.nbytes, self.caps = limit, 0, []
+        self.ok = limit > 0
+
+    def add(self, cap: Capture) -> None:
+        if not self.ok:
+            return
+        self.nbytes += tensor_nbytes(cap, skip=("module", "rule", "layer"))
+        if self.nbytes > self.limit:
+            self.ok, self.caps = False, []
+        else:
+            self.caps.append(cap)
+
+
 def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], None],
              centering: bool = False,
              reduce: Sequence[torch.Tensor] | Callable[[], Sequence[torch.Tensor]] | None = None,
-             local: bool = False) -> tuple[int, torch.Tensor | None]:
+             local: bool = False, stash: CaptureStash | None = None,
+             replay: CaptureStash | None = None) -> tuple[int, torch.Tensor | None]:
     """Run ``consume`` on every capture; return ``N`` and, if centering, the mean features ``(C, P)``.
 
     ``reduce``: the accumulators ``consume`` adds to (or a function returning them after
@@ -33,6 +54,8 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
     summed over the ranks (in place) after the pass, as are ``N`` and the feature sums;
     a builder that does not name its accumulators refuses to run distributed.
     ``local=True``: no reduction (every rank passes the same full data, as for kernels).
+    ``stash``: keep the captures for a later pass; ``replay``: use the captures a previous
+    pass over the same data kept (if it kept them all) instead of recomputing them.
     """
     red = engine.reducer
     if local:
@@ -43,7 +66,10 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
             "'quasidiag', 'lowrank' or 'implicit'", "this computation does not support distributed accumulation yet")
     n = 0
     total = None
-    for cap in engine.captures(data, desc):
+    caps = replay.caps if replay is not None and replay.ok else engine.captures(data, desc)
+    for cap in caps:
+        if stash is not None:
+            stash.add(cap)
         consume(cap)
         n += cap.n
         if centering:

@@ -129,9 +129,9 @@ class _KronBase(PMat):
 
     def _init(self, space: ParamSpace, blocks: list, budget: MemoryBudget | None) -> None:
         covered = torch.cat([b.index.reshape(-1) for b in blocks]) if blocks else torch.zeros(0)
-        if covered.numel() != space.numel or (
-            covered.numel() and not torch.equal(torch.sort(covered.cpu()).values, torch.arange(space.numel))
-        ):
+        if covered.numel() != space.numel or (covered.numel() and (  # a permutation of 0..P-1 (O(P) check)
+            int(covered.min()) < 0 or int(covered.max()) >= space.numel
+            or not bool((torch.bincount(covered, minlength=space.numel) == 1).all()))):
             raise InvalidInputError("the Kronecker blocks do not cover the parameter space exactly once")
         self.space, self.blocks = space, blocks
         self.budget = budget or MemoryBudget.resolve(None, self.device)

@@ -14,7 +14,7 @@ import torch
 from ..engine import Capture, Engine, LayerCapture
 from ..errors import InvalidInputError, UnsupportedLayerError
 from ..space import ParamSpace
-from .build import one_pass
+from .build import CaptureStash, one_pass
 from .kron import KfeBlock, KronBlock, PMatEKFAC, PMatKFAC, _eigh, _rot
 
 
@@ -64,7 +64,7 @@ def kron_layouts(cap: Capture, space: ParamSpace,
     return out
 
 
-def build_kfac(engine: Engine, data: Any, centering: bool = False) -> PMatKFAC:
+def build_kfac(engine: Engine, data: Any, centering: bool = False, stash: CaptureStash | None = None) -> PMatKFAC:
     if centering:
         raise InvalidInputError("KFAC of centered tangent features is not defined; use "
                                 "representation='ekfac' (exact centered s*) or 'dense'")
@@ -83,7 +83,7 @@ def build_kfac(engine: Engine, data: Any, centering: bool = False) -> PMatKFAC:
                 sums[m] = [a, b]
                 index[m] = idx
 
-    n, _ = one_pass(engine, data, "KFAC factors", consume,
+    n, _ = one_pass(engine, data, "KFAC factors", consume, stash=stash,
                     reduce=lambda: [t for lay in engine.space.layers for t in sums[lay.module]])
     blocks = [KronBlock(lay.module, index[lay.module], sums[lay.module][0] / n, sums[lay.module][1] / n)
               for lay in engine.space.layers]
@@ -91,7 +91,7 @@ def build_kfac(engine: Engine, data: Any, centering: bool = False) -> PMatKFAC:
 
 
 def kfe_diagonals(engine: Engine, data: Any, space: ParamSpace, blocks: list,
-                  centering: bool = False) -> list[torch.Tensor]:
+                  centering: bool = False, replay: CaptureStash | None = None) -> list[torch.Tensor]:
     """``s* = (1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` per block, in the blocks' fixed eigenbases;
     with ``centering``, of the centered features (``− Σ_c (U_Bᵀ M_c U_A)²``)."""
     by_module = {b.module: b for b in blocks}
@@ -107,7 +107,7 @@ def kfe_diagonals(engine: Engine, data: Any, space: ParamSpace, blocks: list,
     if space != engine.space:
         raise InvalidInputError("the engine's parameter space differs from the matrix's")
     n, mean = one_pass(engine, data, "EKFAC diagonal", consume, centering,
-                       reduce=lambda: [sums[b.module] for b in blocks])
+                       reduce=lambda: [sums[b.module] for b in blocks], replay=replay)
     out = []
     for blk in blocks:
         s = sums[blk.module] / n
@@ -119,7 +119,9 @@ def kfe_diagonals(engine: Engine, data: Any, space: ParamSpace, blocks: list,
 
 
 def build_ekfac(engine: Engine, data: Any, centering: bool = False) -> PMatEKFAC:
-    kfac = build_kfac(engine, data)
+    # the s* pass reuses the factor pass's captures when they fit a quarter of the budget
+    stash = CaptureStash(engine.budget.nbytes // 4)
+    kfac = build_kfac(engine, data, stash=stash)
     blocks = []
     for blk in kfac.blocks:
         ea, ua = _eigh(blk.a)
@@ -127,7 +129,8 @@ def build_ekfac(engine: Engine, data: Any, centering: bool = False) -> PMatEKFAC
         # one basis for all ranks: eigenvector signs may differ between machines
         engine.reducer.broadcast_(ea, ua, eb, ub)
         blocks.append(KfeBlock(blk.module, blk.index, ua, ub, eb[:, :, None] * ea[:, None, :], ea, eb))
-    ss = kfe_diagonals(engine, data, engine.space, blocks, centering)
+    ss = kfe_diagonals(engine, data, engine.space, blocks, centering, replay=stash)
+    stash.caps = []
     blocks = [KfeBlock(b.module, b.index, b.ua, b.ub, s, b.ea, b.eb) for b, s in zip(blocks, ss)]
     return PMatEKFAC(engine.space, blocks, engine.budget, engine)
 

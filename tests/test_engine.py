@@ -151,3 +151,23 @@ def test_gram_strategies_many_rows(strategy, layer):
     rule.gram_into(mod, f, g, f, g, big[5:65, 3:63])
     assert oracle.rel_err(big[5:65, 3:63] - 1, want) < 1e-12
     assert (big[:5] == 1).all() and (big[:, :3] == 1).all() and (big[:, 63:] == 1).all()
+    assert oracle.rel_err(rule.sq_norms(mod, f, g), pe.pow(2).sum(-1)) < 1e-12
+
+
+@pytest.mark.parametrize("layer", ["linear_seq", "conv", "conv_groups"])
+def test_materialized_sq_norms_in_example_chunks(monkeypatch, layer):
+    """Squared norms on the materialized route, a few examples at a time (tiny chunk size)."""
+    from tangentlab.layers import ConvRule, LinearRule, patch
+
+    monkeypatch.setattr(patch, "CHUNK_ELEMENTS", 200)
+    torch.manual_seed(5)
+    rule, mod, x, gshape = {
+        "linear_seq": (LinearRule("materialize"), torch.nn.Linear(4, 3), torch.randn(11, 2, 4), (3, 11, 2, 3)),
+        "conv": (ConvRule("materialize"), torch.nn.Conv2d(2, 4, 3), torch.randn(11, 2, 4, 4), (3, 11, 4, 2, 2)),
+        "conv_groups": (ConvRule("materialize"), torch.nn.Conv2d(2, 4, 3, groups=2), torch.randn(11, 2, 4, 4),
+                        (3, 11, 4, 2, 2)),
+    }[layer]
+    f = rule.features(mod, (x,), {})
+    g = torch.randn(*gshape)
+    pe = rule.flat_per_example(mod, f, g)
+    assert oracle.rel_err(rule.sq_norms(mod, f, g), pe.pow(2).sum(-1)) < 1e-12

@@ -122,7 +122,20 @@ class PatchRule(LayerRule):
                 gg2 = torch.einsum("cntgo,cnsgo->cngts", gg[:, sl], gg[:, sl])
                 out[:, sl] = torch.einsum("ngts,cngts->cn", aa, gg2)
             return out
-        return super().sq_norms(module, feat, g)
+        # materialized, in chunks of examples (all outputs at once) squared and summed as they
+        # come: at most ~CHUNK_ELEMENTS per-example entries alive (not C·N·P of them)
+        out = torch.empty(c, n, dtype=g.dtype, device=g.device)
+        per = max(1, CHUNK_ELEMENTS // max(1, c * grp * o * i))
+        rows = self.g_rows(module, feat, g) if grp == 1 else None
+        for st in range(0, n, per):
+            sl = slice(st, st + per)
+            if rows is not None:
+                pe = torch.bmm(rows[sl], feat.a[sl, :, 0, :]).view(-1, c, o * i)  # (n_s, C, O·I)
+                out[:, sl] = (pe * pe).sum(-1).T
+            else:
+                pe = torch.einsum("cntgo,ntgi->cngoi", gg[:, sl], feat.a[sl])
+                out[:, sl] = (pe * pe).sum((2, 3, 4))
+        return out
 
     def gram(self, module, feat1: Patches, g1, feat2: Patches, g2):
         x1 = self.shape_g(module, feat1, g1)

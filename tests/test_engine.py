@@ -171,3 +171,35 @@ def test_materialized_sq_norms_in_example_chunks(monkeypatch, layer):
     g = torch.randn(*gshape)
     pe = rule.flat_per_example(mod, f, g)
     assert oracle.rel_err(rule.sq_norms(mod, f, g), pe.pow(2).sum(-1)) < 1e-12
+
+
+@pytest.mark.parametrize("conv", [
+    dict(in_channels=3, out_channels=5, kernel_size=(2, 3), stride=(2, 1), dilation=(1, 2), padding=1,
+         padding_mode="reflect"),
+    dict(in_channels=2, out_channels=4, kernel_size=3, padding="same", dilation=2, bias=False),
+    dict(in_channels=2, out_channels=3, kernel_size=3, stride=2, dims=1),
+])
+def test_conv_grouped_backward_route_equals_patches(conv):
+    """Group-free convolutions: per-example gradients by one convolution backward with the
+    examples as groups (no unfolded patches) equal the im2col route, in every output layout."""
+    from tangentlab.layers import ConvRule
+
+    torch.manual_seed(6)
+    conv = dict(conv)
+    dims = conv.pop("dims", 2)
+    mod = (torch.nn.Conv1d if dims == 1 else torch.nn.Conv2d)(**conv)
+    x = torch.randn(5, conv["in_channels"], *((9,) if dims == 1 else (7, 8)))
+    rule = ConvRule("materialize")
+    out = mod(x)
+    g = torch.randn(1, *out.shape)  # one output coordinate: the grouped route
+    f = rule.features(mod, (x,), {})
+    assert f.a_ is None  # lazily unfolded
+    want = {k: v.clone() for k, v in rule.per_example(mod, f, g).items()}  # im2col route (unfolds)
+    f = rule.features(mod, (x,), {})
+    outs = {k: torch.empty_like(v) for k, v in want.items()}
+    rule.per_example_into(mod, f, g, outs)
+    assert f.a_ is None, "the grouped-convolution route does not unfold"
+    for k in want:
+        assert oracle.rel_err(outs[k], want[k]) < 1e-12
+    pe = torch.cat([want[k].reshape(1, 5, -1) for k in ("weight", "bias") if k in want], 2)
+    assert oracle.rel_err(rule.gram(mod, f, g, f, g), torch.einsum("cnp,dmp->nmcd", pe, pe)) < 1e-12

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .patch import Patches, PatchRule, homogeneous
+from .patch import ConvSource, Patches, PatchRule, homogeneous
 
 
 class LinearRule(PatchRule):
@@ -64,6 +64,25 @@ def _patches(x: torch.Tensor, kernel: tuple[int, int], dil: tuple[int, int], str
     return buf.permute(0, 3, 1, 2)
 
 
+def unfold_patches(src: ConvSource, bias: bool) -> torch.Tensor:
+    """The homogeneous patches ``(N, T, G, I[+1])`` of a :class:`ConvSource`."""
+    return _patches(src.x, src.kernel, src.dilation, src.stride, src.groups, bias)
+
+
+def conv_weight_rows(src: ConvSource, g: torch.Tensor) -> torch.Tensor:
+    """Per-example weight gradients of a group-free convolution as ``(N, C·O, Cin·kh·kw)``
+    (``g``: (C, N, O, Ho, Wo)), by one convolution backward with the examples as groups:
+    no unfolded patches, the convolution kernels' own blocking (several times faster than
+    im2col + batched matmul)."""
+    c, n, o = g.shape[0], g.shape[1], g.shape[2]
+    cin, kh, kw = src.x.shape[1], src.kernel[0], src.kernel[1]
+    go = g.transpose(0, 1).reshape(1, n * c * o, g.shape[3], g.shape[4])  # n-major channel blocks
+    w = torch.nn.grad.conv2d_weight(src.x.reshape(1, n * cin, src.x.shape[2], src.x.shape[3]),
+                                    (n * c * o, cin, kh, kw), go.to(src.x.dtype), stride=src.stride,
+                                    dilation=src.dilation, groups=n)
+    return w.view(n, c * o, cin * kh * kw)
+
+
 class ConvRule(PatchRule):
     """``nn.Conv1d`` / ``nn.Conv2d`` with any stride, padding (incl. 'same' and
     non-zero padding modes), dilation and groups, via unfolded patches."""
@@ -91,8 +110,8 @@ class ConvRule(PatchRule):
             kernel, dil, stride = (1, module.kernel_size[0]), (1, module.dilation[0]), (1, module.stride[0])
         else:
             kernel, dil, stride = module.kernel_size, module.dilation, module.stride
-        return Patches(_patches(x.contiguous(), kernel, dil, stride, module.groups, module.bias is not None),
-                       tuple(module.weight.shape), module.bias is not None)
+        src = ConvSource(x.contiguous(), tuple(kernel), tuple(dil), tuple(stride), module.groups)
+        return Patches(None, tuple(module.weight.shape), module.bias is not None, src)
 
     def geometry(self, module):
         grp = module.groups
@@ -104,6 +123,34 @@ class ConvRule(PatchRule):
     def shape_g(self, module, feat: Patches, g):
         c, n, cout = g.shape[0], g.shape[1], g.shape[2]
         return g.reshape(c, n, cout, -1).transpose(2, 3).reshape(c, n, -1, feat.groups, cout // feat.groups)
+
+    @staticmethod
+    def _grouped_route(feat: Patches, g) -> bool:
+        """Per-example gradients by a grouped convolution backward: group-free layers with one
+        output coordinate (per-example loss gradients); with several, im2col + one batched
+        matmul of (C·O, T) @ (T, I) per example measured as fast or faster (W2)."""
+        return feat.groups == 1 and feat.conv is not None and g.shape[0] == 1
+
+    def per_example_into(self, module, feat: Patches, g, outs):
+        if not self._grouped_route(feat, g):
+            return super().per_example_into(module, feat, g, outs)
+        c, n, o = g.shape[0], g.shape[1], g.shape[2]
+        g4 = g.reshape(c, n, o, *feat.conv.out_hw)
+        if "weight" in outs:
+            w = conv_weight_rows(feat.conv, g4).view(n, c, -1)
+            outs["weight"].view(c, n, -1).copy_(w.transpose(0, 1))
+        if "bias" in outs:
+            outs["bias"].view(c, n, o).copy_(g4.sum((3, 4)))
+
+    def per_example_rows(self, module, feat: Patches, g):
+        if not self._grouped_route(feat, g):
+            return super().per_example_rows(module, feat, g)
+        c, n, o = g.shape[0], g.shape[1], g.shape[2]
+        g4 = g.reshape(c, n, o, *feat.conv.out_hw)
+        w = conv_weight_rows(feat.conv, g4).view(n * c, -1)
+        if not feat.has_bias:
+            return w
+        return torch.cat([w, g4.sum((3, 4)).transpose(0, 1).reshape(n * c, o)], 1)
 
     def g_rows(self, module, feat: Patches, g):
         c, n, cout = g.shape[0], g.shape[1], g.shape[2]  # native (C, N, O, *spatial): one fast copy

@@ -24,22 +24,57 @@ from .base import CHUNK_ELEMENTS, KronLayout, LayerRule
 
 
 @dataclass
+class ConvSource:
+    """What a convolution's patches are unfolded from: the padded 4-d input ``x``
+    (N, Cin, H, W; 1-d convolutions have H = 1) and the geometry."""
+
+    x: torch.Tensor
+    kernel: tuple[int, int]
+    dilation: tuple[int, int]
+    stride: tuple[int, int]
+    groups: int
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        h, w = self.x.shape[2], self.x.shape[3]
+        return tuple((size - d * (k - 1) - 1) // st + 1  # type: ignore[return-value]
+                     for size, k, d, st in zip((h, w), self.kernel, self.dilation, self.stride))
+
+
+@dataclass
 class Patches:
-    a: torch.Tensor  # (N, T, G, I) homogeneous inputs
+    """A patch layer's inputs: ``a`` (N, T, G, I) homogeneous inputs (ones column last when
+    there is a bias). Convolutions pass ``a_=None`` and their :class:`ConvSource`: the
+    unfolded ``a`` (im2col, ~kh·kw times the input) is built on first use only, so routes
+    that never need it (per-example gradients by a grouped convolution) never pay for it."""
+
+    a_: torch.Tensor | None
     weight_shape: tuple[int, ...]
     has_bias: bool
+    conv: ConvSource | None = None
+
+    @property
+    def a(self) -> torch.Tensor:
+        if self.a_ is None:
+            from .linear import unfold_patches
+
+            self.a_ = unfold_patches(self.conv, self.has_bias)
+        return self.a_
 
     @property
     def n(self) -> int:
-        return self.a.shape[0]
+        return self.a_.shape[0] if self.a_ is not None else self.conv.x.shape[0]
 
     @property
     def t(self) -> int:
-        return self.a.shape[1]
+        if self.a_ is not None:
+            return self.a_.shape[1]
+        ho, wo = self.conv.out_hw
+        return ho * wo
 
     @property
     def groups(self) -> int:
-        return self.a.shape[2]
+        return self.a_.shape[2] if self.a_ is not None else self.conv.groups
 
 
 class PatchRule(LayerRule):

@@ -123,10 +123,12 @@ def test_select_layers_and_jacobian_columns():
 
 @pytest.mark.parametrize("rows", [3, 300, 777])
 def test_symmetric_block_product_equals_full_product(rows):
-    from tangentlab.layers.base import per_example_gram, sym_outer
+    from tangentlab.layers.base import per_example_gram, sym_gram_into
 
-    x = torch.randn(rows, 19, dtype=torch.float64)
-    torch.testing.assert_close(sym_outer(x, block=64), x @ x.T, rtol=0, atol=1e-12)
+    x = torch.randn(rows, 19, dtype=torch.float64)  # rows n·C + c with C = 1: the plain x xᵀ
+    out = torch.zeros(rows, rows, 1, 1, dtype=torch.float64)
+    sym_gram_into(None, x, 1, out, block=64)
+    torch.testing.assert_close(out[:, :, 0, 0], x @ x.T, rtol=0, atol=1e-12)
     p = torch.randn(3, rows // 3 + 1, 7, dtype=torch.float64)
     torch.testing.assert_close(per_example_gram(p), torch.einsum("cnp,dmp->nmcd", p, p), rtol=0, atol=1e-12)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layers.base import per_example_gram
+from ..layers.base import sym_gram_into
 from ..space import Layer, ParamSpace
 from .engine import Capture, LayerCapture
 
@@ -108,36 +108,25 @@ def gram(cap1: Capture, cap2: Capture, space: ParamSpace, per_layer: bool = Fals
     h1, h2 = _hooked(cap1), _hooked(cap2)
     same = cap1 is cap2
     blocks: dict[str, torch.Tensor] = {}
-    total = out
+
+    def zeros() -> torch.Tensor:  # captures hold outputs, features and g in one dtype
+        return cap1.outputs.new_zeros(cap1.n, cap2.n, cap1.n_outputs, cap2.n_outputs)
+
+    if not per_layer and out is None:
+        out = zeros()
     for lay in space.layers:
         l1, l2 = h1.get(lay.module), h2.get(lay.module)
-        structured = l1 is not None and l2 is not None and _full(l1)
-        if structured and not per_layer:
-            if total is None:
-                total = torch.zeros(cap1.n, cap2.n, cap1.n_outputs, cap2.n_outputs,
-                                    dtype=l1.g.dtype, device=l1.g.device)
-            l1.rule.gram_into(l1.module, l1.feat, l1.g, l2.feat if not same else l1.feat,
-                              l2.g if not same else l1.g, total)
-            continue
-        if structured:
-            k = l1.rule.gram(l1.module, l1.feat, l1.g, l2.feat if not same else l1.feat,
-                             l2.g if not same else l1.g)
-        else:
+        target = blocks.setdefault(lay.module, zeros()) if per_layer else out
+        if l1 is not None and l2 is not None and _full(l1):
+            l1.rule.gram_into(l1.module, l1.feat, l1.g, l1.feat if same else l2.feat, l1.g if same else l2.g, target)
+        elif same:  # generic route or partial selection: materialized rows n·C + c
             p1 = layer_per_example(cap1, lay)
-            if same:
-                k = per_example_gram(p1)
-            else:
-                k = torch.einsum("cnp,dmp->nmcd", p1, layer_per_example(cap2, lay))
-        if per_layer:
-            blocks[lay.module] = k
-        elif total is None:
-            total = k.clone()
+            sym_gram_into(None, p1.transpose(0, 1).reshape(cap1.n * cap1.n_outputs, -1), cap1.n_outputs, target)
         else:
-            total += k
+            target += torch.einsum("cnp,dmp->nmcd", layer_per_example(cap1, lay), layer_per_example(cap2, lay))
     if per_layer:
         return blocks
-    assert total is not None, "a parameter space has at least one layer"
-    return total
+    return out
 
 
 def dot(cap: Capture, space: ParamSpace, v: dict[str, torch.Tensor]) -> torch.Tensor:

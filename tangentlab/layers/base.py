@@ -139,32 +139,47 @@ class LayerRule:
         return torch.cat(parts, 0)
 
 
-def sym_outer(x: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """``x xᵀ`` for ``x`` of shape ``(R, P)``, computing only the lower block triangle.
+def sym_gram_into(a: torch.Tensor | None, r: torch.Tensor, c: int, out: torch.Tensor,
+                   block: int = 256) -> None:
+    """``out[n, m, c, d] += (a_n·a_m) (r_{nC+c}·r_{mC+d})`` for one set of examples (``a``: (N, I),
+    or ``None`` for the plain Gram ``r_{nC+c}·r_{mC+d}``; ``r``: (N·C, O); ``out``: (N, N, C, C),
+    any strides).
 
-    The ``R × R`` result is symmetric, so blocks ``(i, j)`` with ``j > i`` are copies of
-    ``(j, i)ᵀ``: about half the flops of ``x @ x.T`` once ``R`` spans a few blocks.
-    """
-    r = x.shape[0]
-    if r <= 2 * block:
-        return x @ x.T
-    k = -(-r // block)
-    step = -(-r // k)
-    out = torch.empty(r, r, dtype=x.dtype, device=x.device)
-    for i in range(0, r, step):
-        xi = x[i:i + step]
-        blk = xi @ x[: i + step].T  # block row i, columns 0 .. end of block i
-        out[i:i + step, : i + step] = blk
-        out[: i, i:i + step] = blk[:, : i].T
-    return out
+    The symmetric ``r rᵀ`` is computed by block rows of examples, only up to the diagonal
+    (about half the flops), and each block is accumulated straight into ``out`` and, transposed,
+    into its mirror: no ``(N·C)²`` temporary and no copies beyond one block."""
+    n = r.shape[0] // c
+    aa = None
+    if a is not None:
+        aa = a @ a.T
+        if aa.dtype != out.dtype:
+            aa = aa.to(out.dtype)
+    k = max(1, -(-n * c // block)) if n * c > 2 * block else 1
+    step = -(-n // k)
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        blk = r[i0 * c:i1 * c] @ r[:i1 * c].T  # block row: examples i0..i1 against 0..i1
+        g4 = blk.view(i1 - i0, c, i1, c).permute(0, 2, 1, 3)  # (n, m, c, d)
+        if g4.dtype != out.dtype:
+            g4 = g4.to(out.dtype)
+        mirror = g4[:, :i0].permute(1, 0, 3, 2)  # below the diagonal block: out[m, n, d, c] = G[n, m, c, d]
+        if aa is None:
+            out[i0:i1, :i1] += g4
+            if i0 > 0:
+                out[:i0, i0:i1] += mirror
+        else:
+            out[i0:i1, :i1].addcmul_(g4, aa[i0:i1, :i1, None, None])
+            if i0 > 0:
+                out[:i0, i0:i1].addcmul_(mirror, aa[:i0, i0:i1, None, None])
 
 
 def per_example_gram(p: torch.Tensor) -> torch.Tensor:
     """``K[n, m, c, d] = ⟨p[c, n], p[d, m]⟩`` for per-example features ``p`` of shape ``(C, N, P)``,
-    as a ``(N, N, C, C)`` view, using the symmetry (half the flops of the full product)."""
+    as an ``(N, N, C, C)`` tensor, using the symmetry (half the flops of the full product)."""
     c, n, q = p.shape
-    x = p.transpose(0, 1).reshape(n * c, q)  # rows n·C + c
-    return sym_outer(x).view(n, c, n, c).permute(0, 2, 1, 3)
+    out = torch.zeros(n, n, c, c, dtype=p.dtype, device=p.device)
+    sym_gram_into(None, p.transpose(0, 1).reshape(n * c, q), c, out)  # rows n·C + c
+    return out
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import CHUNK_ELEMENTS, KronLayout, LayerRule
+from .base import CHUNK_ELEMENTS, KronLayout, LayerRule, sym_gram_into
 
 
 @dataclass
@@ -194,7 +194,7 @@ class PatchRule(LayerRule):
                 # contiguous runs over d
                 r1 = x1[:, :, 0, gi].transpose(0, 1).reshape(n * c, o)
                 if same:
-                    _sym_gram_into(a1[:, 0, gi], r1, c, out)
+                    sym_gram_into(a1[:, 0, gi], r1, c, out)
                     continue
                 aa = a1[:, 0, gi] @ a2[:, 0, gi].T  # (N, M)
                 gg = r1 @ x2[:, :, 0, gi].transpose(0, 1).reshape(m * d, o).T
@@ -218,7 +218,7 @@ class PatchRule(LayerRule):
         # order of the bmm (the Gram does not depend on the order of the parameters)
         r1 = self.per_example_rows(module, feat1, g1)
         if g2 is g1 and feat2 is feat1:
-            _sym_gram_into(None, r1, c, out)
+            sym_gram_into(None, r1, c, out)
         else:
             gg = (r1 @ self.per_example_rows(module, feat2, g2).T).view(n, c, m, d).permute(0, 2, 1, 3)
             out += gg
@@ -293,40 +293,6 @@ class PatchRule(LayerRule):
             w = torch.cat([w, v["bias"].reshape(grp, -1, 1)], dim=2)
         delta = torch.einsum("ntgi,goi->ntgo", feat.a, w)
         return torch.einsum("cntgo,ntgo->cn", gg, delta)
-
-
-def _sym_gram_into(a: torch.Tensor | None, r: torch.Tensor, c: int, out: torch.Tensor,
-                   block: int = 256) -> None:
-    """``out[n, m, c, d] += (a_n·a_m) (r_{nC+c}·r_{mC+d})`` for one set of examples (``a``: (N, I),
-    or ``None`` for the plain Gram ``r_{nC+c}·r_{mC+d}``; ``r``: (N·C, O); ``out``: (N, N, C, C),
-    any strides).
-
-    The symmetric ``r rᵀ`` is computed by block rows of examples, only up to the diagonal
-    (about half the flops), and each block is accumulated straight into ``out`` and, transposed,
-    into its mirror: no ``(N·C)²`` temporary and no copies beyond one block."""
-    n = r.shape[0] // c
-    aa = None
-    if a is not None:
-        aa = a @ a.T
-        if aa.dtype != out.dtype:
-            aa = aa.to(out.dtype)
-    k = max(1, -(-n * c // block)) if n * c > 2 * block else 1
-    step = -(-n // k)
-    for i0 in range(0, n, step):
-        i1 = min(n, i0 + step)
-        blk = r[i0 * c:i1 * c] @ r[:i1 * c].T  # block row: examples i0..i1 against 0..i1
-        g4 = blk.view(i1 - i0, c, i1, c).permute(0, 2, 1, 3)  # (n, m, c, d)
-        if g4.dtype != out.dtype:
-            g4 = g4.to(out.dtype)
-        mirror = g4[:, :i0].permute(1, 0, 3, 2)  # below the diagonal block: out[m, n, d, c] = G[n, m, c, d]
-        if aa is None:
-            out[i0:i1, :i1] += g4
-            if i0 > 0:
-                out[:i0, i0:i1] += mirror
-        else:
-            out[i0:i1, :i1].addcmul_(g4, aa[i0:i1, :i1, None, None])
-            if i0 > 0:
-                out[:i0, i0:i1].addcmul_(mirror, aa[:i0, i0:i1, None, None])
 
 
 def _kept(a: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default=str(Path(__file__).parent))
     args = ap.parse_args(argv)
+    if args.procs < 2:
+        ap.error(f"--procs {args.procs}: compare at least 2 ranks with one process (e.g. --procs 2)")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     if torchrun is None:
         raise SystemExit("torchrun is not installed")

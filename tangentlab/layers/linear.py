@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import CHUNK_ELEMENTS
 from .patch import ConvSource, Patches, PatchRule, homogeneous
 
 
@@ -83,6 +86,10 @@ def conv_weight_rows(src: ConvSource, g: torch.Tensor) -> torch.Tensor:
     return w.view(n, c * o, cin * kh * kw)
 
 
+#: the grouped-convolution route needs ``GROUPED_MIN_POSITIONS · T ≥ I`` (see ``_grouped_route``)
+GROUPED_MIN_POSITIONS = 8
+
+
 class ConvRule(PatchRule):
     """``nn.Conv1d`` / ``nn.Conv2d`` with any stride, padding (incl. 'same' and
     non-zero padding modes), dilation and groups, via unfolded patches."""
@@ -127,9 +134,17 @@ class ConvRule(PatchRule):
     @staticmethod
     def _grouped_route(feat: Patches, g) -> bool:
         """Per-example gradients by a grouped convolution backward: group-free layers with one
-        output coordinate (per-example loss gradients); with several, im2col + one batched
-        matmul of (C·O, T) @ (T, I) per example measured as fast or faster (W2)."""
-        return feat.groups == 1 and feat.conv is not None and g.shape[0] == 1
+        output coordinate (per-example loss gradients, output blocks of one) and many positions
+        per weight input (``GROUPED_MIN_POSITIONS · T ≥ Cin·kh·kw``). With several output
+        coordinates, im2col + one batched matmul of (C·O, T) @ (T, I) per example measured as
+        fast or faster (W2); so did it for few positions and many channels (ResNet-18 on
+        32×32, N = 64: grouped 35 ms vs 88 ms at 64 ch × 32², 72 vs 96 ms at 128 × 16²,
+        241 vs 151 ms at 256 × 8², 856 vs 482 ms at 512 × 4²)."""
+        if feat.groups != 1 or feat.conv is None or g.shape[0] != 1:
+            return False
+        x = feat.conv.x
+        ho, wo = feat.conv.out_hw
+        return GROUPED_MIN_POSITIONS * ho * wo >= x.shape[1] * feat.conv.kernel[0] * feat.conv.kernel[1]
 
     def per_example_into(self, module, feat: Patches, g, outs):
         if not self._grouped_route(feat, g):
@@ -141,6 +156,23 @@ class ConvRule(PatchRule):
             outs["weight"].view(c, n, -1).copy_(w.transpose(0, 1))
         if "bias" in outs:
             outs["bias"].view(c, n, o).copy_(g4.sum((3, 4)))
+
+    def _sq_norms_materialized(self, module, feat: Patches, g, gg, i: int):
+        if not self._grouped_route(feat, g) or feat.a_ is not None:
+            return super()._sq_norms_materialized(module, feat, g, gg, i)
+        # one output coordinate: per-example weight gradients of a chunk of examples by one
+        # grouped convolution backward, straight from the input (the patches are never unfolded)
+        n, o = g.shape[1], g.shape[2]
+        g4 = g.reshape(1, n, o, *feat.conv.out_hw)
+        out = torch.empty(1, n, dtype=g.dtype, device=g.device)
+        per = max(1, CHUNK_ELEMENTS // max(1, o * i))
+        for st in range(0, n, per):
+            sl = slice(st, st + per)
+            w = conv_weight_rows(replace(feat.conv, x=feat.conv.x[sl]), g4[:, sl])
+            out[0, sl] = w.pow(2).sum((1, 2))
+            if feat.has_bias:
+                out[0, sl] += g4[0, sl].sum((2, 3)).pow(2).sum(-1)
+        return out
 
     def per_example_rows(self, module, feat: Patches, g):
         if not self._grouped_route(feat, g):

@@ -143,9 +143,10 @@ class PatchRule(LayerRule):
     def sq_norms(self, module, feat: Patches, g):
         gg = self.shape_g(module, feat, g)
         c, n, t, grp, o = gg.shape
-        i = feat.a.shape[-1]
         if t == 1:
             return (gg[:, :, 0].pow(2).sum(-1) * feat.a[:, 0].pow(2).sum(-1)[None]).sum(-1)
+        _, _, iw, bias = self.geometry(module)
+        i = iw + int(bias)  # the homogeneous width, known without unfolding lazy patches
         structured = n * grp * t * t * (i + c * o)
         materialized = c * n * grp * t * o * i
         if self._structured(structured, materialized):
@@ -157,8 +158,13 @@ class PatchRule(LayerRule):
                 gg2 = torch.einsum("cntgo,cnsgo->cngts", gg[:, sl], gg[:, sl])
                 out[:, sl] = torch.einsum("ngts,cngts->cn", aa, gg2)
             return out
-        # materialized, in chunks of examples (all outputs at once) squared and summed as they
-        # come: at most ~CHUNK_ELEMENTS per-example entries alive (not C·N·P of them)
+        return self._sq_norms_materialized(module, feat, g, gg, i)
+
+    def _sq_norms_materialized(self, module, feat: Patches, g, gg, i: int) -> torch.Tensor:
+        """``‖φ_{c,n}‖²`` from per-example gradients built in chunks of examples (all outputs
+        at once) and squared and summed as they come: at most ~CHUNK_ELEMENTS per-example
+        entries alive (not C·N·P of them)."""
+        c, n, _, grp, o = gg.shape
         out = torch.empty(c, n, dtype=g.dtype, device=g.device)
         per = max(1, CHUNK_ELEMENTS // max(1, c * grp * o * i))
         rows = self.g_rows(module, feat, g) if grp == 1 else None

@@ -46,7 +46,8 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
              centering: bool = False,
              reduce: Sequence[torch.Tensor] | Callable[[], Sequence[torch.Tensor]] | None = None,
              local: bool = False, stash: CaptureStash | None = None,
-             replay: CaptureStash | None = None) -> tuple[int, torch.Tensor | None]:
+             replay: CaptureStash | None = None,
+             output_blocks: bool = False) -> tuple[int, torch.Tensor | None]:
     """Run ``consume`` on every capture; return ``N`` and, if centering, the mean features ``(C, P)``.
 
     ``reduce``: the accumulators ``consume`` adds to (or a function returning them after
@@ -56,6 +57,10 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
     ``local=True``: no reduction (every rank passes the same full data, as for kernels).
     ``stash``: keep the captures for a later pass; ``replay``: use the captures a previous
     pass over the same data kept (if it kept them all) instead of recomputing them.
+    ``output_blocks=True``: ``consume`` sums over output coordinates, so it may receive a
+    batch in several captures, one per block of outputs (:meth:`Engine.capture_blocks`),
+    which bounds the memory of ``g`` when ``C·N·Σ|layer outputs|`` is large; per-batch
+    quantities that do not depend on the outputs belong to the capture with ``cap.first``.
     """
     red = engine.reducer
     if local:
@@ -66,15 +71,22 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
             "'quasidiag', 'lowrank' or 'implicit'", "this computation does not support distributed accumulation yet")
     n = 0
     total = None
-    caps = replay.caps if replay is not None and replay.ok else engine.captures(data, desc)
+    if replay is not None and replay.ok:
+        caps = replay.caps
+    else:
+        caps = engine.captures(data, desc, block=0 if output_blocks else None)
     for cap in caps:
         if stash is not None:
             stash.add(cap)
         consume(cap)
-        n += cap.n
+        if cap.first:
+            n += cap.n
         if centering:
             s = ops.grad_sum(cap, engine.space)
-            total = s if total is None else total + s
+            if total is None:
+                total = s.new_zeros(cap.total_outputs, s.shape[1])
+            total[cap.out_start:cap.out_start + cap.n_outputs] += s
+        del cap  # an output block's g is freed before the next block's backward
     if red.active:
         n = red.total(n, device=engine.device)  # refuses, on every rank, when a shard is empty
         accs = reduce() if callable(reduce) else reduce
@@ -102,7 +114,7 @@ def build_dense(engine: Engine, data: Any, centering: bool = False) -> PMatDense
             phi = ops.per_example(cap, space, c).reshape(-1, p)
             acc.addmm_(phi.T, phi)
 
-    n, mean = one_pass(engine, data, "dense matrix", consume, centering, reduce=[acc])
+    n, mean = one_pass(engine, data, "dense matrix", consume, centering, reduce=[acc], output_blocks=True)
     acc /= n
     if mean is not None:
         acc -= mean.T @ mean
@@ -115,7 +127,7 @@ def build_diag(engine: Engine, data: Any, centering: bool = False) -> PMatDiag:
     def consume(cap: Capture) -> None:
         acc.add_(ops.diag(cap, engine.space))
 
-    n, mean = one_pass(engine, data, "diagonal", consume, centering, reduce=[acc])
+    n, mean = one_pass(engine, data, "diagonal", consume, centering, reduce=[acc], output_blocks=True)
     acc /= n
     if mean is not None:
         acc -= mean.pow(2).sum(0)
@@ -140,7 +152,8 @@ def build_blockdiag(engine: Engine, data: Any, centering: bool = False) -> PMatB
                 phi = ops.layer_per_example(cap, lay, c).reshape(-1, lay.numel)
                 blocks[lay.module].addmm_(phi.T, phi)
 
-    n, mean = one_pass(engine, data, "layer blocks", consume, centering, reduce=list(blocks.values()))
+    n, mean = one_pass(engine, data, "layer blocks", consume, centering, reduce=list(blocks.values()),
+                       output_blocks=True)
     for lay in space.layers:
         blocks[lay.module] /= n
         if mean is not None:

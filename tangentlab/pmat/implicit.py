@@ -106,7 +106,7 @@ class PMatImplicit(PMat):
         def consume(cap):
             acc[0] += ops.sq_norms(cap, self.space).sum()
 
-        n, _ = one_pass(self.engine, self.examples, "implicit trace", consume, reduce=acc)
+        n, _ = one_pass(self.engine, self.examples, "implicit trace", consume, reduce=acc, output_blocks=True)
         out = acc[0] / n
         if self.centering:
             out = out - self._means().pow(2).sum()
@@ -118,7 +118,7 @@ class PMatImplicit(PMat):
         def consume(cap):
             acc.add_(ops.diag(cap, self.space))
 
-        n, _ = one_pass(self.engine, self.examples, "implicit diag", consume, reduce=[acc])
+        n, _ = one_pass(self.engine, self.examples, "implicit diag", consume, reduce=[acc], output_blocks=True)
         out = acc / n
         if self.centering:
             out = out - self._means().pow(2).sum(0)

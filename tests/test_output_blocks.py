@@ -120,3 +120,19 @@ def test_grouped_sq_norms_equal_im2col(monkeypatch, conv):
         {k: v.detach() for k, v in model[0].named_parameters(prefix="0")}, x)
     ref = sum(j.pow(2).reshape(7, 3, -1).sum(-1) for j in per_example.values()).T
     assert rel_err(grouped, ref) < 1e-12 and rel_err(im2col, ref) < 1e-12
+
+
+@pytest.mark.parametrize("rep", ["kfac", "ekfac"])
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_kronecker_blocks_equal_unblocked(monkeypatch, arch, rep):
+    """KFAC's input factor is taken once per batch (first block), its output factor and
+    EKFAC's s* summed over the blocks: the same matrices as with one capture per batch."""
+    try:
+        full = _fim(arch, rep)
+    except tl.errors.UnsupportedLayerError:
+        pytest.skip(f"{arch} has layers without a Kronecker structure")
+    monkeypatch.setattr(engine_mod, "OUTPUT_BLOCK_ELEMENTS", 1)
+    blocked = _fim(arch, rep)
+    assert rel_err(blocked.to_dense(), full.to_dense()) < 1e-12
+    v = tl.PVector.randn(full.space, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert rel_err(blocked.mv(v).flat(), full.mv(v).flat()) < 1e-12

@@ -116,11 +116,12 @@ class LayerRule:
         """The matrix layout of the parameters for KFAC/EKFAC, or None if not defined."""
         return None
 
-    def kfac_factors(self, module: nn.Module, feat: Any, g: torch.Tensor,
-                     cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def kfac_factors(self, module: nn.Module, feat: Any, g: torch.Tensor, cols: torch.Tensor,
+                     input_factor: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Sums over the batch of the KFAC factors restricted to input columns ``cols``:
         ``A = Σ_n Σ_t ã ãᵀ`` (``(G, I, I)``, or ``(G, I)`` if diagonal) and
-        ``B = Σ_n Σ_c (1/T) Σ_t g gᵀ`` (``(G, O, O)``)."""
+        ``B = Σ_n Σ_c (1/T) Σ_t g gᵀ`` (``(G, O, O)``). ``input_factor=False``: ``A`` is not
+        computed (``None``; later output blocks of a batch already counted)."""
         raise NotImplementedError
 
     def kfe_diag(self, module: nn.Module, feat: Any, g: torch.Tensor, cols: torch.Tensor,

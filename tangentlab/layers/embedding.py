@@ -104,14 +104,16 @@ class EmbeddingRule(LayerRule):
         idx = (torch.arange(v).reshape(1, 1, v) * d + torch.arange(d).reshape(1, d, 1))
         return KronLayout(1, d, v, {"weight": idx}, diagonal_a=True)
 
-    def kfac_factors(self, module, feat: Tokens, g, cols):
+    def kfac_factors(self, module, feat: Tokens, g, cols, input_factor=True):
         t = feat.idx.shape[1]
+        gg = self._g(feat, g)  # masked (C, N, T, D)
+        big_b = torch.einsum("cntd,cnte->de", gg, gg) / t
+        if not input_factor:
+            return None, big_b[None]
         ones = torch.ones(feat.idx.numel(), dtype=g.dtype, device=g.device)
         if feat.mask is not None:  # padding rows have no gradient: they are not counted
             ones = ones * feat.mask.reshape(-1).to(g.dtype)
         counts = g.new_zeros(module.num_embeddings).index_add_(0, feat.idx.reshape(-1), ones)
-        gg = self._g(feat, g)  # masked (C, N, T, D)
-        big_b = torch.einsum("cntd,cnte->de", gg, gg) / t
         return counts[cols][None], big_b[None]
 
     def kfe_diag(self, module, feat: Tokens, g, cols, ua, ub):

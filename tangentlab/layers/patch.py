@@ -265,10 +265,12 @@ class PatchRule(LayerRule):
         return KronLayout(grp, o, iw + 1, {"weight": torch.cat([w, neg], 2),
                                             "bias": torch.cat([torch.full_like(w, -1), oo], 2)})
 
-    def kfac_factors(self, module, feat: Patches, g, cols):
-        a = _kept(feat.a, cols)
+    def kfac_factors(self, module, feat: Patches, g, cols, input_factor=True):
+        big_a = None
+        if input_factor:
+            a = _kept(feat.a, cols)
+            big_a = torch.einsum("ntgi,ntgj->gij", a, a)
         gg = self.shape_g(module, feat, g)
-        big_a = torch.einsum("ntgi,ntgj->gij", a, a)
         big_b = torch.einsum("cntgo,cntgp->gop", gg, gg)
         if feat.t != 1:
             big_b /= feat.t

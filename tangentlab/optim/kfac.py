@@ -439,8 +439,9 @@ class KronOptimizer(torch.optim.Optimizer):
             if a.dim() == 2:  # diagonal input factor
                 a = torch.diag_embed(a)
             return a / n, bb / n
-        # SUA: B from the rule (one column of A, discarded), A over input channels
-        _, bb = b.rule.kfac_factors(b.module, feat, g, torch.zeros(1, dtype=torch.long, device=g.device))
+        # SUA: B from the rule, A over input channels
+        _, bb = b.rule.kfac_factors(b.module, feat, g, torch.zeros(1, dtype=torch.long, device=g.device),
+                                    input_factor=False)
         t_out = feat.t
         if b.part == "sua_b":
             a = torch.full((1, 1, 1), float(t_out), dtype=bb.dtype, device=bb.device)

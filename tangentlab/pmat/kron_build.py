@@ -74,16 +74,18 @@ def build_kfac(engine: Engine, data: Any, centering: bool = False, stash: Captur
 
     def consume(cap: Capture) -> None:
         for lc, cols, idx in kron_layouts(cap, engine.space, layouts):
-            a, b = lc.rule.kfac_factors(lc.module, lc.feat, lc.g, cols)
+            # A depends on the inputs only: taken from the first output block of each batch
+            a, b = lc.rule.kfac_factors(lc.module, lc.feat, lc.g, cols, input_factor=cap.first)
             m = lc.layer.module
             if m in sums:
-                sums[m][0] += a
+                if a is not None:
+                    sums[m][0] += a
                 sums[m][1] += b
             else:
                 sums[m] = [a, b]
                 index[m] = idx
 
-    n, _ = one_pass(engine, data, "KFAC factors", consume, stash=stash,
+    n, _ = one_pass(engine, data, "KFAC factors", consume, stash=stash, output_blocks=True,
                     reduce=lambda: [t for lay in engine.space.layers for t in sums[lay.module]])
     blocks = [KronBlock(lay.module, index[lay.module], sums[lay.module][0] / n, sums[lay.module][1] / n)
               for lay in engine.space.layers]
@@ -106,7 +108,7 @@ def kfe_diagonals(engine: Engine, data: Any, space: ParamSpace, blocks: list,
 
     if space != engine.space:
         raise InvalidInputError("the engine's parameter space differs from the matrix's")
-    n, mean = one_pass(engine, data, "EKFAC diagonal", consume, centering,
+    n, mean = one_pass(engine, data, "EKFAC diagonal", consume, centering, output_blocks=True,
                        reduce=lambda: [sums[b.module] for b in blocks], replay=replay)
     out = []
     for blk in blocks:

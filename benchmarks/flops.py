@@ -107,6 +107,45 @@ def diag_fisher(shapes: list[LayerShape], n: int, c_pseudo: int, p: int) -> floa
     return work + p
 
 
+def _kfac_factors(shapes: list[LayerShape], n: int, c_pseudo: int) -> float:
+    """Forward, ``c_pseudo`` backward passes and the factor sums ``A = Σ ã ãᵀ`` and
+    ``B = Σ_c Σ g gᵀ``, symmetric products counted once (``N·T·I·(I+1)`` flops for A)."""
+    work = forward(shapes, n) + backward_to_outputs(shapes, n, c_pseudo)
+    for s in shapes:
+        work += n * s.t * s.ih * (s.ih + 1) + c_pseudo * n * s.t * s.o * (s.o + 1)
+    return work
+
+
+def _kron_mv(shapes: list[LayerShape]) -> float:
+    """One Kronecker-factored matrix-vector product per layer, ``B V A``."""
+    return sum(2.0 * (s.o * s.o * s.ih + s.o * s.ih * s.ih) for s in shapes)
+
+
+def _eigh(k: int) -> float:
+    """Symmetric eigendecomposition with eigenvectors: tridiagonal reduction (4/3 k³) and
+    back-transformation (2 k³); the tridiagonal solve is not counted."""
+    return (4.0 / 3.0 + 2.0) * k**3
+
+
+def kfac_fisher(shapes: list[LayerShape], n: int, c_pseudo: int) -> float:
+    """KFAC build (factors) and one ``mv``."""
+    return _kfac_factors(shapes, n, c_pseudo) + _kron_mv(shapes)
+
+
+def ekfac_fisher(shapes: list[LayerShape], n: int, c_pseudo: int) -> float:
+    """EKFAC build (factors, their eigenbases, ``s*`` = Σ (U_Bᵀ g)² (U_Aᵀ ã)² from a second
+    look at the same ``a`` and ``g``, rotated once each) and one ``mv`` (two rotations)."""
+    work = _kfac_factors(shapes, n, c_pseudo)
+    for s in shapes:
+        work += _eigh(s.ih) + _eigh(s.o)
+        rotate = 2.0 * n * s.t * (s.ih * s.ih + c_pseudo * s.o * s.o)
+        if s.t == 1:  # (Σ_c (U_Bᵀg)²)ᵀ (U_Aᵀã)²: one matmul
+            work += rotate + 2.0 * n * s.o * s.ih
+        else:
+            work += rotate + 2.0 * c_pseudo * n * s.t * s.o * s.ih + 2.0 * c_pseudo * n * s.o * s.ih
+    return work + 2.0 * _kron_mv(shapes)
+
+
 def sq_norms(shapes: list[LayerShape], n: int, c: int, p: int) -> float:
     """``Σ_{n,c} ‖φ_{c,n}‖²`` (the trace): forward, ``c`` backward passes, per-layer norms."""
     work = forward(shapes, n) + backward_to_outputs(shapes, n, c)

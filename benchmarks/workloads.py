@@ -128,7 +128,12 @@ def _ntk_extra(case: Case) -> dict[str, float]:
 
 
 def _fisher_work(case: Case, q: str) -> float:
-    return flops.diag_fisher(_shapes(case), case.n, case.n_classes - 1, case.n_params)
+    s, c = _shapes(case), case.n_classes - 1
+    if q == "kfac":
+        return flops.kfac_fisher(s, case.n, c)
+    if q == "ekfac":
+        return flops.ekfac_fisher(s, case.n, c)
+    return flops.diag_fisher(s, case.n, c, case.n_params)
 
 
 def _implicit_work(case: Case, q: str) -> float:
@@ -159,8 +164,9 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
     Workload(
         "W3", "exact-classification Fisher of the W1 MLP, build + one mv", "fisher",
         [{"n": 1000, "batch_size": 100}], [{"n": 60, "batch_size": 30}], _mlp_fisher, _fisher_work,
-        "diagonal: forward + (C-1) backward passes + one (Σ g²)ᵀ(a²) matmul per layer "
-        "(counted for every quantity)",
+        "all: forward + (C-1) backward passes; diag: one (Σ g²)ᵀ(a²) matmul per layer; kfac: "
+        "factor sums A = Σ ããᵀ, B = Σ_c Σ g gᵀ (symmetric halves) + B V A; ekfac: kfac factors + "
+        "eigh of A and B + rotations of ã and g + (Σ (U_Bᵀg)²)ᵀ(U_Aᵀã)² + two-rotation mv",
         quantities=("diag", "kfac", "ekfac")),
     Workload(
         "W4", "implicit exact-classification Fisher of a CIFAR ResNet-18 (BatchNorm in eval mode, "

@@ -39,3 +39,19 @@ def test_quick_suite_runs_and_libraries_agree(tmp_path):
     md = (tmp_path / "RESULTS.md").read_text()
     for heading in ("## Machine", "## W1:", "## W2:", "## W5:"):
         assert heading in md
+
+
+def test_fisher_flop_counts_by_hand():
+    """The W3 lower bounds for one Linear(3 -> 2) layer, N = 5, C−1 = 4 pseudo-outputs."""
+    from benchmarks import flops
+
+    s = [flops.LayerShape("fc", t=1, i=3, o=2, bias=True)]  # ih = 4
+    n, c = 5, 4
+    fwd = 2 * n * 6  # no backward: the first layer's input gradient is never needed
+    factors = fwd + n * 4 * 5 + c * n * 2 * 3
+    kron_mv = 2 * (2 * 2 * 4 + 2 * 4 * 4)
+    assert flops.kfac_fisher(s, n, c) == factors + kron_mv
+    eigh = (4 / 3 + 2) * (4**3 + 2**3)
+    s_star = 2 * n * (4 * 4 + c * 2 * 2) + 2 * n * 2 * 4
+    assert abs(flops.ekfac_fisher(s, n, c) - (factors + eigh + s_star + 2 * kron_mv)) < 1e-9
+    assert flops.diag_fisher(s, n, c, 8) < flops.kfac_fisher(s, n, c) < flops.ekfac_fisher(s, n, c)

@@ -33,7 +33,11 @@ def _row(r: dict[str, Any], with_q: bool, q: str, flops: float | None = None) ->
     cells = [r["library"]] + ([q] if with_q else [])
     if r["status"] == "ok":
         runs = len(r["times_s"])
-        note = "reference" if r.get("reference") else ""
+        notes = ["reference"] if r.get("reference") else []
+        if r.get("peak_device_bytes") is not None:
+            notes.append(f"device peak {r['peak_device_bytes'] / MIB:.0f} MiB "
+                         f"(Δ {r['delta_device_bytes'] / MIB:.0f})")
+        note = "; ".join(notes)
         rate = flops / r["median_s"] / 1e9 if flops and r.get("median_s") else None
         cells += [_secs(r["median_s"]), _secs(r["min_s"]), str(runs), _num(r.get("x_fastest"), "{:.2f}"),
                   _num(r.get("x_lower_bound"), "{:.3g}"), _num(rate, "{:.3g}"),
@@ -74,6 +78,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "| | |",
         "|---|---|",
         f"| CPU | {m['cpu']} ({m['logical_cpus']} logical CPUs) |",
+        *([f"| device | {m['device']} (every row; float32 matmul below measured there) |"]
+          if m.get("device", "cpu") != "cpu" else []),
         f"| threads | {m['threads']} (`torch.set_num_threads`) |",
         f"| torch | {m['torch']} |",
         f"| python | {m['python']} |",

@@ -55,7 +55,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="also time KFAC/EKFAC steps against SGD (benchmarks.optim_overhead: OPTIM_RESULTS.md)")
     ap.add_argument("--matmul-size", type=int, default=None,
                     help="n of the n×n×n matmul (default 4096; quick 1024)")
+    ap.add_argument("--device", default="cpu",
+                    help="where every row runs: cpu (default) or cuda / cuda:K (rows then start fresh "
+                         "interpreters; times end with a synchronize; peak device memory is reported)")
     args = ap.parse_args(argv)
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:0, ...)")
+    if dev.type not in ("cpu", "cuda"):
+        ap.error(f"--device {args.device!r}: the suite runs on cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            ap.error(f"--device {args.device}: no CUDA device here (torch.cuda.is_available() is False; "
+                     "this torch is " + torch.__version__ + ")")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            ap.error(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+        args.fresh = True  # a forked launcher and CUDA do not mix
     args.only = [w.strip().upper() for w in args.only.split(",") if w.strip()]
     unknown = [w for w in args.only if w not in WORKLOADS]
     if unknown:
@@ -88,18 +104,25 @@ def git_commit() -> str:
         return "unknown"
 
 
-def matmul_gflops(n: int, threads: int, repeats: int = 5) -> float:
-    """Best float32 ``n×n @ n×n`` throughput in GFLOP/s."""
+def matmul_gflops(n: int, threads: int, repeats: int = 5, device: str = "cpu") -> float:
+    """Best float32 ``n×n @ n×n`` throughput in GFLOP/s on ``device``."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
+    dev = torch.device(device)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
     try:
-        a = torch.randn(n, n, dtype=torch.float32)
-        b = torch.randn(n, n, dtype=torch.float32)
+        a = torch.randn(n, n, dtype=torch.float32, device=dev)
+        b = torch.randn(n, n, dtype=torch.float32, device=dev)
         a @ b
+        sync()
         best = float("inf")
         for _ in range(repeats):
             t = time.perf_counter()
             a @ b
+            sync()
             best = min(best, time.perf_counter() - t)
         return 2.0 * n**3 / best / 1e9
     finally:
@@ -113,8 +136,10 @@ def machine_info(args: argparse.Namespace, gflops: float, mm: int) -> dict[str, 
         tl_version = tangentlab.__version__
     except ImportError:  # pragma: no cover
         tl_version = "not importable"
+    dev = torch.device(args.device)
+    device = "cpu" if dev.type == "cpu" else f"{args.device}: {torch.cuda.get_device_name(dev)}"
     return {
-        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+        "cpu": cpu_model(), "device": device, "logical_cpus": os.cpu_count(), "torch": torch.__version__,
         "threads": args.threads, "python": platform.python_version(), "platform": platform.platform(),
         "tangentlab": tl_version, "commit": git_commit(),
         "matmul_gflops": gflops, "matmul_size": mm, "loadavg_start": list(os.getloadavg()),
@@ -250,7 +275,7 @@ def compare(rows: list[dict[str, Any]], paths: dict[int, Path]) -> None:
 
 def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     mm = args.matmul_size or (1024 if args.quick else 4096)
-    gflops = matmul_gflops(mm, args.threads)
+    gflops = matmul_gflops(mm, args.threads, device=args.device)
     machine = machine_info(args, gflops, mm)
     adapters = [cls() for cls in ADAPTERS]
     out = Path(args.out)
@@ -259,11 +284,11 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         "quick": args.quick, "repeats": args.repeats, "threads": args.threads, "slow_s": args.slow,
         "isolation": "in-process" if args.in_process else
         "one fresh process per row" + ("" if args.fresh else " (forked from a pre-imported launcher)"),
-        "dtype": "float32"},
+        "dtype": "float32", "device": args.device},
         "libraries": {a.name: {"available": a.available(), "version": a.version() if a.available() else None,
                                "description": a.description} for a in adapters},
         "workloads": []}
-    print(f"float32 matmul {mm}³: {gflops:.1f} GFLOP/s ({args.threads} threads)", file=sys.stderr)
+    print(f"float32 matmul {mm}³ on {args.device}: {gflops:.1f} GFLOP/s ({args.threads} threads)", file=sys.stderr)
     selected = [w for w in WORKLOADS.values() if not args.only or w.id in args.only]
     launcher = Launcher(args.threads, fresh=args.fresh)
     try:
@@ -294,7 +319,8 @@ def _run_workloads(args, selected, adapters, launcher, report, gflops, out) -> N
                     row: dict[str, Any] = {"library": a.name, "status": st}
                     if st == "run":
                         spec = {"workload": wl.id, "case": params, "quantity": q, "adapter": a.name,
-                                "repeats": args.repeats, "threads": args.threads, "slow_s": args.slow}
+                                "repeats": args.repeats, "threads": args.threads, "slow_s": args.slow,
+                                "device": args.device}
                         if args.in_process:
                             res, path = run_inprocess(spec)
                         else:

@@ -5,6 +5,10 @@ adapter's untimed set-up, one warm-up call, then ``repeats`` timed calls (only
 one when the warm-up took longer than ``slow_s``), and writes ``OUT_DIR/row.json``
 (times, memory) and ``OUT_DIR/result.pt`` (the last result).
 
+``spec["device"]`` (default ``cpu``): the case is built on the CPU and moved there;
+on CUDA each call's time ends with a synchronize and the peak device memory
+(``torch.cuda.max_memory_allocated``, reset after the set-up) is recorded too.
+
 Memory: after the set-up (imports, model, data, the adapter's untimed work), the
 kernel's resident-set high-water mark is reset (``/proc/self/clear_refs``) and
 the current RSS taken as the baseline; ``peak_rss`` is the high-water mark at
@@ -78,12 +82,24 @@ def run_row(spec: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     torch.set_num_threads(spec["threads"])
     torch.set_default_dtype(torch.float32)
     wl = WORKLOADS[spec["workload"]]
-    case = wl.build(spec["case"])
+    device = torch.device(spec.get("device", "cpu"))
+    case = wl.build(spec["case"]).to(device)  # built on the CPU from the seed: same values everywhere
     adapter = by_name(spec["adapter"])
     fn = getattr(adapter, wl.task)(case, spec["quantity"])
+    cuda = device.type == "cuda"
+
+    def sync() -> None:  # CUDA kernels run asynchronously: time to their end
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    sync()
     rss0, reset = reset_peak()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        dev0 = torch.cuda.memory_allocated(device)
     t = time.perf_counter()
     res = fn()
+    sync()
     warm = time.perf_counter() - t
     repeats = spec["repeats"] if warm <= spec["slow_s"] else 1
     times = []
@@ -91,11 +107,15 @@ def run_row(spec: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         del res
         t = time.perf_counter()
         res = fn()
+        sync()
         times.append(time.perf_counter() - t)
     peak = peak_bytes(reset)
     row = {"hwm_reset": reset, "warmup_s": warm, "times_s": times, "median_s": statistics.median(times),
            "min_s": min(times),
            "peak_rss_bytes": peak, "delta_rss_bytes": peak - rss0, "version": adapter.version()}
+    if cuda:
+        row["peak_device_bytes"] = torch.cuda.max_memory_allocated(device)
+        row["delta_device_bytes"] = row["peak_device_bytes"] - dev0
     return row, _to_cpu(res)
 
 

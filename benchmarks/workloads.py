@@ -37,6 +37,12 @@ class Case:
     def n(self) -> int:
         return self.x.shape[0]
 
+    def to(self, device: str | torch.device) -> Case:
+        """The same case on ``device`` (model, inputs, labels and vector moved; in place for the model)."""
+        return Case(self.model.to(device), self.x.to(device), None if self.y is None else self.y.to(device),
+                    None if self.v is None else {k: t.to(device) for k, t in self.v.items()},
+                    self.batch_size, self.budget_bytes, self.n_classes)
+
     @property
     def n_params(self) -> int:
         return models.n_params(self.model)

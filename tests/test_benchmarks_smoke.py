@@ -55,3 +55,30 @@ def test_fisher_flop_counts_by_hand():
     s_star = 2 * n * (4 * 4 + c * 2 * 2) + 2 * n * 2 * 4
     assert abs(flops.ekfac_fisher(s, n, c) - (factors + eigh + s_star + 2 * kron_mv)) < 1e-9
     assert flops.diag_fisher(s, n, c, 8) < flops.kfac_fisher(s, n, c) < flops.ekfac_fisher(s, n, c)
+
+
+def test_device_option_refuses_without_cuda():
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--device", "cuda"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no CUDA device here" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--device", "npu:x"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not a torch device" in proc.stderr
+
+
+def test_case_to_device_keeps_the_values():
+    import torch
+
+    from benchmarks.workloads import WORKLOADS
+
+    case = WORKLOADS["W5"].build({"n": 4})
+    moved = case.to("cpu")
+    assert moved.model is case.model and torch.equal(moved.x, case.x) and torch.equal(moved.y, case.y)
+    w3 = WORKLOADS["W3"].build({"n": 6, "batch_size": 3})
+    moved = w3.to(torch.device("cpu"))
+    assert moved.v.keys() == w3.v.keys() and moved.batch_size == 3 and moved.n_classes == 10

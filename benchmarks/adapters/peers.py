@@ -25,7 +25,7 @@ def _labels(case: Case) -> torch.Tensor:
     """Labels for loss-based APIs (the exact Fisher / GGN does not depend on them)."""
     if case.y is not None:
         return case.y
-    return torch.zeros(case.n, dtype=torch.long)
+    return torch.zeros(case.n, dtype=torch.long, device=case.x.device)
 
 
 class NNGeometry(Adapter):

@@ -118,7 +118,7 @@ class TorchFuncJacobian(Adapter):
         v = _flat(case.v.values())
 
         def run():
-            diag = torch.zeros(sum(p.numel() for p in params.values()))
+            diag = torch.zeros(sum(p.numel() for p in params.values()), device=case.x.device)
             for s in range(0, case.n, case.batch_size):
                 xb = case.x[s:s + case.batch_size]
                 with torch.no_grad():
@@ -136,7 +136,7 @@ class TorchFuncJacobian(Adapter):
         block = max(1, CHUNK_BYTES // (2 * case.n_classes * p * 4))
 
         def run():
-            tr = torch.zeros((), dtype=torch.float64)
+            tr = torch.zeros((), dtype=torch.float64, device=case.x.device)
             for s in range(0, case.n, block):
                 xb = case.x[s:s + block]
                 with torch.no_grad():
@@ -172,7 +172,7 @@ class TorchFuncJacobian(Adapter):
 
         def run():
             nb = (n + b - 1) // b
-            k = torch.empty(n, n)
+            k = torch.empty(n, n, device=x.device)
             stored = [jac_block(i) for i in range(nb)] if keep else None
             for i in range(nb):
                 ji = stored[i] if keep else jac_block(i)
@@ -216,7 +216,7 @@ class TorchFuncProducts(Adapter):
                 (vjps,) = vjp_fn(vec)
                 return jvp(f2, (params,), (vjps,))[1]  # (N2, D)
 
-            basis = torch.eye(out.numel(), dtype=out.dtype)
+            basis = torch.eye(out.numel(), dtype=out.dtype, device=out.device)
             return vmap(slice_)(basis)  # (C, N2, D): [c, m, d] = <J(x1)_c, J(x2_m)_d>
 
         def run():

@@ -313,7 +313,13 @@ def gram_sq_frobenius(engine: Engine, data: Any, mean: torch.Tensor | None = Non
 
 
 def ntk_diag(engine: Engine, data: Any) -> torch.Tensor:
-    """The kernel diagonal ``K[n, n, c, c] = ‖φ_c(x_n)‖²`` as ``(N, C)``, without the kernel."""
-    return torch.cat([ops.sq_norms(cap, engine.space).T for cap in engine.captures(data, "NTK diagonal")])
+    """The kernel diagonal ``K[n, n, c, c] = ‖φ_c(x_n)‖²`` as ``(N, C)``, without the kernel
+    (batches taken in output blocks: one block's ``g`` alive at a time)."""
+    parts: list[torch.Tensor] = []
+    for cap in engine.captures(data, "NTK diagonal", block=0):
+        if cap.first:
+            parts.append(cap.outputs.new_empty(cap.n, cap.total_outputs))
+        parts[-1][:, cap.out_start:cap.out_start + cap.n_outputs] = ops.sq_norms(cap, engine.space).T
+    return torch.cat(parts)
 
 

@@ -42,15 +42,16 @@ class PushForwardDense:
         p = engine.space.numel
         parts: list[torch.Tensor] = []
         rows = 0
-        for cap in engine.captures(b, "Jacobian"):
-            rows += cap.n * cap.n_outputs
-            engine.budget.check(
-                f"a Jacobian with {rows} rows (so far) × {p} parameters", rows * p, engine.dtype,
-                "Use jacobian(..., implicit=True) for matrix-free products.",
-            )
-            block = cap.outputs.new_empty(cap.n, cap.n_outputs, p)
-            ops.per_example(cap, engine.space, out=block.transpose(0, 1))
-            parts.append(block)
+        for cap in engine.captures(b, "Jacobian", block=0):  # filled one output block at a time
+            if cap.first:
+                rows += cap.n * cap.total_outputs
+                engine.budget.check(
+                    f"a Jacobian with {rows} rows (so far) × {p} parameters", rows * p, engine.dtype,
+                    "Use jacobian(..., implicit=True) for matrix-free products.",
+                )
+                parts.append(cap.outputs.new_empty(cap.n, cap.total_outputs, p))
+            cols = slice(cap.out_start, cap.out_start + cap.n_outputs)
+            ops.per_example(cap, engine.space, out=parts[-1][:, cols].transpose(0, 1))
         return cls(engine.space, parts[0] if len(parts) == 1 else torch.cat(parts))
 
     def mv(self, v: PVector) -> FVector:

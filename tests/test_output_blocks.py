@@ -158,3 +158,23 @@ def test_jacobian_and_ntk_diagonal_in_output_blocks(monkeypatch, arch):
     assert rel_err(d, d_full) < 1e-13 and rel_err(op, d_full) < 1e-13
     k = tl.ntk(model, x).as_matrix().diagonal()
     assert rel_err(d.reshape(-1), k) < 1e-10
+
+
+@pytest.mark.parametrize("policy", ["bf16", "model/fp64"])
+@pytest.mark.parametrize("rep", ["diag", "kfac", "implicit"])
+def test_output_blocks_under_precision_policy(monkeypatch, rep, policy):
+    """Mixed precision casts the shared features once per batch and each block's g: the
+    blocked matrices equal the unblocked ones in the accumulation dtype, up to the float32
+    rounding of g (a backward per block rounds its matmuls differently from a batched one)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 5)).float()
+    x, y = torch.randn(12, 1, 8, 8, dtype=torch.float32), torch.randint(0, 5, (12,))
+    full = tl.fim(model, (x, y), "exact", rep, precision=policy, batch_size=5)
+    monkeypatch.setattr(engine_mod, "OUTPUT_BLOCK_ELEMENTS", 1)
+    blocked = tl.fim(model, (x, y), "exact", rep, precision=policy, batch_size=5)
+    v = tl.PVector.randn(full.space, dtype=full.dtype, generator=torch.Generator().manual_seed(1))
+    a, b = blocked.mv(v).flat(), full.mv(v).flat()
+    assert a.dtype == b.dtype == full.dtype
+    assert rel_err(a.double(), b.double()) < 1e-6
+    assert abs(float(blocked.trace()) - float(full.trace())) <= 1e-6 * abs(float(full.trace()))

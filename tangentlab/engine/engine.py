@@ -357,16 +357,16 @@ class Engine:
                 if feats is None:
                     with torch.no_grad():
                         feats = [h.rule.features(h.module, *self._detached(r)) for h, r in zip(plan.hooked, records)]
+                    outputs = s.detach()
+                    if not prec.is_default:  # rounded to the compute dtype, then in the accumulation dtype
+                        feats, outputs = prec.cast(feats, self.dtype), prec.cast(outputs, self.dtype)
+                        generic = prec.cast(generic, self.dtype)
+            if not prec.is_default:
+                gs = [prec.cast(g, self.dtype) for g in gs]
             layers = [LayerCapture(h.layer, h.module, h.rule, f, g) for h, f, g in zip(plan.hooked, feats, gs)]
             gen = generic if (start, stop) == (0, c) else {k: v[start:stop] for k, v in generic.items()}
-            cap = Capture(index, n, stop - start, s.detach(), layers, gen, out_start=start, total_outputs=c)
-            if not prec.is_default:  # rounded to the compute dtype, then in the accumulation dtype
-                cap.outputs = prec.cast(cap.outputs, self.dtype)
-                for lay in cap.layers:
-                    lay.feat, lay.g = prec.cast(lay.feat, self.dtype), prec.cast(lay.g, self.dtype)
-                cap.generic = prec.cast(cap.generic, self.dtype)
-            yield cap
-            del cap, layers, gs
+            yield Capture(index, n, stop - start, outputs, layers, gen, out_start=start, total_outputs=c)
+            del layers, gs
 
     @staticmethod
     def _detached(record: tuple) -> tuple[tuple, dict]:

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tangentlab.studies.store import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 TARGET = 3.0
 
@@ -113,7 +115,7 @@ def measure(steps: int, period: int, batch: int = 100, repeats: int = 3) -> list
 def write(rows: list[dict[str, Any]], out: Path, steps: int, period: int, repeats: int) -> None:
     info = {"threads": torch.get_num_threads(), "loadavg": list(os.getloadavg()), "steps": steps, "period": period,
             "repeats": repeats, "torch": torch.__version__}
-    (out / "optim_results.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(out / "optim_results.json", json.dumps({"machine": info, "rows": rows}, indent=1) + "\n")
     lines = ["# Optimizer overhead (KFAC / EKFAC vs SGD)", "",
              f"Full training step (forward + backward + step), float32, batch 100, recompute period {period}, "
              f"{steps} timed steps after a warm-up of {period}, the optimizers of one model interleaved step by "
@@ -132,7 +134,7 @@ def write(rows: list[dict[str, Any]], out: Path, steps: int, period: int, repeat
               "interleaved harness measured, mean / SGD: auto-encoder KFAC 2.60, EKFAC 3.15, EKFAC-ra 2.36; CNN "
               "KFAC 1.60, EKFAC 3.78, EKFAC-ra 1.71, EKFAC (SUA) 2.49 (the earlier sequential harness: EKFAC 3.17 "
               "and 4.46)."]
-    (out / "OPTIM_RESULTS.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "OPTIM_RESULTS.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
     rows = measure(steps, period, repeats=repeats)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     write(rows, Path(args.out), steps, period, repeats)
     for r in rows:
         print(f"{r['model']:<34} {r['optimizer']:<18} {r['mean_s'] * 1e3:8.2f} ms  x{r['ratio_to_sgd']:.2f}")

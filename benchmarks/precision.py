@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import tangentlab as tl
+from tangentlab.studies.store import atomic_write_text
 
 from .workloads import WORKLOADS
 
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
               "3.9e-3), not the sums, so fp64 sums buy nothing there; bf16 end to end (bf16 sums too) is up to a few "
               "times worse. On NVIDIA GPUs `precision=\"tf32\"` uses TF32 matmuls and convolutions (10-bit "
               "mantissa products, float32 sums); it is not measured here (no GPU)."]
-    Path(args.out, "PRECISION.md").write_text("\n".join(lines) + "\n")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.out, "PRECISION.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tangentlab.studies.store import atomic_write_text
+
 MIB = 2**20
 
 
@@ -119,4 +121,4 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         for g in groups:
             for r in g["rows"]:
                 lines.append(_row(r, with_q, g["quantity"], g.get("lower_bound_flops")))
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")  # a killed run leaves the previous file whole

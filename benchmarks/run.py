@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from tangentlab.studies.store import atomic_write_text
+
 from .adapters import ADAPTERS
 from .report import write_markdown
 from .workloads import WORKLOADS, case_label
@@ -350,7 +352,8 @@ def _cleanup(path: Path) -> None:
 
 
 def _write(report: dict[str, Any], out: Path) -> None:
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    # atomic (temporary file + os.replace): a run killed mid-write keeps the previous files whole
+    atomic_write_text(out / "results.json", json.dumps(report, indent=1, default=float) + "\n")
     write_markdown(report, out / "RESULTS.md")
 
 

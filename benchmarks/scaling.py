@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tangentlab.studies.store import atomic_write_text
+
 from .workloads import WORKLOADS
 
 
@@ -108,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "On 2 cores the speed-up is bounded by 2 and reduced by the processes' own start-up per call "
               "(engine plan, hooks) and by the all-reduce; W6 tiles are dealt round-robin (55 tiles for 10 row "
               "blocks), so ranks get nearly equal work."]
-    Path(args.out, "SCALING.md").write_text("\n".join(lines) + "\n")
-    Path(args.out, "scaling.json").write_text(json.dumps(
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.out, "SCALING.md"), "\n".join(lines) + "\n")
+    atomic_write_text(Path(args.out, "scaling.json"), json.dumps(
         {str(p): {k: v["times"] for k, v in r.items()} for p, r in runs.items()}, indent=1))
     print("\n".join(lines))
     return 0

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from tangentlab.studies.store import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
               "in another order, so long SGD trajectories drift apart numerically (same claims, different digits)."
               " Units are claimed dynamically (a free rank takes the next unit), so the speed-up is bounded by the "
               "longest unit and by the shared set-up each rank repeats (data loading, imports)."]
-    Path(args.out, "STUDY_SCALING.md").write_text("\n".join(lines) + "\n")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.out, "STUDY_SCALING.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if same else 1
 

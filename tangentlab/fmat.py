@@ -319,7 +319,7 @@ def ntk_diag(engine: Engine, data: Any) -> torch.Tensor:
     for cap in engine.captures(data, "NTK diagonal", block=0):
         if cap.first:
             parts.append(cap.outputs.new_empty(cap.n, cap.total_outputs))
-        parts[-1][:, cap.out_start:cap.out_start + cap.n_outputs] = ops.sq_norms(cap, engine.space).T
+        parts[-1][:, cap.out_slice] = ops.sq_norms(cap, engine.space).T
     return torch.cat(parts)
 
 

@@ -50,8 +50,7 @@ class PushForwardDense:
                     "Use jacobian(..., implicit=True) for matrix-free products.",
                 )
                 parts.append(cap.outputs.new_empty(cap.n, cap.total_outputs, p))
-            cols = slice(cap.out_start, cap.out_start + cap.n_outputs)
-            ops.per_example(cap, engine.space, out=parts[-1][:, cols].transpose(0, 1))
+            ops.per_example(cap, engine.space, out=parts[-1][:, cap.out_slice].transpose(0, 1))
         return cls(engine.space, parts[0] if len(parts) == 1 else torch.cat(parts))
 
     def mv(self, v: PVector) -> FVector:

@@ -274,8 +274,7 @@ class NTKOperator:
         out = torch.zeros(n, c, dtype=self.engine.dtype, device=self.engine.device)
         for i, b, s in self._batches():
             for cap in self.engine.capture_blocks(b, i):  # one output block's g alive at a time
-                out[s:s + cap.n, cap.out_start:cap.out_start + cap.n_outputs] = \
-                    ops.sq_norms(cap, self.engine.space).T
+                out[s:s + cap.n, cap.out_slice] = ops.sq_norms(cap, self.engine.space).T
         self.reducer.sum_(out)
         return out
 

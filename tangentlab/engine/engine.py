@@ -83,6 +83,11 @@ class Capture:
             self.total_outputs = self.n_outputs
 
     @property
+    def out_slice(self) -> slice:
+        """This capture's output coordinates among the batch's ``total_outputs``."""
+        return slice(self.out_start, self.out_start + self.n_outputs)
+
+    @property
     def first(self) -> bool:
         """Whether this is the first (or only) output block of its batch: per-batch,
         output-independent quantities (example counts, input factors) are taken from it."""
@@ -348,21 +353,20 @@ class Engine:
         elif block <= 0:
             block = max(1, OUTPUT_BLOCK_ELEMENTS // max(1, out_numel))
         block = min(block, c)
-        feats = None
         edges = [r[2] for r in records]
+        feats = None
         for start in range(0, c, block):
             stop = min(c, start + block)
             with prec.context(self.device):
                 gs = self._backward(s, edges, records, start, stop, retain=stop < c) if records else []
-                if feats is None:
-                    with torch.no_grad():
+                if feats is None:  # after the first backward: e.g. padded conv inputs are not alive during it
+                    with torch.no_grad():  # shared by the blocks of this batch
                         feats = [h.rule.features(h.module, *self._detached(r)) for h, r in zip(plan.hooked, records)]
                     outputs = s.detach()
-                    if not prec.is_default:  # rounded to the compute dtype, then in the accumulation dtype
-                        feats, outputs = prec.cast(feats, self.dtype), prec.cast(outputs, self.dtype)
-                        generic = prec.cast(generic, self.dtype)
+                    if not prec.is_default:  # rounded to the compute dtype, then to the accumulation dtype
+                        feats, outputs, generic = (prec.cast(t, self.dtype) for t in (feats, outputs, generic))
             if not prec.is_default:
-                gs = [prec.cast(g, self.dtype) for g in gs]
+                gs = prec.cast(gs, self.dtype)
             layers = [LayerCapture(h.layer, h.module, h.rule, f, g) for h, f, g in zip(plan.hooked, feats, gs)]
             gen = generic if (start, stop) == (0, c) else {k: v[start:stop] for k, v in generic.items()}
             yield Capture(index, n, stop - start, outputs, layers, gen, out_start=start, total_outputs=c)

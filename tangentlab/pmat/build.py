@@ -85,7 +85,7 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
             s = ops.grad_sum(cap, engine.space)
             if total is None:
                 total = s.new_zeros(cap.total_outputs, s.shape[1])
-            total[cap.out_start:cap.out_start + cap.n_outputs] += s
+            total[cap.out_slice] += s
         del cap  # an output block's g is freed before the next block's backward
     if red.active:
         n = red.total(n, device=engine.device)  # refuses, on every rank, when a shard is empty

@@ -31,6 +31,7 @@ from tangentlab.studies.store import atomic_write_text
 
 from .adapters import ADAPTERS
 from .report import write_markdown
+from .worker import sync
 from .workloads import WORKLOADS, case_label
 
 HERE = Path(__file__).resolve().parent
@@ -111,20 +112,16 @@ def matmul_gflops(n: int, threads: int, repeats: int = 5, device: str = "cpu") -
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     dev = torch.device(device)
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
     try:
         a = torch.randn(n, n, dtype=torch.float32, device=dev)
         b = torch.randn(n, n, dtype=torch.float32, device=dev)
         a @ b
-        sync()
+        sync(dev)
         best = float("inf")
         for _ in range(repeats):
             t = time.perf_counter()
             a @ b
-            sync()
+            sync(dev)
             best = min(best, time.perf_counter() - t)
         return 2.0 * n**3 / best / 1e9
     finally:

@@ -67,6 +67,12 @@ def peak_bytes(reset: bool) -> int:
     return hwm * 1024 if hwm is not None else max_rss_bytes()
 
 
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued kernels (CUDA runs them asynchronously): times end there."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _to_cpu(res: Any) -> Any:
     if isinstance(res, torch.Tensor):
         return res.detach().cpu()
@@ -87,19 +93,14 @@ def run_row(spec: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     adapter = by_name(spec["adapter"])
     fn = getattr(adapter, wl.task)(case, spec["quantity"])
     cuda = device.type == "cuda"
-
-    def sync() -> None:  # CUDA kernels run asynchronously: time to their end
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    sync()
+    sync(device)
     rss0, reset = reset_peak()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         dev0 = torch.cuda.memory_allocated(device)
     t = time.perf_counter()
     res = fn()
-    sync()
+    sync(device)
     warm = time.perf_counter() - t
     repeats = spec["repeats"] if warm <= spec["slow_s"] else 1
     times = []
@@ -107,7 +108,7 @@ def run_row(spec: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         del res
         t = time.perf_counter()
         res = fn()
-        sync()
+        sync(device)
         times.append(time.perf_counter() - t)
     peak = peak_bytes(reset)
     row = {"hwm_reset": reset, "warmup_s": warm, "times_s": times, "median_s": statistics.median(times),

@@ -10,7 +10,7 @@ builds a case gets bit-identical models, inputs and vectors.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,9 +39,9 @@ class Case:
 
     def to(self, device: str | torch.device) -> Case:
         """The same case on ``device`` (model, inputs, labels and vector moved; in place for the model)."""
-        return Case(self.model.to(device), self.x.to(device), None if self.y is None else self.y.to(device),
-                    None if self.v is None else {k: t.to(device) for k, t in self.v.items()},
-                    self.batch_size, self.budget_bytes, self.n_classes)
+        return replace(self, model=self.model.to(device), x=self.x.to(device),
+                       y=None if self.y is None else self.y.to(device),
+                       v=None if self.v is None else {k: t.to(device) for k, t in self.v.items()})
 
     @property
     def n_params(self) -> int:

@@ -10,7 +10,6 @@ accumulation (a one-rank group: a machine with one GPU cannot hold two NCCL rank
 from __future__ import annotations
 
 import copy
-import os
 import socket
 import warnings
 
@@ -116,9 +115,8 @@ def test_nccl_one_rank_group_equals_local():
         pytest.skip("this torch has no NCCL")
     model, x, y, _ = _on_cuda("mlp")
     local = tl.fim(model, (x, y), "exact", "diag", batch_size=4).to_dense()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(_free_port())
-    dist.init_process_group("nccl", rank=0, world_size=1, device_id=CUDA)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                            device_id=CUDA)
     try:
         dist_f = tl.fim(model, (x, y), "exact", "diag", batch_size=4, distributed=True).to_dense()
         ekfac = tl.fim(model, (x, y), "exact", "ekfac", batch_size=4, distributed=True).to_dense()

@@ -26,15 +26,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tangentlab.studies.store import atomic_write_text
+from tangentlab.studies.framework.store import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 TARGET = 3.0
 
 
 def _models() -> dict[str, tuple[Any, Any, Any]]:
-    from tangentlab.studies.ekfac_study import make_autoencoder
-    from tangentlab.studies.models import make_cnn
+    from tangentlab.studies.ekfac.study import make_autoencoder
+    from tangentlab.studies.framework.models import make_cnn
 
     g = torch.Generator().manual_seed(0)
     x_ae = torch.rand(1000, 64, generator=g)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import tangentlab as tl
-from tangentlab.studies.store import atomic_write_text
+from tangentlab.studies.framework.store import atomic_write_text
 
 from .workloads import WORKLOADS
 

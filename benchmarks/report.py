@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tangentlab.studies.store import atomic_write_text
+from tangentlab.studies.framework.store import atomic_write_text
 
 MIB = 2**20
 

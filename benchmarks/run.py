@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from tangentlab.studies.store import atomic_write_text
+from tangentlab.studies.framework.store import atomic_write_text
 
 from .adapters import ADAPTERS
 from .report import write_markdown

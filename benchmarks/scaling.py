@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tangentlab.studies.store import atomic_write_text
+from tangentlab.studies.framework.store import atomic_write_text
 
 from .workloads import WORKLOADS
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from tangentlab.studies.store import atomic_write_text
+from tangentlab.studies.framework.store import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -77,8 +77,9 @@ def _run(sub: Subparsers) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from .studies.config import build_config, describe
-    from .studies.registry import get_study, run_study
+    from .studies.framework.config import build_config, describe
+    from .studies.framework.runner import run_study
+    from .studies.registry import get_study
 
     if args.show_config:
         cls = get_study(args.study)
@@ -102,7 +103,7 @@ def _report(sub: Subparsers) -> None:
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    from .studies.registry import report_run
+    from .studies.framework.runner import report_run
 
     report_run(args.run_dir)
     return 0

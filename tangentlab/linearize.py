@@ -414,11 +414,11 @@ def train_linearized(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     ``loss``: ``"cross_entropy"`` (integer labels), ``"mse"`` (:func:`half_mse` against
     :func:`targets_matrix` targets, the loss of :class:`KernelPredictor`) or ``"auto"``
     (cross-entropy for integer labels with more than one output, else mse). Minibatches
-    come from :class:`~tangentlab.studies.training.BatchStream` (``batch_size=None``: full
+    come from :class:`~tangentlab.studies.framework.training.BatchStream` (``batch_size=None``: full
     batch). Returns the trained model and the mean training loss of each epoch.
     """
     from .progress import progress as bar
-    from .studies.training import BatchStream, train_step
+    from .studies.framework.training import BatchStream, train_step
 
     if epochs < 0:
         raise InvalidInputError(f"epochs: must be >= 0, got {epochs}")

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from tangentlab.cli import main
-from tangentlab.studies import adaptive_tangent as at
-from tangentlab.studies.config import ConfigError, build_config
-from tangentlab.studies.registry import run_study
-from tangentlab.studies.store import read_table
+from tangentlab.studies.adaptive_tangent import study as at
+from tangentlab.studies.framework.config import ConfigError, build_config
+from tangentlab.studies.framework.runner import run_study
+from tangentlab.studies.framework.store import read_table
 
 
 def _table(run, name):

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tangentlab.cli import main
-from tangentlab.studies import alignment as al
-from tangentlab.studies.alignment import (
+from tangentlab.studies.alignment import study as al
+from tangentlab.studies.alignment.study import (
     EIGEN_COLUMNS,
     PCA_COLUMNS,
     PROBE_COLUMNS,
@@ -24,10 +24,10 @@ from tangentlab.studies.alignment import (
     half_rise_step,
     plan_runs,
 )
-from tangentlab.studies.config import ConfigError, build_config
-from tangentlab.studies.probes import log_schedule
-from tangentlab.studies.registry import run_study
-from tangentlab.studies.store import read_table
+from tangentlab.studies.framework.config import ConfigError, build_config
+from tangentlab.studies.framework.probes import log_schedule
+from tangentlab.studies.framework.runner import run_study
+from tangentlab.studies.framework.store import read_table
 
 FAST = ["progress=off", "threads=1"]
 
@@ -218,8 +218,8 @@ def test_config_errors(sets, field):
 
 def test_item_6_7_options_reach_the_modules():
     """The item-6/7 options are config fields (settable with --set) that the modules read."""
-    from tangentlab.studies import alignment_complexity as AC
-    from tangentlab.studies import supernat as SN
+    from tangentlab.studies.alignment import complexity as AC
+    from tangentlab.studies.alignment import supernat as SN
 
     cfg = build_config(AlignmentConfig, sets=["complexity_noise_width=64", "supernat_kappas=max",
                                               "complexity_widths=16,64,256"])
@@ -233,8 +233,8 @@ def test_threads_setting_holds_in_every_item(tmp_path, monkeypatch):
     including item 7's small-model training (threads restored afterwards)."""
     from threadpoolctl import threadpool_info
 
-    from tangentlab.studies import alignment_complexity as AC
-    from tangentlab.studies import supernat as SN
+    from tangentlab.studies.alignment import complexity as AC
+    from tangentlab.studies.alignment import supernat as SN
 
     seen: list[tuple[str, int, list[int]]] = []
 

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from tangentlab.analysis import capacity as cap
-from tangentlab.studies import alignment_complexity as AC
-from tangentlab.studies.alignment import AlignmentConfig
-from tangentlab.studies.report import render_figure
-from tangentlab.studies.store import RunStore
+from tangentlab.studies.alignment import complexity as AC
+from tangentlab.studies.alignment.study import AlignmentConfig
+from tangentlab.studies.framework.report import render_figure
+from tangentlab.studies.framework.store import RunStore
 
 from . import oracle
 
@@ -179,9 +179,9 @@ def test_a_diverging_run_is_stored_not_fatal() -> None:
 def test_accumulated_complexity_matches_replay() -> None:
     """Replay the run's SGD trajectory and recompute C = Σ_t ‖w_{t+1} − w_t‖ sqrt(n/|S'| Tr K_t(S'))
     with Tr K from torch.func Jacobians in float64."""
-    from tangentlab.studies.datasets import randomize_labels
-    from tangentlab.studies.models import make_mlp
-    from tangentlab.studies.training import BatchStream
+    from tangentlab.studies.framework.datasets import randomize_labels
+    from tangentlab.studies.framework.models import make_mlp
+    from tangentlab.studies.framework.training import BatchStream
 
     cfg = _cfg(complexity_max_epochs=2, complexity_target_loss=1e-9, complexity_n_train=60)
     data = AC.load_complexity_data(cfg)

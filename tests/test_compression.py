@@ -31,8 +31,7 @@ from tangentlab.analysis.compression import (
     ntk_closed_form,
     predictor,
 )
-from tangentlab.studies.compression import FeatureRun, train_feature
-from tangentlab.studies.compression_data import (
+from tangentlab.studies.compression.data import (
     CYLINDER_R,
     STRIPE_X_MAX,
     STRIPE_X_MIN,
@@ -40,7 +39,8 @@ from tangentlab.studies.compression_data import (
     gaussian_task,
     stripe_labels,
 )
-from tangentlab.studies.config import ConfigError
+from tangentlab.studies.compression.study import FeatureRun, train_feature
+from tangentlab.studies.framework.config import ConfigError
 
 D64 = torch.float64
 
@@ -283,7 +283,7 @@ def test_stripe_and_cylinder_labels():
 def test_mnasnet_like_cnn_and_its_ntk():
     from torch.func import functional_call, jacrev
 
-    from tangentlab.studies.compression import MnasNetLike
+    from tangentlab.studies.compression.study import MnasNetLike
 
     torch.manual_seed(0)
     big = MnasNetLike(1, 28)
@@ -299,8 +299,8 @@ def test_mnasnet_like_cnn_and_its_ntk():
 
 # ---- configuration ----------------------------------------------------------------------------------------
 def test_config_errors():
-    from tangentlab.studies.compression import CompressionConfig
-    from tangentlab.studies.config import build_config
+    from tangentlab.studies.compression.study import CompressionConfig
+    from tangentlab.studies.framework.config import build_config
 
     def build(*sets, preset=None):
         return build_config(CompressionConfig, preset=preset, sets=list(sets), study="compression")
@@ -325,7 +325,7 @@ def test_config_errors():
 
 
 def test_study_smoke_and_resume(tmp_path):
-    from tangentlab.studies.registry import run_study
+    from tangentlab.studies.framework.runner import run_study
 
     sets = ["width=16", "p_values=20,30", "cylinder_p_values=20,30", "seeds=1", "n_test=60", "max_steps=40",
             "ntk_p=30", "n_modes=3", "mi_k=2", "progress=off", "threads=1", "cnn_width=1", "cnn_p=24",
@@ -356,8 +356,8 @@ def test_study_smoke_and_resume(tmp_path):
 def test_cnn_learning_curve_fits_recover_exact_power_laws():
     """Medians → exponents: exact power laws give β exactly, with a seed-bootstrap interval
     (several seeds) or the OLS t-interval (one seed), and the Fig. 8 claims."""
-    from tangentlab.studies.compression import CompressionConfig, _cnn_learning_curves, _exponent
-    from tangentlab.studies.config import build_config
+    from tangentlab.studies.compression.study import CompressionConfig, _cnn_learning_curves, _exponent
+    from tangentlab.studies.framework.config import build_config
 
     ps = [64, 128, 256, 512]
     beta = {"network": 0.5, "ntk_init": 0.3, "ntk_final": 0.45, "last_init": 0.1, "last_final": 0.4}

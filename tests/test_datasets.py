@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tangentlab.studies import datasets as D
-from tangentlab.studies.config import ConfigError
-from tangentlab.studies.data import ALL_DATASETS, DATASETS, check_dataset, load_dataset
+from tangentlab.studies.framework import datasets as D
+from tangentlab.studies.framework.config import ConfigError
+from tangentlab.studies.framework.data import ALL_DATASETS, DATASETS, check_dataset, load_dataset
 
 
 # --------------------------------------------------------------------------- synthetic tasks

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from tangentlab.cli import main
-from tangentlab.studies import ekfac_study
-from tangentlab.studies.config import ConfigError, build_config
-from tangentlab.studies.ekfac_study import (
+from tangentlab.studies.ekfac import study as ekfac_study
+from tangentlab.studies.ekfac.study import (
     CURVE_COLUMNS,
     EWC_COLUMNS,
     SEARCH_COLUMNS,
@@ -21,7 +20,8 @@ from tangentlab.studies.ekfac_study import (
     make_autoencoder,
     make_vgg11,
 )
-from tangentlab.studies.store import read_table
+from tangentlab.studies.framework.config import ConfigError, build_config
+from tangentlab.studies.framework.store import read_table
 
 
 def _run(out, *extra: str) -> int:

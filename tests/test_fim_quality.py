@@ -12,9 +12,8 @@ import pytest
 
 from tangentlab.cli import main
 from tangentlab.pmat import NAMES
-from tangentlab.studies import fim_quality
-from tangentlab.studies.config import build_config
-from tangentlab.studies.fim_quality import (
+from tangentlab.studies.fim_quality import study as fim_quality
+from tangentlab.studies.fim_quality.study import (
     DRIFT_COLUMNS,
     EXACT_TOL,
     QUALITY_COLUMNS,
@@ -22,7 +21,8 @@ from tangentlab.studies.fim_quality import (
     FimQualityConfig,
     checkpoint_steps,
 )
-from tangentlab.studies.store import read_table
+from tangentlab.studies.framework.config import build_config
+from tangentlab.studies.framework.store import read_table
 
 NEEDED = ("diag", "quasidiag", "blockdiag", "kfac", "ekfac")
 MISSING = [r for r in NEEDED if r not in NAMES]

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from tangentlab.cli import main
-from tangentlab.studies import lazy_vs_hasty
-from tangentlab.studies.config import ConfigError, build_config
-from tangentlab.studies.lazy_data import (
+from tangentlab.studies.framework.config import ConfigError, build_config
+from tangentlab.studies.framework.store import read_table
+from tangentlab.studies.lazy_vs_hasty import study as lazy_vs_hasty
+from tangentlab.studies.lazy_vs_hasty.data import (
     estimate_cscores,
     flip_labels,
     quantile_bins,
@@ -23,7 +24,7 @@ from tangentlab.studies.lazy_data import (
     yin_yang,
     yin_yang_regions,
 )
-from tangentlab.studies.lazy_quadratic import (
+from tangentlab.studies.lazy_vs_hasty.quadratic import (
     QuadraticModel,
     example1,
     example2,
@@ -33,8 +34,7 @@ from tangentlab.studies.lazy_quadratic import (
     two_layer_dynamics,
     two_layer_torch_step,
 )
-from tangentlab.studies.lazy_vs_hasty import LazyVsHastyConfig, gap_comparison
-from tangentlab.studies.store import read_table
+from tangentlab.studies.lazy_vs_hasty.study import LazyVsHastyConfig, gap_comparison
 
 
 @pytest.mark.parametrize("make", [lambda: example1(), lambda: example2(d=30, seed=1),

@@ -16,9 +16,10 @@ from torch import nn
 
 from tangentlab.cli import main
 from tangentlab.linearize import Linearized
-from tangentlab.studies import linearized_generalization as lg
-from tangentlab.studies.config import ConfigError, build_config
-from tangentlab.studies.lingen_tasks import (
+from tangentlab.studies.framework.config import ConfigError, build_config
+from tangentlab.studies.framework.store import read_table
+from tangentlab.studies.linearized_generalization import study as lg
+from tangentlab.studies.linearized_generalization.tasks import (
     Recipe,
     build_scalar_model,
     distances,
@@ -31,7 +32,6 @@ from tangentlab.studies.lingen_tasks import (
     train_binary,
     xor_task,
 )
-from tangentlab.studies.store import read_table
 
 D = torch.float64
 
@@ -98,7 +98,7 @@ def test_tables_are_tidy_and_complete(tiny_run):
 
 def test_deterministic_claims_hold_and_report(tiny_run, capsys):
     cfg = build_config(lg.LinGenConfig, preset="tiny")
-    from tangentlab.studies.store import RunStore
+    from tangentlab.studies.framework.store import RunStore
 
     content = lg.build_report(cfg, RunStore.open(tiny_run))
     det = [c for c in content.claims if c.kind == "deterministic"]

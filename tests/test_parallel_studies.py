@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tangentlab.studies import alignment as al
-from tangentlab.studies.parallel import RankContext
-from tangentlab.studies.registry import run_study
-from tangentlab.studies.store import Table, read_table
+from tangentlab.studies.alignment import study as al
+from tangentlab.studies.framework.parallel import RankContext
+from tangentlab.studies.framework.runner import run_study
+from tangentlab.studies.framework.store import Table, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS, KEY = ["rank", "i", "value"], ["i"]

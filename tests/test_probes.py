@@ -1,4 +1,4 @@
-"""Probes during training (tangentlab.studies.probes) against brute-force torch.func kernels.
+"""Probes during training (tangentlab.studies.framework.probes) against brute-force torch.func kernels.
 
 The oracle builds the Jacobian ``J`` (N, C, P) by ``vmap(jacrev)`` (tests/oracle.py), the
 kernel ``K = J Jᵀ`` with rows ``n·C + c``, the centering projectors as explicit matrices,
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from tangentlab.studies.probes import (
+from tangentlab.studies.framework.probes import (
     Probe,
     ProbeCallback,
     ProbeSet,
@@ -27,7 +27,7 @@ from tangentlab.studies.probes import (
     thesis_schedule,
     train_with_probes,
 )
-from tangentlab.studies.training import BatchStream
+from tangentlab.studies.framework.training import BatchStream
 
 from . import oracle
 
@@ -195,7 +195,7 @@ def test_callback_in_user_loop_and_plain_loop_resume():
     model4, opt4 = make()
     model4.load_state_dict(saved["model"])
     opt4.load_state_dict(saved["opt"])
-    from tangentlab.studies.probes import TrainingState
+    from tangentlab.studies.framework.probes import TrainingState
 
     st = TrainingState(saved["step"], BatchStream(40, 8, seed=1))
     st.stream.load_state_dict(saved["stream"])

@@ -19,13 +19,14 @@ import torch
 
 from tangentlab.cli import main
 from tangentlab.studies import registry
-from tangentlab.studies.config import ConfigError, Preset, StudyConfig, build_config, option, parse_value
-from tangentlab.studies.data import load_digits_split
-from tangentlab.studies.fim_quality import FimQualityConfig, checkpoint_steps
-from tangentlab.studies.models import make_cnn, make_mlp, make_resnet, weight_layers
-from tangentlab.studies.report import Claim, FigureSpec, ReportContent, TableSpec, claims_text
-from tangentlab.studies.store import RunStore, Table, atomic_write_text, read_table
-from tangentlab.studies.training import BatchStream, rng_state, set_rng_state, train_step
+from tangentlab.studies.fim_quality.study import FimQualityConfig, checkpoint_steps
+from tangentlab.studies.framework.config import ConfigError, Preset, StudyConfig, build_config, option, parse_value
+from tangentlab.studies.framework.data import load_digits_split
+from tangentlab.studies.framework.models import make_cnn, make_mlp, make_resnet, weight_layers
+from tangentlab.studies.framework.report import Claim, FigureSpec, ReportContent, TableSpec, claims_text
+from tangentlab.studies.framework.runner import Study
+from tangentlab.studies.framework.store import RunStore, Table, atomic_write_text, read_table
+from tangentlab.studies.framework.training import BatchStream, rng_state, set_rng_state, train_step
 
 
 def _one_error_line(capsys) -> str:
@@ -297,7 +298,7 @@ def test_models_and_data():
 def test_tinyimagenet_folder_loader(tmp_path):
     from PIL import Image
 
-    from tangentlab.studies.data import load_tinyimagenet_split
+    from tangentlab.studies.framework.data import load_tinyimagenet_split
 
     root = tmp_path / "tiny-imagenet-200"
     wnids = ["n01", "n02"]
@@ -326,7 +327,7 @@ def test_tinyimagenet_folder_loader(tmp_path):
 FAIL = {"at": None}
 
 
-class Toy(registry.Study):
+class Toy(Study):
     name = "toy-test"
     title = "Toy study (tests)"
     config_class = ToyConfig

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from tangentlab.studies import supernat as SN
-from tangentlab.studies.alignment import AlignmentConfig
-from tangentlab.studies.config import ConfigError
-from tangentlab.studies.report import render_figure
-from tangentlab.studies.store import RunStore
+from tangentlab.studies.alignment import supernat as SN
+from tangentlab.studies.alignment.study import AlignmentConfig
+from tangentlab.studies.framework.config import ConfigError
+from tangentlab.studies.framework.report import render_figure
+from tangentlab.studies.framework.store import RunStore
 
 
 def test_noisy_regression_data() -> None:

@@ -4,23 +4,21 @@
 [--out DIR] [--resume]`` runs a registered study into a *run directory*;
 ``tangentlab report RUN_DIR`` renders its HTML report again from the stored tables.
 
-Modules:
+Layout:
 
-* :mod:`.config`: typed (dataclass) configurations, presets, ``--set`` / TOML
-  overrides and validation with one-line errors;
-* :mod:`.store`: the run directory, tidy results tables appended atomically,
-  checkpoints and resume;
-* :mod:`.report`: the HTML report (claims table, figures, tables);
-* :mod:`.registry`: study name → study class;
-* :mod:`.data`, :mod:`.models`, :mod:`.training`: datasets, small models and the
-  seeded minibatch training loop shared with ``tangentlab demo``;
-* :mod:`.fim_quality`: the ``fim-quality`` study (thesis Figs. 3.3–3.6, 4.2, 4.4c).
+* :mod:`.framework`: what every study shares (typed configurations, the run store,
+  reports, the runner, multi-process units, the resumable training loop, datasets, models,
+  probes, thread control);
+* :mod:`.registry`: the explicit map from a study's name to its class;
+* one package per study (:mod:`.alignment`, :mod:`.fim_quality`, :mod:`.ekfac`,
+  :mod:`.lazy_vs_hasty`, :mod:`.linearized_generalization`, :mod:`.compression`,
+  :mod:`.adaptive_tangent`).
 
 Importing this package is cheap: matplotlib and the studies load on demand.
 """
 
 from __future__ import annotations
 
-from .config import ConfigError, StudyConfig, option
+from .framework.config import ConfigError, StudyConfig, option
 
 __all__ = ["ConfigError", "StudyConfig", "option"]

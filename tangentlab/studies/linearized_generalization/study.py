@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analysis.anisotropy import (
+from ...analysis.anisotropy import (
     alignment,
     alignment_vector,
     binarization_cosine,
@@ -62,12 +62,16 @@ from ..analysis.anisotropy import (
     neural_anisotropy_directions,
     predicted_linear_alignment,
 )
-from ..analysis.kernels import eigh_desc
-from ..api import ntk
-from ..linearize import Linearized
-from . import data as data_mod
-from .config import ConfigError, Preset, StudyConfig, option
-from .lingen_tasks import (
+from ...analysis.kernels import eigh_desc
+from ...api import ntk
+from ...linearize import Linearized
+from ..framework import data as data_mod
+from ..framework.config import ConfigError, Preset, StudyConfig, option
+from ..framework.report import Claim, FigureSpec, ReportContent, TableSpec
+from ..framework.runner import Study
+from ..framework.store import to_number
+from ..framework.threads import torch_threads
+from .tasks import (
     NAD_ACTIVATIONS,
     SCALAR_MODELS,
     Recipe,
@@ -79,13 +83,9 @@ from .lingen_tasks import (
     nad_task,
     spearman,
     stratified_subset,
-    torch_threads,
     train_binary,
     xor_task,
 )
-from .registry import Study, register
-from .report import Claim, FigureSpec, ReportContent, TableSpec
-from .store import to_number
 
 PARTS = ("eigen", "nad", "size", "energy", "lemma")
 RESULT_COLUMNS = ["part", "setting", "index", "model", "metric", "value"]
@@ -285,7 +285,6 @@ def _gram(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return ntk(m64, x.to(torch.float64), progress=False).as_matrix()
 
 
-@register
 class LinearizedGeneralization(Study):
     parallel = True
     name = "linearized-generalization"
@@ -449,7 +448,7 @@ class LinearizedGeneralization(Study):
         shape = cfg.nad_input_shape()
         d = int(np.prod(shape))
         torch.manual_seed(cfg.seed + 1000)
-        from .lingen_tasks import lecun_init_
+        from .tasks import lecun_init_
 
         model0 = lecun_init_(make_lenet(shape, cfg.nad_activation)).to(self.device).eval()
         ck = self.store.load_checkpoint("nad")
@@ -487,7 +486,7 @@ class LinearizedGeneralization(Study):
     def _nad_theorem1(self, model0: nn.Module, V: torch.Tensor, shape: tuple[int, ...]) -> None:
         """Theorem 1 by Monte Carlo: ``‖E[∇²_{x,θ} f] v‖²`` (from ``nad_expect_samples`` draws) against
         the unbiased estimate of ``E_{x,x'}[vᵀx Θ(x,x') vᵀx']`` (``nad_mc_samples`` other draws)."""
-        from ..analysis.anisotropy import mixed_derivative
+        from ...analysis.anisotropy import mixed_derivative
 
         cfg = self.config
         k = min(cfg.nad_check, V.shape[0])

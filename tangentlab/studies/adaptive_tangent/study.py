@@ -54,15 +54,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analysis import adaptive as ad
-from ..analysis import adaptive_features as af
-from ..analysis.adaptive_factorized import CONV_MODES, Factorized
-from ..analysis.kernels import cka, kernel_alignment
-from ..api import ntk
-from .config import Preset, StudyConfig, option
-from .registry import Study, register
-from .report import Claim, FigureSpec, ReportContent, TableSpec
-from .store import to_number
+from ...analysis import adaptive as ad
+from ...analysis import adaptive_features as af
+from ...analysis.adaptive_factorized import CONV_MODES, Factorized
+from ...analysis.kernels import cka, kernel_alignment
+from ...api import ntk
+from ..framework.config import Preset, StudyConfig, option
+from ..framework.report import Claim, FigureSpec, ReportContent, TableSpec
+from ..framework.runner import Study
+from ..framework.store import to_number
 
 PARTS = ("penalties", "theory", "alignment", "solver", "training")
 FAMILIES = ("paper", "hard")
@@ -212,7 +212,7 @@ class AdaptiveTangentConfig(StudyConfig):
             if self.sweep_dataset == "mnist":
                 _check_mnist(self.data_dir, "sweep_dataset")
             elif self.sweep_dataset == "cifar10":
-                from .data import check_dataset
+                from ..framework.data import check_dataset
 
                 check_dataset("cifar10", "image", self.data_dir, "sweep_dataset")
             else:
@@ -235,7 +235,7 @@ class AdaptiveTangentConfig(StudyConfig):
 
 def _check_mnist(data_dir: str, field: str) -> None:
     """MNIST IDX files in ``data_dir`` (the shared dataset registry's check; nothing is downloaded)."""
-    from .data import check_dataset
+    from ..framework.data import check_dataset
 
     check_dataset("mnist", "flat", data_dir, field)
 
@@ -257,7 +257,7 @@ def pair_data(cfg: AdaptiveTangentConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
         X, Y = load_digits(return_X_y=True)
     else:
-        from .datasets import load_mnist_arrays
+        from ..framework.datasets import load_mnist_arrays
 
         X, Y = load_mnist_arrays(cfg.data_dir, "train")
         X = X.reshape(len(X), -1) / 255.0
@@ -307,7 +307,7 @@ def make_targets(x: torch.Tensor, lab: torch.Tensor, family: str, seed: int, wid
 def train_regression(model: nn.Module, x: torch.Tensor, t: torch.Tensor, steps: int, lr: float, momentum: float,
                      log_every: int = 50, show: bool | None = None, desc: str = "training") -> list[tuple[int, float]]:
     """Full-batch GD with momentum and cosine annealing on the mean squared error."""
-    from ..progress import progress
+    from ...progress import progress
 
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -374,9 +374,9 @@ def sweep_data(cfg: AdaptiveTangentConfig) -> tuple[torch.Tensor, torch.Tensor, 
         xtr, xte, ytr, yte = train_test_split(X / 16.0, Y, test_size=cfg.sweep_test, random_state=0, stratify=Y)
     else:
         if cfg.sweep_dataset == "mnist":
-            from .datasets import load_mnist_arrays as load
+            from ..framework.datasets import load_mnist_arrays as load
         else:
-            from .datasets import load_cifar10_arrays as load
+            from ..framework.datasets import load_cifar10_arrays as load
         xtr, ytr = load(cfg.data_dir, "train")
         xte, yte = load(cfg.data_dir, "test")
         xtr, xte = xtr / 255.0, xte[:cfg.sweep_test] / 255.0
@@ -399,7 +399,6 @@ def sweep_network(cfg: AdaptiveTangentConfig, arch: str, seed: int) -> nn.Sequen
 # ---------------------------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------------------------
-@register
 class AdaptiveTangent(Study):
     parallel = True
     name = "adaptive-tangent"
@@ -679,7 +678,7 @@ class AdaptiveTangent(Study):
         elif which == "adaptive":
             model = Factorized(base, cfg.sweep_conv_factors)
         else:
-            from ..linearize import Linearized
+            from ...linearize import Linearized
 
             model = Linearized(base)
         params = [p for p in model.parameters() if p.requires_grad]

@@ -1,6 +1,6 @@
 """HTML reports of studies.
 
-A study's :meth:`~tangentlab.studies.registry.Study.report` returns a
+A study's :meth:`~tangentlab.studies.framework.runner.Study.report` returns a
 :class:`ReportContent` built from its stored tables only: a claims table ("the paper
 says / measured / held?"), figures (functions drawing on a matplotlib ``Figure``),
 tables and notes. :func:`write_report` saves the figures as PNG files under
@@ -27,7 +27,7 @@ from .store import RunStore, atomic_write_bytes, atomic_write_text
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .registry import Study
+    from .runner import Study
 
 
 @dataclass

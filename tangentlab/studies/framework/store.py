@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from ...errors import InvalidInputError
 
 try:  # POSIX advisory locks serialize appends of several processes (torchrun ranks)
     import fcntl

@@ -31,7 +31,7 @@ ch. 6) and :func:`decade_schedule` (``0`` and ``round(10^{k/10})``).
 
 Use from a training loop: :class:`ProbeCallback` (``cb(step, model)``), the plain loop
 :func:`train_with_probes` (seeded minibatches from
-:class:`~tangentlab.studies.training.BatchStream`, resumable), or, when PyTorch
+:class:`~tangentlab.studies.framework.training.BatchStream`, resumable), or, when PyTorch
 Lightning is installed, :func:`lightning_callback`.
 """
 
@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..analysis.kernels import (
+from ...analysis.kernels import (
     CENTERINGS,
     center,
     cka_with_labels,
@@ -54,8 +54,8 @@ from ..analysis.kernels import (
     kernel_distance,
     spectrum_stats,
 )
-from ..api import ntk
-from ..errors import InvalidInputError
+from ...api import ntk
+from ...errors import InvalidInputError
 from .training import BatchStream, train_step
 
 ROW_COLUMNS = ["step", "probe", "metric", "layer", "value"]
@@ -347,8 +347,8 @@ def train_with_probes(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
     At each step ``t = start … steps`` every callback is called as ``cb(t, model)`` *before*
     update ``t`` (so ``t = 0`` sees the initialization and ``t = steps`` the final model),
     then ``after_callbacks(t, state)`` (e.g. to save a checkpoint), then — for ``t < steps``
-    — one :func:`~tangentlab.studies.training.train_step` on the next minibatch of a
-    :class:`~tangentlab.studies.training.BatchStream` seeded with ``seed`` (``batch_size ≥ N``
+    — one :func:`~tangentlab.studies.framework.training.train_step` on the next minibatch of a
+    :class:`~tangentlab.studies.framework.training.BatchStream` seeded with ``seed`` (``batch_size ≥ N``
     is full-batch gradient descent), and ``on_step(t, loss)``. ``state`` (from an earlier
     call or a checkpoint) resumes at ``state.step``. Returns the final state; the model is
     left in eval mode."""

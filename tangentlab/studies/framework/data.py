@@ -12,7 +12,7 @@ Splits are stratified (``random_state=seed``) and standardized with the training
 statistics (per feature for ``flat``, per pixel for digit images, per channel for
 TinyImageNet).
 
-The alignment studies add (see :mod:`tangentlab.studies.datasets`, registry
+The alignment studies add (see :mod:`tangentlab.studies.framework.datasets`, registry
 :data:`ALL_DATASETS`, which :func:`check_dataset` / :func:`load_dataset` read):
 
 * ``mnist`` / ``kmnist``: IDX files in ``data_dir`` (official train/test split), ``x/255``

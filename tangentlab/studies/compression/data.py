@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ConfigError
+from ..framework.config import ConfigError
 
 STRIPE_X_MIN = -0.3
 STRIPE_X_MAX = 1.18549
@@ -91,7 +91,7 @@ def gaussian_task(model: str, d: int, p: int, n_test: int, n_kernel: int, seed: 
 # ---------------------------------------------------------------------------------------------
 def check_mnist(data_dir: str) -> None:
     """Raise :class:`ConfigError` (field ``data_dir``) unless the MNIST IDX files are there."""
-    from .data import check_dataset
+    from ..framework.data import check_dataset
 
     check_dataset("mnist", "image", data_dir)
 
@@ -102,7 +102,7 @@ def _load_images(dataset: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
 
         ds = load_digits()
         return ds.images.astype(np.float64)[:, None], ds.target.astype(np.int64)
-    from .datasets import load_mnist_arrays
+    from ..framework.datasets import load_mnist_arrays
 
     check_mnist(data_dir)
     (xtr, ytr), (xte, yte) = (load_mnist_arrays(data_dir, split) for split in ("train", "test"))

@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..progress import progress as bar
-from .config import ConfigError
-from .datasets import find_file, first_per_class
+from ...progress import progress as bar
+from ..framework.config import ConfigError
+from ..framework.datasets import find_file, first_per_class
 
 DISKS = ((0.5, -0.5), (-0.5, 0.5))
 DISK_RADIUS = 0.3

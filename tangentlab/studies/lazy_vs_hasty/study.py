@@ -53,10 +53,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analysis.linearity import LinearityProbe, compare_at_progress, group_metrics, per_example_loss
-from ..linearize import AlphaScaled
-from .config import ConfigError, Preset, StudyConfig, option
-from .lazy_data import (
+from ...analysis.linearity import LinearityProbe, compare_at_progress, group_metrics, per_example_loss
+from ...linearize import AlphaScaled
+from ..framework.config import ConfigError, Preset, StudyConfig, option
+from ..framework.models import make_mlp
+from ..framework.report import Claim, FigureSpec, ReportContent, TableSpec
+from ..framework.runner import Study
+from ..framework.store import to_number
+from ..framework.training import BatchStream
+from .data import (
     estimate_cscores,
     flip_labels,
     loss_thresholds,
@@ -69,7 +74,7 @@ from .lazy_data import (
     yin_yang_label,
     yin_yang_regions,
 )
-from .lazy_quadratic import (
+from .quadratic import (
     QuadraticModel,
     example1,
     example2,
@@ -78,11 +83,6 @@ from .lazy_quadratic import (
     half_error_times,
     two_layer_dynamics,
 )
-from .models import make_mlp
-from .registry import Study, register
-from .report import Claim, FigureSpec, ReportContent, TableSpec
-from .store import to_number
-from .training import BatchStream
 
 PARTS = ("toy", "cscores", "noise", "spurious", "quadratic")
 CURVE_COLUMNS = ["part", "seed", "alpha", "probe", "step", "group", "metric", "value"]
@@ -256,7 +256,6 @@ def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(out, y)
 
 
-@register
 class LazyVsHasty(Study):
     name = "lazy-vs-hasty"
     parallel = True
@@ -339,7 +338,7 @@ class LazyVsHasty(Study):
         thresholds: list[float] = []
         it = 0
         model.train()
-        from ..progress import progress
+        from ...progress import progress
 
         for step in progress(range(1, steps + 1), f"lazy-vs-hasty: {part} α={alpha:g}", enabled=self._show):
             idx = stream.next().to(x.device)
@@ -365,7 +364,7 @@ class LazyVsHasty(Study):
     def _init_net(self, seed: int, n_in: int, n_out: int, hidden: Sequence[int], dtype: torch.dtype) -> nn.Module:
         torch.manual_seed(seed)
         if self.config.model == "resnet18":
-            from .models import make_resnet
+            from ..framework.models import make_resnet
 
             return make_resnet(18, 3, n_out, width=self.config.resnet_width, dtype=dtype).to(self.device)
         return make_mlp(n_in, tuple(hidden), n_out, "relu", dtype).to(self.device)
@@ -377,7 +376,7 @@ class LazyVsHasty(Study):
         cfg = self.config
         dt = _dtype(cfg.dtype)
         if cfg.dataset == "cifar10":
-            from .datasets import load_cifar10_arrays
+            from ..framework.datasets import load_cifar10_arrays
 
             xa, ya = load_cifar10_arrays(cfg.data_dir, "train")
             n_tr = (4 * xa.shape[0]) // 5  # 40,000 of the 50,000 training images
@@ -388,7 +387,7 @@ class LazyVsHasty(Study):
             x, y = torch.as_tensor(xa[:n_tr]), torch.as_tensor(ya[:n_tr])
             xt, yt = torch.as_tensor(xa[n_tr:]), torch.as_tensor(ya[n_tr:])
             return x.to(self.device, dt), y.to(self.device), xt.to(self.device, dt), yt.to(self.device)
-        from .data import load_digits_split
+        from ..framework.data import load_digits_split
 
         split = load_digits_split(cfg.seed, "flat")
         return (split.x_train.to(self.device, dt), split.y_train.to(self.device), split.x_test.to(self.device, dt),
@@ -424,7 +423,7 @@ class LazyVsHasty(Study):
         gx1, gx2 = torch.meshgrid(lin, lin, indexing="xy")  # rows: x2, columns: x1
         grid = torch.stack([gx1.reshape(-1), gx2.reshape(-1)], 1).to(self.device)
         y_grid = torch.as_tensor(yin_yang_label(grid.cpu().numpy())).to(self.device)
-        from ..progress import progress
+        from ...progress import progress
 
         for seed in progress(range(cfg.toy_seeds), "lazy-vs-hasty: yin-yang seeds", enabled=self._show):
             unit = f"toy/{seed}"
@@ -604,7 +603,7 @@ class LazyVsHasty(Study):
         cfg = self.config
         quad = self.store.table("quadratic", QUAD_COLUMNS, QUAD_KEY)
         checks = self.store.table("quadratic_checks", CHECK_COLUMNS, CHECK_KEY)
-        from ..progress import progress
+        from ...progress import progress
 
         for name, seed, make in progress(self._examples(), "lazy-vs-hasty: quadratic model", enabled=self._show):
             unit = f"quadratic/{name}/{seed}"

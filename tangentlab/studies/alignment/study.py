@@ -26,13 +26,13 @@ Items (``items``; default ``1,2,3,4,7``):
 5. **Ablations** (Figs. 13, 14; presets): item 4(a) with width ``ablation_width`` and depth in
    ``ablation_depths``; item 2 with learning rate in ``ablation_lrs``; ``ablation_seeds`` seeds each.
 6. **SuperNat** (Fig. 5) and 7. **complexity measure** (Fig. 6): computed by
-   :mod:`tangentlab.studies.supernat` and :mod:`tangentlab.studies.alignment_complexity`
+   :mod:`tangentlab.studies.alignment.supernat` and :mod:`tangentlab.studies.alignment.complexity`
    (tables ``supernat`` and ``complexity``), included in this report.
 
 Conventions: NTK ``K[n, m, c, d] = ⟨∂f_c(x_n)/∂θ, ∂f_d(x_m)/∂θ⟩`` unnormalized, rows
 ``n·C + c``; centering ``"examples"`` = tangent features centered over the probe examples per
 output (thesis ch. 6); ``T_k`` = mass of the ``k`` largest eigenvalues. See
-:mod:`tangentlab.studies.probes` for every metric.
+:mod:`tangentlab.studies.framework.probes` for every metric.
 
 Results (tidy, append-only, resumable): ``tables/probes.csv`` (run × step × probe × metric
 × layer), ``tables/training.csv`` (run × step × metric), ``tables/spectra.csv`` (full
@@ -44,7 +44,6 @@ a killed study resumes from the last checkpoint of the unfinished run.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
@@ -57,12 +56,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import alignment_complexity, supernat
-from .config import Preset, StudyConfig, option
-from .data import Split, check_dataset, load_dataset
-from .datasets import DISK_RADIUS, disk_task, grid_2d, mix_other_dataset, randomize_labels
-from .models import MODELS, build_model, make_mlp, model_spec
-from .probes import (
+from ..framework.config import Preset, StudyConfig, option
+from ..framework.data import Split, check_dataset, load_dataset
+from ..framework.datasets import DISK_RADIUS, disk_task, grid_2d, mix_other_dataset, randomize_labels
+from ..framework.models import MODELS, VGG_CONFIGS, build_model, make_mlp, make_vgg, model_spec
+from ..framework.probes import (
     Probe,
     ProbeCallback,
     ProbeResult,
@@ -72,10 +70,13 @@ from .probes import (
     log_schedule,
     train_with_probes,
 )
-from .registry import Study, register
-from .report import Claim, FigureSpec, ReportContent, TableSpec
-from .store import to_number
-from .training import BatchStream, accuracy, mean_loss, rng_state, set_rng_state
+from ..framework.report import Claim, FigureSpec, ReportContent, TableSpec
+from ..framework.runner import Study
+from ..framework.store import to_number
+from ..framework.threads import blas_threads
+from ..framework.training import BatchStream, accuracy, mean_loss, rng_state, set_rng_state
+from . import complexity as alignment_complexity
+from . import supernat
 
 ITEMS = (1, 2, 3, 4, 5, 6, 7)
 DATASETS = ("digits", "mnist", "cifar10")
@@ -179,7 +180,7 @@ class AlignmentConfig(StudyConfig):
     ablation_lrs: tuple[float, ...] = option((0.005, 0.02), "item 5: learning rates of the lr ablation", min=0.0)
     ablation_seeds: int = option(2, "item 5: seeds per setting", min=1)
     ablation_steps: int = option(1500, "item 5: SGD steps per run", min=1)
-    # item 7 (tangentlab.studies.alignment_complexity)
+    # item 7 (tangentlab.studies.alignment.complexity)
     # defaults: the digest's S6.12 sweep (widths 16-1024; noise 0-0.6 at width 256; CE target 0.01) on all
     # 1347 digits training examples, 3 seeds (the width sweep's gaps differ by less than the seed noise):
     # 7 settings x 3 seeds = 21 runs, ~1.5 CPU-minutes with threads=1 (57 s measured for 2 seeds, light load)
@@ -202,7 +203,7 @@ class AlignmentConfig(StudyConfig):
                                          min=1)
     complexity_noise_width: int = option(0, "item 7: hidden width of the label-noise sweep (0: 256 if among "
                                          "complexity_widths, else the largest width)", min=0)
-    # item 6 (tangentlab.studies.supernat)
+    # item 6 (tangentlab.studies.alignment.supernat)
     supernat_n_train: int = option(50, "item 6: training examples of the noisy regression", min=2)
     supernat_dim: int = option(10, "item 6: noise-feature dimension d", min=1)
     supernat_noise: float = option(0.1, "item 6: label-noise variance sigma^2", min=0.0)
@@ -273,49 +274,6 @@ class AlignmentConfig(StudyConfig):
         return None if self.centering == "none" else self.centering
 
 
-#: VGG layer plans (channels at base width 64; "M" = 2×2 max-pool), Simonyan & Zisserman.
-VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
-    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
-}
-
-
-def make_vgg(name: str, in_channels: int = 3, n_classes: int = 10, width: int = 64,
-             dtype: torch.dtype = torch.float32) -> nn.Sequential:
-    """BN-free VGG for 32×32 images (the paper's CIFAR-10 VGG19 without BatchNorm): 3×3
-    convolutions (padding 1) + ReLU, five 2×2 max-pools, a linear head; channels scaled by
-    ``width/64``; Kaiming-normal (fan-out) weights and zero biases, as in the paper's code."""
-    layers: list[nn.Module] = []
-    c = in_channels
-    for v in VGG_CONFIGS[name]:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-            continue
-        out = max(1, int(v) * width // 64)
-        conv = nn.Conv2d(c, out, 3, padding=1, dtype=dtype)
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(conv.bias)
-        layers += [conv, nn.ReLU()]
-        c = out
-    head = nn.Linear(c, n_classes, dtype=dtype)
-    nn.init.zeros_(head.bias)
-    return nn.Sequential(*layers, nn.Flatten(), head)
-
-
-def blas_threads(n: int) -> contextlib.AbstractContextManager[Any]:
-    """Limit the BLAS thread pools outside torch (numpy/scipy OpenBLAS or MKL) to ``n`` threads
-    for the ``with`` block (``n = 0``, or no ``threadpoolctl``: unchanged)."""
-    if n <= 0:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - shipped with scikit-learn
-        return contextlib.nullcontext()
-    with contextlib.suppress(ImportError):  # scipy ships its own BLAS: load it now so the limit covers it
-        import scipy.linalg  # noqa: F401
-    return threadpool_limits(limits=n, user_api="blas")
-
-
 def _model_spec(name: str) -> Any:
     if name in VGG_CONFIGS:
         return type("VggSpec", (), {"layout": "image"})()
@@ -324,7 +282,7 @@ def _model_spec(name: str) -> Any:
 
 def load_alignment_split(cfg: AlignmentConfig) -> Split:
     """The train/test split of items 2-5, through the shared loader
-    :func:`tangentlab.studies.data.load_dataset`: digits (75/25 stratified, standardized per
+    :func:`tangentlab.studies.framework.data.load_dataset`: digits (75/25 stratified, standardized per
     pixel), or MNIST / CIFAR-10 from ``data_dir`` (official splits; the first ``max_per_class``
     *training* examples of each class, the whole test set; ``x/255`` standardized with the
     training mean and std, one scalar for MNIST as in the paper's code, per channel for CIFAR-10)."""
@@ -408,7 +366,6 @@ def _snapshot_steps(steps: list[int], total: int, k: int) -> set[int]:
     return set(out)
 
 
-@register
 class Alignment(Study):
     name = "alignment"
     title = "Neural feature alignment during training (paper 000 / thesis ch. 6)"

@@ -29,7 +29,7 @@ Readers of files on disk (nothing is downloaded; ``torchvision`` is not needed):
 * :func:`load_cifar10_arrays` — the CIFAR-10 python pickle batches ``data_batch_1..5`` and
   ``test_batch`` (in ``data_dir`` or ``data_dir/cifar-10-batches-py``).
 
-A missing file is a :class:`~tangentlab.studies.config.ConfigError` on field ``data_dir`` that
+A missing file is a :class:`~tangentlab.studies.framework.config.ConfigError` on field ``data_dir`` that
 names the file that was looked for.
 """
 

@@ -70,7 +70,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..analysis.compression import (
+from ...analysis.compression import (
     SQRT2,
     MeanFieldNet,
     NetParams,
@@ -91,12 +91,12 @@ from ..analysis.compression import (
     net_output,
     preactivations,
 )
-from ..api import ntk
-from .compression_data import STRIPE_X_MAX, STRIPE_X_MIN, TaskSplit, gaussian_task
-from .config import Preset, StudyConfig, option
-from .registry import Study, register
-from .report import Claim, FigureSpec, ReportContent, TableSpec
-from .store import to_number
+from ...api import ntk
+from ..framework.config import Preset, StudyConfig, option
+from ..framework.report import Claim, FigureSpec, ReportContent, TableSpec
+from ..framework.runner import Study
+from ..framework.store import to_number
+from .data import STRIPE_X_MAX, STRIPE_X_MIN, TaskSplit, gaussian_task
 
 MODELS = ("stripe", "cylinder")
 RUN_COLUMNS = ["model", "d", "d_par", "p", "seed", "t_star", "lambda_star", "lambda_max", "lambda_final",
@@ -229,7 +229,7 @@ class CompressionConfig(StudyConfig):
                 raise self.error("mi_k", f"k = {self.mi_k} neighbours per label need ntk_p ≥ {2 * self.mi_k}",
                                  f"1..{self.ntk_p // 2}")
         if self.cnn:
-            from .compression_data import check_mnist, n_images
+            from .data import check_mnist, n_images
 
             if self.cnn_dataset == "mnist":
                 check_mnist(self.data_dir)
@@ -400,7 +400,6 @@ def _spectrum_rows(cfg: CompressionConfig, key: dict[str, Any], K: torch.Tensor,
              "mi": knn_mutual_information(evecs[:, r - 1], y, k=cfg.mi_k) if mi else math.nan} for r, mi in ranks]
 
 
-@register
 class Compression(Study):
     parallel = True
     name = "compression"
@@ -425,7 +424,7 @@ class Compression(Study):
         if done:
             self.log(f"compression: resuming, {len(units) - len(todo)} of {len(units)} runs done")
         t0 = time.perf_counter()
-        from ..progress import progress
+        from ...progress import progress
 
         for model, p, s in progress(todo, "compression: runs", cfg.progress_flag):
             if not self.ctx.claim(f"run {model} p{p} s{s}"):  # another rank of a torchrun launch does it
@@ -561,7 +560,7 @@ class Compression(Study):
         kernel-learning test errors, label projections and mutual information per mode.
         The test set is the same for every ``p`` (given the seed); the initialization depends
         on the seed only. Returns the test errors by kernel (and ``network``)."""
-        from .compression_data import n_images, parity_task
+        from .data import n_images, parity_task
 
         cfg = self.config
         dev = self.device
@@ -579,7 +578,7 @@ class Compression(Study):
         params = [q for q in net.parameters()]
         rows = []
         dt, t = cfg.cnn_lr, 0.0
-        from ..progress import progress
+        from ...progress import progress
 
         def outputs() -> torch.Tensor:
             return a * (net(data.x_train)[:, 0] - f0)

@@ -52,17 +52,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..api import fim
-from ..errors import UnsupportedOperationError
-from ..memory import MemoryBudget
-from ..vectors import PVector
-from .config import Preset, StudyConfig, option
-from .data import DATASETS, load_dataset
-from .models import MODELS, build_model, count_parameters, make_mlp, model_spec, weight_layers
-from .registry import Study, register
-from .report import Claim, FigureSpec, ReportContent, TableSpec
-from .store import to_number
-from .training import BatchStream, accuracy, mean_loss, rng_state, set_rng_state, train_step
+from ...api import fim
+from ...errors import UnsupportedOperationError
+from ...memory import MemoryBudget
+from ...vectors import PVector
+from ..framework.config import Preset, StudyConfig, option
+from ..framework.data import DATASETS, load_dataset
+from ..framework.models import MODELS, build_model, count_parameters, make_mlp, model_spec, weight_layers
+from ..framework.report import Claim, FigureSpec, ReportContent, TableSpec
+from ..framework.runner import Study
+from ..framework.store import to_number
+from ..framework.training import BatchStream, accuracy, mean_loss, rng_state, set_rng_state, train_step
 
 #: The representations the thesis compares (Figs. 3.3–3.6); BlockDiag is shown as a reference.
 PAPER_REPRESENTATIONS = ("diag", "quasidiag", "kfac", "ekfac")
@@ -81,7 +81,7 @@ TRAINING_KEY = ["phase", "step", "metric"]
 
 
 def _registered() -> list[str]:
-    from ..pmat import NAMES
+    from ...pmat import NAMES
 
     return sorted(NAMES)
 
@@ -237,7 +237,6 @@ def _dtype(name: str) -> torch.dtype:
     return torch.float64 if name == "float64" else torch.float32
 
 
-@register
 class FimQuality(Study):
     name = "fim-quality"
     title = "Quality of Fisher approximations (thesis Figs. 3.3–3.6, 4.2 right, 4.4c)"
@@ -690,7 +689,7 @@ def build_report(cfg: FimQualityConfig, store) -> ReportContent:
                                  for r in drift_rows if r["basis"] == "amortized" and r["metric"] == "fro_rel_err"
                                  and (r["since"] == 0 or r["since"] == cfg.recompute_every - 1)],
                                 max_rows=300, link="tables/drift.csv"))
-    from .store import atomic_write_text, cell
+    from ..framework.store import atomic_write_text, cell
 
     cols = ["step", "fisher", "representation", "method", "metric", "lambda_rel", "median", "q1", "q3", "n"]
     atomic_write_text(store.tables_dir / "quality_summary.csv",

@@ -71,15 +71,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..api import fim
-from ..optim import EKFAC, KFAC, FisherPenalty
-from ..vectors import PVector
-from .config import Preset, StudyConfig, option
-from .models import _init, make_cnn, make_mlp, make_resnet
-from .registry import Study, register
-from .report import Claim, FigureSpec, ReportContent, TableSpec
-from .store import cell, to_number
-from .training import BatchStream, rng_state, set_rng_state
+from ...api import fim
+from ...optim import EKFAC, KFAC, FisherPenalty
+from ...vectors import PVector
+from ..framework.config import Preset, StudyConfig, option
+from ..framework.models import make_cnn, make_mlp, make_resnet, make_vgg
+from ..framework.report import Claim, FigureSpec, ReportContent, TableSpec
+from ..framework.runner import Study
+from ..framework.store import cell, to_number
+from ..framework.training import BatchStream, rng_state, set_rng_state
 
 KRON_METHODS = ("ekfac", "ekfac_ra", "kfac", "kfac_every")
 FIRST_ORDER = ("sgd", "adam")
@@ -221,7 +221,7 @@ class EkfacConfig(StudyConfig):
 
 def check_data(dataset: str, data_dir: str) -> None:
     """Refuse a paper-scale dataset whose files are not in ``data_dir`` (nothing is downloaded)."""
-    from .config import ConfigError
+    from ..framework.config import ConfigError
 
     need = MNIST_FILE if dataset == "mnist" else CIFAR_DIR
     if not data_dir:
@@ -252,11 +252,11 @@ class Task:
 
 def _digits(seed: int, image: bool) -> tuple[torch.Tensor, ...]:
     """Digits pixels in [0, 1] (flat or 1×8×8), the stratified 75/25 split of
-    :func:`tangentlab.studies.data.load_digits_split`."""
+    :func:`tangentlab.studies.framework.data.load_digits_split`."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from .data import TEST_FRACTION
+    from ..framework.data import TEST_FRACTION
 
     x, y = load_digits(return_X_y=True)
     x_tr, x_te, y_tr, y_te = train_test_split(x / 16.0, y, test_size=TEST_FRACTION, random_state=seed, stratify=y)
@@ -301,26 +301,9 @@ def make_autoencoder(n_in: int, hidden: tuple[int, ...], dtype: torch.dtype) -> 
     return nn.Sequential(*layers)
 
 
-VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
-
-
 def make_vgg11(n_classes: int = 10, dtype: torch.dtype = torch.float32) -> nn.Sequential:
-    """BN-free VGG11 for 32×32 inputs, appendix A.3 initialization (He ``N(0, 2/n)`` after ReLU
-    inputs, ``N(0, 1/n)`` for the first layer, zero biases)."""
-    layers: list[nn.Module] = []
-    c = 3
-    first = True
-    for v in VGG11:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-            continue
-        conv = nn.Conv2d(c, int(v), 3, padding=1, dtype=dtype)
-        _init(conv, 1.0 if first else 2.0)
-        layers += [conv, nn.ReLU()]
-        c, first = int(v), False
-    head = nn.Linear(512, n_classes, dtype=dtype)
-    _init(head, 2.0)
-    return nn.Sequential(*layers, nn.Flatten(), head)
+    """BN-free VGG11 for 32×32 inputs with the thesis' appendix A.3 initialization."""
+    return make_vgg("vgg11", 3, n_classes, dtype=dtype, init="thesis")
 
 
 def _bce(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -365,7 +348,6 @@ def _period(method: str, period: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------------------------
-@register
 class EkfacStudy(Study):
     parallel = True
     name = "ekfac"

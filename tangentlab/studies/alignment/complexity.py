@@ -36,7 +36,7 @@ complete; runs whose ``(width, noise, seed)`` is in table ``complexity`` are ski
 killed study loses at most the run in progress.
 
 Config fields (declared, with defaults and validation, in
-:class:`tangentlab.studies.alignment.AlignmentConfig`): ``complexity_widths``, ``complexity_noise``,
+:class:`tangentlab.studies.alignment.study.AlignmentConfig`): ``complexity_widths``, ``complexity_noise``,
 ``complexity_seeds``, ``complexity_target_loss``, ``complexity_max_epochs``, ``complexity_n_train``,
 ``complexity_lr``, ``complexity_momentum``, ``complexity_batch_size``, ``complexity_probe``,
 ``complexity_trace_every``, ``complexity_noise_width`` (0: automatic), ``dataset``, ``data_dir``,
@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analysis.capacity import (
+from ...analysis.capacity import (
     bartlett_spectral,
     fisher_rao_norm,
     frobenius_product,
@@ -67,9 +67,9 @@ from ..analysis.capacity import (
     spearman_rho,
     spectral_product,
 )
-from ..progress import progress as progress_bar
-from .report import Claim, FigureSpec, TableSpec
-from .store import RunStore, to_number
+from ...progress import progress as progress_bar
+from ..framework.report import Claim, FigureSpec, TableSpec
+from ..framework.store import RunStore, to_number
 
 TABLE = "complexity"
 TRACE_TABLE = "complexity_trace"
@@ -120,14 +120,14 @@ def planned_runs(cfg: Any) -> list[tuple[int, float, int]]:
 
 
 def _key(width: int, noise: float, seed: int) -> tuple[str, str, str]:
-    from .store import cell
+    from ..framework.store import cell
 
     return (cell(int(width)), cell(float(noise)), cell(int(seed)))
 
 
 def log_steps(limit: int, base: float = 1.2) -> set[int]:
     """``{0} ∪ {⌊base^k⌋}`` up to ``limit`` (evaluation steps of the code estimator)."""
-    from .probes import thesis_schedule
+    from ..framework.probes import thesis_schedule
 
     return set(thesis_schedule(limit, base, scale=1, include_last=False))
 
@@ -147,7 +147,7 @@ def _eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
 
 def load_complexity_data(cfg: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``complexity_n_train`` training examples (a seeded subset) and the whole test set, flat."""
-    from .data import load_dataset
+    from ..framework.data import load_dataset
 
     split = load_dataset(cfg.dataset, int(cfg.seed), "flat", cfg.data_dir)
     n = min(int(cfg.complexity_n_train), split.x_train.shape[0])
@@ -158,7 +158,7 @@ def load_complexity_data(cfg: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def _or_nan(fn: Callable[[], float]) -> float:
     """``fn()``, or NaN when the engine refuses a diverged (non-finite) network; the run is then
     stored with NaN measures (and ``reached = 0``) instead of stopping the study."""
-    from ..errors import NonFiniteError
+    from ...errors import NonFiniteError
 
     try:
         return fn()
@@ -171,9 +171,9 @@ def train_and_measure(cfg: Any, width: int, noise: float, seed: int,
                       progress: bool | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train one ``(width, noise, seed)`` network to the target loss; return its summary row and
     its trajectory rows (log-spaced steps)."""
-    from .datasets import randomize_labels
-    from .models import make_mlp
-    from .training import BatchStream, train_step
+    from ..framework.datasets import randomize_labels
+    from ..framework.models import make_mlp
+    from ..framework.training import BatchStream, train_step
 
     t0 = time.perf_counter()
     x, y_clean, x_test, y_test = data

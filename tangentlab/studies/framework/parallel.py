@@ -12,7 +12,7 @@ done by exactly one rank, which *claims* it first:
   claim set, and each unit resumes from its own checkpoint/table rows as in a
   single-process run, whichever rank takes it;
 * results go to the run's shared tables, whose appends are serialized across processes
-  by a lock (:class:`~tangentlab.studies.store.Table`); checkpoint tags are per unit.
+  by a lock (:class:`~tangentlab.studies.framework.store.Table`); checkpoint tags are per unit.
 
 Work that every unit needs (loading data, a shared initial kernel) is done once by rank 0
 (:meth:`RankContext.once`) while the other ranks wait, then re-loaded from the store by
@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..errors import InvalidInputError
+from ...errors import InvalidInputError
 
 T = TypeVar("T")
 

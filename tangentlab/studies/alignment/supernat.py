@@ -30,7 +30,7 @@ Per-step bound terms (Thm. 2, without the constant ``1/n``): plain GD contribute
 ``η Σ_j λ_j |u_jᵀ g|`` (≤ the former by Cauchy–Schwarz).
 
 Config fields (declared, with defaults and validation, in
-:class:`tangentlab.studies.alignment.AlignmentConfig`): ``supernat_n_train``, ``supernat_dim``,
+:class:`tangentlab.studies.alignment.study.AlignmentConfig`): ``supernat_n_train``, ``supernat_dim``,
 ``supernat_noise``, ``supernat_steps``, ``supernat_lr``, ``supernat_seeds``, ``supernat_n_test``,
 ``supernat_kappas``, ``supernat_records``, ``seed``.
 """
@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..analysis.kernels import kernel_alignment
-from ..errors import InvalidInputError
-from ..progress import progress as progress_bar
-from .report import Claim, FigureSpec, TableSpec
-from .store import RunStore, to_number
+from ...analysis.kernels import kernel_alignment
+from ...errors import InvalidInputError
+from ...progress import progress as progress_bar
+from ..framework.report import Claim, FigureSpec, TableSpec
+from ..framework.store import RunStore, to_number
 
 TABLE = "supernat"
 KEY = ["seed", "method", "step"]
@@ -162,7 +162,7 @@ def methods(cfg: Any) -> list[str]:
     kappas = tuple(cfg.supernat_kappas)
     for k in kappas:
         if k not in KAPPAS:
-            from .config import ConfigError
+            from ..framework.config import ConfigError
 
             raise ConfigError("supernat_kappas", f"unknown kappa {k!r}", ", ".join(KAPPAS))
     return ["gd", *(f"supernat_{k}" for k in kappas)]
@@ -171,7 +171,7 @@ def methods(cfg: Any) -> list[str]:
 def run_supernat(store: RunStore, cfg: Any, log: Callable[[str], None], progress: bool | None = None) -> None:
     """All seeds × methods not yet in table ``supernat`` (one seed and method appended at once)."""
     table = store.table(TABLE, COLUMNS, KEY)
-    from .store import cell
+    from ..framework.store import cell
 
     done = {(k[0], k[1]) for k in table.keys}
     seeds = int(cfg.supernat_seeds)

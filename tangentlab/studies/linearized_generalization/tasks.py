@@ -18,10 +18,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ConfigError
-from .models import make_mlp, make_resnet
+from ..framework.config import ConfigError
+from ..framework.models import make_mlp, make_resnet
+from ..framework.threads import torch_threads
 
 NAD_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -160,19 +160,6 @@ class Recipe:
     threads: int = 1
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Temporarily run torch with ``n`` intra-op threads (0: unchanged). Tiny models train much
-    faster single-threaded on a loaded machine."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def logistic_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean ``log(1 + exp(−y z))`` (binary cross-entropy on one logit, ±1 labels)."""
     return nn.functional.softplus(-y * z).mean()
@@ -207,7 +194,7 @@ def train_binary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_test: tor
     ``train_accuracy``, ``test_loss``, ``test_accuracy``), the final values, ``converged_epoch``
     (first epoch with full training loss ``< threshold``, NaN if never) and
     ``converged_iteration`` (= that epoch × steps per epoch)."""
-    from ..progress import progress as bar
+    from ...progress import progress as bar
 
     n = x.shape[0]
     bs = min(recipe.batch_size, n)

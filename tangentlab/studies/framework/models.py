@@ -5,6 +5,7 @@ paper-scale presets.
 * :func:`make_cnn`: ``conv(c→w, 3) → ReLU → conv(w→w, 3) → ReLU → maxpool 2 → Linear``,
   "same" padding, no BatchNorm (so every layer is a Conv2d/Linear that KFAC/EKFAC cover).
   On 8×8 digits with ``w = 8``: 1954 parameters.
+* :func:`make_vgg`: BN-free VGG11/VGG19 for 32×32 images.
 * :func:`make_resnet`: ResNet-18/34/50 without BatchNorm (biases instead), initialized as
   in the thesis' Appendix A.3 (He init after ReLU, ``N(0, 1/n)`` on skip convolutions,
   ``N(0, 0.2/n)`` on the last convolution of each block) so that it trains without BN.
@@ -113,6 +114,53 @@ def make_resnet(depth: int = 18, in_channels: int = 3, n_classes: int = 200, wid
     _init(head, 1.0)
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), head]
     return nn.Sequential(*layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# BN-free VGG (Simonyan & Zisserman, 2015) for 32×32 images
+# ---------------------------------------------------------------------------------------------
+#: VGG layer plans (channels at base width 64; "M" = 2×2 max-pool).
+VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+}
+
+#: Initializations of :func:`make_vgg`.
+VGG_INITS = ("fan-out", "thesis")
+
+
+def make_vgg(name: str, in_channels: int = 3, n_classes: int = 10, width: int = 64,
+             dtype: torch.dtype = torch.float32, init: str = "fan-out") -> nn.Sequential:
+    """BN-free VGG for 32×32 images: 3×3 convolutions (padding 1) + ReLU, five 2×2 max-pools and
+    a linear head; channels scaled by ``width/64``; biases zero.
+
+    ``init="fan-out"``: Kaiming-normal weights with the fan-out (``N(0, 2/(O·k²))``), PyTorch's
+    default head weights (as in the alignment paper's code). ``init="thesis"``: the thesis'
+    appendix A.3 scheme, ``N(0, 1/n)`` on the first convolution and He ``N(0, 2/n)`` (fan-in
+    ``n``) on every layer after a ReLU, head included."""
+    if init not in VGG_INITS:
+        raise ConfigError("init", f"unknown VGG initialization {init!r}", ", ".join(VGG_INITS))
+    layers: list[nn.Module] = []
+    c = in_channels
+    for v in VGG_CONFIGS[name]:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        out = max(1, int(v) * width // 64)
+        conv = nn.Conv2d(c, out, 3, padding=1, dtype=dtype)
+        if init == "fan-out":
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        else:
+            _init(conv, 2.0 if layers else 1.0)
+        layers += [conv, nn.ReLU()]
+        c = out
+    head = nn.Linear(c, n_classes, dtype=dtype)
+    if init == "fan-out":
+        nn.init.zeros_(head.bias)
+    else:
+        _init(head, 2.0)
+    return nn.Sequential(*layers, nn.Flatten(), head)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import InvalidInputError
+from ...errors import InvalidInputError
 
 
 class ConfigError(InvalidInputError):

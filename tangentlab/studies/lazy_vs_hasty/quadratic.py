@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..linearize import AlphaScaled
+from ...linearize import AlphaScaled
 
 __all__ = ["QuadraticModel", "example1", "example2", "example3", "half_error_times", "first_time_below",
            "two_layer_dynamics", "two_layer_init", "two_layer_torch_step", "QuadraticExample"]

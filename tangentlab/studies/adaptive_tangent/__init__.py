@@ -1,0 +1,5 @@
+"""The ``adaptive_tangent`` study (see :mod:`.study`)."""
+
+from .study import AdaptiveTangent
+
+__all__ = ["AdaptiveTangent"]

@@ -1,0 +1,5 @@
+"""The ``compression`` study (see :mod:`.study`)."""
+
+from .study import Compression
+
+__all__ = ["Compression"]

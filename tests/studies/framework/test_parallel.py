@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tangentlab.studies.alignment import study as al
 from tangentlab.studies.framework.parallel import RankContext
 from tangentlab.studies.framework.runner import run_study
 from tangentlab.studies.framework.store import Table, read_table
 
-ROOT = Path(__file__).resolve().parents[1]
+from ..harness import ROOT, torchrun
+
 COLUMNS, KEY = ["rank", "i", "value"], ["i"]
 
 
@@ -77,15 +77,6 @@ def test_claims_are_exclusive_and_per_session(tmp_path):
 
 
 # ---------------------------------------------------------------- torchrun launches
-def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", "tangentlab", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
 def _rows(run: Path, name: str) -> dict[tuple[str, ...], list[str]]:
     with open(run / "tables" / f"{name}.csv", newline="") as fh:
         rows = list(csv.reader(fh))
@@ -115,7 +106,7 @@ def test_torchrun_alignment_equals_one_process_and_splits_the_work(tmp_path):
     one = tmp_path / "one"
     run_study("alignment", preset="tiny", sets=[s for s in SETS if s != "--set"], out=str(one), report=False)
     two = tmp_path / "two"
-    proc = _torchrun(["run", "alignment", "--preset", "tiny", *SETS, "--out", str(two)])
+    proc = torchrun(["run", "alignment", "--preset", "tiny", *SETS, "--out", str(two)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _same_tables(one, two)
     # both ranks did units, rank 0 alone wrote the report and the state
@@ -149,7 +140,7 @@ def test_interrupted_run_resumes_on_two_ranks(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_study("alignment", preset="tiny", sets=sets, out=str(killed), report=False)
     monkeypatch.setattr(al.Probe, "evaluate", real)
-    proc = _torchrun(["run", "alignment", "--resume", "--out", str(killed)])
+    proc = torchrun(["run", "alignment", "--resume", "--out", str(killed)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _same_tables(full, killed)
     state = json.loads((killed / "state.json").read_text())
@@ -171,45 +162,3 @@ def test_torchrun_ranks_with_different_arguments_refuse(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0
     assert "another configuration" in proc.stdout + proc.stderr
-
-
-def _all_rows(run: Path) -> dict[str, list[tuple[str, ...]]]:
-    out = {}
-    for path in sorted((run / "tables").glob("*.csv")):
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-        skip = {i for i, c in enumerate(rows[0]) if c in ("seconds", "wall_s", "time_s")}  # wall-clock columns
-        out[path.stem] = sorted(tuple(v for i, v in enumerate(r) if i not in skip) for r in rows[1:]
-                                if "seconds" not in r)  # and wall-clock rows of tidy tables
-    return out
-
-
-@pytest.mark.distributed
-@pytest.mark.parametrize("study", ["lazy-vs-hasty", "linearized-generalization", "compression", "adaptive-tangent",
-                                   "ekfac"])
-def test_torchrun_study_equals_one_process(tmp_path, study):
-    torch.set_default_dtype(torch.float32)  # as in the torchrun processes (the suite's default is float64)
-    sets = ["progress=off", "threads=1"]
-    one = tmp_path / "one"
-    run_study(study, preset="tiny", sets=sets, out=str(one), report=False)
-    two = tmp_path / "two"
-    proc = _torchrun(["run", study, "--preset", "tiny", *[a for s in sets for a in ("--set", s)], "--out", str(two)])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    a, b = _all_rows(one), _all_rows(two)
-    assert a.keys() == b.keys() and a, study
-    for name in a:
-        assert a[name] == b[name], (study, name)  # bit-identical: every unit is seeded on its own
-    owners = {p.read_text().strip() for p in (two / "claims" / "session-0000").iterdir()}
-    assert owners == {"0", "1"}
-
-
-@pytest.mark.distributed
-def test_torchrun_one_process_study_runs_on_rank_0(tmp_path):
-    # fim-quality follows one training trajectory: it has no independent units, rank 1 waits
-    run = tmp_path / "run"
-    proc = _torchrun(["run", "fim-quality", "--preset", "tiny", "--set", "progress=off", "--out", str(run)])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "rank 1 waits for rank 0" in proc.stdout
-    assert not any("[rank 1/2] fim-quality: part" in line for line in proc.stdout.splitlines())
-    assert json.loads((run / "state.json").read_text())["status"] == "finished"
-    assert (run / "report.html").exists()

@@ -75,7 +75,7 @@ from .pmat import PMat
 from .studies.data import Split, load_split  # noqa: F401 - Split is part of the demo's API
 from .studies.models import make_mlp as _make_mlp
 from .studies.store import atomic_write_text
-from .studies.training import accuracy, train_epochs
+from .training import accuracy, train_epochs
 from .vectors import PVector
 
 #: Representations compared, in display order (the first is the reference).

@@ -40,7 +40,9 @@ from torch.func import functional_call, jvp
 from torch.utils._pytree import tree_map
 
 from .errors import InvalidInputError
+from .progress import progress as bar
 from .space import ParamSpace, Selector
+from .training import BatchStream, train_step
 from .vectors import PVector
 
 __all__ = [
@@ -414,12 +416,9 @@ def train_linearized(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     ``loss``: ``"cross_entropy"`` (integer labels), ``"mse"`` (:func:`half_mse` against
     :func:`targets_matrix` targets, the loss of :class:`KernelPredictor`) or ``"auto"``
     (cross-entropy for integer labels with more than one output, else mse). Minibatches
-    come from :class:`~tangentlab.studies.training.BatchStream` (``batch_size=None``: full
+    come from :class:`~tangentlab.training.BatchStream` (``batch_size=None``: full
     batch). Returns the trained model and the mean training loss of each epoch.
     """
-    from .progress import progress as bar
-    from .studies.training import BatchStream, train_step
-
     if epochs < 0:
         raise InvalidInputError(f"epochs: must be >= 0, got {epochs}")
     lin = Linearized(model, params=params, at=at)

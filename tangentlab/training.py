@@ -1,0 +1,126 @@
+"""The seeded minibatch training loop shared by :func:`tangentlab.linearize.train_linearized`,
+the studies and ``tangentlab demo``.
+
+:class:`BatchStream` draws minibatch indices exactly like the classic loop
+``for epoch: perm = randperm(n, generator=gen); for i in range(0, n, B): perm[i:i+B]``
+(last partial batch kept), but one step at a time and with a state that can be saved
+in a checkpoint and restored, so that a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class BatchStream:
+    """Minibatch indices of ``n`` examples, reshuffled every epoch by a generator seeded with ``seed``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n = int(n)
+        self.batch_size = int(batch_size)
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+        self.epoch = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def next(self) -> torch.Tensor:
+        """Indices of the next minibatch (a new permutation at the start of each epoch)."""
+        if self.perm is None or self.pos >= self.n:
+            if self.perm is not None:
+                self.epoch += 1
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+        self.perm, self.pos, self.epoch = state["perm"], int(state["pos"]), int(state["epoch"])
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               loss_fn: nn.Module | None = None) -> float:
+    """One optimizer step on the mean loss of ``(x, y)`` (default cross-entropy); returns the loss."""
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    loss = (loss_fn or nn.functional.cross_entropy)(model(x), y)
+    loss.backward()
+    opt.step()
+    return float(loss.item())
+
+
+def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, *,
+                 epochs: int, batch_size: int, seed: int, progress: bool | None = None,
+                 desc: str = "training") -> list[float]:
+    """``epochs`` passes of minibatch training (batches from :class:`BatchStream`); returns the
+    mean training loss of each epoch. The model is left in eval mode."""
+    from tqdm.auto import tqdm
+
+    stream = BatchStream(x.shape[0], batch_size, seed)
+    steps = stream.steps_per_epoch
+    history: list[float] = []
+    bar = tqdm(total=epochs * steps, desc=desc, unit="step", leave=False,
+               disable=None if progress is None else not progress)
+    try:
+        for epoch in range(epochs):
+            total = 0.0
+            for _ in range(steps):
+                idx = stream.next()
+                total += train_step(model, opt, x[idx], y[idx]) * idx.numel()
+                bar.update(1)
+            history.append(total / x.shape[0])
+            bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
+    finally:
+        bar.close()
+        model.eval()
+    return history
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Fraction of ``argmax f(x) == y`` (model in eval mode)."""
+    was = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    hits = sum(int((model(x[i:i + batch_size].to(dtype)).argmax(1) == y[i:i + batch_size]).sum())
+               for i in range(0, x.shape[0], batch_size))
+    model.train(was)
+    return hits / max(1, x.shape[0])
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Mean cross-entropy on ``(x, y)`` (model in eval mode)."""
+    was = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    total = sum(float(nn.functional.cross_entropy(model(x[i:i + batch_size].to(dtype)), y[i:i + batch_size],
+                                                  reduction="sum"))
+                for i in range(0, x.shape[0], batch_size))
+    model.train(was)
+    return total / max(1, x.shape[0])
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (torch CPU, numpy, python) for a checkpoint."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])

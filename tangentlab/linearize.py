@@ -192,10 +192,18 @@ class Linearized(nn.Module):
 
     # --- evaluation --------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = self.theta0()
+        return self.expansion({n: p - t0[n] for n, p in self.theta().items()}, *args, **kwargs)
+
+    def expansion(self, delta: Mapping[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
+        """``f_{θ₀}(x) + J_{θ₀}(x) δ`` for a given ``δ`` (``{name: tensor}`` over the linearized
+        parameters), by one ``torch.func.jvp``; differentiable in ``δ``. The forward pass is
+        this at ``δ = θ − θ₀``; other models of the same form (e.g. a factorized ``δ``)
+        reuse it."""
         base = self._base[0]
         consts = self._constants()
         t0 = self.theta0()
-        delta = {n: p - t0[n] for n, p in self.theta().items()}
+        delta = {n: delta[n] for n in self._names}
 
         def f(p: dict[str, torch.Tensor]) -> Any:
             return functional_call(base, {**consts, **p}, args, kwargs)

@@ -96,10 +96,9 @@ class ConvRule(PatchRule):
         """Per-example gradients by a grouped convolution backward: group-free layers with one
         output coordinate (per-example loss gradients, output blocks of one) and many positions
         per weight input (``GROUPED_MIN_POSITIONS · T ≥ Cin·kh·kw``). With several output
-        coordinates, im2col + one batched matmul of (C·O, T) @ (T, I) per example measured as
-        fast or faster (W2); so did it for few positions and many channels (ResNet-18 on
-        32×32, N = 64: grouped 35 ms vs 88 ms at 64 ch × 32², 72 vs 96 ms at 128 × 16²,
-        241 vs 151 ms at 256 × 8², 856 vs 482 ms at 512 × 4²)."""
+        coordinates, and with few positions for many input channels (the deep layers of a
+        ResNet), im2col + one batched matmul of (C·O, T) @ (T, I) per example is the faster
+        route; the threshold separates the two regimes."""
         if feat.groups != 1 or feat.conv is None or g.shape[0] != 1:
             return False
         x = feat.conv.x

@@ -22,7 +22,7 @@ from .data import Batches
 from .engine import Engine
 from .errors import InvalidInputError
 from .fmat import FMatDense, build_ntk
-from .layers.base import LayerRegistry
+from .layers.registry import LayerRegistry
 from .maps import PushForwardDense, PushForwardImplicit
 from .outputs import EmpiricalFisher, MonteCarloFisher, OutputFunction, Regression, make_output
 from .pmat import BUILDERS, PMat, resolve

@@ -1,6 +1,6 @@
 """``tangentlab demo``: the library's end-to-end "main job" on scikit-learn's digits.
 
-What it does (seeded, deterministic, CPU, well under a minute on two cores):
+What it does (seeded, deterministic, CPU):
 
 1. Loads the 8×8 digits shipped with scikit-learn (1797 examples, 64 features,
    10 classes; no download), splits them 75/25 (stratified), standardizes
@@ -32,7 +32,7 @@ What it does (seeded, deterministic, CPU, well under a minute on two cores):
    :func:`centered_alignment`): *flat*, the ``(N·C) × (N·C)`` kernel against
    ``y yᵀ`` with ``y = vec(onehot)``, and *traced*, the ``N × N`` kernel
    ``Σ_c K[:, :, c, c]`` against ``Y Yᵀ``. Training raises the traced alignment
-   (≈ 0.54 → 0.69 with the defaults; it rose for each of the 5 seeds tried); the flat
+   (≈ 0.54 → 0.69 with the defaults); the flat
    one stays near 0.04 and moves either way. Training grows the cross-output blocks
    ``c ≠ d`` of the kernel (from ≈ 16% to ≈ 38% of ``‖K‖_F²`` here), which spreads
    the kernel's mass away from the one direction ``y``.
@@ -75,7 +75,7 @@ from .pmat import PMat
 from .studies.framework.data import Split, load_split  # noqa: F401 - Split is part of the demo's API
 from .studies.framework.models import make_mlp as _make_mlp
 from .studies.framework.store import atomic_write_text
-from .studies.framework.training import accuracy, train_epochs
+from .training import accuracy, train_epochs
 from .vectors import PVector
 
 #: Representations compared, in display order (the first is the reference).

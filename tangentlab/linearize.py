@@ -40,7 +40,9 @@ from torch.func import functional_call, jvp
 from torch.utils._pytree import tree_map
 
 from .errors import InvalidInputError
+from .progress import progress as bar
 from .space import ParamSpace, Selector
+from .training import BatchStream, train_step
 from .vectors import PVector
 
 __all__ = [
@@ -190,10 +192,18 @@ class Linearized(nn.Module):
 
     # --- evaluation --------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = self.theta0()
+        return self.expansion({n: p - t0[n] for n, p in self.theta().items()}, *args, **kwargs)
+
+    def expansion(self, delta: Mapping[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
+        """``f_{θ₀}(x) + J_{θ₀}(x) δ`` for a given ``δ`` (``{name: tensor}`` over the linearized
+        parameters), by one ``torch.func.jvp``; differentiable in ``δ``. The forward pass is
+        this at ``δ = θ − θ₀``; other models of the same form (e.g. a factorized ``δ``)
+        reuse it."""
         base = self._base[0]
         consts = self._constants()
         t0 = self.theta0()
-        delta = {n: p - t0[n] for n, p in self.theta().items()}
+        delta = {n: delta[n] for n in self._names}
 
         def f(p: dict[str, torch.Tensor]) -> Any:
             return functional_call(base, {**consts, **p}, args, kwargs)
@@ -414,12 +424,9 @@ def train_linearized(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     ``loss``: ``"cross_entropy"`` (integer labels), ``"mse"`` (:func:`half_mse` against
     :func:`targets_matrix` targets, the loss of :class:`KernelPredictor`) or ``"auto"``
     (cross-entropy for integer labels with more than one output, else mse). Minibatches
-    come from :class:`~tangentlab.studies.framework.training.BatchStream` (``batch_size=None``: full
+    come from :class:`~tangentlab.training.BatchStream` (``batch_size=None``: full
     batch). Returns the trained model and the mean training loss of each epoch.
     """
-    from .progress import progress as bar
-    from .studies.framework.training import BatchStream, train_step
-
     if epochs < 0:
         raise InvalidInputError(f"epochs: must be >= 0, got {epochs}")
     lin = Linearized(model, params=params, at=at)

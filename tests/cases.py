@@ -8,11 +8,15 @@ import warnings
 import torch
 
 import tangentlab as tl
+from tangentlab.pmat.registry import lookup, representations
 
 from . import oracle
 from .models import ARCHS
 
-REPRESENTATIONS = ["dense", "diag", "blockdiag", "quasidiag", "lowrank", "implicit"]
+#: The representations that hold part of ``F`` exactly (``keeps`` set in the registry), so
+#: that every verb can be checked against the oracle; approximations (KFAC, EKFAC, mixed)
+#: have their own tests.
+REPRESENTATIONS = [r.name for r in representations() if r.keeps is not None]
 
 
 @functools.cache
@@ -38,16 +42,19 @@ def built(arch: str, rep: str):
 
 
 def restrict(rep: str, space: tl.ParamSpace, F: torch.Tensor) -> torch.Tensor:
-    """What representation ``rep`` keeps of the dense matrix ``F`` on ``space``."""
-    if rep == "diag":
+    """What representation ``rep`` keeps of the dense matrix ``F`` on ``space`` (its ``keeps``)."""
+    keeps = lookup(rep).keeps
+    if keeps == "diagonal":
         return torch.diag(torch.diagonal(F))
-    if rep == "quasidiag":
+    if keeps == "quasi-diagonal":
         return torch.where(tl.PMatQuasiDiag.mask(space).to(F.device), F, torch.zeros_like(F))
-    if rep == "blockdiag":
+    if keeps == "layer blocks":
         mask = torch.zeros_like(F, dtype=torch.bool)
         for lay in space.layers:
             mask[lay.slice, lay.slice] = True
         return torch.where(mask, F, torch.zeros_like(F))
+    if keeps != "all":
+        raise ValueError(f"no oracle for a representation keeping {keeps!r}")
     return F
 
 

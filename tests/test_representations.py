@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import tangentlab as tl
-from tangentlab.errors import UnsupportedOperationError
+from tangentlab.errors import InvalidInputError, UnsupportedOperationError
+from tangentlab.memory import MemoryBudget
 
 from .cases import REPRESENTATIONS, arch_case, built, reference
 from .models import ARCHS
@@ -235,3 +236,102 @@ def test_select(arch, rep):
     v = _vec(sub, 10)
     assert rel_err(sub.mv(v).flat(), R[idx][:, idx] @ v.flat()) < TOL
     assert abs(float(sub.trace()) - float(R[idx][:, idx].trace())) < TOL * float(R.trace())
+
+
+# ---- the registry: a representation registered from outside the package ----------------------
+class PMatScaledIdentity(tl.PMat):
+    """Toy representation ``F ≈ s·I`` with ``s = tr F / P`` (registered by the test, not the package)."""
+
+    def __init__(self, space, scale, budget=None):
+        self.space, self.scale = space, torch.as_tensor(scale)
+        self.budget = budget or MemoryBudget.resolve(None, self.scale.device)
+
+    @property
+    def dtype(self):
+        return self.scale.dtype
+
+    @property
+    def device(self):
+        return self.scale.device
+
+    def mv(self, v):
+        self._check_vec(v)
+        return self.scale * v
+
+    def trace(self):
+        return self.scale * self.space.numel
+
+    def diag(self):
+        return self._vec(self.scale.expand(self.space.numel).clone())
+
+    def solve(self, v, damping=0.0):
+        return (1.0 / (self.scale + damping)) * v
+
+    def _scale(self, s):
+        return PMatScaledIdentity(self.space, self.scale * s, self.budget)
+
+    def state_dict(self):
+        return {**self._meta(), "scale": self.scale}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(tl.ParamSpace.from_state(state["space"]), state["scale"])
+
+
+def build_scaled_identity(engine, data, centering=False):
+    """One pass for the diagonal (the package's builder), reduced to its mean."""
+    d = tl.pmat.build.build_diag(engine, data, centering)
+    return PMatScaledIdentity(engine.space, d.trace() / engine.space.numel, engine.budget)
+
+
+@pytest.fixture
+def toy():
+    from tangentlab.pmat import register, unregister
+
+    register("toy", aliases=("scaled_identity",), build=build_scaled_identity, stores="`tr F / P`",
+             memory="1", summary="a test's toy")(PMatScaledIdentity)
+    yield PMatScaledIdentity
+    unregister("toy")
+
+
+def test_registered_toy_representation(toy):
+    model, x, y, F = arch_case("mlp")
+    for spelling in ("toy", "Scaled_Identity", "PMatScaledIdentity", toy):
+        M = tl.fim(model, (x, y), "exact", spelling, batch_size=4)
+        assert type(M) is toy
+    s = float(F.trace()) / F.shape[0]
+    assert abs(float(M.scale) - s) < TOL * s
+    v = _vec(M, 11)
+    assert rel_err(M.mv(v).flat(), s * v.flat()) < TOL
+    assert rel_err((M + M).mv(v).flat(), 2 * s * v.flat()) < TOL  # lazy sum, scalings
+    assert rel_err(M.solve(M.mv(v), 0.0).flat(), v.flat()) < TOL
+    with pytest.raises(UnsupportedOperationError, match="eigh.*PMatDense"):
+        M.eigh(2)
+    M2 = tl.pmat.load(M.state_dict())
+    assert type(M2) is toy and float(M2.scale) == float(M.scale)
+    assert "toy" in tl.pmat.NAMES and tl.pmat.BUILDERS[toy] is build_scaled_identity
+    with pytest.raises(InvalidInputError, match="'toy'"):
+        tl.fim(model, (x, y), "exact", "no-such-representation")
+
+
+def test_unregistered_toy_is_gone(toy):
+    from tangentlab.pmat import unregister
+
+    unregister(toy)
+    assert "toy" not in tl.pmat.NAMES
+    with pytest.raises(InvalidInputError, match="unknown representation"):
+        tl.pmat.resolve("toy")
+    with pytest.raises(InvalidInputError, match="cannot load"):
+        tl.pmat.load({"type": "PMatScaledIdentity"})
+
+
+def test_readme_table_lists_every_representation():
+    """The README's representation table has one row per registered representation."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Representations", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| `")}
+    for rep in tl.pmat.representations():
+        assert f"`{rep.name}`" in rows, f"README's representation table misses {rep.name!r}"
+    assert len(rows) == len(tl.pmat.representations())

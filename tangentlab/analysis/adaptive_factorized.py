@@ -1,14 +1,15 @@
 """The factorized ("adaptive tangent feature") network of the preprint's Fig. 4, for dense
-and convolution layers (digest ``adaptive_tangent.md`` §1.9, §1.14-E; paper 003 §3.2).
+and convolution layers (LeJeune & Alemohammad, CPAL 2024, §3.2).
 
 Model. With the network ``f_θ`` frozen at ``θ0``, the adaptive model is the linear model in
 the *initial* tangent features with a factorized coefficient,
 
     f(x) = f_{θ0}(x) + J_{θ0}(x) δ,      δ_ℓ = M1_ℓ W_ℓ M2_ℓ   (Model A, §3.2),
 
-evaluated by one forward-mode product (``torch.func.jvp``) per call: ``J_{θ0}`` is never
-formed. Training starts at ``M = I``, ``W = 0``, ``b = 0`` (so ``f = f0`` and ``δ = 0``) and
-relies on the implicit regularization of SGD/Adam, as the authors' code. With ``M`` fixed
+evaluated by :meth:`tangentlab.linearize.Linearized.expansion` (one forward-mode product
+per call): ``J_{θ0}`` is never formed. Training starts at ``M = I``, ``W = 0``, ``b = 0``
+(so ``f = f0`` and ``δ = 0``) and relies on the implicit regularization of SGD/Adam, as the
+authors' code. With ``M`` fixed
 to ``I`` it is the linearized ("fixed tangent features") model ``f0 + J0 δ``.
 
 Layers (``δ`` is the deviation of the layer's torch parameters from ``θ0``):
@@ -54,9 +55,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, jvp
 
 from ..errors import InvalidInputError
+from ..linearize import Linearized
 
 CONV_MODES = ("tucker", "matrix")
 
@@ -79,15 +80,13 @@ class Factorized(nn.Module):
         self.conv = conv
         base = copy.deepcopy(model).eval()
         base.requires_grad_(False)
-        self._base = [base]  # not registered: its tensors are the buffers below
         self.M1, self.M2, self.Ms = nn.ParameterDict(), nn.ParameterDict(), nn.ParameterDict()
         self.W, self.b = nn.ParameterDict(), nn.ParameterDict()
         self._plan: list[tuple[str, str, str]] = []
         self._shapes: dict[str, tuple[int, ...]] = {}
         mods = dict(model.named_modules())
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        for i, (name, p) in enumerate(base.named_parameters()):
-            self.register_buffer(f"theta0_{i}", p.detach().clone())
+        for name, p in base.named_parameters():
             if name not in trainable:
                 continue
             mod_name, _, pname = name.rpartition(".")
@@ -118,15 +117,16 @@ class Factorized(nn.Module):
             self._plan.append((name, key, pname))
         if not self._plan:
             raise InvalidInputError("model: no trainable Linear/Conv2d parameter to factorize")
-        self._names = [n for n, _ in base.named_parameters()]
-        self._buffer_names = [n for n, _ in base.named_buffers()]
-        for i, (_n, t) in enumerate(base.named_buffers()):
-            self.register_buffer(f"buffer_{i}", t.detach().clone())
+        # f0 + J0 δ over the factorized parameters; not registered (its θ is not trained)
+        self._lin = [Linearized(base, params=[n for n, _, _ in self._plan])]
+        self._lin[0].requires_grad_(False)
 
     # --- tensors ---------------------------------------------------------------------------
     def theta0(self) -> dict[str, torch.Tensor]:
         """``θ0`` of every network parameter (trainable or not), by name."""
-        return {n: getattr(self, f"theta0_{i}") for i, n in enumerate(self._names)}
+        lin = self._lin[0]
+        own = {**lin.theta0(), **{n: getattr(lin, f"fixed_{i}") for i, n in enumerate(lin._fixed_names)}}
+        return {n: own[n] for n, _ in lin._base[0].named_parameters()}
 
     def layer_delta(self, key: str, pname: str) -> torch.Tensor:
         """``δ`` of one parameter in its torch layout (autograd-connected to the factors)."""
@@ -144,22 +144,11 @@ class Factorized(nn.Module):
         return {name: self.layer_delta(key, pname) for name, key, pname in self._plan}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = self._base[0]
-        t0 = self.theta0()
-        buffers = {n: getattr(self, f"buffer_{i}") for i, n in enumerate(self._buffer_names)}
-        names = [n for n, _, _ in self._plan]
-        fixed = {n: t for n, t in t0.items() if n not in set(names)}
-        d = self.deltas()
+        return self._lin[0].expansion(self.deltas(), x)
 
-        def f(p: dict[str, torch.Tensor]) -> Any:
-            return functional_call(base, {**buffers, **fixed, **p}, (x,))
-
-        out, jv = jvp(f, ({n: t0[n] for n in names},), ({n: d[n] for n in names},))
-        return out + jv
-
-    def _apply(self, fn: Any, recurse: bool = True) -> Factorized:  # keep the hidden copy in step
+    def _apply(self, fn: Any, recurse: bool = True) -> Factorized:  # keep the hidden model in step
         super()._apply(fn, recurse)
-        self._base[0]._apply(fn)
+        self._lin[0]._apply(fn)
         return self
 
     def extra_repr(self) -> str:

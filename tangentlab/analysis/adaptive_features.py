@@ -1,5 +1,5 @@
 """Average tangent features along a parameter path and the kernel diagnostics of the
-adaptive tangent feature paper (digest ``adaptive_tangent.md`` §1.2, §1.6, §1.15).
+adaptive tangent feature paper (LeJeune & Alemohammad, CPAL 2024).
 
 * Average tangent features: ``∇̄f(x) = ∫₀¹ ∇_θ f_{θ_t}(x) dt`` on ``θ_t = (1−t)θ0 + tθ1``,
   so that ``f_{θ1}(x) − f_{θ0}(x) = ∇̄f(x)(θ1 − θ0)`` exactly. The integral is a quadrature
@@ -22,7 +22,6 @@ adaptive tangent feature paper (digest ``adaptive_tangent.md`` §1.2, §1.6, §1
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import numpy as np
 import torch
@@ -196,12 +195,3 @@ def features_jacobian(feats: list[BlockFeatures]) -> torch.Tensor:
         blk = torch.einsum("np,cnq->ncpq", f.A, f.G).reshape(N * C, -1)
         cols.append(blk)
     return torch.cat(cols, 1)
-
-
-def kernel_summary(K: torch.Tensor, Ky: torch.Tensor, K0: torch.Tensor | None = None) -> dict[str, Any]:
-    """Alignment with ``K_ŷ`` plus, when ``K0`` is given, ``‖K‖/‖K0‖`` and the decomposition."""
-    out: dict[str, Any] = alignment_metrics(K, Ky)
-    if K0 is not None:
-        out["norm_ratio"] = float(K.norm() / K0.norm())
-        out.update({f"lsq_{k}": v for k, v in lsq_decomposition(K, K0, Ky).items()})
-    return out

@@ -1,6 +1,6 @@
 """Kernel alignment, RKHS norms and neural anisotropy directions of a scalar network
 (Ortiz-Jiménez et al., "What can linearized neural networks actually say about
-generalization?", NeurIPS 2021; digest ``linearized_generalization.md`` §1.5–1.10).
+generalization?", NeurIPS 2021).
 
 Conventions (all reductions in float64):
 

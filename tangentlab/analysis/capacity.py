@@ -1,5 +1,6 @@
 """Capacity (complexity) measures of trained networks and rank correlations with the
-generalization gap (paper 000 §4.2 and Fig. 6; thesis §6.4; digest §1.5 and §4.5 item 20).
+generalization gap (Baratin et al., "Implicit regularization via neural feature alignment",
+AISTATS 2021, §4.2 and Fig. 6; thesis §6.4).
 
 Notation: an MLP ``f(x) = W_L σ(… σ(W_1 x + b_1) …) + b_L`` with weight matrices
 ``W_l`` (``out × in``), ``n`` training examples stacked in ``X`` (``n × d``), ``c`` classes,
@@ -200,7 +201,7 @@ def neyshabur2018(ws: Sequence[torch.Tensor] | nn.Module, ws0: Sequence[torch.Te
 def one_hidden_relu_ntk_trace(model: nn.Module, x: torch.Tensor) -> float:
     """Closed-form ``Tr K`` of ``f = W2 relu(W1 x + b1) + b2`` (a ``Sequential(Linear, ReLU,
     Linear)``): per example ``c (‖h‖² + 1) + Σ_y ‖W2[y, :] ∘ 1(z > 0)‖² (‖x‖² + 1)`` with
-    ``z = W1 x + b1``, ``h = relu(z)`` (digest §1.5); used to check :func:`ntk_trace`."""
+    ``z = W1 x + b1``, ``h = relu(z)``; used to check :func:`ntk_trace`."""
     layers = linear_layers(model)
     if len(layers) != 2 or layers[0].bias is None:
         raise InvalidInputError(f"one_hidden_relu_ntk_trace needs Linear-ReLU-Linear with a first-layer bias, got "

@@ -1,7 +1,6 @@
 """Mathematics of geometric compression (Paccolat, Petrini, Geiger, Tyloo & Wyart 2022).
 
-Digest: ``shared/spec/geometric_compression.md``. Everything here is a plain function of
-tensors, float64 by default, and vectorized over neurons / examples.
+Everything here is a plain function of tensors, float64 by default, and vectorized over neurons / examples.
 
 **Network, Eq. (1).** One hidden layer in mean-field scaling,
 

@@ -1,6 +1,6 @@
 """Spectra and alignments of Gram matrices (NTKs, layer NTKs, representation Grams).
 
-Conventions (thesis ch. 6, digest ``lazy_hasty_alignment.md`` §1):
+Conventions (thesis ch. 6):
 
 * A multi-output kernel is the ``(N·C, N·C)`` matrix with rows ``n·C + c``
   (example-major, as :meth:`tangentlab.FMatDense.as_matrix`); a 4-D ``(N, N, C, C)``

@@ -1,6 +1,6 @@
 """How far training is from its linearization, and group-wise progress (thesis ch. 5).
 
-Linearity metrics (digest ``lazy_hasty_alignment.md`` §1.6), evaluated on a fixed probe
+Linearity metrics, evaluated on a fixed probe
 set ``x`` against a reference model (usually the initialization ``θ₀``):
 
 * **sign similarity** ``S_t = mean 1[relu_t(x) > 0 = relu_0(x) > 0]`` over every unit,

@@ -37,7 +37,8 @@ from torch.func import functional_call, jacrev, vmap
 from ..data import Batch, Batches, to_device
 from ..distributed import Reducer, unwrap
 from ..errors import InvalidInputError, NonFiniteError
-from ..layers.base import LayerRegistry, LayerRule
+from ..layers.base import LayerRule
+from ..layers.registry import LayerRegistry
 from ..memory import MemoryBudget
 from ..outputs import Aux, OutputFunction, make_output
 from ..progress import progress

@@ -11,8 +11,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import InvalidInputError, MixedDeviceDtypeError, UnsupportedLayerError
-from ..layers.base import LayerRegistry, LayerRule
+from ..layers.base import LayerRule
 from ..layers.norm import batchnorm_coupling
+from ..layers.registry import LayerRegistry
 from ..space import Layer, ParamSpace
 
 

@@ -1,4 +1,4 @@
-"""The layer-rule protocol and the registry keyed by module type.
+"""The layer-rule protocol (the registry keyed by module type is :mod:`.registry`).
 
 A *rule* knows the maths of one kind of layer. The engine gives it, for one
 batch, the layer's *features* (computed once from the module's inputs, e.g.
@@ -200,44 +200,3 @@ class KronLayout:
     inputs: int
     index: dict[str, torch.Tensor]
     diagonal_a: bool = False
-
-
-class LayerRegistry:
-    """Maps module types to rules; lookup follows the class hierarchy (subclasses match).
-
-    ``LayerRegistry.default()`` returns a *new* registry with the built-in rules,
-    so registering a rule never changes anyone else's registry::
-
-        reg = LayerRegistry.default()
-        reg.register(MyLayer, MyLayerRule())
-        F = tangentlab.fim(model, data, registry=reg)
-    """
-
-    def __init__(self, rules: dict[type, LayerRule] | None = None):
-        self._rules: dict[type, LayerRule] = dict(rules or {})
-
-    @classmethod
-    def default(cls) -> LayerRegistry:
-        from .builtin import builtin_rules
-
-        return cls(builtin_rules())
-
-    def register(self, module_type: type, rule: LayerRule) -> LayerRegistry:
-        if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-            raise TypeError(f"{module_type!r} is not an nn.Module subclass")
-        if not isinstance(rule, LayerRule):
-            raise TypeError(f"{rule!r} is not a LayerRule")
-        self._rules[module_type] = rule
-        return self
-
-    def copy(self) -> LayerRegistry:
-        return LayerRegistry(self._rules)
-
-    def lookup(self, module: nn.Module) -> LayerRule | None:
-        for klass in type(module).__mro__:
-            if klass in self._rules:
-                return self._rules[klass]
-        return None
-
-    def __contains__(self, module_type: type) -> bool:
-        return module_type in self._rules

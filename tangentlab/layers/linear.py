@@ -10,6 +10,7 @@ from torch import nn
 
 from .base import CHUNK_ELEMENTS
 from .patch import ConvSource, Patches, PatchRule, homogeneous
+from .unfold import conv_weight_rows
 
 
 class LinearRule(PatchRule):
@@ -43,47 +44,6 @@ def _pads(module: nn.modules.conv._ConvNd, dims: int) -> list[tuple[int, int]]:
             out.append((total // 2, total - total // 2))
         return out
     return [(p, p) for p in module.padding]
-
-
-def _patches(x: torch.Tensor, kernel: tuple[int, int], dil: tuple[int, int], stride: tuple[int, int],
-             groups: int, bias: bool) -> torch.Tensor:
-    """Homogeneous patches ``(N, T, G, Cin/G·kh·kw [+1])`` of an already padded ``(N, Cin, H, W)``
-    input, built by one strided copy into a ``(N, G, I[+1], T)`` buffer (im2col's memory
-    order: the innermost copy runs along the output width) whose bias row is ones; returned
-    as a permuted view. Column order matches the flattened ``(Cin/G, kh, kw)`` weight."""
-    n, cin, h, w = x.shape
-    kh, kw = kernel
-    ho = (h - dil[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w - dil[1] * (kw - 1) - 1) // stride[1] + 1
-    cg = cin // groups
-    sn, sc, sh, sw = x.stride()
-    view = x.as_strided((n, groups, cg, kh, kw, ho, wo),
-                        (sn, cg * sc, sc, dil[0] * sh, dil[1] * sw, stride[0] * sh, stride[1] * sw))
-    inner = cg * kh * kw
-    buf = torch.empty(n, groups, inner + int(bias), ho * wo, dtype=x.dtype, device=x.device)
-    buf[:, :, :inner].unflatten(3, (ho, wo)).unflatten(2, (cg, kh, kw)).copy_(view)
-    if bias:
-        buf[:, :, inner] = 1
-    return buf.permute(0, 3, 1, 2)
-
-
-def unfold_patches(src: ConvSource, bias: bool) -> torch.Tensor:
-    """The homogeneous patches ``(N, T, G, I[+1])`` of a :class:`ConvSource`."""
-    return _patches(src.x, src.kernel, src.dilation, src.stride, src.groups, bias)
-
-
-def conv_weight_rows(src: ConvSource, g: torch.Tensor) -> torch.Tensor:
-    """Per-example weight gradients of a group-free convolution as ``(N, C·O, Cin·kh·kw)``
-    (``g``: (C, N, O, Ho, Wo)), by one convolution backward with the examples as groups:
-    no unfolded patches, the convolution kernels' own blocking (several times faster than
-    im2col + batched matmul)."""
-    c, n, o = g.shape[0], g.shape[1], g.shape[2]
-    cin, kh, kw = src.x.shape[1], src.kernel[0], src.kernel[1]
-    go = g.transpose(0, 1).reshape(1, n * c * o, g.shape[3], g.shape[4])  # n-major channel blocks
-    w = torch.nn.grad.conv2d_weight(src.x.reshape(1, n * cin, src.x.shape[2], src.x.shape[3]),
-                                    (n * c * o, cin, kh, kw), go.to(src.x.dtype), stride=src.stride,
-                                    dilation=src.dilation, groups=n)
-    return w.view(n, c * o, cin * kh * kw)
 
 
 #: the grouped-convolution route needs ``GROUPED_MIN_POSITIONS · T ≥ I`` (see ``_grouped_route``)
@@ -136,10 +96,9 @@ class ConvRule(PatchRule):
         """Per-example gradients by a grouped convolution backward: group-free layers with one
         output coordinate (per-example loss gradients, output blocks of one) and many positions
         per weight input (``GROUPED_MIN_POSITIONS · T ≥ Cin·kh·kw``). With several output
-        coordinates, im2col + one batched matmul of (C·O, T) @ (T, I) per example measured as
-        fast or faster (W2); so did it for few positions and many channels (ResNet-18 on
-        32×32, N = 64: grouped 35 ms vs 88 ms at 64 ch × 32², 72 vs 96 ms at 128 × 16²,
-        241 vs 151 ms at 256 × 8², 856 vs 482 ms at 512 × 4²)."""
+        coordinates, and with few positions for many input channels (the deep layers of a
+        ResNet), im2col + one batched matmul of (C·O, T) @ (T, I) per example is the faster
+        route; the threshold separates the two regimes."""
         if feat.groups != 1 or feat.conv is None or g.shape[0] != 1:
             return False
         x = feat.conv.x

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .base import CHUNK_ELEMENTS, KronLayout, LayerRule, sym_gram_into
+from .unfold import unfold_patches
 
 
 @dataclass
@@ -56,8 +57,6 @@ class Patches:
     @property
     def a(self) -> torch.Tensor:
         if self.a_ is None:
-            from .linear import unfold_patches
-
             self.a_ = unfold_patches(self.conv, self.has_bias)
         return self.a_
 

@@ -75,8 +75,9 @@ from torch import nn
 
 from ..distributed import Reducer
 from ..errors import InvalidInputError
-from ..layers.base import LayerRegistry, LayerRule
+from ..layers.base import LayerRule
 from ..layers.patch import PatchRule
+from ..layers.registry import LayerRegistry
 from ._fast import kfe_second_moment, sua_second_moments
 
 FISHERS = ("empirical", "true")

@@ -1,4 +1,5 @@
-"""The common interface of parameter-space matrices (Fishers, GGNs, empirical Fishers).
+"""The common interface of parameter-space matrices (Fishers, GGNs, empirical Fishers),
+and the lazy sums and products of matrices of different representations.
 
 Every representation implements the same verbs; a verb a representation cannot
 do raises :class:`~tangentlab.errors.UnsupportedOperationError`, whose message
@@ -19,6 +20,7 @@ from ..errors import InvalidInputError, UnsupportedOperationError
 from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
+from . import registry
 
 
 class PMat:
@@ -125,8 +127,6 @@ class PMat:
                 return self._add(other)
             except NotImplementedError:
                 pass
-        from .combine import PMatSum
-
         return PMatSum([self, other])
 
     def __sub__(self, other: Any) -> PMat:
@@ -145,8 +145,6 @@ class PMat:
         try:
             return self._scale(float(s))
         except NotImplementedError:
-            from .combine import PMatSum
-
             return PMatSum([self], [float(s)])
 
     __rmul__ = __mul__
@@ -165,8 +163,6 @@ class PMat:
                     return self._matmul(other)
                 except NotImplementedError:
                     pass
-            from .combine import PMatProduct
-
             return PMatProduct([self, other])
         return NotImplemented
 
@@ -187,8 +183,7 @@ class PMat:
 
     def _check_dense(self, what: str = "the dense P×P matrix", suggestion: str | None = None) -> None:
         p = self.space.numel
-        others = [r for r in ("PMatDiag", "PMatBlockDiag", "PMatLowRank", "PMatImplicit")
-                  if r != type(self).__name__]
+        others = registry.alternatives(type(self), light=True, exact=True)
         self.budget.check(
             what, p * p, self.dtype,
             suggestion or "Keep working with this matrix's own verbs (mv, solve, eigh(k)...), "
@@ -224,3 +219,81 @@ def check_damping(damping: float) -> float:
     if d < 0 or d != d:
         raise InvalidInputError(f"damping must be >= 0, got {damping}")
     return d
+
+
+# ---- lazy combinations of matrices of any representations ------------------------------
+class PMatSum(PMat):
+    """``Σ_i a_i M_i`` evaluated lazily (``mv``, ``vTMv``, ``trace``, ``diag``, ``to_dense``)."""
+
+    def __init__(self, terms: list[PMat], coefs: list[float] | None = None):
+        flat_terms: list[PMat] = []
+        flat_coefs: list[float] = []
+        for t, a in zip(terms, coefs or [1.0] * len(terms)):
+            if isinstance(t, PMatSum):
+                flat_terms.extend(t.terms)
+                flat_coefs.extend(a * c for c in t.coefs)
+            else:
+                flat_terms.append(t)
+                flat_coefs.append(a)
+        self.terms, self.coefs = flat_terms, flat_coefs
+        self.space = flat_terms[0].space
+        self.budget = flat_terms[0].budget
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.terms[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.terms[0].device
+
+    def mv(self, v: PVector) -> PVector:
+        out = None
+        for t, a in zip(self.terms, self.coefs):
+            y = a * t.mv(v)
+            out = y if out is None else out + y
+        return out  # type: ignore[return-value]
+
+    def trace(self) -> torch.Tensor:
+        return sum(a * t.trace() for t, a in zip(self.terms, self.coefs))  # type: ignore[return-value]
+
+    def diag(self) -> PVector:
+        out = None
+        for t, a in zip(self.terms, self.coefs):
+            y = a * t.diag()
+            out = y if out is None else out + y
+        return out  # type: ignore[return-value]
+
+    def to_dense(self) -> torch.Tensor:
+        return sum(a * t.to_dense() for t, a in zip(self.terms, self.coefs))  # type: ignore[return-value]
+
+    def _scale(self, s: float) -> PMatSum:
+        return PMatSum(self.terms, [a * s for a in self.coefs])
+
+
+class PMatProduct(PMat):
+    """``M_1 M_2 ⋯`` evaluated lazily (``mv`` and ``to_dense``)."""
+
+    def __init__(self, factors: list[PMat]):
+        self.factors = factors
+        self.space = factors[0].space
+        self.budget = factors[0].budget
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.factors[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.factors[0].device
+
+    def mv(self, v: PVector) -> PVector:
+        for f in reversed(self.factors):
+            v = f.mv(v)
+        return v
+
+    def to_dense(self) -> torch.Tensor:
+        out = self.factors[0].to_dense()
+        for f in self.factors[1:]:
+            out = out @ f.to_dense()
+        return out

@@ -19,6 +19,7 @@ from ..errors import UnsupportedOperationError
 from ..layers.base import CHUNK_ELEMENTS
 from ..memory import tensor_nbytes
 from ..vectors import PVector
+from . import registry
 from .dense import PMatBlockDiag, PMatDense, PMatDiag
 from .lowrank import PMatLowRank
 
@@ -67,8 +68,9 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
         red = Reducer()
     if red.active and reduce is None:
         raise UnsupportedOperationError(
-            desc, "distributed=...", "one process, or representation='dense', 'diag', 'blockdiag', "
-            "'quasidiag', 'lowrank' or 'implicit'", "this computation does not support distributed accumulation yet")
+            desc, "distributed=...", "one process, or representation="
+            + registry.quoted(registry.alternatives(distributed=True, fmt="name")),
+            "this computation does not support distributed accumulation yet")
     n = 0
     total = None
     if replay is not None and replay.ok:

@@ -11,6 +11,7 @@ from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
 from .base import PMat, check_damping
+from .registry import register
 
 
 def _chol_solve(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
@@ -68,6 +69,8 @@ class _TensorPMat(PMat):
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
+@register("dense", build="tangentlab.pmat.build:build_dense", stores="`F`", memory="`P²`",
+          summary="everything exact; Cholesky solves", keeps="all", light=False, distributed=True)
 class PMatDense(_TensorPMat):
     """The full ``P × P`` matrix. Memory ``P²``; ``solve``/``inverse`` cost ``O(P³)``."""
 
@@ -135,6 +138,8 @@ class PMatDense(_TensorPMat):
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
+@register("diag", aliases=("diagonal",), build="tangentlab.pmat.build:build_diag", stores="`diag F`",
+          memory="`P`", summary="from squared-activation matmuls", keeps="diagonal", distributed=True)
 class PMatDiag(PMat):
     """Only the diagonal ``F_pp = (1/N) Σ_{n,c} φ_{c,n,p}²``. Memory ``P``."""
 
@@ -225,6 +230,8 @@ class PMatDiag(PMat):
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
+@register("blockdiag", build="tangentlab.pmat.build:build_blockdiag", stores="one dense block per layer",
+          memory="`Σ P_l²`", summary="cross-layer terms dropped", keeps="layer blocks", distributed=True)
 class PMatBlockDiag(PMat):
     """One dense block per layer (the parameters owned by one module); cross-layer
     terms are zero. Memory ``Σ_l P_l²``."""

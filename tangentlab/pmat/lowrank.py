@@ -16,8 +16,12 @@ from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
 from .base import PMat, check_damping
+from .registry import register
 
 
+@register("lowrank", build="tangentlab.pmat.build:build_lowrank", stores="`U = Φ/√N` (`shift·I + UᵀWU`)",
+          memory="`N·C·P`", summary="exact damped `solve`/`inverse`, including the part outside the row space",
+          keeps="all", distributed=True)
 class PMatLowRank(PMat):
     """``M = shift·I + Uᵀ diag(w) U`` with ``U`` of shape ``(R, P)``. Memory ``R·P``.
 

@@ -20,8 +20,13 @@ from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
 from .base import PMat, check_damping
+from .registry import load, lookup, register
 
 
+@register("mixed", build="tangentlab.pmat.mixed:build_mixed",
+          stores="one representation per set of layers (default: EKFAC where a Kronecker layout exists, "
+          "BlockDiag elsewhere)", memory="sum of the parts",
+          summary="block-diagonal over its parts; `mixed=` assigns representations to modules")
 class PMatMixed(PMat):
     """Block-diagonal combination of representations on disjoint sets of layers.
 
@@ -156,8 +161,6 @@ class PMatMixed(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatMixed:
-        from . import load
-
         return cls(ParamSpace.from_state(state["space"]), [load(s) for s in state["parts"]])
 
 
@@ -176,8 +179,6 @@ def build_mixed(engine: Engine, data: Any, centering: bool = False,
     ``assign`` maps module paths (prefixes) or module types to representation names and
     overrides the default (EKFAC for Kronecker-factorable layers, BlockDiag otherwise).
     """
-    from . import BUILDERS, resolve
-
     batches = data if isinstance(data, Batches) else Batches(data)
     choice = default_assignment(engine, batches)
     if assign:
@@ -193,12 +194,12 @@ def build_mixed(engine: Engine, data: Any, centering: bool = False,
         groups.setdefault(rep, []).append(path)
     parts = []
     for rep, paths in groups.items():
-        cls = resolve(rep)
-        if cls is PMatMixed:
+        entry = lookup(rep)
+        if entry.cls is PMatMixed:
             raise InvalidInputError("a part of a mixed matrix cannot itself be 'mixed'")
         keep = set(paths)
         sub = engine.space.select(lambda name: (name.rsplit(".", 1)[0] if "." in name else "") in keep)
-        parts.append(BUILDERS[cls](engine.with_space(sub), batches, centering=centering))
+        parts.append(entry.build(engine.with_space(sub), batches, centering=centering))
     order = {lay.module: i for i, lay in enumerate(engine.space.layers)}
     parts.sort(key=lambda p: order[p.space.layers[0].module])
     return PMatMixed(engine.space, parts, engine.budget)

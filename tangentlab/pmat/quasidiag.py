@@ -51,6 +51,7 @@ from ..space import ParamInfo, ParamSpace
 from ..vectors import PVector
 from .base import PMat, check_damping
 from .build import one_pass
+from .registry import register
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ def coupled_layers(space: ParamSpace) -> tuple[CoupledLayer, ...]:
     return tuple(out)
 
 
+@register("quasidiag", build="tangentlab.pmat.quasidiag:build_quasidiag",
+          stores="`diag F` plus the bias–row couplings of each layer", memory="`≤ 2P`",
+          summary="Ollivier (2015); `solve` by Schur complements of arrowhead blocks, batched `eigh`; "
+          "no `inverse`", keeps="quasi-diagonal", distributed=True)
 class PMatQuasiDiag(PMat):
     """Diagonal plus bias–row cross terms (see the module docstring for the maths).
 

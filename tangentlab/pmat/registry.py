@@ -1,0 +1,211 @@
+"""The representations known to :func:`tangentlab.fim`, each registered next to its class.
+
+A representation is a :class:`~tangentlab.pmat.base.PMat` subclass plus
+
+* the names accepted by ``fim(..., representation=...)`` (its canonical ``name``, any
+  ``aliases``, and the class name, with or without the ``PMat`` prefix, in any case);
+* a *builder* ``build(engine, data, centering=False, **options) -> PMat`` that fills it
+  from the engine in one or more passes over ``data`` (a callable, or the string
+  ``"package.module:function"`` of one, imported on first use so that a class module
+  need not import the engine-facing module that builds it; none: the class's own
+  constructor, called as ``cls(engine, data, centering)``);
+* the loader of :meth:`PMat.state_dict` (the class's ``from_state_dict`` classmethod;
+  a class without one cannot be saved);
+* metadata for messages and documentation: what it ``stores``, its ``memory``, a one-line
+  ``summary``; ``keeps``, the part of the Fisher it holds exactly (``"all"``,
+  ``"diagonal"``, ``"layer blocks"``, ``"quasi-diagonal"``; ``None`` for approximations
+  such as KFAC); ``light``, whether it never allocates a ``P × P`` matrix when built;
+  ``distributed``, whether its builder sums over ranks.
+
+Registering a new representation (from any module, even outside the package)::
+
+    @register("toy", build=build_toy, stores="s", memory="1", summary="F ≈ s·I")
+    class PMatToy(PMat):
+        ...
+
+after which ``tangentlab.fim(model, data, representation="toy")`` returns a ``PMatToy``.
+:func:`unregister` removes it again.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInputError
+
+if TYPE_CHECKING:  # the registry sits below the classes: pmat.base asks it for alternatives
+    from .base import PMat
+
+
+@dataclass(frozen=True)
+class Representation:
+    """One registered representation (see the module docstring for the fields)."""
+
+    name: str
+    cls: type
+    build_ref: Callable[..., PMat] | str | None = field(repr=False)
+    stores: str = ""
+    memory: str = ""
+    summary: str = ""
+    aliases: tuple[str, ...] = ()
+    keeps: str | None = None
+    light: bool = True
+    distributed: bool = False
+
+    @property
+    def build(self) -> Callable[..., PMat]:
+        """The builder ``build(engine, data, centering=False, **options) -> PMat``."""
+        ref = self.build_ref
+        if ref is None:
+            return self.cls
+        if isinstance(ref, str):
+            module, _, attr = ref.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return ref
+
+    @property
+    def loadable(self) -> bool:
+        """Whether :func:`load` can rebuild it from its ``state_dict``."""
+        return hasattr(self.cls, "from_state_dict")
+
+
+_BY_NAME: dict[str, Representation] = {}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("pmat", "").replace("_", "")
+
+
+def register(name: str, *, build: Callable[..., PMat] | str | None = None, stores: str = "", memory: str = "",
+             summary: str = "", aliases: tuple[str, ...] = (), keeps: str | None = None,
+             light: bool = True, distributed: bool = False) -> Callable[[type], type]:
+    """Class decorator registering a :class:`PMat` subclass under ``name`` (see the module
+    docstring). ``build=None``: the class itself is the builder (its constructor takes
+    ``(engine, data, centering)``). Registering a name again replaces the previous entry."""
+
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and callable(getattr(cls, "mv", None))):
+            raise TypeError(f"{cls!r} is not a PMat subclass")
+        rep = Representation(_key(name), cls, build, stores, memory, summary,
+                             tuple(_key(a) for a in aliases), keeps, light, distributed)
+        unregister(rep.name)
+        _BY_NAME[rep.name] = rep
+        return cls
+
+    return deco
+
+
+def unregister(name_or_cls: str | type) -> None:
+    """Remove a representation (by name or class); unknown ones are ignored."""
+    for key, rep in list(_BY_NAME.items()):
+        if rep.cls is name_or_cls or (isinstance(name_or_cls, str) and key == _key(name_or_cls)):
+            del _BY_NAME[key]
+
+
+def representations() -> list[Representation]:
+    """Every registered representation, in registration order."""
+    return list(_BY_NAME.values())
+
+
+def names() -> list[str]:
+    """The canonical names, sorted (what error messages offer)."""
+    return sorted(_BY_NAME)
+
+
+def _unknown(representation: Any) -> InvalidInputError:
+    return InvalidInputError(f"unknown representation {representation!r}; choose one of {names()}")
+
+
+def lookup(representation: Any) -> Representation:
+    """The entry for a name (canonical, alias or class name, any case) or a registered class."""
+    if isinstance(representation, str):
+        key = _key(representation)
+        for rep in _BY_NAME.values():
+            if key == rep.name or key in rep.aliases or key == _key(rep.cls.__name__):
+                return rep
+        raise _unknown(representation)
+    if isinstance(representation, type):
+        for rep in _BY_NAME.values():
+            if rep.cls is representation:
+                return rep
+    raise _unknown(representation)
+
+
+def resolve(representation: Any) -> type:
+    """The class of a representation name (or of a registered class)."""
+    return lookup(representation).cls
+
+
+def build(representation: Any, engine: Any, data: Any, centering: bool = False, **options: Any) -> PMat:
+    """Fill ``representation`` from ``engine`` on ``data`` with its registered builder."""
+    return lookup(representation).build(engine, data, centering=centering, **options)
+
+
+def load(state: dict[str, Any]) -> PMat:
+    """Rebuild a matrix from its :meth:`PMat.state_dict`."""
+    kind = state.get("type")
+    for rep in _BY_NAME.values():
+        if rep.cls.__name__ == kind and rep.loadable:
+            return rep.cls.from_state_dict(state)  # type: ignore[attr-defined]
+    loadable = sorted(r.cls.__name__ for r in _BY_NAME.values() if r.loadable)
+    raise InvalidInputError(f"cannot load a matrix of type {kind!r}; loadable types: {loadable}")
+
+
+def alternatives(exclude: Any = None, *, fmt: str = "class", **wanted: Any) -> list[str]:
+    """Registered representations whose metadata match ``wanted`` (e.g. ``light=True``,
+    ``distributed=True``, ``exact=True`` for those with ``keeps`` set), in registration
+    order, without ``exclude`` (a class or name). ``fmt="class"`` gives class names
+    (``"PMatDiag"``), ``fmt="name"`` the names ``fim`` accepts (``"diag"``)."""
+    skip = lookup(exclude).name if exclude is not None and _known(exclude) else None
+    out = []
+    for rep in _BY_NAME.values():
+        if rep.name == skip:
+            continue
+        if wanted.get("exact") is not None and (rep.keeps is not None) != wanted["exact"]:
+            continue
+        if any(getattr(rep, k) != v for k, v in wanted.items() if k != "exact"):
+            continue
+        out.append(rep.cls.__name__ if fmt == "class" else rep.name)
+    return out
+
+
+def quoted(items: list[str]) -> str:
+    """``'a', 'b' or 'c'``: a list of names for a message."""
+    q = [repr(s) for s in items]
+    return q[0] if len(q) == 1 else f"{', '.join(q[:-1])} or {q[-1]}"
+
+
+def _known(representation: Any) -> bool:
+    try:
+        lookup(representation)
+    except InvalidInputError:
+        return False
+    return True
+
+
+class _Live(Mapping):
+    """A read-only mapping recomputed from the registry on every access."""
+
+    def __init__(self, make: Callable[[], dict]):
+        self._make = make
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._make()[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._make())
+
+    def __len__(self) -> int:
+        return len(self._make())
+
+    def __repr__(self) -> str:
+        return repr(self._make())
+
+
+#: ``{name: class}`` of every registered representation (live).
+NAMES: Mapping[str, type] = _Live(lambda: {r.name: r.cls for r in _BY_NAME.values()})
+#: ``{class: builder}`` of every registered representation (live).
+BUILDERS: Mapping[type, Callable[..., PMat]] = _Live(lambda: {r.cls: r.build for r in _BY_NAME.values()})

@@ -1,0 +1,185 @@
+"""The seeded minibatch training loop shared by :func:`tangentlab.linearize.train_linearized`,
+the studies and ``tangentlab demo``.
+
+:class:`BatchStream` draws minibatch indices exactly like the classic loop
+``for epoch: perm = randperm(n, generator=gen); for i in range(0, n, B): perm[i:i+B]``
+(last partial batch kept), but one step at a time and with a state that can be saved
+in a checkpoint and restored, so that a resumed run sees the same batches.
+:class:`TrainingCheckpoint` saves and restores a whole training run (model, optimizer,
+stream, RNG, the loop's counters) in a run store.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class BatchStream:
+    """Minibatch indices of ``n`` examples, reshuffled every epoch by a generator seeded with ``seed``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n = int(n)
+        self.batch_size = int(batch_size)
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+        self.epoch = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def next(self) -> torch.Tensor:
+        """Indices of the next minibatch (a new permutation at the start of each epoch)."""
+        if self.perm is None or self.pos >= self.n:
+            if self.perm is not None:
+                self.epoch += 1
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+        self.perm, self.pos, self.epoch = state["perm"], int(state["pos"]), int(state["epoch"])
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               loss_fn: nn.Module | None = None) -> float:
+    """One optimizer step on the mean loss of ``(x, y)`` (default cross-entropy); returns the loss."""
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    loss = (loss_fn or nn.functional.cross_entropy)(model(x), y)
+    loss.backward()
+    opt.step()
+    return float(loss.item())
+
+
+def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, *,
+                 epochs: int, batch_size: int, seed: int, progress: bool | None = None,
+                 desc: str = "training") -> list[float]:
+    """``epochs`` passes of minibatch training (batches from :class:`BatchStream`); returns the
+    mean training loss of each epoch. The model is left in eval mode."""
+    from tqdm.auto import tqdm
+
+    stream = BatchStream(x.shape[0], batch_size, seed)
+    steps = stream.steps_per_epoch
+    history: list[float] = []
+    bar = tqdm(total=epochs * steps, desc=desc, unit="step", leave=False,
+               disable=None if progress is None else not progress)
+    try:
+        for epoch in range(epochs):
+            total = 0.0
+            for _ in range(steps):
+                idx = stream.next()
+                total += train_step(model, opt, x[idx], y[idx]) * idx.numel()
+                bar.update(1)
+            history.append(total / x.shape[0])
+            bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
+    finally:
+        bar.close()
+        model.eval()
+    return history
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Fraction of ``argmax f(x) == y`` (model in eval mode)."""
+    was = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    hits = sum(int((model(x[i:i + batch_size].to(dtype)).argmax(1) == y[i:i + batch_size]).sum())
+               for i in range(0, x.shape[0], batch_size))
+    model.train(was)
+    return hits / max(1, x.shape[0])
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Mean cross-entropy on ``(x, y)`` (model in eval mode)."""
+    was = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    total = sum(float(nn.functional.cross_entropy(model(x[i:i + batch_size].to(dtype)), y[i:i + batch_size],
+                                                  reduction="sum"))
+                for i in range(0, x.shape[0], batch_size))
+    model.train(was)
+    return total / max(1, x.shape[0])
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (torch CPU, numpy, python) for a checkpoint."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class TrainingCheckpoint:
+    """The resumable state of one training run, kept in a run store under one checkpoint tag.
+
+    A checkpoint holds the model, the optimizer, the batch stream (so a resumed run sees the
+    same minibatches), the global RNG states and whatever counters the training loop adds
+    (``extra``: its step or epoch, rows not yet written, a reference model...). Every study's
+    training loop saves and restores through this class, so a killed run resumes where its
+    last checkpoint was taken, bit for bit.
+
+    Usage::
+
+        ck = TrainingCheckpoint(store, "run_a", model, opt, stream)
+        extra = ck.restore()              # None: nothing saved; else the loop's own counters
+        start = 0 if extra is None else extra["step"]
+        for step in range(start, total):
+            ...
+            if step % every == 0:
+                ck.save(step, step=step)
+    """
+
+    def __init__(self, store: Any, tag: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 stream: BatchStream | None = None, keep: int = 2):
+        self.store, self.tag, self.keep = store, tag, keep
+        self.model, self.optimizer, self.stream = model, optimizer, stream
+
+    def load(self) -> dict[str, Any] | None:
+        """The newest checkpoint's payload, without restoring anything (``None`` if none)."""
+        return self.store.load_checkpoint(self.tag)
+
+    def apply(self, ck: dict[str, Any]) -> dict[str, Any]:
+        """Restore the model, optimizer, stream and RNG states of ``ck`` (from :meth:`load`);
+        returns ``ck``."""
+        self.model.load_state_dict(ck["model"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(ck["optimizer"])
+        if self.stream is not None:
+            self.stream.load_state_dict(ck["stream"])
+        set_rng_state(ck["rng"])
+        return ck
+
+    def restore(self) -> dict[str, Any] | None:
+        """Restore the newest checkpoint (``None``, touching nothing, if there is none); returns
+        its payload, the loop's counters included."""
+        ck = self.load()
+        return None if ck is None else self.apply(ck)
+
+    def save(self, step: int, **extra: Any) -> None:
+        """Checkpoint the run at ``step`` with the loop's counters ``extra`` (keeps the newest
+        ``keep`` checkpoints of the tag)."""
+        payload: dict[str, Any] = {"model": self.model.state_dict(), "rng": rng_state(), **extra}
+        if self.optimizer is not None:
+            payload["optimizer"] = self.optimizer.state_dict()
+        if self.stream is not None:
+            payload["stream"] = self.stream.state_dict()
+        self.store.save_checkpoint(self.tag, step, payload, keep=self.keep)

@@ -23,7 +23,7 @@ from .errors import InvalidInputError
 from .linop import fmat_to_scipy
 from .vectors import FVector
 
-__all__ = ["FMatDense", "build_ntk", "ntk_diag", "gram_sq_frobenius", "gram_tiles"]
+__all__ = ["FMatDense", "build_ntk", "ntk_diag", "gram_sq_frobenius"]
 
 
 class FMatDense:

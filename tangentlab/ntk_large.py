@@ -5,7 +5,10 @@
   (each off-diagonal tile of a symmetric kernel is computed once and mirrored). The
   result is gathered (all-reduced) in memory, or written tile by tile into a NumPy
   ``.npy`` memmap under ``path`` with one marker file per finished tile: a killed run
-  restarted with the same arguments skips the finished tiles.
+  restarted with the same arguments skips the finished tiles. The tiles come from the
+  Gram tiler of :mod:`tangentlab.engine.gram`, which :func:`tangentlab.ntk` uses too
+  (with the same split over ranks), with captures kept by one
+  :class:`~tangentlab.engine.passes.CaptureCache` per side.
 * :class:`NTKOperator` applies ``K u = J (Jᵀ u)`` and gives the diagonal and trace
   without forming the kernel (``O(P + N·C)`` memory); with ``distributed=`` the batches
   are split between the ranks. It exports a scipy ``LinearOperator`` and top
@@ -151,7 +154,7 @@ def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, o
 
     todo = set(mine)
     for t in bar(gram_tiles(engine, src1, src2, keep=lambda i, j: (i, j) in todo), "NTK tiles",
-                 progress if progress is not None else len(mine) > 4, total=len(mine)):
+                 opts.progress if opts.progress is not None else len(mine) > 4, total=len(mine)):
         if store is not None:
             arr = t.block.detach().cpu().numpy()
             store[t.rows, t.cols] = arr

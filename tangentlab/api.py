@@ -10,6 +10,17 @@ Conventions shared by all three:
   actually seen (``drop_last`` loaders count correctly).
 * Kernels are plain Gram tensors ``K[n, m, c, d] = ⟨φ_c(x_n), φ_d(x'_m)⟩``, so
   ``eig(K) / N`` are the non-zero eigenvalues of the matching ``F``.
+* The engine keywords ``route``, ``registry``, ``seed``, ``memory_budget``,
+  ``progress``, ``distributed`` and ``precision`` (or all of them as
+  ``options=EngineOptions(...)``) are the fields of
+  :class:`~tangentlab.engine.options.EngineOptions`, with the same defaults and checks
+  in every entry point (also :func:`tangentlab.ntk_large.ntk_tiled` and
+  :class:`~tangentlab.ntk_large.NTKOperator`).
+* ``distributed``: for :func:`fim`, ``data`` is this rank's shard and the sums are
+  all-reduced (the Fisher of the union of the shards). For :func:`ntk` and
+  :func:`jacobian`, which index every example, every rank passes the same full data,
+  the ranks split the work (kernel tiles, batches) and every rank gets the
+  single-process result (:mod:`tangentlab.distributed`).
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from typing import Any
 from torch import nn
 
 from .data import Batches
-from .engine import Engine
+from .engine import EngineOptions, make_engine
 from .errors import InvalidInputError
 from .fmat import FMatDense, build_ntk
 from .layers.registry import LayerRegistry
@@ -54,7 +65,7 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
         variance: float | None = None, centering: bool = False, batch_size: int | None = None,
         route: str = "auto", registry: LayerRegistry | None = None, seed: int = 0,
         memory_budget: Any = None, progress: bool | None = None, mixed: dict | None = None,
-        distributed: Any = None, precision: Any = None) -> PMat:
+        distributed: Any = None, precision: Any = None, options: EngineOptions | None = None) -> PMat:
     """Fisher information matrix (or GGN / empirical Fisher) of ``model`` on ``data``.
 
     ``F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ`` where the pseudo-outputs ``s_c``
@@ -85,10 +96,10 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
     sums), ``"model/fp64"`` (float64 products and sums for a float32 model); see
     :mod:`tangentlab.engine.precision` and ``benchmarks/PRECISION.md`` for the errors.
     """
+    opts = EngineOptions.merge(options, route=route, registry=registry, seed=seed, memory_budget=memory_budget,
+                               progress=progress, distributed=distributed, precision=precision)
     output = _fisher_output(kind, n_samples, loss, variance)
-    engine = Engine(model, output, params, registry=registry, route=route, seed=seed,
-                    memory_budget=memory_budget, progress=progress, distributed=distributed,
-                    precision=precision)
+    engine = make_engine(model, opts, output, params)
     cls = resolve(representation)
     if mixed is not None:
         if cls.__name__ != "PMatMixed":
@@ -100,8 +111,8 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
 def ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: Any = "raw",
         params: Selector | ParamSpace = None, per_layer: bool = False, centering: bool = False,
         batch_size: int | None = None, route: str = "auto", registry: LayerRegistry | None = None,
-        seed: int = 0, memory_budget: Any = None, progress: bool | None = None,
-        precision: Any = None) -> FMatDense:
+        seed: int = 0, memory_budget: Any = None, progress: bool | None = None, distributed: Any = None,
+        precision: Any = None, options: EngineOptions | None = None) -> FMatDense:
     """Empirical neural tangent kernel ``K[n, m, c, d] = ⟨∂f_c(x_n)/∂θ, ∂f_d(x'_m)/∂θ⟩``.
 
     ``x2=None`` gives the kernel of ``x1`` with itself (each off-diagonal block
@@ -110,10 +121,13 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: Any = "raw",
     such as a class difference ``lambda m, b: m(b[0])[:, 1] - m(b[0])[:, 0]``.
     ``per_layer=True`` also returns each layer's contribution (``K.layer(name)``);
     ``centering=True`` centers the tangent features by their mean over ``x1``.
-    ``precision``: mixed-precision policy (as in :func:`fim`).
+    ``precision``: mixed-precision policy (as in :func:`fim`). ``distributed``: every rank
+    passes the same ``x1``/``x2``; the kernel tiles are dealt round-robin to the ranks, as in
+    :func:`tangentlab.ntk_large.ntk_tiled`, and every rank gets the whole kernel.
     """
-    engine = Engine(model, make_output(output), params, registry=registry, route=route, seed=seed,
-                    memory_budget=memory_budget, progress=progress, precision=precision)
+    opts = EngineOptions.merge(options, route=route, registry=registry, seed=seed, memory_budget=memory_budget,
+                               progress=progress, distributed=distributed, precision=precision)
+    engine = make_engine(model, opts, make_output(output), params)
     b2 = None if x2 is None else Batches(x2, batch_size)
     return build_ntk(engine, Batches(x1, batch_size), b2, per_layer=per_layer, centering=centering)
 
@@ -121,14 +135,18 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: Any = "raw",
 def jacobian(model: nn.Module, data: Any, *, output: Any = "raw", params: Selector | ParamSpace = None,
              implicit: bool = False, batch_size: int | None = None, route: str = "auto",
              registry: LayerRegistry | None = None, seed: int = 0, memory_budget: Any = None,
-             progress: bool | None = None, precision: Any = None) -> PushForwardDense | PushForwardImplicit:
+             progress: bool | None = None, distributed: Any = None, precision: Any = None,
+             options: EngineOptions | None = None) -> PushForwardDense | PushForwardImplicit:
     """The Jacobian ``J`` of the outputs on ``data`` as a map ``PVector → FVector``.
 
     Dense: ``J`` stored as ``(N, C, P)``; ``implicit=True``: forward-mode products,
     nothing stored. ``J.T`` is the pull-back ``Jᵀ``. ``precision`` as in :func:`fim`.
+    ``distributed``: every rank passes the same full ``data`` and the ranks split its
+    batches; ``J`` (and ``J v``, ``Jᵀ u``) are all-reduced, the same on every rank.
     """
-    engine = Engine(model, make_output(output), params, registry=registry, route=route, seed=seed,
-                    memory_budget=memory_budget, progress=progress, precision=precision)
+    opts = EngineOptions.merge(options, route=route, registry=registry, seed=seed, memory_budget=memory_budget,
+                               progress=progress, distributed=distributed, precision=precision)
+    engine = make_engine(model, opts, make_output(output), params)
     b = Batches(data, batch_size)
     if implicit:
         return PushForwardImplicit(engine, b)

@@ -19,8 +19,11 @@ group to :func:`tangentlab.fim` (every representation) or to the
 Caveats: every rank must call the same functions in the same order (they are
 collective operations); Monte-Carlo Fishers draw their samples from per-batch
 generators, so their samples differ from a single-process run (the expectation does
-not). Kernels couple all pairs of examples: for them every rank passes the full data
-and the ranks split the work (:mod:`tangentlab.ntk_large`).
+not). Kernels and Jacobians index every example: for them (:func:`tangentlab.ntk`,
+:func:`tangentlab.jacobian`, :mod:`tangentlab.ntk_large`) every rank passes the full
+data, the ranks split the work (kernel tiles, batches) and the results are all-reduced.
+Matrix-free operators run their batch loops and reductions through
+:class:`tangentlab.engine.operator.MatrixFreeOperator`.
 """
 
 from __future__ import annotations

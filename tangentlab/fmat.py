@@ -10,17 +10,20 @@ of ``K`` divided by ``N``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from numbers import Number
 from typing import Any
 
 import torch
 
 from .data import Batches
-from .engine import Capture, Engine, ops
+from .engine import Capture, Engine, OutputBlocks, ops
+from .engine.gram import deal_tiles, gram_sq_frobenius, gram_tiles
+from .engine.passes import CaptureCache, one_pass
 from .errors import InvalidInputError
-from .memory import tensor_nbytes
+from .linop import fmat_to_scipy
 from .vectors import FVector
+
+__all__ = ["FMatDense", "build_ntk", "ntk_diag", "gram_sq_frobenius"]
 
 
 class FMatDense:
@@ -126,8 +129,6 @@ class FMatDense:
         return FMatDense(sum(p.data for p in parts.values()), parts, self.symmetric)
 
     def to_scipy(self):
-        from .linop import fmat_to_scipy
-
         return fmat_to_scipy(self)
 
     def __add__(self, other: FMatDense) -> FMatDense:
@@ -161,117 +162,20 @@ class FMatDense:
 
 
 # ---------------------------------------------------------------------------------------
-def capture_nbytes(cap: Capture) -> int:
-    """Bytes held by the tensors of a capture (not the module, rule or layer description)."""
-    return tensor_nbytes(cap, skip=("module", "rule", "layer"))
-
-
-class _CaptureSource:
-    """Captures of one data set, computed lazily in data order and kept in memory while they
-    fit in a quarter of the budget; past that they are recomputed when visited again."""
-
-    def __init__(self, engine: Engine, data: Batches, desc: str, first: Capture | None = None):
-        self.engine, self.data, self.desc = engine, data, desc
-        self.cache: list[Capture] | None = [] if first is None else [first]
-        self.used = 0 if first is None else capture_nbytes(first)
-        self.complete = False
-
-    def _fresh(self, start: int = 0) -> Iterator[Capture]:
-        for i, b in self.engine.batches(self.data, self.desc):
-            if i >= start:
-                yield self.engine.capture(b, i)
-
-    def _keep(self, cap: Capture) -> None:
-        if self.cache is None:
-            return
-        self.used += capture_nbytes(cap)
-        if self.used > self.engine.budget.nbytes // 4:
-            self.cache = None
-        else:
-            self.cache.append(cap)
-
-    def __iter__(self) -> Iterator[Capture]:
-        """All captures in order (extending the cache on the first full pass)."""
-        if self.complete and self.cache is not None:
-            yield from self.cache
-            return
-        if self.cache is None:
-            yield from self._fresh()
-            return
-        done = list(self.cache)
-        yield from done
-        for cap in self._fresh(len(done)):
-            self._keep(cap)
-            yield cap
-        self.complete = True
-
-    def head(self, k: int) -> Iterator[Capture]:
-        """The first ``k`` captures (already computed by an enclosing pass when cached)."""
-        if self.cache is not None and len(self.cache) >= k:
-            return iter(self.cache[:k])
-        return (c for i, c in zip(range(k), self._fresh()))
-
-
-def _center_terms(cap: Capture, engine: Engine, mean: torch.Tensor, space) -> torch.Tensor:
-    """``A[n, c, d] = ⟨φ_c(x_n), m_d⟩`` for mean features ``m`` (D, P) on ``space``."""
-    cols = []
-    for d in range(mean.shape[0]):
-        cols.append(ops.dot(cap, space, space.unflatten(mean[d])))  # (C, N)
-    return torch.stack(cols, -1).transpose(0, 1)  # (N, C, D)
-
-
-def gram_tiles(engine: Engine, data1: Any, data2: Any = None, per_layer: bool = False,
-               mean: torch.Tensor | None = None,
-               first: Capture | None = None,
-               into: torch.Tensor | None = None) -> Iterator[tuple[slice, slice, Any]]:
-    """Yield ``(rows, cols, block)`` tiles of the Gram tensor; for one set, only tiles with
-    ``cols ≤ rows`` (the caller mirrors them). ``mean``: mean features ``(C, P)`` to center
-    with; ``first``: the already computed capture of the first batch of ``data1``;
-    ``into``: a zero ``(N1, N2, C, D)`` tensor the tiles are accumulated into in place
-    (``per_layer=False`` only; the yielded block is then the view ``into[rows, cols]``)."""
-    b1 = data1 if isinstance(data1, Batches) else Batches(data1)
-    src1 = _CaptureSource(engine, b1, "NTK rows", first)
-    symmetric = data2 is None
-    src2 = None
-    if not symmetric:
-        src2 = _CaptureSource(engine, data2 if isinstance(data2, Batches) else Batches(data2), "NTK cols")
-    layers = {lay.module: engine.space.select([p.name for p in lay.params]) for lay in engine.space.layers}
-    row0 = 0
-    for i, c1 in enumerate(src1):
-        col0 = 0
-        inner = src1.head(i + 1) if symmetric else iter(src2)  # type: ignore[arg-type]
-        for c2 in inner:
-            rows, cols = slice(row0, row0 + c1.n), slice(col0, col0 + c2.n)
-            target = into[rows, cols] if into is not None and not per_layer else None
-            blk = ops.gram(c1, c2, engine.space, per_layer=per_layer, out=target)
-            if mean is not None:
-                def corr(sp, m, c1=c1, c2=c2):
-                    a1 = _center_terms(c1, engine, m, sp)
-                    a2 = _center_terms(c2, engine, m, sp)
-                    return -a1[:, None, :, :] - a2.permute(0, 2, 1)[None] + (m @ m.T)[None, None]
-
-                if per_layer:
-                    for name, sp in layers.items():
-                        lay = engine.space.layer(name)
-                        blk[name] = blk[name] + corr(sp, mean[:, lay.slice])
-                elif target is not None:
-                    blk += corr(engine.space, mean)
-                else:
-                    blk = blk + corr(engine.space, mean)
-            yield rows, cols, blk
-            col0 += c2.n
-        row0 += c1.n
-
-
 def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
               centering: bool = False) -> FMatDense:
+    """The dense kernel of ``x1`` with ``x2`` (or itself), tile by tile (:mod:`tangentlab.engine.gram`).
+
+    With a distributed engine every rank passes the same full data: the tiles are dealt
+    round-robin to the ranks (as in :func:`tangentlab.ntk_large.ntk_tiled`) and the kernel
+    is all-reduced, so every rank gets the whole kernel."""
     b1 = x1 if isinstance(x1, Batches) else Batches(x1)
     b2 = None if x2 is None else (x2 if isinstance(x2, Batches) else Batches(x2))
     n1 = b1.count()
     n2 = n1 if b2 is None else b2.count()
-    index, batch = next(engine.batches(b1))
-    first = engine.capture(batch, index)  # C, for the budget check; reused by the tiles
-    c = first.n_outputs
+    rows = CaptureCache.of(engine, b1, "NTK rows")
+    cols = None if b2 is None else CaptureCache.of(engine, b2, "NTK cols")
+    c = rows.first().n_outputs  # for the budget check; kept for the tiles
     copies = 1 + (len(engine.space.layers) if per_layer else 0)
     engine.budget.check(
         f"an NTK of shape ({n1}, {n2}, {c}, {c})" + (" with per-layer blocks" if per_layer else ""),
@@ -281,45 +185,41 @@ def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
     )
     mean = None
     if centering:
-        from .pmat.build import one_pass
-
         _, mean = one_pass(engine, b1, "mean features", lambda cap: None, centering=True, local=True)
     out = torch.zeros(n1, n2, c, c, dtype=engine.dtype, device=engine.device)
     per = {lay.module: torch.zeros_like(out) for lay in engine.space.layers} if per_layer else None
     symmetric = b2 is None
-    for rows, cols, blk in gram_tiles(engine, b1, b2, per_layer, mean, first, into=None if per_layer else out):
+    red = engine.reducer
+    keep = None
+    if red.active:
+        mine = set(deal_tiles(len(rows.sizes()), len(cols.sizes()) if cols else len(rows.sizes()), symmetric, red))
+        keep = lambda i, j: (i, j) in mine  # noqa: E731
+    for t in gram_tiles(engine, rows, cols, per_layer=per_layer, mean=mean, into=None if per_layer else out,
+                        keep=keep):
+        blk = t.block
         targets = [(out, sum(blk.values()) if per_layer else blk)]
         if per is not None:
             targets += [(per[k], v) for k, v in blk.items()]
-        for t, v in targets:
-            if per_layer or t is not out:  # otherwise already accumulated in place
-                t[rows, cols] = v
-            if symmetric and rows != cols:
-                t[cols, rows] = v.permute(1, 0, 3, 2)
+        for target, v in targets:
+            if per_layer or target is not out:  # otherwise already accumulated in place
+                target[t.rows, t.cols] = v
+            if symmetric and t.i != t.j:
+                target[t.cols, t.rows] = v.permute(1, 0, 3, 2)
+    red.sum_(out, *(per.values() if per else ()))
     layers = {k: FMatDense(v, symmetric=symmetric) for k, v in per.items()} if per else None
     return FMatDense(out, layers, symmetric)
-
-
-def gram_sq_frobenius(engine: Engine, data: Any, mean: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """``‖Φ Φᵀ‖_F²`` tile by tile (without storing the kernel) and the number of examples."""
-    total = torch.zeros((), dtype=engine.dtype, device=engine.device)
-    n = 0
-    for rows, cols, blk in gram_tiles(engine, data, None, False, mean):
-        w = 1.0 if rows == cols else 2.0
-        total += w * blk.pow(2).sum()
-        if rows == cols:
-            n += rows.stop - rows.start
-    return total, n
 
 
 def ntk_diag(engine: Engine, data: Any) -> torch.Tensor:
     """The kernel diagonal ``K[n, n, c, c] = ‖φ_c(x_n)‖²`` as ``(N, C)``, without the kernel
     (batches taken in output blocks: one block's ``g`` alive at a time)."""
     parts: list[torch.Tensor] = []
-    for cap in engine.captures(data, "NTK diagonal", block=0):
-        if cap.first:
-            parts.append(cap.outputs.new_empty(cap.n, cap.total_outputs))
+
+    def new_rows(cap: Capture) -> None:
+        parts.append(cap.outputs.new_empty(cap.n, cap.total_outputs))
+
+    def fill(cap: Capture) -> None:
         parts[-1][:, cap.out_slice] = ops.sq_norms(cap, engine.space).T
+
+    one_pass(engine, data, "NTK diagonal", fill, local=True, output_blocks=OutputBlocks.auto(), per_batch=new_rows)
     return torch.cat(parts)
-
-

@@ -4,19 +4,28 @@
 ``PullBack`` is ``Jᵀ: FVector → PVector``, ``Jᵀ u = Σ_{n,c} u[n, c] φ_c(x_n)``
 (sums, no normalization). Dense versions store ``J`` as an ``(N, C, P)`` tensor;
 implicit versions use one forward-mode (``J v``) or backward (``Jᵀ u``) pass per
-batch and need a data source with a fixed order.
+batch (:class:`~tangentlab.engine.operator.MatrixFreeOperator`) and need a data source
+with a fixed order.
+
+With a distributed engine, as for kernels, every rank passes the same full data: the
+ranks split the batches (every ``world_size``-th batch each) and the results are
+all-reduced, so every rank gets the single-process ``J``, ``J v`` and ``Jᵀ u``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from .data import Batches
-from .engine import Engine, ops
+from .engine import Capture, Engine, OutputBlocks, ops
 from .engine.functional import jvp, vjp
+from .engine.operator import MatrixFreeOperator
+from .engine.passes import one_pass
 from .errors import InvalidInputError
+from .linop import jacobian_to_scipy
 from .space import ParamSpace
 from .vectors import FVector, PVector
 
@@ -38,20 +47,43 @@ class PushForwardDense:
 
     @classmethod
     def from_engine(cls, engine: Engine, data: Any) -> PushForwardDense:
+        """``J`` of ``data``, filled one output block at a time (with a distributed engine:
+        each rank fills its batches' rows, then the rows are all-reduced)."""
         b = data if isinstance(data, Batches) else Batches(data)
-        p = engine.space.numel
+        space, red = engine.space, engine.reducer
+        p = space.numel
+        starts = np.cumsum([0] + [t[0].shape[0] for t in b]).tolist() if red.active else None
         parts: list[torch.Tensor] = []
-        rows = 0
-        for cap in engine.captures(b, "Jacobian", block=0):  # filled one output block at a time
-            if cap.first:
-                rows += cap.n * cap.total_outputs
-                engine.budget.check(
-                    f"a Jacobian with {rows} rows (so far) × {p} parameters", rows * p, engine.dtype,
-                    "Use jacobian(..., implicit=True) for matrix-free products.",
-                )
-                parts.append(cap.outputs.new_empty(cap.n, cap.total_outputs, p))
-            ops.per_example(cap, engine.space, out=parts[-1][:, cap.out_slice].transpose(0, 1))
-        return cls(engine.space, parts[0] if len(parts) == 1 else torch.cat(parts))
+        rows = [0]
+
+        def new_rows(cap: Capture) -> None:
+            if starts is not None:  # the whole (N, C, P) Jacobian, this rank's rows filled
+                if not parts:
+                    engine.budget.check(f"a Jacobian with {starts[-1] * cap.total_outputs} rows × {p} parameters",
+                                        starts[-1] * cap.total_outputs * p, engine.dtype,
+                                        "Use jacobian(..., implicit=True) for matrix-free products.")
+                    parts.append(cap.outputs.new_zeros(starts[-1], cap.total_outputs, p))
+                return
+            rows[0] += cap.n * cap.total_outputs
+            engine.budget.check(
+                f"a Jacobian with {rows[0]} rows (so far) × {p} parameters", rows[0] * p, engine.dtype,
+                "Use jacobian(..., implicit=True) for matrix-free products.",
+            )
+            parts.append(cap.outputs.new_empty(cap.n, cap.total_outputs, p))
+
+        def fill(cap: Capture) -> None:
+            part = parts[-1] if starts is None else parts[0][starts[cap.index]:starts[cap.index] + cap.n]
+            ops.per_example(cap, space, out=part[:, cap.out_slice].transpose(0, 1))
+
+        take = None if starts is None else (lambda i: i % red.world_size == red.rank)
+        one_pass(engine, b, "Jacobian", fill, local=True, output_blocks=OutputBlocks.auto(), per_batch=new_rows,
+                 take=take)
+        if starts is not None:
+            c = max(red.counts(parts[0].shape[1] if parts else 0, engine.device))
+            if not parts:  # this rank had no batch
+                parts.append(torch.zeros(starts[-1], c, p, dtype=engine.dtype, device=engine.device))
+            red.sum_(parts[0])
+        return cls(space, parts[0] if len(parts) == 1 else torch.cat(parts))
 
     def mv(self, v: PVector) -> FVector:
         _check_pvec(self.space, v)
@@ -75,8 +107,6 @@ class PushForwardDense:
         return self.data
 
     def to_scipy(self):
-        from .linop import jacobian_to_scipy
-
         return jacobian_to_scipy(self, self.T)
 
 
@@ -98,24 +128,15 @@ class PullBackDense:
         return PushForwardDense(self.space, self.data)
 
 
-class _ImplicitBase:
-    def __init__(self, engine: Engine, data: Any):
-        self.engine, self.space = engine, engine.space
-        self.examples = data if isinstance(data, Batches) else Batches(data)
-        if self.examples.shuffles:
-            raise InvalidInputError(
-                "the data loader shuffles, so rows of J would not line up between passes; use "
-                "shuffle=False"
-            )
-
-
-class PushForwardImplicit(_ImplicitBase):
+class PushForwardImplicit(MatrixFreeOperator):
     """``J v`` with forward-mode AD, one pass over the data; nothing stored."""
+
+    split_batches = True
 
     def mv(self, v: PVector) -> FVector:
         _check_pvec(self.space, v)
-        return FVector(torch.cat([jvp(self.engine, b, i, v.to_dict())
-                                  for i, b in self.engine.batches(self.examples, "J v")]))
+        vd = v.to_dict()
+        return FVector(self._rows(lambda i, b, s: jvp(self.engine, b, i, vd), "J v"))
 
     __matmul__ = mv
 
@@ -124,29 +145,30 @@ class PushForwardImplicit(_ImplicitBase):
         return PullBackImplicit(self.engine, self.examples)
 
     def to_scipy(self):
-        from .linop import jacobian_to_scipy
-
         return jacobian_to_scipy(self, self.T)
 
 
-class PullBackImplicit(_ImplicitBase):
+class PullBackImplicit(MatrixFreeOperator):
     """``Jᵀ u`` with one backward pass per batch; nothing stored."""
+
+    split_batches = True
 
     def mv(self, u: FVector) -> PVector:
         if not isinstance(u, FVector):
             raise InvalidInputError("expected an FVector")
-        total = None
-        start = 0
-        for i, b in self.engine.batches(self.examples, "Jᵀ u"):
+        ut = u.tensor
+
+        def pull(i: int, b: tuple, start: int) -> torch.Tensor:
             n = b[0].shape[0]
-            if start + n > u.shape[0]:
-                raise InvalidInputError(f"the FVector has {u.shape[0]} rows, the data has more examples")
-            g = self.space.flatten(vjp(self.engine, b, i, u.tensor[start:start + n]))
-            total = g if total is None else total + g
-            start += n
-        if start != u.shape[0]:
-            raise InvalidInputError(f"the FVector has {u.shape[0]} rows but the data has {start} examples")
-        return PVector.from_flat(self.space, total)  # type: ignore[arg-type]
+            if start + n > ut.shape[0]:
+                raise InvalidInputError(f"the FVector has {ut.shape[0]} rows, the data has more examples")
+            return self.space.flatten(vjp(self.engine, b, i, ut[start:start + n]))
+
+        total = torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
+        n = self._sum(pull, total, "Jᵀ u")
+        if n != ut.shape[0]:
+            raise InvalidInputError(f"the FVector has {ut.shape[0]} rows but the data has {n} examples")
+        return PVector.from_flat(self.space, total)
 
     __matmul__ = mv
 

@@ -5,7 +5,10 @@
   (each off-diagonal tile of a symmetric kernel is computed once and mirrored). The
   result is gathered (all-reduced) in memory, or written tile by tile into a NumPy
   ``.npy`` memmap under ``path`` with one marker file per finished tile: a killed run
-  restarted with the same arguments skips the finished tiles.
+  restarted with the same arguments skips the finished tiles. The tiles come from the
+  Gram tiler of :mod:`tangentlab.engine.gram`, which :func:`tangentlab.ntk` uses too
+  (with the same split over ranks), with captures kept by one
+  :class:`~tangentlab.engine.passes.CaptureCache` per side.
 * :class:`NTKOperator` applies ``K u = J (Jᵀ u)`` and gives the diagonal and trace
   without forming the kernel (``O(P + N·C)`` memory); with ``distributed=`` the batches
   are split between the ranks. It exports a scipy ``LinearOperator`` and top
@@ -27,16 +30,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .data import Batches
 from .distributed import Reducer, unwrap
-from .engine import Engine, ops
+from .engine import EngineOptions, make_engine, ops
 from .engine.functional import jvp, vjp
+from .engine.gram import deal_tiles, gram_tiles
+from .engine.operator import MatrixFreeOperator
+from .engine.passes import CaptureCache
 from .errors import InvalidInputError
 from .fmat import FMatDense
 from .layers import LayerRegistry
-from .outputs import make_output
+from .progress import progress as bar
 from .space import ParamSpace, Selector
 from .vectors import FVector
 
@@ -91,9 +98,10 @@ def _open_store(path: Path, meta: dict[str, Any], shape: tuple[int, ...], dtype:
 
 def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, output: Any = "raw",
               params: Selector | ParamSpace = None, path: str | os.PathLike[str] | None = None,
-              distributed: Any = None, gather: str = "all", route: str = "auto",
-              registry: LayerRegistry | None = None, memory_budget: Any = None, progress: bool | None = None,
-              on_tile: Callable[[int, int], None] | None = None) -> FMatDense | None:
+              gather: str = "all", on_tile: Callable[[int, int], None] | None = None,
+              route: str = "auto", registry: LayerRegistry | None = None, seed: int = 0,
+              memory_budget: Any = None, progress: bool | None = None, distributed: Any = None,
+              precision: Any = None, options: EngineOptions | None = None) -> FMatDense | None:
     """The NTK ``(N1, N2, C, D)`` computed in ``block × block`` tiles (see the module doc).
 
     ``path``: a directory for the on-disk kernel (``kernel.npy``, a memmap, plus
@@ -101,33 +109,39 @@ def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, o
     data resumes, skipping finished tiles. Without ``path`` the kernel is assembled in
     memory and all-reduced so every rank has it (``gather='rank0'``: only rank 0, the
     others get ``None``). ``on_tile(i, j)`` is called after each tile this rank
-    finishes (progress reporting; tests use it to simulate a kill).
+    finishes (progress reporting; tests use it to simulate a kill). The engine keywords
+    (``route`` ... ``precision``, or ``options``) are :class:`~tangentlab.engine.EngineOptions`'
+    fields, as for :func:`tangentlab.ntk`; ``progress`` shows the tile bar.
     """
     if gather not in ("all", "rank0"):
         raise InvalidInputError(f"gather={gather!r}; accepted: 'all', 'rank0'")
     if isinstance(block, bool) or not isinstance(block, int) or block <= 0:
         raise InvalidInputError(f"block must be a positive integer, got {block!r}")
-    engine = Engine(model, make_output(output), params, registry=registry, route=route,
-                    memory_budget=memory_budget, progress=False, distributed=distributed)
+    opts = EngineOptions.merge(options, route=route, registry=registry, seed=seed, memory_budget=memory_budget,
+                               progress=progress, distributed=distributed, precision=precision)
+    engine = make_engine(model, opts.replace(progress=False), output, params)
     red = engine.reducer
-    rows = list(engine.batches(Batches(x1, block)))
+    rows = [b for _, b in engine.batches(Batches(x1, block))]
     symmetric = x2 is None
-    cols = rows if symmetric else list(engine.batches(Batches(x2, block)))
-    n1 = sum(b[0].shape[0] for _, b in rows)
-    n2 = sum(b[0].shape[0] for _, b in cols)
-    first = engine.capture(rows[0][1], 0)
-    c = first.n_outputs
+    cols = rows if symmetric else [b for _, b in engine.batches(Batches(x2, block))]
+    src1 = CaptureCache.of(engine, rows, "NTK rows")
+    src2 = None if symmetric else CaptureCache.of(engine, cols, "NTK cols")
+    n1 = sum(b[0].shape[0] for b in rows)
+    n2 = sum(b[0].shape[0] for b in cols)
+    c = src1.first().n_outputs
     shape = (n1, n2, c, c)
-    starts1 = np.cumsum([0] + [b[0].shape[0] for _, b in rows]).tolist()
-    starts2 = starts1 if symmetric else np.cumsum([0] + [b[0].shape[0] for _, b in cols]).tolist()
-    tiles = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j <= i]
-    mine = [t for k, t in enumerate(tiles) if k % red.world_size == red.rank]
+    tiles = deal_tiles(len(rows), len(cols), symmetric, Reducer())
+    mine = deal_tiles(len(rows), len(cols), symmetric, red)
 
     store = None
     if path is not None:
         meta = {"shape": list(shape), "block": block, "symmetric": symmetric, "dtype": str(engine.dtype),
                 "output": engine.output.name, "params": list(engine.space.names),
-                "fingerprint": _fingerprint(model, [b for _, b in rows], [] if symmetric else [b for _, b in cols])}
+                "fingerprint": _fingerprint(model, rows, [] if symmetric else cols)}
+        if not engine.precision.is_default:
+            meta["precision"] = f"{engine.precision.compute}/{engine.dtype}"
+        if engine.output.random:
+            meta["seed"] = engine.seed
         store = _open_store(Path(path), meta, shape, engine.dtype, red)
         done_dir = Path(path) / "tiles"
         mine = [t for t in mine if not (done_dir / f"{t[0]}_{t[1]}.done").exists()]
@@ -138,46 +152,22 @@ def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, o
                             "(matrix-free products) / tangentlab.fmat.ntk_diag.")
         out = torch.zeros(shape, dtype=engine.dtype, device=engine.device)
 
-    from .progress import progress as bar
-
-    cache: dict[tuple[str, int], Any] = {}
-
-    def capture(kind: str, idx: int):
-        key = (kind, idx)
-        if key not in cache:
-            if kind == "row" and idx == 0:
-                cap = first
-            else:
-                src = rows if kind == "row" else cols
-                cap = engine.capture(src[idx][1], src[idx][0])
-            if kind == "row":  # keep one row block (tiles come row by row) and the col blocks
-                for k in [k for k in cache if k[0] == "row"]:
-                    del cache[k]
-            cache[key] = cap
-        return cache[key]
-
-    for i, j in bar(mine, "NTK tiles", progress if progress is not None else len(mine) > 4):
-        ci = capture("row", i)
-        cj = ci if symmetric and i == j else capture("col", j)
-        blk = ops.gram(ci, cj, engine.space)
-        r = slice(starts1[i], starts1[i + 1])
-        q = slice(starts2[j], starts2[j + 1])
+    todo = set(mine)
+    for t in bar(gram_tiles(engine, src1, src2, keep=lambda i, j: (i, j) in todo), "NTK tiles",
+                 opts.progress if opts.progress is not None else len(mine) > 4, total=len(mine)):
         if store is not None:
-            arr = blk.detach().cpu().numpy()
-            store[r, q] = arr
-            if symmetric and i != j:
-                store[q, r] = arr.transpose(1, 0, 3, 2)
+            arr = t.block.detach().cpu().numpy()
+            store[t.rows, t.cols] = arr
+            if symmetric and t.i != t.j:
+                store[t.cols, t.rows] = arr.transpose(1, 0, 3, 2)
             store.flush()
-            _atomic_touch(Path(path) / "tiles" / f"{i}_{j}.done")  # type: ignore[arg-type]
+            _atomic_touch(Path(path) / "tiles" / f"{t.i}_{t.j}.done")  # type: ignore[arg-type]
         else:
-            out[r, q] = blk  # type: ignore[index]
-            if symmetric and i != j:
-                out[q, r] = blk.permute(1, 0, 3, 2)  # type: ignore[index]
+            out[t.rows, t.cols] = t.block  # type: ignore[index]
+            if symmetric and t.i != t.j:
+                out[t.cols, t.rows] = t.block.permute(1, 0, 3, 2)  # type: ignore[index]
         if on_tile is not None:
-            on_tile(i, j)
-        if len([k for k in cache if k[0] == "col"]) > 4:  # bound the cached column captures
-            for k in [k for k in cache if k[0] == "col"][:-4]:
-                del cache[k]
+            on_tile(t.i, t.j)
 
     red.barrier()
     if store is not None:
@@ -189,47 +179,34 @@ def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, o
         if gather == "all":
             red.sum_(out)
         else:
-            import torch.distributed as dist
-
             dist.reduce(out, dst=0, group=red.group)
             if red.rank != 0:
                 return None
     return FMatDense(out, symmetric=symmetric)
 
 
-class NTKOperator:
+class NTKOperator(MatrixFreeOperator):
     """The NTK ``K`` of ``data`` with itself as a matrix-free linear operator on ``(N, C)`` arrays.
 
     ``mv(u) = J (Jᵀ u)``: one backward pass per batch for ``Jᵀ u`` (summed over batches,
     all-reduced over ranks) then one forward-mode pass per batch; ``diag()`` and
     ``trace()`` from per-example squared norms. Memory ``O(P + N·C)``. Rows are ordered
-    ``n·C + c`` in :meth:`to_scipy`, as in :meth:`FMatDense.as_matrix`.
+    ``n·C + c`` in :meth:`to_scipy`, as in :meth:`FMatDense.as_matrix`. Every rank passes
+    the full data and takes every ``world_size``-th batch
+    (:class:`~tangentlab.engine.operator.MatrixFreeOperator` with ``split_batches``).
+    The engine keywords are :class:`~tangentlab.engine.EngineOptions`' fields.
     """
 
+    split_batches = True
+
     def __init__(self, model: nn.Module, data: Any, *, output: Any = "raw", params: Selector | ParamSpace = None,
-                 batch_size: int | None = None, distributed: Any = None, route: str = "auto",
-                 registry: LayerRegistry | None = None, memory_budget: Any = None, progress: bool | None = None):
-        self.engine = Engine(model, make_output(output), params, registry=registry, route=route,
-                             memory_budget=memory_budget, progress=progress, distributed=distributed)
-        self.examples = Batches(data, batch_size)
-        if self.examples.shuffles:
-            raise InvalidInputError("the data loader shuffles; NTK products need a fixed order (shuffle=False)")
-        self._layout: list[tuple[int, int]] | None = None
+                 batch_size: int | None = None, route: str = "auto", registry: LayerRegistry | None = None,
+                 seed: int = 0, memory_budget: Any = None, progress: bool | None = None, distributed: Any = None,
+                 precision: Any = None, options: EngineOptions | None = None):
+        opts = EngineOptions.merge(options, route=route, registry=registry, seed=seed, memory_budget=memory_budget,
+                                   progress=progress, distributed=distributed, precision=precision)
+        super().__init__(make_engine(model, opts, output, params), data, batch_size)
         self._c: int | None = None
-
-    @property
-    def reducer(self) -> Reducer:
-        return self.engine.reducer
-
-    def _batches(self):
-        """This rank's batches (index ≡ rank mod world size) with their row offsets."""
-        red = self.reducer
-        start = 0
-        for i, b in self.engine.batches(self.examples, "NTK products"):
-            n = b[0].shape[0]
-            if i % red.world_size == red.rank:
-                yield i, b, start
-            start += n
 
     def _shape(self) -> tuple[int, int]:
         if self._c is None:
@@ -253,30 +230,26 @@ class NTKOperator:
         n, c = self._shape()
         if tuple(u.shape) != (n, c):
             raise InvalidInputError(f"u has shape {tuple(u.shape)}, expected ({n}, {c})")
-        u = u.to(self.engine.dtype)
-        space = self.engine.space
-        w = torch.zeros(space.numel, dtype=self.engine.dtype, device=self.engine.device)
-        for i, b, s in self._batches():
-            w += space.flatten(vjp(self.engine, b, i, u[s:s + b[0].shape[0]]))
-        self.reducer.sum_(w)
+        u = self._input(u)
+        space, eng = self.space, self.engine
+        w = torch.zeros(space.numel, dtype=self.dtype, device=self.device)
+        self._sum(lambda i, b, s: space.flatten(vjp(eng, b, i, u[s:s + b[0].shape[0]])), w, "NTK products")
         wd = space.unflatten(w)
-        out = torch.zeros(n, c, dtype=self.engine.dtype, device=self.engine.device)
-        for i, b, s in self._batches():
-            out[s:s + b[0].shape[0]] = jvp(self.engine, b, i, wd)
-        self.reducer.sum_(out)
-        return out
+        return self._rows(lambda i, b, s: jvp(eng, b, i, wd), "NTK products")
 
     __matmul__ = mv
 
     def diag(self) -> torch.Tensor:
         """``K[n, n, c, c] = ‖φ_c(x_n)‖²`` as ``(N, C)``."""
         n, c = self._shape()
-        out = torch.zeros(n, c, dtype=self.engine.dtype, device=self.engine.device)
-        for i, b, s in self._batches():
+
+        def sq_norms(i, b, s):
+            d = torch.zeros(b[0].shape[0], c, dtype=self.dtype, device=self.device)
             for cap in self.engine.capture_blocks(b, i):  # one output block's g alive at a time
-                out[s:s + cap.n, cap.out_slice] = ops.sq_norms(cap, self.engine.space).T
-        self.reducer.sum_(out)
-        return out
+                d[:, cap.out_slice] = ops.sq_norms(cap, self.space).T
+            return d
+
+        return self._rows(sq_norms, "NTK diagonal")
 
     def trace(self) -> torch.Tensor:
         return self.diag().sum()

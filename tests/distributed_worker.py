@@ -73,6 +73,16 @@ def compute(rank: int, world: int, uneven: bool, tile_dir: str | None) -> dict:
     u = torch.linspace(-1, 1, N * 4, dtype=torch.float64).reshape(N, 4)
     out["ntk_mv"] = op.mv(u)
     out["ntk_diag"] = op.diag()
+    # tl.ntk / tl.jacobian with distributed=: full data on every rank, the work split
+    out["ntk_api"] = tl.ntk(model, x, batch_size=4, distributed=True).data
+    out["ntk_api_cross"] = tl.ntk(model, x, x[:9], batch_size=5, distributed=True).data
+    out["ntk_api_layers"] = tl.ntk(model, x, batch_size=4, per_layer=True, centering=True,
+                                   distributed=True).layer("0").data
+    out["jac_dense"] = tl.jacobian(model, x, batch_size=4, distributed=True).to_dense()
+    J = tl.jacobian(model, x, batch_size=4, implicit=True, distributed=True)
+    pv = tl.PVector.from_flat(J.space, v)
+    out["jac_mv"] = J.mv(pv).tensor
+    out["jac_T"] = J.T.mv(tl.FVector(u)).flat()
     return out
 
 

@@ -51,6 +51,13 @@ def reference():
     u = torch.linspace(-1, 1, W.N * 4, dtype=torch.float64).reshape(W.N, 4)
     ref["ntk_mv"] = (K.as_matrix() @ u.reshape(-1)).reshape(W.N, 4)
     ref["ntk_diag"] = K.as_matrix().diagonal().reshape(W.N, 4)
+    ref["ntk_api"] = K.data
+    ref["ntk_api_cross"] = ref["ntk_cross"]
+    ref["ntk_api_layers"] = tl.ntk(model, x, per_layer=True, centering=True).layer("0").data
+    J = tl.jacobian(model, x)
+    ref["jac_dense"] = J.to_dense()
+    ref["jac_mv"] = J.mv(tl.PVector.from_flat(J.space, v)).tensor
+    ref["jac_T"] = J.T.mv(tl.FVector(u)).flat()
     return ref
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tangentlab as tl
+from tangentlab.engine import OutputBlocks
 from tangentlab.engine import engine as engine_mod
 from tangentlab.layers import linear as linear_mod
 
@@ -64,7 +65,7 @@ def test_capture_blocks_partition_the_outputs(arch):
         warnings.simplefilter("ignore")
         eng = tl.Engine(model, "exact")
         whole = eng.capture((x[:5], y[:5]))
-        blocks = list(eng.capture_blocks((x[:5], y[:5]), 0, block=2))
+        blocks = list(eng.capture_blocks((x[:5], y[:5]), 0, OutputBlocks.of(2)))
     c = whole.n_outputs
     assert [b.out_start for b in blocks] == list(range(0, c, 2))
     assert [b.first for b in blocks] == [True] + [False] * (len(blocks) - 1)
@@ -104,7 +105,7 @@ def test_grouped_sq_norms_equal_im2col(monkeypatch, conv):
     def norms(min_positions: int) -> torch.Tensor:
         monkeypatch.setattr(linear_mod, "GROUPED_MIN_POSITIONS", min_positions)
         out = []
-        for cap in eng.capture_blocks((x,), 0, block=1):
+        for cap in eng.capture_blocks((x,), 0, OutputBlocks.of(1)):
             lc = cap.layers[0]
             assert isinstance(lc.feat, linear_mod.Patches)
             assert lc.feat.a_ is None or not cap.first  # the blocks of a batch share the features

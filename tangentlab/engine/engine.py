@@ -16,16 +16,16 @@ vectorized over the ``C`` output coordinates with ``is_grads_batched``, gives
 the per-example gradient ``∂s_c(x_n)/∂out_layer(x_n)`` in row ``n``.
 
 Consumers that sum over output coordinates (diagonals, traces, dense and block sums)
-take a batch in *output blocks* (:meth:`Engine.capture_blocks`): one forward, then one
-backward per block of outputs with the graph retained, so only one block's ``g`` is
-alive (W4, a ResNet-18 on 64 CIFAR images: implicit trace peak RSS 5.0 -> 2.0 GB).
+take a batch in *output blocks* (:meth:`Engine.capture_blocks`, policy
+:class:`~tangentlab.engine.blocks.OutputBlocks`): one forward, then one backward per
+block of outputs with the graph retained, so only one block's ``g`` is alive.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +43,12 @@ from ..memory import MemoryBudget
 from ..outputs import Aux, OutputFunction, make_output
 from ..progress import progress
 from ..space import Layer, ParamSpace, Selector
+from .blocks import ALL_OUTPUTS, AUTO_BLOCKS, OutputBlocks
+from .options import EngineOptions
 from .plan import RoutePlan, check_coupling, check_params, make_plan
 from .precision import Precision
 
-ROUTES = ("auto", "generic", "joint")
-
-#: target size (entries) of one output block's ``g`` in :meth:`Engine.capture_blocks`
+#: target size (entries) of one output block's ``g`` under ``OutputBlocks.auto()``
 OUTPUT_BLOCK_ELEMENTS = 1 << 25
 
 
@@ -73,7 +73,7 @@ class Capture:
     outputs: torch.Tensor  # (N, C) pseudo-outputs, detached
     layers: list[LayerCapture] = field(default_factory=list)
     generic: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (C, N, *shape)
-    #: with output blocks (:meth:`Engine.capture_blocks`): this capture's g (and generic
+    #: with output blocks (:class:`OutputBlocks`): this capture's g (and generic
     #: Jacobians) hold output coordinates ``out_start .. out_start + n_outputs`` of
     #: ``total_outputs``; a plain capture holds them all (``out_start = 0``)
     out_start: int = 0
@@ -176,10 +176,10 @@ class Engine:
                  progress: bool | None = None, distributed: Any = None, precision: Any = None):
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
+        EngineOptions(route=route, registry=registry, seed=seed, memory_budget=memory_budget,
+                      progress=progress, distributed=distributed, precision=precision)  # validates
         model = unwrap(model)
         self.reducer = Reducer.resolve(distributed)
-        if route not in ROUTES:
-            raise InvalidInputError(f"route must be one of {ROUTES}, got {route!r}")
         self.model = model
         self.output = make_output(output)
         self.space = params if isinstance(params, ParamSpace) else ParamSpace.from_model(model, params)
@@ -196,25 +196,39 @@ class Engine:
         self._plan: RoutePlan | None = None
         self._wrapper = _FnModule(model, self.output)
 
+    @classmethod
+    def from_options(cls, model: nn.Module, options: EngineOptions | None = None, output: Any = "raw",
+                     params: Selector | ParamSpace = None) -> Engine:
+        """The engine of ``model`` for ``output`` on ``params`` with ``options``
+        (:class:`~tangentlab.engine.options.EngineOptions`; default options when ``None``)."""
+        return cls(model, output, params, **(options or EngineOptions()).keywords())
+
+    @property
+    def options(self) -> EngineOptions:
+        """This engine's settings, resolved (budget, reducer and precision objects)."""
+        return EngineOptions(route=self.route, registry=self.registry, seed=self.seed, memory_budget=self.budget,
+                             progress=self.show_progress, distributed=self.reducer, precision=self.precision)
+
     def with_space(self, space: ParamSpace) -> Engine:
-        """The same engine (model, output, route, seed, budget, reduction, precision) on
-        another parameter selection ``space``."""
-        return Engine(self.model, self.output, space, registry=self.registry, route=self.route, seed=self.seed,
-                      memory_budget=self.budget, progress=self.show_progress, distributed=self.reducer,
-                      precision=self.precision)
+        """The same engine (model, output, options) on another parameter selection ``space``."""
+        return Engine.from_options(self.model, self.options, self.output, space)
 
     # ---- data ------------------------------------------------------------------
-    def batches(self, data: Any, desc: str = "batches") -> Iterator[tuple[int, Batch]]:
+    def batches(self, data: Any, desc: str = "batches", start: int = 0) -> Iterator[tuple[int, Batch]]:
+        """``(index, batch)`` on the engine's device, from batch ``start`` on (earlier
+        batches are read but not moved)."""
         src = data if isinstance(data, Batches) else Batches(data)
         for i, b in enumerate(progress(src, desc, self.show_progress)):
-            yield i, to_device(b, self.device, self.model_dtype, i)
+            if i >= start:
+                yield i, to_device(b, self.device, self.model_dtype, i)
 
-    def captures(self, data: Any, desc: str = "tangent features",
-                 block: int | None = None) -> Iterator[Capture]:
-        """Captures of every batch: one per batch (``block=None``), or one per block of
-        output coordinates (see :meth:`capture_blocks`; for consumers that sum over outputs)."""
+    def captures(self, data: Any, desc: str = "tangent features", blocks: OutputBlocks = ALL_OUTPUTS,
+                 take: Callable[[int], bool] | None = None) -> Iterator[Capture]:
+        """Captures of every batch (those whose index ``take`` accepts), under the
+        output-block policy ``blocks`` (:class:`OutputBlocks`; default: one capture per batch)."""
         for i, b in self.batches(data, desc):
-            yield from self.capture_blocks(b, i, block)
+            if take is None or take(i):
+                yield from self.capture_blocks(b, i, blocks)
 
     def generator(self, index: int) -> torch.Generator | None:
         """The random generator of batch ``index`` (same stream on every pass)."""
@@ -315,19 +329,20 @@ class Engine:
     # ---- the capture ------------------------------------------------------------
     def capture(self, batch: Batch, index: int = 0) -> Capture:
         """Features and ``g`` of every output coordinate of one batch, in one capture."""
-        caps = list(self.capture_blocks(batch, index, block=None))
+        caps = list(self.capture_blocks(batch, index, ALL_OUTPUTS))
         assert len(caps) == 1
         return caps[0]
 
-    def capture_blocks(self, batch: Batch, index: int = 0, block: int | None = 0) -> Iterator[Capture]:
+    def capture_blocks(self, batch: Batch, index: int = 0,
+                       blocks: OutputBlocks = AUTO_BLOCKS) -> Iterator[Capture]:
         """Captures of one batch, each holding ``g`` for a block of output coordinates.
 
         For consumers that *sum over output coordinates* (diagonals, traces, dense and
         block sums): one forward pass, then one backward per block with the graph
         retained, so that only one block's ``g`` (``block·Σ_layers N·|out|`` entries) is
-        alive at a time instead of all ``C``. ``block``: outputs per capture; ``0``
-        chooses it so a block's ``g`` holds about :data:`OUTPUT_BLOCK_ELEMENTS` entries
-        (all outputs when they fit); ``None``: all outputs in one capture. The features
+        alive at a time instead of all ``C``. ``blocks``: the policy
+        (:class:`OutputBlocks`); ``auto()`` sizes a block's ``g`` to about
+        :data:`OUTPUT_BLOCK_ELEMENTS` entries (all outputs when they fit). The features
         are shared by the blocks of a batch; :attr:`Capture.first` marks the first one.
         """
         plan = self.validate(batch, index)
@@ -349,11 +364,7 @@ class Engine:
             generic = self._generic_pass(plan, batch, aux) if plan.generic else {}
         c = s.shape[1]
         out_numel = sum(_prod(r[3]) for r in records)
-        if block is None:
-            block = c
-        elif block <= 0:
-            block = max(1, OUTPUT_BLOCK_ELEMENTS // max(1, out_numel))
-        block = min(block, c)
+        block = OutputBlocks.resolve(blocks).width(c, out_numel, OUTPUT_BLOCK_ELEMENTS)
         edges = [r[2] for r in records]
         feats = None
         for start in range(0, c, block):
@@ -490,3 +501,10 @@ def _prod(shape: tuple[int, ...]) -> int:
     for d in shape:
         k *= d
     return k
+
+
+def make_engine(model: nn.Module, options: EngineOptions | None = None, output: Any = "raw",
+                params: Selector | ParamSpace = None) -> Engine:
+    """The engine of ``model`` for ``output`` on ``params`` built from ``options``: the one
+    way every entry point (and the optimizers) build engines."""
+    return Engine.from_options(model, options, output, params)

@@ -3,97 +3,29 @@
 Every builder computes ``(1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ`` in its own storage,
 where ``N`` is the number of examples actually seen. With ``centering=True`` the
 tangent features are centered, ``φ_c(x) − m_c`` with ``m_c = (1/N) Σ_n φ_c(x_n)``,
-which subtracts ``Σ_c m_c m_cᵀ``.
+which subtracts ``Σ_c m_c m_cᵀ``. The pass driver and the capture cache are
+:mod:`tangentlab.engine.passes`' (``one_pass`` and ``CaptureStash``, the cache used as a
+stash, are re-exported here for the Kronecker builders).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from ..distributed import Reducer
-from ..engine import Capture, Engine, ops
-from ..errors import UnsupportedOperationError
+from ..engine import Capture, Engine, OutputBlocks, ops
+from ..engine.passes import CaptureCache, one_pass
 from ..layers.base import CHUNK_ELEMENTS
-from ..memory import tensor_nbytes
 from ..vectors import PVector
-from . import registry
 from .dense import PMatBlockDiag, PMatDense, PMatDiag
 from .lowrank import PMatLowRank
 
+#: the capture cache used as a stash between two passes (EKFAC)
+CaptureStash = CaptureCache
 
-class CaptureStash:
-    """The captures of one pass, kept for a second pass over the same data (EKFAC's ``s*``
-    after its factors) while they fit ``limit`` bytes; past it they are dropped and the
-    second pass recomputes them (same batches, same random streams: same values)."""
-
-    def __init__(self, limit: int):
-        self.limit, self.nbytes, self.caps = limit, 0, []
-        self.ok = limit > 0
-
-    def add(self, cap: Capture) -> None:
-        if not self.ok:
-            return
-        self.nbytes += tensor_nbytes(cap, skip=("module", "rule", "layer"))
-        if self.nbytes > self.limit:
-            self.ok, self.caps = False, []
-        else:
-            self.caps.append(cap)
-
-
-def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], None],
-             centering: bool = False,
-             reduce: Sequence[torch.Tensor] | Callable[[], Sequence[torch.Tensor]] | None = None,
-             local: bool = False, stash: CaptureStash | None = None,
-             replay: CaptureStash | None = None,
-             output_blocks: bool = False) -> tuple[int, torch.Tensor | None]:
-    """Run ``consume`` on every capture; return ``N`` and, if centering, the mean features ``(C, P)``.
-
-    ``reduce``: the accumulators ``consume`` adds to (or a function returning them after
-    the pass, in the same order on every rank). With a distributed engine they are
-    summed over the ranks (in place) after the pass, as are ``N`` and the feature sums;
-    a builder that does not name its accumulators refuses to run distributed.
-    ``local=True``: no reduction (every rank passes the same full data, as for kernels).
-    ``stash``: keep the captures for a later pass; ``replay``: use the captures a previous
-    pass over the same data kept (if it kept them all) instead of recomputing them.
-    ``output_blocks=True``: ``consume`` sums over output coordinates, so it may receive a
-    batch in several captures, one per block of outputs (:meth:`Engine.capture_blocks`),
-    which bounds the memory of ``g`` when ``C·N·Σ|layer outputs|`` is large; per-batch
-    quantities that do not depend on the outputs belong to the capture with ``cap.first``.
-    """
-    red = engine.reducer
-    if local:
-        red = Reducer()
-    if red.active and reduce is None:
-        raise UnsupportedOperationError(
-            desc, "distributed=...", "one process, or representation="
-            + registry.quoted(registry.alternatives(distributed=True, fmt="name")),
-            "this computation does not support distributed accumulation yet")
-    n = 0
-    total = None
-    if replay is not None and replay.ok:
-        caps = replay.caps
-    else:
-        caps = engine.captures(data, desc, block=0 if output_blocks else None)
-    for cap in caps:
-        if stash is not None:
-            stash.add(cap)
-        consume(cap)
-        if cap.first:
-            n += cap.n
-        if centering:
-            s = ops.grad_sum(cap, engine.space)
-            if total is None:
-                total = s.new_zeros(cap.total_outputs, s.shape[1])
-            total[cap.out_slice] += s
-        del cap  # an output block's g is freed before the next block's backward
-    if red.active:
-        n = red.total(n, device=engine.device)  # refuses, on every rank, when a shard is empty
-        accs = reduce() if callable(reduce) else reduce
-        red.sum_(*(accs or ()), total)
-    return n, (total / n if total is not None else None)
+__all__ = ["CaptureStash", "one_pass", "c_chunks", "build_dense", "build_diag", "build_blockdiag",
+           "build_lowrank", "mean_features"]
 
 
 def c_chunks(n_outputs: int, n: int, p: int) -> list[slice]:
@@ -116,7 +48,8 @@ def build_dense(engine: Engine, data: Any, centering: bool = False) -> PMatDense
             phi = ops.per_example(cap, space, c).reshape(-1, p)
             acc.addmm_(phi.T, phi)
 
-    n, mean = one_pass(engine, data, "dense matrix", consume, centering, reduce=[acc], output_blocks=True)
+    n, mean = one_pass(engine, data, "dense matrix", consume, centering, reduce=[acc],
+                       output_blocks=OutputBlocks.auto())
     acc /= n
     if mean is not None:
         acc -= mean.T @ mean
@@ -129,7 +62,8 @@ def build_diag(engine: Engine, data: Any, centering: bool = False) -> PMatDiag:
     def consume(cap: Capture) -> None:
         acc.add_(ops.diag(cap, engine.space))
 
-    n, mean = one_pass(engine, data, "diagonal", consume, centering, reduce=[acc], output_blocks=True)
+    n, mean = one_pass(engine, data, "diagonal", consume, centering, reduce=[acc],
+                       output_blocks=OutputBlocks.auto())
     acc /= n
     if mean is not None:
         acc -= mean.pow(2).sum(0)
@@ -155,7 +89,7 @@ def build_blockdiag(engine: Engine, data: Any, centering: bool = False) -> PMatB
                 blocks[lay.module].addmm_(phi.T, phi)
 
     n, mean = one_pass(engine, data, "layer blocks", consume, centering, reduce=list(blocks.values()),
-                       output_blocks=True)
+                       output_blocks=OutputBlocks.auto())
     for lay in space.layers:
         blocks[lay.module] /= n
         if mean is not None:

@@ -15,43 +15,39 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import Batches
-from ..engine import Engine, ops
+from ..engine import Engine, OutputBlocks, ops
 from ..engine.functional import jvp, vjp
+from ..engine.gram import gram_sq_frobenius
+from ..engine.operator import MatrixFreeOperator
+from ..engine.passes import one_pass
 from ..errors import InvalidInputError
 from ..vectors import PVector
 from .base import PMat, check_damping
-from .build import one_pass
 
 
-class PMatImplicit(PMat):
+class PMatImplicit(MatrixFreeOperator, PMat):
     """``F = (1/N) Σ_n J_nᵀ J_n`` applied on the fly from ``model`` and ``data``.
 
     Memory ``O(P)`` (plus one batch of activations). Random outputs (Monte-Carlo
     Fisher) draw the same samples on every pass, so repeated products see one
-    fixed matrix as long as the data order is fixed.
+    fixed matrix as long as the data order is fixed: for them a shuffling loader is
+    refused. The batch loop, the reduction over ranks (each rank passes its shard) and
+    the precision policy are :class:`~tangentlab.engine.operator.MatrixFreeOperator`'s.
     """
 
     def __init__(self, engine: Engine, data: Any, centering: bool = False):
-        self.engine = engine
-        self.space = engine.space
-        self.budget = engine.budget
-        self.examples = data if isinstance(data, Batches) else Batches(data)
         self.centering = centering
+        super().__init__(engine, data)
+        self.budget = engine.budget
         self._mean: torch.Tensor | None = None
         self._n: int | None = None
+
+    def needs_order(self) -> bool:
+        return self.engine.output.random  # a sum over examples, but samples are tied to batch positions
 
     def __getstate__(self) -> dict[str, Any]:
         raise self._unsupported("pickling", "PMatDense or PMatLowRank",
                                 "it holds the model and the data, not the matrix")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.engine.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.engine.device
 
     def _means(self) -> torch.Tensor:
         """Mean tangent features ``(C, P)`` (computed once)."""
@@ -60,44 +56,29 @@ class PMatImplicit(PMat):
                                            lambda cap: None, centering=True, reduce=[])
         return self._mean  # type: ignore[return-value]
 
-    def _reduce(self, n: int, total: torch.Tensor) -> int:
-        """Distributed: sum ``total`` (in place) and the example count over the ranks."""
-        red = self.engine.reducer
-        if not red.active:
-            return n
-        n = red.total(n, device=self.device)
-        red.sum_(total)
-        return n
-
     def _center_mv(self, v: torch.Tensor) -> torch.Tensor:
         m = self._means()
         return m.T @ (m @ v)
 
     def mv(self, v: PVector) -> PVector:
         self._check_vec(v)
+        vd = v.to_dict()
         total = torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
-        n = 0
-        for i, b in self.engine.batches(self.examples, "implicit mv"):
-            u = jvp(self.engine, b, i, v.to_dict())
-            total += self.space.flatten(vjp(self.engine, b, i, u))
-            n += b[0].shape[0]
-        n = self._reduce(n, total)
+        n = self._sum(lambda i, b, s: self.space.flatten(vjp(self.engine, b, i, jvp(self.engine, b, i, vd))),
+                      total, "implicit mv")
         out = total / n
         if self.centering:
-            out = out - self._center_mv(v.flat().detach().to(self.dtype))
+            out = out - self._center_mv(self._input(v.flat()))
         return self._vec(out)
 
     def vTMv(self, v: PVector) -> torch.Tensor:
         self._check_vec(v)
+        vd = v.to_dict()
         total = torch.zeros((), dtype=self.dtype, device=self.device)
-        n = 0
-        for i, b in self.engine.batches(self.examples, "implicit vTMv"):
-            total += jvp(self.engine, b, i, v.to_dict()).pow(2).sum()
-            n += b[0].shape[0]
-        n = self._reduce(n, total)
+        n = self._sum(lambda i, b, s: jvp(self.engine, b, i, vd).pow(2).sum(), total, "implicit vTMv")
         out = total / n
         if self.centering:
-            out = out - (self._means() @ v.flat().detach().to(self.dtype)).pow(2).sum()
+            out = out - (self._means() @ self._input(v.flat())).pow(2).sum()
         return out
 
     def trace(self) -> torch.Tensor:
@@ -106,7 +87,8 @@ class PMatImplicit(PMat):
         def consume(cap):
             acc[0] += ops.sq_norms(cap, self.space).sum()
 
-        n, _ = one_pass(self.engine, self.examples, "implicit trace", consume, reduce=acc, output_blocks=True)
+        n, _ = one_pass(self.engine, self.examples, "implicit trace", consume, reduce=acc,
+                        output_blocks=OutputBlocks.auto())
         out = acc[0] / n
         if self.centering:
             out = out - self._means().pow(2).sum()
@@ -118,7 +100,8 @@ class PMatImplicit(PMat):
         def consume(cap):
             acc.add_(ops.diag(cap, self.space))
 
-        n, _ = one_pass(self.engine, self.examples, "implicit diag", consume, reduce=[acc], output_blocks=True)
+        n, _ = one_pass(self.engine, self.examples, "implicit diag", consume, reduce=[acc],
+                        output_blocks=OutputBlocks.auto())
         out = acc / n
         if self.centering:
             out = out - self._means().pow(2).sum(0)
@@ -201,8 +184,6 @@ class PMatImplicit(PMat):
             return self.eigh(1)[0][0]
         if ord != "fro":
             raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
-        from ..fmat import gram_sq_frobenius
-
         if self.engine.reducer.active:
             raise self._unsupported("norm('fro') with distributed=...", "norm(2), or norm('fro') on one process",
                                     "the Gram identity needs every pair of examples, across shards")

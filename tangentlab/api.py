@@ -36,7 +36,8 @@ from .fmat import FMatDense, build_ntk
 from .layers.registry import LayerRegistry
 from .maps import PushForwardDense, PushForwardImplicit
 from .outputs import EmpiricalFisher, MonteCarloFisher, OutputFunction, Regression, make_output
-from .pmat import BUILDERS, PMat, resolve
+from .pmat import PMat
+from .pmat.registry import lookup as lookup_representation
 from .space import ParamSpace, Selector
 
 
@@ -81,8 +82,10 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
       (default cross-entropy); needs targets;
     * a callable ``(model, batch) -> (N, C)``: the Jacobian outer products of its outputs.
 
-    ``representation`` is ``"dense"``, ``"diag"``, ``"blockdiag"``, ``"quasidiag"``,
-    ``"lowrank"``, ``"kfac"``, ``"ekfac"``, ``"mixed"`` or ``"implicit"`` (or the class).
+    ``representation`` is a registered name or class: ``"dense"``, ``"diag"``, ``"blockdiag"``,
+    ``"quasidiag"``, ``"lowrank"``, ``"kfac"``, ``"ekfac"``, ``"mixed"``, ``"implicit"`` and any
+    added with :func:`tangentlab.pmat.register` (:func:`tangentlab.pmat.representations` lists
+    them with what each stores and its memory).
     ``mixed`` (with ``representation="mixed"``) maps module paths or module types to
     representation names, overriding the default (EKFAC for Linear/Conv/Embedding,
     BlockDiag elsewhere). ``params`` restricts the parameter space; ``centering=True``
@@ -100,12 +103,12 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
                                progress=progress, distributed=distributed, precision=precision)
     output = _fisher_output(kind, n_samples, loss, variance)
     engine = make_engine(model, opts, output, params)
-    cls = resolve(representation)
+    rep = lookup_representation(representation)
     if mixed is not None:
-        if cls.__name__ != "PMatMixed":
+        if rep.name != "mixed":
             raise InvalidInputError("mixed= applies to representation='mixed' only")
-        return BUILDERS[cls](engine, Batches(data, batch_size), centering=centering, assign=mixed)
-    return BUILDERS[cls](engine, Batches(data, batch_size), centering=centering)
+        return rep.build(engine, Batches(data, batch_size), centering=centering, assign=mixed)
+    return rep.build(engine, Batches(data, batch_size), centering=centering)
 
 
 def ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: Any = "raw",

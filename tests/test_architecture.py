@@ -26,18 +26,16 @@ MAX_LINES = 600
 # "." stands for every module under it).
 KNOWN_CYCLES: list[tuple[str, ...]] = [
     ("tangentlab.pmat.kron", "tangentlab.pmat.kron_build"),  # Kronecker branch
-    ("tangentlab.fmat", "tangentlab.pmat", "tangentlab.pmat.implicit"),  # engine branch: fmat -> pmat.build
-    ("tangentlab.studies.",),  # studies.registry <-> every study (studies branch)
 ]
 KNOWN_LONG: set[str] = {
     "tangentlab.optim.kfac",  # optimizer branch
-    "tangentlab.studies.adaptive_tangent",  # studies become packages (studies branch)
-    "tangentlab.studies.alignment",
-    "tangentlab.studies.compression",
-    "tangentlab.studies.ekfac_study",
-    "tangentlab.studies.fim_quality",
-    "tangentlab.studies.lazy_vs_hasty",
-    "tangentlab.studies.linearized_generalization",
+    "tangentlab.studies.adaptive_tangent.study",  # each study's study.py is split (studies branches)
+    "tangentlab.studies.alignment.study",
+    "tangentlab.studies.compression.study",
+    "tangentlab.studies.ekfac.study",
+    "tangentlab.studies.fim_quality.study",
+    "tangentlab.studies.lazy_vs_hasty.study",
+    "tangentlab.studies.linearized_generalization.study",
 }
 
 

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from ..distributed import Reducer
 from ..errors import InvalidInputError
-from ..layers.base import LayerRegistry
+from ..layers.registry import LayerRegistry
 
 ROUTES = ("auto", "generic", "joint")
 

@@ -18,9 +18,6 @@ from .quasidiag import PMatQuasiDiag
 from .registry import BUILDERS, NAMES, Representation, load, register, representations, resolve, unregister
 
 # Classes whose modules do not carry their own registration line yet.
-register("implicit", build=None, stores="nothing (model + data)", memory="`O(P)`",
-         summary="`mv`/`vTMv` by forward-mode products, exact `trace`/`diag`, CG `solve`, Lanczos "
-         "`eigh(k)`, exact Frobenius norm through the Gram matrix", keeps="all", distributed=True)(PMatImplicit)
 register("kfac", build="tangentlab.pmat.kron_build:build_kfac", stores="Kronecker factors `A_l`, `B_l` per layer",
          memory="`Σ_l (I_l² + O_l²)`", summary="Martens & Grosse (2015), KFC for convolutions; exact or "
          "factored damped `solve`/`inverse`, `pow`")(PMatKFAC)

@@ -1,4 +1,4 @@
-"""Data of the ``compression`` study (paper 004, digest §1.1).
+"""Data of the ``compression`` study (Paccolat et al., "Geometric compression of invariant manifolds in neural nets").
 
 * **Stripe model** (d_∥ = 1): ``x ~ N(0, I_d)``, label a function of ``x₁`` with parallel
   interfaces ``c_1 < … < c_k``: ``y = +1`` for ``x₁ < c_1`` and the sign alternates at each
@@ -63,6 +63,11 @@ class TaskSplit:
     y_kernel: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+
+    def to(self, device: torch.device | str) -> TaskSplit:
+        """The six tensors moved to ``device``."""
+        return TaskSplit(*(t.to(device) for t in (self.x_train, self.y_train, self.x_kernel, self.y_kernel,
+                                                  self.x_test, self.y_test)))
 
 
 def gaussian_task(model: str, d: int, p: int, n_test: int, n_kernel: int, seed: int, d_par: int = 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -39,7 +40,7 @@ from tangentlab.studies.compression.data import (
     gaussian_task,
     stripe_labels,
 )
-from tangentlab.studies.compression.study import FeatureRun, train_feature
+from tangentlab.studies.compression.training import FeatureRun, train_feature
 from tangentlab.studies.framework.config import ConfigError
 
 D64 = torch.float64
@@ -208,22 +209,44 @@ def test_fit_power_law_exact_and_noisy():
 # ---- kernel learning -------------------------------------------------------------------------------
 def test_hinge_kernel_gd_equals_primal_gradient_descent():
     """Kernel GD on K = ΦΦᵀ equals GD on the linear model Φw (autograd of the mean hinge loss)
-    with the same step rule; predictions on test points agree."""
+    with the same step rule, step by step up to convergence; predictions on test points agree.
+
+    The two routes compute the same piecewise-linear iteration in different orders (kernel:
+    ``F += dt·K g``; primal: ``w −= dt·∇L``, then ``Φw``), so they agree up to round-off
+    provided every step takes the same active set ``{μ : y_μ F_μ < 1}``. That set is decided
+    by the data, not by round-off, only if no margin ever lands within round-off of 1: the
+    test asserts so (``gap``). This is why ``max_dout`` is not 1/n for an integer n: every
+    point is active at the start, so the output moving fastest moves by exactly ``max_dout``
+    per step and lands exactly on the hinge's kink after n steps, where the two routes'
+    round-offs (±1 ulp) pick opposite sides and the trajectories then differ by O(max_dout)
+    (with 0.1: at step 10). With the same active sets the round-off difference grows at most
+    linearly in the number of steps: ``tol`` bounds it by 8 ulps of the largest output per step
+    (observed: ≲ 1 ulp per step)."""
     g = torch.Generator().manual_seed(11)
     phi = torch.randn(25, 8, dtype=D64, generator=g)
     phi_te = torch.randn(10, 8, dtype=D64, generator=g)
     y = torch.where(phi[:, 0] + 0.3 * phi[:, 1] > 0, 1.0, -1.0).to(D64)
-    fit = hinge_kernel_gd(phi @ phi.T, y, max_dout=0.1)
-    assert fit.converged and fit.train_margin_min >= 1.0
+    K = phi @ phi.T
+    max_dout = 0.15
+    fit = hinge_kernel_gd(K, y, max_dout=max_dout)
+    assert fit.converged and fit.train_margin_min >= 1.0 and fit.steps > 100
+    eps = torch.finfo(D64).eps
     w = torch.zeros(8, dtype=D64, requires_grad=True)
-    for _ in range(fit.steps):
+    gap = math.inf
+    for step in range(1, fit.steps + 1):
+        gap = min(gap, float((y * (phi @ w).detach() - 1).abs().min()))
         loss = torch.relu(1 - y * (phi @ w)).mean()
         (grad,) = torch.autograd.grad(loss, w)
-        dt = 0.1 / float((phi @ -grad).abs().max())
+        dt = max_dout / float((phi @ -grad).abs().max())
         with torch.no_grad():
             w -= dt * grad
-    assert torch.allclose(phi @ w.detach(), phi @ phi.T @ fit.a, rtol=1e-10, atol=1e-10)
-    assert torch.allclose(phi_te @ w.detach(), phi_te @ phi.T @ fit.a, rtol=1e-10, atol=1e-10)
+        a = fit.a if step == fit.steps else hinge_kernel_gd(K, y, max_dout=max_dout, max_steps=step).a
+        F_primal, F_kernel = phi @ w.detach(), K @ a
+        tol = 8 * step * eps * float(F_kernel.abs().max())
+        assert torch.allclose(F_primal, F_kernel, rtol=0, atol=tol), (step, float((F_primal - F_kernel).abs().max()))
+    assert gap > 1e-9 > 8 * fit.steps * eps * float((K @ fit.a).abs().max())  # active sets decided by the data
+    tol = 8 * fit.steps * eps * float((phi_te @ phi.T @ fit.a).abs().max())
+    assert torch.allclose(phi_te @ w.detach(), phi_te @ phi.T @ fit.a, rtol=0, atol=tol)
 
 
 def test_kernel_learning_known_kernels():
@@ -283,7 +306,7 @@ def test_stripe_and_cylinder_labels():
 def test_mnasnet_like_cnn_and_its_ntk():
     from torch.func import functional_call, jacrev
 
-    from tangentlab.studies.compression.study import MnasNetLike
+    from tangentlab.studies.compression.models import MnasNetLike
 
     torch.manual_seed(0)
     big = MnasNetLike(1, 28)
@@ -299,7 +322,7 @@ def test_mnasnet_like_cnn_and_its_ntk():
 
 # ---- configuration ----------------------------------------------------------------------------------------
 def test_config_errors():
-    from tangentlab.studies.compression.study import CompressionConfig
+    from tangentlab.studies.compression.config import CompressionConfig
     from tangentlab.studies.framework.config import build_config
 
     def build(*sets, preset=None):
@@ -356,7 +379,8 @@ def test_study_smoke_and_resume(tmp_path):
 def test_cnn_learning_curve_fits_recover_exact_power_laws():
     """Medians → exponents: exact power laws give β exactly, with a seed-bootstrap interval
     (several seeds) or the OLS t-interval (one seed), and the Fig. 8 claims."""
-    from tangentlab.studies.compression.study import CompressionConfig, _cnn_learning_curves, _exponent
+    from tangentlab.studies.compression.claims import cnn_learning_curves, exponent
+    from tangentlab.studies.compression.config import CompressionConfig
     from tangentlab.studies.framework.config import build_config
 
     ps = [64, 128, 256, 512]
@@ -364,7 +388,7 @@ def test_cnn_learning_curve_fits_recover_exact_power_laws():
     rows = [{"model": "cnn", "p": float(p), "seed": float(s), "kernel": k, "test_error": 2.0 * (1 + 0.1 * s) * p ** -b}
             for k, b in beta.items() for p in ps for s in range(3)]
     cfg = build_config(CompressionConfig, sets=["cnn_p_values=64,128,256,512", "cnn_p=256"], study="compression")
-    table, fits, claims = _cnn_learning_curves(cfg, rows)
+    table, fits, claims = cnn_learning_curves(cfg, rows)
     for k, b in beta.items():
         assert fits[k]["value"] == pytest.approx(b, abs=1e-12) and fits[k]["ci"] == "seed bootstrap"
         assert fits[k]["lo"] <= b + 1e-12 and b - 1e-12 <= fits[k]["hi"]
@@ -373,7 +397,7 @@ def test_cnn_learning_curve_fits_recover_exact_power_laws():
     # one seed with noise: the OLS t-interval of the slope brackets the fit
     rng = np.random.default_rng(0)
     noisy = [[float(2 * p ** -0.5 * math.exp(0.1 * rng.standard_normal()))] for p in ps]
-    f = _exponent(ps, noisy, -1.0)
+    f = exponent(ps, noisy, -1.0)
     assert f["ci"] == "OLS t-interval" and f["lo"] < f["value"] < f["hi"]
     ols = fit_power_law(ps, [v[0] for v in noisy])
     assert f["value"] == pytest.approx(-ols.slope) and (f["lo"], f["hi"]) == pytest.approx(sorted(-c for c in ols.ci))
@@ -387,10 +411,48 @@ def test_training_resumes_exactly_from_a_checkpoint():
     full = train_feature(FeatureRun(P0.clone()), T.x_train, T.y_train, f0, 1e-6, 1, max_steps=60, **kw)
     saved: list = []
     half = train_feature(FeatureRun(P0.clone()), T.x_train, T.y_train, f0, 1e-6, 1, max_steps=30,
-                         on_checkpoint=lambda r: saved.append(r.state()), checkpoint_every=30, **kw)
+                         on_checkpoint=lambda r: saved.append(copy.deepcopy(r.state_dict())), checkpoint_every=30,
+                         **kw)
     assert saved and saved[-1]["step"] == 30 == half.step
-    resumed = train_feature(FeatureRun.from_state(saved[-1]), T.x_train, T.y_train, f0, 1e-6, 1, max_steps=60,
+    start = FeatureRun(P0.clone())
+    start.load_state_dict(saved[-1])
+    resumed = train_feature(start, T.x_train, T.y_train, f0, 1e-6, 1, max_steps=60,
                             **kw)
     assert resumed.step == full.step and resumed.t == full.t
     assert torch.equal(resumed.params.w, full.params.w) and torch.equal(resumed.params.beta, full.params.beta)
     assert resumed.lambda_max == full.lambda_max
+
+
+def test_study_resumes_inside_a_unit_from_its_training_checkpoint(tmp_path, monkeypatch):
+    """A run killed right after a training checkpoint resumes that unit from the checkpoint
+    (not from step 0) and writes the same tables as an uninterrupted run."""
+    from tangentlab.studies.compression import run as run_module
+    from tangentlab.studies.framework.runner import run_study
+
+    sets = ["models=stripe", "p_values=20", "seeds=1", "lambda_seeds=0", "lambda_p_values=40", "width=16",
+            "n_test=60", "max_steps=40", "checkpoint_every=7", "ntk_p=0", "cnn=false", "progress=off", "threads=1"]
+    real = run_module.train_feature
+    starts: list[int] = []
+
+    def killed(run, *args, on_checkpoint, **kw):
+        def save_then_die(r):
+            on_checkpoint(r)
+            raise RuntimeError("killed")
+
+        return real(run, *args, on_checkpoint=save_then_die, **kw)
+
+    def spy(run, *args, **kw):
+        starts.append(run.step)
+        return real(run, *args, **kw)
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(run_module, "train_feature", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_study("compression", sets=sets, out=str(out), report=False, stream=open("/dev/null", "w"))
+    monkeypatch.setattr(run_module, "train_feature", spy)
+    resumed = run_study("compression", out=str(out), resume=True, report=False, stream=open("/dev/null", "w"))
+    assert starts[0] == 7  # the unit restarted from its checkpoint
+    ref = run_study("compression", sets=sets, out=str(tmp_path / "ref"), report=False, stream=open("/dev/null", "w"))
+    for name in ("runs", "trajectory", "kernels"):
+        strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in resumed.read(name)]
+        assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in ref.read(name)], name

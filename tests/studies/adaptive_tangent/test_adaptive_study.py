@@ -10,8 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from tangentlab.analysis.adaptive_factorized import Factorized
 from tangentlab.cli import main
-from tangentlab.studies.adaptive_tangent import study as at
+from tangentlab.studies.adaptive_tangent import AdaptiveTangent, AdaptiveTangentConfig
+from tangentlab.studies.adaptive_tangent.config import COLS, SWEEP_ARCHS, SWEEP_MODELS
+from tangentlab.studies.adaptive_tangent.data import make_targets, pair_data
+from tangentlab.studies.adaptive_tangent.models import he_cnn, he_mlp
 from tangentlab.studies.framework.config import ConfigError, build_config
 from tangentlab.studies.framework.runner import run_study
 from tangentlab.studies.framework.store import read_table
@@ -29,8 +33,8 @@ def tiny_run(tmp_path_factory):
 
 
 def test_tables_and_deterministic_checks(tiny_run):
-    cfg = build_config(at.AdaptiveTangentConfig, preset="tiny")
-    for name, (cols, _) in at.COLS.items():
+    cfg = build_config(AdaptiveTangentConfig, preset="tiny")
+    for name, (cols, _) in COLS.items():
         with open(tiny_run / "tables" / f"{name}.csv") as fh:
             assert fh.readline().strip().split(",") == cols, name
     checks = _table(tiny_run, "checks")
@@ -57,7 +61,7 @@ def test_tables_and_deterministic_checks(tiny_run):
             assert len(objs) == 2 * cfg.solver_iters + 1
             assert all(b <= a + 1e-9 * objs[0] for a, b in zip(objs, objs[1:]))  # monotone
     sweep = _table(tiny_run, "sweep")
-    assert {(r["arch"], r["model"]) for r in sweep} == {(a, m) for a in at.SWEEP_ARCHS for m in at.SWEEP_MODELS}
+    assert {(r["arch"], r["model"]) for r in sweep} == {(a, m) for a in SWEEP_ARCHS for m in SWEEP_MODELS}
     assert all(0 <= float(r["value"]) <= 1 for r in sweep if r["metric"] == "test_error")
     html = (tiny_run / "report.html").read_text()
     assert "Theorem 1" in html and "Fig. 2 penalty values" in html
@@ -67,7 +71,7 @@ def test_tables_and_deterministic_checks(tiny_run):
 def test_resume_after_failure(tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = {"n": 0}
-    real = at.AdaptiveTangent._align_one
+    real = AdaptiveTangent.align_one
 
     def flaky(self, *a, **k):
         calls["n"] += 1
@@ -75,7 +79,7 @@ def test_resume_after_failure(tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return real(self, *a, **k)
 
-    monkeypatch.setattr(at.AdaptiveTangent, "_align_one", flaky)
+    monkeypatch.setattr(AdaptiveTangent, "align_one", flaky)
     sets = ["progress=off", "parts=penalties,alignment", "families=paper", "seeds=1", "n_points=12", "width=6",
             "train_steps=20", "quadrature_points=3", "quadrature_check=3", "map_size=4"]
     with pytest.raises(RuntimeError, match="killed"):
@@ -107,20 +111,20 @@ def test_resume_after_failure(tmp_path, monkeypatch):
 ])
 def test_config_errors(sets, field):
     with pytest.raises(ConfigError) as e:
-        build_config(at.AdaptiveTangentConfig, sets=sets)
+        build_config(AdaptiveTangentConfig, sets=sets)
     assert e.value.field == field and "\n" not in str(e.value)
 
 
 def test_gpu_and_file_presets_refused_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the refusal path, on any machine
     with pytest.raises(ConfigError) as e:
-        build_config(at.AdaptiveTangentConfig, preset="fig4")
+        build_config(AdaptiveTangentConfig, preset="fig4")
     assert e.value.field in ("device", "data_dir")
     with pytest.raises(ConfigError) as e:
-        build_config(at.AdaptiveTangentConfig, preset="mnist")
+        build_config(AdaptiveTangentConfig, preset="mnist")
     assert e.value.field == "data_dir"
     with pytest.raises(ConfigError) as e:
-        build_config(at.AdaptiveTangentConfig, preset="fig4_cifar")
+        build_config(AdaptiveTangentConfig, preset="fig4_cifar")
     assert e.value.field in ("device", "data_dir")
 
 
@@ -133,7 +137,7 @@ def test_cnn_sweep_end_to_end_matrix_factors(tmp_path):
         "sweep_width=8", "sweep_n=20,40", "sweep_seeds=1", "sweep_epochs=2", "sweep_patience=2", "sweep_test=60"])
     rows = [r for r in _table(out, "sweep") if r["metric"] == "test_error"]
     assert sorted((int(r["n_train"]), r["model"]) for r in rows) == sorted(
-        (n, m) for n in (20, 40) for m in at.SWEEP_MODELS)
+        (n, m) for n in (20, 40) for m in SWEEP_MODELS)
     assert all(r["arch"] == "cnn" and 0 <= float(r["value"]) <= 1 for r in rows)
     html = (out / "report.html").read_text()
     assert "matricization" in html and (out / "figures" / "fig4_sweep.png").is_file()
@@ -142,13 +146,13 @@ def test_cnn_sweep_end_to_end_matrix_factors(tmp_path):
 def test_factorized_model_is_f0_plus_j0_delta():
     from tangentlab.linearize import Linearized
 
-    base = at.he_mlp(5, (4,), 3, seed=1, bias=True, dtype=torch.float64)
+    base = he_mlp(5, (4,), 3, seed=1, bias=True, dtype=torch.float64)
     x = torch.randn(6, 5, dtype=torch.float64)
-    fac = Factorized = at.Factorized(base)
+    fac = Factorized(base)
     assert torch.allclose(fac(x), base(x), atol=1e-14)  # M = I, W = 0
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in Factorized.parameters():
+        for p in fac.parameters():
             if p.requires_grad:
                 p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     # oracle: the linearized model at θ = θ0 + δ with δ built by hand
@@ -165,12 +169,12 @@ def test_factorized_model_is_f0_plus_j0_delta():
     assert all(p.grad is not None for p in fac.parameters())
     assert {n.split(".")[0] for n, _ in fac.named_parameters()} == {"M1", "M2", "W", "b"}
     with pytest.raises(TypeError):
-        at.Factorized(nn.Sequential(nn.Conv1d(1, 1, 3)))
+        Factorized(nn.Sequential(nn.Conv1d(1, 1, 3)))
 
 
 # ---- the factorized CNN (Fig. 4's CIFAR-10 model, conv kernels factorized) ---------------------
 def _tiny_cnn(bias=True):
-    return at.he_cnn(2, 4, (3,), (4,), 2, seed=3, bias=bias, dtype=torch.float64)
+    return he_cnn(2, 4, (3,), (4,), 2, seed=3, bias=bias, dtype=torch.float64)
 
 
 def _oracle_delta(fac, name, key, pname, shape):
@@ -198,7 +202,7 @@ def _perturb(module, scale=0.3, seed=0):
 @pytest.mark.parametrize("mode", ["tucker", "matrix"])
 def test_factorized_cnn_shapes_and_start(mode):
     net = _tiny_cnn()
-    fac = at.Factorized(net, mode)
+    fac = Factorized(net, mode)
     conv = net[0]
     key = "0"
     if mode == "tucker":
@@ -237,7 +241,7 @@ def test_factorized_cnn_is_first_order_expansion(mode):
     from tangentlab.linearize import Linearized
 
     net = _tiny_cnn()
-    fac = at.Factorized(net, mode)
+    fac = Factorized(net, mode)
     _perturb(fac, 0.3, seed=1)
     x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
     params = dict(net.named_parameters())
@@ -269,8 +273,8 @@ def test_factorized_cnn_is_first_order_expansion(mode):
 def test_factorized_cnn_gradients_match_finite_differences(mode):
     from torch.func import functional_call
 
-    net = at.he_cnn(1, 2, (2,), (2,), 2, seed=0, bias=True, dtype=torch.float64)
-    fac = at.Factorized(net, mode)
+    net = he_cnn(1, 2, (2,), (2,), 2, seed=0, bias=True, dtype=torch.float64)
+    fac = Factorized(net, mode)
     _perturb(fac, 0.2, seed=2)
     x = torch.randn(3, 1, 2, 2, dtype=torch.float64)
     names = [n for n, _ in fac.named_parameters()]
@@ -282,19 +286,19 @@ def test_factorized_cnn_gradients_match_finite_differences(mode):
     assert torch.autograd.gradcheck(f, values, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-def test_targets_on_digits_match_the_digest():
-    cfg = build_config(at.AdaptiveTangentConfig, sets=["progress=off"])
-    x, lab = at.pair_data(cfg)
+def test_targets_on_digits_match_the_reference():
+    cfg = build_config(AdaptiveTangentConfig, sets=["progress=off"])
+    x, lab = pair_data(cfg)
     assert x.shape == (360, 64) and torch.allclose(x.norm(dim=1), torch.ones(360, dtype=torch.float64))
-    y, acc = at.make_targets(x, lab, "paper", 0, 128)
-    assert acc == 1.0 and 0.9 < float(y.std()) < 1.05  # digest S5: 100% accurate, std ≈ 0.98
-    yh, _ = at.make_targets(x, lab, "hard", 0, 128)
+    y, acc = make_targets(x, lab, "paper", 0, 128)
+    assert acc == 1.0 and 0.9 < float(y.std()) < 1.05  # reference run: 100% accurate, std ≈ 0.98
+    yh, _ = make_targets(x, lab, "hard", 0, 128)
     assert abs(float(yh.std()) - 1) < 1e-12 and 0.1 < float((yh.abs() < 0.25).double().mean()) < 0.3
 
 
 @pytest.mark.slow
 def test_hard_target_directions_on_digits(tmp_path):
-    """Digest S5b, reduced (150 digits, width 48): sign(y) is harder than y, and the average-feature
+    """Hard targets, reduced (150 digits, width 48): sign(y) is harder than y, and the average-feature
     kernel aligns more with K_ŷ and is amplified on its diagonal near y ≈ 0 (directions only)."""
     out = tmp_path / "s5b"
     run_study("adaptive-tangent", out=str(out), report=False,

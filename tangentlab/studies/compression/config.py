@@ -1,0 +1,182 @@
+"""Configuration of the ``compression`` study: :class:`CompressionConfig`, its presets and the
+schemas of its tables.
+
+Tables: ``runs`` (one row per model, p, seed), ``trajectory`` (Λ(t), fitted fraction),
+``kernels`` (kernel-learning test errors), ``spectra`` (eigenvalue, ω_r², cumulative, MI per
+mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..framework.config import Preset, StudyConfig, option
+from .data import STRIPE_X_MAX, STRIPE_X_MIN, check_mnist, n_images
+
+TITLE = "Geometric compression of invariant manifolds (paper 004): stripe and cylinder models"
+MODELS = ("stripe", "cylinder")
+RUN_COLUMNS = ["model", "d", "d_par", "p", "seed", "t_star", "lambda_star", "lambda_max", "lambda_final",
+               "t_final", "steps", "fitted_final", "stop", "test_error", "lazy_error", "lazy_converged",
+               "compressed_error", "compressed_converged", "wall_s"]
+RUN_KEY = ["model", "p", "seed"]
+TRAJ_COLUMNS = ["model", "p", "seed", "step", "t", "lambda", "fitted"]
+TRAJ_KEY = ["model", "p", "seed", "step"]
+KERNEL_COLUMNS = ["model", "p", "seed", "kernel", "test_error", "steps", "converged"]
+KERNEL_KEY = ["model", "p", "seed", "kernel"]
+SPECTRA_COLUMNS = ["model", "p", "seed", "kernel", "r", "eigenvalue", "omega2", "cumulative", "mi"]
+SPECTRA_KEY = ["model", "p", "seed", "kernel", "r"]
+KERNELS = ("ntk_init", "ntk_final", "last_init", "last_final")
+#: Tolerance of the Λ* ∝ √p claim: |fitted slope − 1/2| ≤ SLOPE_TOL.
+SLOPE_TOL = 0.15
+#: Tolerance of "fitted exponents near the predictions" (pre-asymptotic effects at CPU-scale p).
+EXPONENT_TOL = 0.2
+
+#: Curves of the CNN part: the network and kernel learning with each frozen kernel.
+CNN_CURVES = ("network", "ntk_init", "ntk_final", "last_init", "last_final")
+#: The paper's measured MNIST exponents (Fig. 8 triangles: −1/2 for the network, −1/3 for the initial NTK).
+CNN_PAPER_BETA = {"network": 0.5, "ntk_final": 0.5, "ntk_init": 0.3}
+CNN_NAMES = {"network": "network (feature)", "ntk_init": "initial NTK", "ntk_final": "final NTK",
+              "last_init": "initial last-layer kernel", "last_final": "final last-layer kernel"}
+
+
+@dataclass
+class CompressionConfig(StudyConfig):
+    """Configuration of ``compression`` (see :mod:`tangentlab.studies.compression`)."""
+
+    PRESETS: ClassVar[dict[str, Preset]] = {
+        "tiny": Preset("seconds-long smoke run (tests)", {
+            "width": 40, "p_values": (32, 64), "cylinder_p_values": (32, 64), "seeds": 2, "n_test": 300,
+            "max_steps": 400, "ntk_p": 64, "stop_fraction": 0.6, "n_modes": 5, "cnn_width": 1, "cnn_p": 64,
+            "cnn_p_values": (32, 64), "cnn_steps": 30, "cnn_n_test": 300, "lambda_seeds": 1,
+            "lambda_p_values": (128,)}),
+        "mnist": Preset("the CNN part only, on MNIST parity with the paper's 16-conv MnasNet-like CNN (h = 10); "
+                        "needs the MNIST IDX files in data_dir and a GPU", {
+            "models": ("stripe",), "p_values": (128, 256), "seeds": 1, "ntk_p": 0, "cnn_dataset": "mnist",
+            "cnn_width": 10, "cnn_p": 1024, "cnn_p_values": (128, 256, 512, 1024, 2048, 4096), "cnn_seeds": 3,
+            "cnn_n_test": 10000, "cnn_steps": 5000, "device": "cuda"},
+            needs_gpu=True),
+        "paper": Preset("paper scale: h = 10⁴, p up to 8192, 20 seeds, all margins met, GPU", {
+            "width": 10000, "p_values": (128, 256, 512, 1024, 2048, 4096, 8192),
+            "cylinder_p_values": (128, 256, 512, 1024, 2048, 4096, 8192), "seeds": 20, "n_test": 10000,
+            "stop_fraction": 1.0, "max_steps": 1_000_000, "max_dgrad": 1e-4, "ntk_p": 1024, "device": "cuda"},
+            needs_gpu=True),
+    }
+
+    threads: int = option(1, "torch intra-op threads (the study's matrices are small: more threads only spin)",
+                          min=0)
+    models: tuple[str, ...] = option(MODELS, "data models studied", choices=MODELS)
+    stripe_d: int = option(5, "input dimension of the stripe model", min=2)
+    interfaces: tuple[float, ...] = option((STRIPE_X_MIN, STRIPE_X_MAX),
+                                           "x₁ of the stripe interfaces (default: the single stripe)")
+    cylinder_d: int = option(3, "input dimension of the cylinder model", min=2)
+    cylinder_d_par: int = option(2, "informative dimensions d_∥ of the cylinder", min=1)
+    p_values: tuple[int, ...] = option((128, 256, 512, 1024), "training-set sizes of the stripe model", min=10)
+    cylinder_p_values: tuple[int, ...] = option((128, 256, 512, 1024), "training-set sizes of the cylinder model",
+                                                min=10)
+    seeds: int = option(3, "seeds per (model, p); medians are reported", min=1)
+    lambda_seeds: int = option(17, "extra seeds per (model, p) trained only up to t* (Λ* only: cheap, and Λ* "
+                               "varies ~3× with the training set); default: seeds + lambda_seeds = 20, the paper's "
+                               "median over 20 realizations (Fig. 5)", min=0)
+    lambda_p_values: tuple[int, ...] = option((2048, 4096, 8192), "larger training-set sizes with Λ*-only runs "
+                                              "(every seed trained up to t*, both models): they extend the Λ* vs p "
+                                              "fit beyond the pre-asymptotic p ≤ 1024 for a few seconds each",
+                                              min=10, nonempty=False)
+    n_test: int = option(4000, "test points", min=10)
+    width: int = option(250, "hidden neurons h", min=1)
+    alpha: float = option(1e-6, "network scale α of F = α(f − f₀) (feature regime: α ≪ 1)", min=1e-300)
+    max_dgrad: float = option(1e-3, "integrator: largest relative gradient change per step", min=0.0)
+    max_dout: float = option(0.5, "integrator: largest change of a training output per step, relative to "
+                             "max(1, |F|)", min=1e-12)
+    dt_min: float = option(0.5, "integrator: step (in units of h) below which the dgrad rule is waived", min=0.0)
+    stop_fraction: float = option(0.9, "stop when this fraction of margins y F ≥ 1 is met (paper: 1)",
+                                  min=0.11, max=1.0)
+    max_steps: int = option(10000, "largest number of accepted gradient steps per run (the default runs reach "
+                            "90 % of the margins in 700-2700 steps)", min=1)
+    lazy: bool = option(True, "lazy regime: kernel learning with the initial NTK")
+    compressed_lazy: bool = option(True, "lazy regime on data compressed by the run's Λ*")
+    kernel_solver: str = option("svc", "kernel learning: svc (the theory's kernel SVC) or hinge_gd (the paper's "
+                                "hinge kernel gradient descent, slow for ill-conditioned kernels)",
+                                choices=("svc", "hinge_gd"))
+    svc_C: float = option(1e4, "SVC regularization C on the kernel normalized by its mean diagonal",  # noqa: N815
+                          min=1e-12)
+    kernel_max_steps: int = option(200_000, "largest number of hinge kernel-GD steps", min=1)
+    ntk_p: int = option(512, "p of the NTK-signature runs (one of p_values; 0: none)", min=0)
+    ntk_models: tuple[str, ...] = option(("stripe",), "models with NTK signatures", choices=MODELS)
+    n_modes: int = option(10, "top eigenvectors whose label information is measured", min=1)
+    mi_k: int = option(5, "k of the k-NN mutual-information estimator", min=1)
+    checkpoint_every: int = option(500, "training steps between resume checkpoints", min=1)
+    # CNN on digit parity (§5.2)
+    cnn: bool = option(True, "also train the MnasNet-like CNN on digit parity and compare its NTKs")
+    cnn_dataset: str = option("digits", "digit images of the CNN part: digits (sklearn 8x8, shipped) or mnist "
+                              "(IDX files in data_dir)", choices=("digits", "mnist"))
+    data_dir: str = option("", "folder of the MNIST IDX files (cnn_dataset = mnist)")
+    cnn_width: int = option(2, "width h of the MnasNet-like CNN (paper: 10)", min=1)
+    cnn_p_values: tuple[int, ...] = option((64, 128, 256, 512), "training-set sizes of the CNN (each with an "
+                                           "independent kernel set of the same size): learning curves of the network "
+                                           "and of kernel learning with its initial and final NTKs", min=10)
+    cnn_p: int = option(256, "p of the CNN's NTK-signature claims and figure (one of cnn_p_values)", min=10)
+    cnn_seeds: int = option(3, "seeds of the CNN part (data split and initialization) per p; medians reported",
+                            min=1)
+    cnn_n_test: int = option(0, "test images of the CNN part, the same for every p (0: all images left after the "
+                             "largest p's training and kernel sets)", min=0)
+    cnn_alpha: float = option(2e-3, "α of the CNN predictor (paper: 2e-3)", min=1e-300)
+    cnn_steps: int = option(1000, "largest number of full-batch gradient steps of the CNN (it stops earlier when "
+                            "stop_fraction of the margins are met)", min=1)
+    cnn_lr: float = option(1.0, "initial step of the CNN's full-batch gradient descent on the α-normalized loss "
+                           "(then adapted: ×1.1, or halved when an output moves by more than max_dout)", min=1e-12)
+    cnn_loss_beta: float = option(3.0, "β of the CNN's soft hinge softplus_β(1 − yF)/α (paper: 3)", min=1e-6)
+
+    def validate(self) -> None:
+        if self.cylinder_d_par >= self.cylinder_d:
+            raise self.error("cylinder_d_par", f"{self.cylinder_d_par} informative dimensions need cylinder_d > "
+                             f"{self.cylinder_d_par}", f"1..{self.cylinder_d - 1}")
+        for name in ("p_values", "cylinder_p_values", "lambda_p_values"):
+            vals = getattr(self, name)
+            if len(set(vals)) != len(vals):
+                raise self.error(name, f"repeated values in {list(vals)}", "distinct integers ≥ 10")
+        both = sorted(set(self.lambda_p_values) & set(self.p_values + self.cylinder_p_values))
+        if both:
+            raise self.error("lambda_p_values", f"{both} also in p_values/cylinder_p_values (those sizes already "
+                             "have full runs)", "sizes not in p_values or cylinder_p_values")
+        if self.ntk_p:
+            pools = {"stripe": self.p_values, "cylinder": self.cylinder_p_values}
+            for m in self.ntk_models:
+                if m in self.models and self.ntk_p not in pools[m]:
+                    field_ = "p_values" if m == "stripe" else "cylinder_p_values"
+                    raise self.error("ntk_p", f"{self.ntk_p} is not one of {field_} {list(pools[m])}",
+                                     "0, " + ", ".join(map(str, pools[m])))
+            if self.n_modes > self.ntk_p:
+                raise self.error("n_modes", f"{self.n_modes} modes exceed ntk_p = {self.ntk_p}",
+                                 f"1..{self.ntk_p}")
+            if 2 * self.mi_k > self.ntk_p:
+                raise self.error("mi_k", f"k = {self.mi_k} neighbours per label need ntk_p ≥ {2 * self.mi_k}",
+                                 f"1..{self.ntk_p // 2}")
+        if self.cnn:
+            if self.cnn_dataset == "mnist":
+                check_mnist(self.data_dir)
+            n = n_images(self.cnn_dataset)
+            vals = self.cnn_p_values
+            if len(set(vals)) != len(vals):
+                raise self.error("cnn_p_values", f"repeated values in {list(vals)}", "distinct integers ≥ 10")
+            if 2 * max(vals) + max(self.cnn_n_test, 1) > n:
+                raise self.error("cnn_p_values", f"2·max(cnn_p_values) + cnn_n_test = "
+                                 f"{2 * max(vals) + self.cnn_n_test} exceeds the {n} images of {self.cnn_dataset!r}",
+                                 f"values ≤ {(n - max(self.cnn_n_test, 1)) // 2}")
+            if self.n_modes > min(vals) or 2 * self.mi_k > min(vals):
+                raise self.error("cnn_p_values", f"{min(vals)} is below n_modes = {self.n_modes} or 2·mi_k = "
+                                 f"{2 * self.mi_k}", f"values ≥ {max(self.n_modes, 2 * self.mi_k)}")
+            if self.cnn_p not in vals:
+                raise self.error("cnn_p", f"{self.cnn_p} is not one of cnn_p_values {list(vals)}",
+                                 ", ".join(map(str, vals)))
+        if "stripe" in self.models and len(self.interfaces) == 0:  # pragma: no cover - nonempty
+            raise self.error("interfaces", "no interface", "a list of x₁ values")
+
+    def dims(self, model: str) -> tuple[int, int]:
+        """``(d, d_∥)`` of a data model."""
+        return (self.stripe_d, 1) if model == "stripe" else (self.cylinder_d, self.cylinder_d_par)
+
+    def ps(self, model: str) -> tuple[int, ...]:
+        """Training-set sizes of the full runs of a data model."""
+        return self.p_values if model == "stripe" else self.cylinder_p_values
+

@@ -1,5 +1,5 @@
 """Item 7 of the alignment study: the learning-flow complexity measure (paper 000 eq. 18,
-Fig. 6; thesis eq. 6.4.11; digest §1.5, E6.12 / S6.12).
+Fig. 6; thesis eq. 6.4.11).
 
 For a one-hidden-layer ReLU MLP trained by SGD (momentum) until the full-training-set
 cross-entropy is below ``complexity_target_loss`` (paper: 0.01), we accumulate
@@ -9,7 +9,7 @@ cross-entropy is below ``complexity_target_loss`` (paper: 0.01), we accumulate
 where ``δw_t = w_{t+1} − w_t`` is the actual update of step ``t`` (momentum included) and
 ``Tr K_t = Σ_i Σ_y ‖∂f_y(x_i)/∂w‖²`` at ``w_t`` is the uncentered NTK trace on the training
 set, estimated on a fixed probe ``S'`` of ``complexity_probe`` training examples as
-``(n/|S'|) Tr K_t(S')`` (digest's practical estimator). ``Tr K`` comes from the engine
+``(n/|S'|) Tr K_t(S')`` (an unbiased estimate of ``Tr K_t`` for a uniformly drawn ``S'``). ``Tr K`` comes from the engine
 (:func:`tangentlab.analysis.capacity.ntk_trace`); with ``complexity_trace_every = k > 1`` it is
 re-evaluated every ``k`` steps and the step norms in between are summed. The table also holds
 ``C_code``, the authors' code variant: ``Σ_k ‖w_{t_k} − w_{t_{k−1}}‖ sqrt(Tr K_{t_k})`` over
@@ -36,7 +36,7 @@ complete; runs whose ``(width, noise, seed)`` is in table ``complexity`` are ski
 killed study loses at most the run in progress.
 
 Config fields (declared, with defaults and validation, in
-:class:`tangentlab.studies.alignment.study.AlignmentConfig`): ``complexity_widths``, ``complexity_noise``,
+:class:`tangentlab.studies.alignment.config.AlignmentConfig`): ``complexity_widths``, ``complexity_noise``,
 ``complexity_seeds``, ``complexity_target_loss``, ``complexity_max_epochs``, ``complexity_n_train``,
 ``complexity_lr``, ``complexity_momentum``, ``complexity_batch_size``, ``complexity_probe``,
 ``complexity_trace_every``, ``complexity_noise_width`` (0: automatic), ``dataset``, ``data_dir``,

@@ -1,10 +1,10 @@
 """Item 6 of the alignment study: SuperNat vs gradient descent on the noisy linear regression
-(paper 000 §4.1.2, Fig. 5 and its algorithm box; thesis Prop. 6.4.2; digest §1.5, E6.10 / S6.10).
+(paper 000 §4.1.2, Fig. 5 and its algorithm box; thesis Prop. 6.4.2).
 
 Data (:func:`noisy_regression`). Features ``Φ(x) = [φ, φ_noise] ∈ R^{d+1}`` with
 ``φ ~ N(0, 1)`` and ``φ_noise ~ N(0, I_d / d)``; on the ``n`` training points
 ``y = φ + P_noise ε`` with ``P_noise = φ_noise φ_noiseᵀ`` (``n × n``) and ``ε ~ N(0, σ² I_n)``.
-Test targets are the clean ``φ`` (the paper does not say; digest §5.1 item 14).
+Test targets are the clean ``φ`` (a choice: the paper does not say).
 
 Model ``f(x) = ⟨w, Φ(x)⟩`` with ``w_0 = 0``, loss ``L = (1/2n) ‖f − y‖²``, gradient in function
 space ``g = ∇_f L = (f − y)/n``.
@@ -21,8 +21,8 @@ space ``g = ∇_f L = (f − y)/n``.
   matrices ``Φ_t`` (train and test, each row multiplied by ``Ã^{-1}``); ``w`` is never formed.
   In the original coordinates this is natural gradient with the metric ``A_t A_tᵀ``,
   ``A_t = Ã_1 ⋯ Ã_t``.
-* ``κ`` is not specified by the paper. ``"fixed"``: ``κ = max_j |u_jᵀ g_0|`` (the digest's
-  setting that freezes the noise directions); ``"trace"``: ``Tr K`` preserved at every step
+* ``κ`` is not specified by the paper. ``"fixed"``: ``κ = max_j |u_jᵀ g_0|`` (the setting that
+  freezes the noise directions); ``"trace"``: ``Tr K`` preserved at every step
   (``κ = Σ λ_j |u_jᵀg| / Σ λ_j``); ``"max"``: ``λ_max`` preserved.
 
 Per-step bound terms (Thm. 2, without the constant ``1/n``): plain GD contributes
@@ -30,7 +30,7 @@ Per-step bound terms (Thm. 2, without the constant ``1/n``): plain GD contribute
 ``η Σ_j λ_j |u_jᵀ g|`` (≤ the former by Cauchy–Schwarz).
 
 Config fields (declared, with defaults and validation, in
-:class:`tangentlab.studies.alignment.study.AlignmentConfig`): ``supernat_n_train``, ``supernat_dim``,
+:class:`tangentlab.studies.alignment.config.AlignmentConfig`): ``supernat_n_train``, ``supernat_dim``,
 ``supernat_noise``, ``supernat_steps``, ``supernat_lr``, ``supernat_seeds``, ``supernat_n_test``,
 ``supernat_kappas``, ``supernat_records``, ``seed``.
 """

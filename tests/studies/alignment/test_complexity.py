@@ -15,11 +15,10 @@ from torch import nn
 
 from tangentlab.analysis import capacity as cap
 from tangentlab.studies.alignment import complexity as AC
-from tangentlab.studies.alignment.study import AlignmentConfig
+from tangentlab.studies.alignment.config import AlignmentConfig
 from tangentlab.studies.framework.report import render_figure
 from tangentlab.studies.framework.store import RunStore
-
-from . import oracle
+from tests import oracle
 
 
 def _mlp(sizes: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Sequential:
@@ -260,7 +259,7 @@ def test_log_steps() -> None:
 
 @pytest.mark.slow
 def test_complexity_grows_with_label_noise() -> None:
-    """Digest S6.12 direction of effect: with half of the labels random, the gap and C are both
+    """Direction of effect of paper 000 Fig. 6: with half of the labels random, the gap and C are both
     larger than with clean labels (width 32, 200 examples, trained to cross-entropy 0.1)."""
     cfg = _cfg(complexity_target_loss=0.1, complexity_max_epochs=400, complexity_n_train=200, complexity_probe=50,
                complexity_batch_size=50, complexity_trace_every=4)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tangentlab.studies.alignment import supernat as SN
-from tangentlab.studies.alignment.study import AlignmentConfig
+from tangentlab.studies.alignment.config import AlignmentConfig
 from tangentlab.studies.framework.config import ConfigError
 from tangentlab.studies.framework.report import render_figure
 from tangentlab.studies.framework.store import RunStore
@@ -155,7 +155,7 @@ def test_run_resume_claims(tmp_path) -> None:
 @pytest.mark.slow
 def test_supernat_beats_gd_on_the_paper_problem(tmp_path) -> None:
     """Paper setting (d = 10, σ² = 0.1, n = 50), 5 seeds, 1500 steps: the fixed-κ SuperNat ends
-    with a lower test error than GD, which fits the noise (digest S6.10: 0.216 vs 0.427)."""
+    with a lower test error than GD, which fits the noise (paper 000 Fig. 5)."""
     cfg = _cfg(supernat_n_train=50, supernat_dim=10, supernat_steps=1500, supernat_seeds=5, supernat_n_test=1000,
                supernat_kappas=("fixed",))
     store = RunStore.create(tmp_path / "run", {})

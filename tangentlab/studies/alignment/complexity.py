@@ -9,7 +9,7 @@ cross-entropy is below ``complexity_target_loss`` (paper: 0.01), we accumulate
 where ``δw_t = w_{t+1} − w_t`` is the actual update of step ``t`` (momentum included) and
 ``Tr K_t = Σ_i Σ_y ‖∂f_y(x_i)/∂w‖²`` at ``w_t`` is the uncentered NTK trace on the training
 set, estimated on a fixed probe ``S'`` of ``complexity_probe`` training examples as
-``(n/|S'|) Tr K_t(S')`` (an unbiased estimate of ``Tr K_t`` for a uniformly drawn ``S'``). ``Tr K`` comes from the engine
+``(n/|S'|) Tr K_t(S')`` (unbiased for a uniformly drawn ``S'``). ``Tr K`` comes from the engine
 (:func:`tangentlab.analysis.capacity.ntk_trace`); with ``complexity_trace_every = k > 1`` it is
 re-evaluated every ``k`` steps and the step norms in between are summed. The table also holds
 ``C_code``, the authors' code variant: ``Σ_k ‖w_{t_k} − w_{t_{k−1}}‖ sqrt(Tr K_{t_k})`` over
@@ -67,9 +67,15 @@ from ...analysis.capacity import (
     spearman_rho,
     spectral_product,
 )
+from ...errors import NonFiniteError
 from ...progress import progress as progress_bar
+from ..framework.data import load_dataset
+from ..framework.datasets import randomize_labels
+from ..framework.models import make_mlp
+from ..framework.probes import thesis_schedule
 from ..framework.report import Claim, FigureSpec, TableSpec
-from ..framework.store import RunStore, to_number
+from ..framework.store import RunStore, cell, to_number
+from ..framework.training import BatchStream, train_step
 
 TABLE = "complexity"
 TRACE_TABLE = "complexity_trace"
@@ -110,6 +116,8 @@ def planned_settings(cfg: Any) -> dict[str, list[tuple[int, float]]]:
 
 
 def planned_runs(cfg: Any) -> list[tuple[int, float, int]]:
+    """Every ``(width, noise, seed)`` of the two sweeps, each once (the sweeps share ν = 0 at the
+    noise width), in execution order."""
     settings = planned_settings(cfg)
     out: list[tuple[int, float, int]] = []
     for w, v in [*settings["width"], *settings["noise"]]:
@@ -120,15 +128,11 @@ def planned_runs(cfg: Any) -> list[tuple[int, float, int]]:
 
 
 def _key(width: int, noise: float, seed: int) -> tuple[str, str, str]:
-    from ..framework.store import cell
-
     return (cell(int(width)), cell(float(noise)), cell(int(seed)))
 
 
 def log_steps(limit: int, base: float = 1.2) -> set[int]:
     """``{0} ∪ {⌊base^k⌋}`` up to ``limit`` (evaluation steps of the code estimator)."""
-    from ..framework.probes import thesis_schedule
-
     return set(thesis_schedule(limit, base, scale=1, include_last=False))
 
 
@@ -147,8 +151,6 @@ def _eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
 
 def load_complexity_data(cfg: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``complexity_n_train`` training examples (a seeded subset) and the whole test set, flat."""
-    from ..framework.data import load_dataset
-
     split = load_dataset(cfg.dataset, int(cfg.seed), "flat", cfg.data_dir)
     n = min(int(cfg.complexity_n_train), split.x_train.shape[0])
     idx = torch.randperm(split.x_train.shape[0], generator=torch.Generator().manual_seed(int(cfg.seed) + 7))[:n]
@@ -158,8 +160,6 @@ def load_complexity_data(cfg: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def _or_nan(fn: Callable[[], float]) -> float:
     """``fn()``, or NaN when the engine refuses a diverged (non-finite) network; the run is then
     stored with NaN measures (and ``reached = 0``) instead of stopping the study."""
-    from ...errors import NonFiniteError
-
     try:
         return fn()
     except NonFiniteError:
@@ -171,10 +171,6 @@ def train_and_measure(cfg: Any, width: int, noise: float, seed: int,
                       progress: bool | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train one ``(width, noise, seed)`` network to the target loss; return its summary row and
     its trajectory rows (log-spaced steps)."""
-    from ..framework.datasets import randomize_labels
-    from ..framework.models import make_mlp
-    from ..framework.training import BatchStream, train_step
-
     t0 = time.perf_counter()
     x, y_clean, x_test, y_test = data
     n = x.shape[0]

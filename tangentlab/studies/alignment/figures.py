@@ -27,14 +27,14 @@ def _xlog(ax: Any, steps: np.ndarray) -> None:
 def eigenfunction_figure(cfg: AlignmentConfig, R: Results) -> list[FigureSpec]:
     """Fig. 1 (left): the top eigenvectors of the disk task's grid kernel as images, one row per
     snapshot iteration."""
-    import matplotlib
-
     if not R.eig:
         return []
     steps = sorted(R.eig)
     comps = sorted({c for s in steps for c in R.eig[s]})
 
     def draw_eig(fig: Any) -> None:
+        import matplotlib
+
         axes = fig.subplots(len(steps), len(comps), squeeze=False)
         res = cfg.disk_grid
         for i, s in enumerate(steps):
@@ -86,17 +86,22 @@ def disk_metrics_figure(cfg: AlignmentConfig, R: Results) -> list[FigureSpec]:
                        "full-batch gradient descent.", draw_disk, (12, 3.4))]
 
 
-def spectrum_figure(cfg: AlignmentConfig, R: Results) -> list[FigureSpec]:
-    """Fig. 2: accuracy, eigenvalues, effective rank and trace ratios of each label-noise run."""
+def _run_columns(fig: Any, n_rows: int, n_runs: int) -> tuple[Any, Any]:
+    """The ``n_rows × n_runs`` axes of a figure with one column per label-noise run, and the
+    colormap of its per-k / per-layer curves."""
     import matplotlib
 
+    return fig.subplots(n_rows, n_runs, squeeze=False), matplotlib.colormaps["viridis"]
+
+
+def spectrum_figure(cfg: AlignmentConfig, R: Results) -> list[FigureSpec]:
+    """Fig. 2: accuracy, eigenvalues, effective rank and trace ratios of each label-noise run."""
     runs = noise_runs(cfg, R)
     if not runs:
         return []
 
     def draw_spec(fig: Any) -> None:
-        axes = fig.subplots(4, len(runs), squeeze=False)
-        cmap = matplotlib.colormaps["viridis"]
+        axes, cmap = _run_columns(fig, 4, len(runs))
         for j, (p, run) in enumerate(runs):
             ax = axes[0, j]
             for metric, col in (("train_accuracy", "tab:blue"), ("test_accuracy", "tab:orange")):
@@ -150,15 +155,12 @@ def spectrum_figure(cfg: AlignmentConfig, R: Results) -> list[FigureSpec]:
 
 def cka_figure(cfg: AlignmentConfig, R: Results) -> list[FigureSpec]:
     """Fig. 3: CKA with the labels, whole network and per layer, of each label-noise run."""
-    import matplotlib
-
     runs = noise_runs(cfg, R)
     if not runs:
         return []
 
     def draw_cka(fig: Any) -> None:
-        axes = fig.subplots(2, len(runs), squeeze=False)
-        cmap = matplotlib.colormaps["viridis"]
+        axes, cmap = _run_columns(fig, 2, len(runs))
         for j, (p, run) in enumerate(runs):
             ax = axes[0, j]
             for pr, ls in (("train", "-"), ("test", "--")):

@@ -135,6 +135,8 @@ def _clone_with(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 class Alignment(Study):
+    """``tangentlab run alignment``: items 1-7 of paper 000 (see :mod:`tangentlab.studies.alignment`)."""
+
     name = "alignment"
     title = TITLE
     description = "NTK spectra, effective rank, trace ratios, CKA with labels, easy vs difficult alignment"

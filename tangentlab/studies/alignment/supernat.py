@@ -47,8 +47,9 @@ import torch
 from ...analysis.kernels import kernel_alignment
 from ...errors import InvalidInputError
 from ...progress import progress as progress_bar
+from ..framework.config import ConfigError
 from ..framework.report import Claim, FigureSpec, TableSpec
-from ..framework.store import RunStore, to_number
+from ..framework.store import RunStore, cell, to_number
 
 TABLE = "supernat"
 KEY = ["seed", "method", "step"]
@@ -159,11 +160,10 @@ def record_steps(steps: int, count: int = 60) -> set[int]:
 
 
 def methods(cfg: Any) -> list[str]:
+    """The methods run: ``gd`` and ``supernat_<κ>`` for each of ``supernat_kappas``."""
     kappas = tuple(cfg.supernat_kappas)
     for k in kappas:
         if k not in KAPPAS:
-            from ..framework.config import ConfigError
-
             raise ConfigError("supernat_kappas", f"unknown kappa {k!r}", ", ".join(KAPPAS))
     return ["gd", *(f"supernat_{k}" for k in kappas)]
 
@@ -171,8 +171,6 @@ def methods(cfg: Any) -> list[str]:
 def run_supernat(store: RunStore, cfg: Any, log: Callable[[str], None], progress: bool | None = None) -> None:
     """All seeds × methods not yet in table ``supernat`` (one seed and method appended at once)."""
     table = store.table(TABLE, COLUMNS, KEY)
-    from ..framework.store import cell
-
     done = {(k[0], k[1]) for k in table.keys}
     seeds = int(cfg.supernat_seeds)
     steps = int(cfg.supernat_steps)

@@ -76,24 +76,23 @@ from ..framework.probes import thesis_schedule
 from ..framework.report import Claim, FigureSpec, TableSpec
 from ..framework.store import RunStore, cell, to_number
 from ..framework.training import BatchStream, train_step
+from .config import (
+    BASELINES,
+    COMPLEXITY_COLUMNS,
+    COMPLEXITY_KEY,
+    COMPLEXITY_TABLE,
+    COMPLEXITY_TRACE_COLUMNS,
+    COMPLEXITY_TRACE_KEY,
+    COMPLEXITY_TRACE_TABLE,
+)
 
-TABLE = "complexity"
-TRACE_TABLE = "complexity_trace"
-KEY = ["width", "noise", "seed"]
 PROPOSED = "C"
-BASELINES = ("params", "l2", "dist_init", "spectral_product", "frobenius_product", "path_norm", "bartlett",
-             "neyshabur2018", "fisher_rao")
 MEASURE_LABELS = {
     "C": "C = Σ‖δw‖·sqrt(Tr K) (ours)", "C_code": "C, code estimator", "params": "parameter count",
     "l2": "‖w‖₂", "dist_init": "‖w − w₀‖₂", "spectral_product": "Π‖W‖₂ / γ", "frobenius_product": "Π‖W‖_F / γ",
     "path_norm": "ℓ2 path norm / γ", "bartlett": "Bartlett et al. 2017 / γ", "neyshabur2018": "Neyshabur et al. 2019",
     "fisher_rao": "Fisher–Rao norm",
 }
-COLUMNS = [*KEY, "params", "n_train", "epochs", "steps", "reached", "train_loss", "train_acc", "test_loss",
-           "test_acc", "gap", "margin", "C", "C_norm", "C_code", *BASELINES[1:], "trK_final",
-           "trK_closed_form", "seconds"]
-TRACE_COLUMNS = [*KEY, "step", "epoch", "batch_loss", "trK", "dw", "C_partial"]
-TRACE_KEY = [*KEY, "step"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,8 +257,8 @@ def run_complexity(store: RunStore, cfg: Any, log: Callable[[str], None], progre
     the finished runs; a run is written, trajectory first, only when it is complete).
     ``claim(unit)``: whether this process does a run (the ranks of a ``torchrun`` launch split
     the runs; default: every run)."""
-    table = store.table(TABLE, COLUMNS, KEY)
-    trace = store.table(TRACE_TABLE, TRACE_COLUMNS, TRACE_KEY)
+    table = store.table(COMPLEXITY_TABLE, COMPLEXITY_COLUMNS, COMPLEXITY_KEY)
+    trace = store.table(COMPLEXITY_TRACE_TABLE, COMPLEXITY_TRACE_COLUMNS, COMPLEXITY_TRACE_KEY)
     runs = planned_runs(cfg)
     todo = [r for r in runs if _key(*r) not in table.keys]
     if len(todo) < len(runs):
@@ -283,8 +282,8 @@ def run_complexity(store: RunStore, cfg: Any, log: Callable[[str], None], progre
 # ---------------------------------------------------------------------------------------------
 def _rows(store: RunStore) -> list[dict[str, Any]]:
     out = []
-    for r in store.read(TABLE):
-        out.append({k: (to_number(v) if k in COLUMNS else v) for k, v in r.items()})
+    for r in store.read(COMPLEXITY_TABLE):
+        out.append({k: (to_number(v) if k in COMPLEXITY_COLUMNS else v) for k, v in r.items()})
     return out
 
 
@@ -293,7 +292,7 @@ def setting_means(store: RunStore, cfg: Any) -> dict[tuple[int, float], dict[str
     groups: dict[tuple[int, float], list[dict[str, Any]]] = {}
     for r in _rows(store):
         groups.setdefault((int(r["width"]), float(r["noise"])), []).append(r)
-    return {k: {c: float(np.mean([g[c] for g in v])) for c in COLUMNS if c not in KEY}
+    return {k: {c: float(np.mean([g[c] for g in v])) for c in COMPLEXITY_COLUMNS if c not in COMPLEXITY_KEY}
             for k, v in groups.items()}
 
 
@@ -389,7 +388,7 @@ def complexity_tables(store: RunStore, cfg: Any) -> list[TableSpec]:
                   ccols, [{k: r[k] for k in ccols} for r in corr],
                   caption="Kendall τ-b and Spearman ρ between each measure and the train−test accuracy gap; shape: "
                   "std over the settings of log(measure) − log(gap) (0 = proportional to the gap)."),
-        TableSpec("Complexity runs (one row per width × label noise × seed)", COLUMNS, rows,
+        TableSpec("Complexity runs (one row per width × label noise × seed)", COMPLEXITY_COLUMNS, rows,
                   link="tables/complexity.csv"),
     ]
 
@@ -434,7 +433,7 @@ def complexity_figures(store: RunStore, cfg: Any) -> list[FigureSpec]:
 
     def draw_trace(fig: Any) -> None:
         ax = fig.subplots()
-        rows = store.read(TRACE_TABLE)
+        rows = store.read(COMPLEXITY_TRACE_TABLE)
         series: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         for r in rows:
             if r["seed"] != "0":

@@ -4,7 +4,7 @@ validation) and the schemas of its tables.
 Tables (tidy, append-only): ``probes`` (run × step × probe × metric × layer), ``training``
 (run × step × metric), ``spectra`` (full eigenvalue lists), ``eigenfunctions`` (disk grid
 eigenvectors), ``pca`` (kernel-PCA coordinates at a few steps), ``probe_labels`` (labels of the
-probe examples). Items 6 and 7 write the tables of :mod:`.supernat` and :mod:`.complexity`.
+probe examples); ``supernat`` (item 6); ``complexity`` and ``complexity_trace`` (item 7).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import ClassVar
 from ..framework.config import Preset, StudyConfig, option
 from ..framework.data import check_dataset
 from ..framework.models import MODELS, VGG_CONFIGS
-from . import supernat
 from .models import model_layout
 
 TITLE = "Neural feature alignment during training (paper 000 / thesis ch. 6)"
@@ -36,6 +35,25 @@ PCA_COLUMNS = ["run", "step", "probe", "component", "row", "value"]
 PCA_KEY = ["run", "step", "probe", "component", "row"]
 LABEL_COLUMNS = ["run", "probe", "example", "label"]
 LABEL_KEY = ["run", "probe", "example"]
+
+#: item 6 (:mod:`.supernat`): one row per seed × method × recorded step; the SuperNat rescalings κ.
+SUPERNAT_TABLE = "supernat"
+SUPERNAT_KEY = ["seed", "method", "step"]
+SUPERNAT_COLUMNS = [*SUPERNAT_KEY, "train_mse", "test_mse", "signal_alignment", "bound_gd", "bound_opt", "trace_K"]
+KAPPAS = ("fixed", "trace", "max")
+
+#: item 7 (:mod:`.complexity`): one row per finished (width, noise, seed) run with every measure, and
+#: its trajectory (partial sums of C at log-spaced steps); the baseline measures compared with C.
+COMPLEXITY_TABLE = "complexity"
+COMPLEXITY_TRACE_TABLE = "complexity_trace"
+COMPLEXITY_KEY = ["width", "noise", "seed"]
+BASELINES = ("params", "l2", "dist_init", "spectral_product", "frobenius_product", "path_norm", "bartlett",
+             "neyshabur2018", "fisher_rao")
+COMPLEXITY_COLUMNS = [*COMPLEXITY_KEY, "params", "n_train", "epochs", "steps", "reached", "train_loss", "train_acc",
+                      "test_loss", "test_acc", "gap", "margin", "C", "C_norm", "C_code", *BASELINES[1:], "trK_final",
+                      "trK_closed_form", "seconds"]
+COMPLEXITY_TRACE_COLUMNS = [*COMPLEXITY_KEY, "step", "epoch", "batch_loss", "trK", "dw", "C_partial"]
+COMPLEXITY_TRACE_KEY = [*COMPLEXITY_KEY, "step"]
 
 
 @dataclass
@@ -153,7 +171,7 @@ class AlignmentConfig(StudyConfig):
     supernat_n_test: int = option(2000, "item 6: test points (clean targets)", min=1)
     supernat_kappas: tuple[str, ...] = option(("fixed", "trace"), "item 6: SuperNat isotropic rescalings kappa "
                                               "(fixed: kappa of step 0; trace: Tr K kept; max: lambda_max kept)",
-                                              choices=supernat.KAPPAS)
+                                              choices=KAPPAS)
     supernat_records: int = option(60, "item 6: log-spaced steps recorded per run", min=2)
 
     # ---- validation -----------------------------------------------------------------------------

@@ -50,11 +50,7 @@ from ...progress import progress as progress_bar
 from ..framework.config import ConfigError
 from ..framework.report import Claim, FigureSpec, TableSpec
 from ..framework.store import RunStore, cell, to_number
-
-TABLE = "supernat"
-KEY = ["seed", "method", "step"]
-COLUMNS = [*KEY, "train_mse", "test_mse", "signal_alignment", "bound_gd", "bound_opt", "trace_K"]
-KAPPAS = ("fixed", "trace", "max")
+from .config import KAPPAS, SUPERNAT_COLUMNS, SUPERNAT_KEY, SUPERNAT_TABLE
 
 
 def noisy_regression(n: int, d: int, sigma2: float, n_test: int, seed: int
@@ -170,7 +166,7 @@ def methods(cfg: Any) -> list[str]:
 
 def run_supernat(store: RunStore, cfg: Any, log: Callable[[str], None], progress: bool | None = None) -> None:
     """All seeds × methods not yet in table ``supernat`` (one seed and method appended at once)."""
-    table = store.table(TABLE, COLUMNS, KEY)
+    table = store.table(SUPERNAT_TABLE, SUPERNAT_COLUMNS, SUPERNAT_KEY)
     done = {(k[0], k[1]) for k in table.keys}
     seeds = int(cfg.supernat_seeds)
     steps = int(cfg.supernat_steps)
@@ -193,9 +189,9 @@ def run_supernat(store: RunStore, cfg: Any, log: Callable[[str], None], progress
 def _curves(store: RunStore) -> dict[str, dict[int, dict[str, list[float]]]]:
     """method → step → column → values over seeds."""
     out: dict[str, dict[int, dict[str, list[float]]]] = {}
-    for r in store.read(TABLE):
+    for r in store.read(SUPERNAT_TABLE):
         d = out.setdefault(r["method"], {}).setdefault(int(r["step"]), {})
-        for c in COLUMNS[3:]:
+        for c in SUPERNAT_COLUMNS[3:]:
             d.setdefault(c, []).append(to_number(r[c]))
     return out
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from tangentlab.analysis import capacity as cap
 from tangentlab.studies.alignment import complexity as AC
-from tangentlab.studies.alignment.config import AlignmentConfig
+from tangentlab.studies.alignment.config import COMPLEXITY_TABLE, COMPLEXITY_TRACE_TABLE, AlignmentConfig
 from tangentlab.studies.framework.report import render_figure
 from tangentlab.studies.framework.store import RunStore
 from tests import oracle
@@ -221,17 +221,17 @@ def test_run_resume_claims_figures(tmp_path) -> None:
     store = RunStore.create(tmp_path / "run", {})
     logs: list[str] = []
     AC.run_complexity(store, cfg, logs.append, False)
-    rows = store.read(AC.TABLE)
+    rows = store.read(COMPLEXITY_TABLE)
     assert {(r["width"], r["noise"], r["seed"]) for r in rows} == {("4", "0.0", "0"), ("8", "0.0", "0"),
                                                                     ("8", "0.5", "0")}
-    assert len(store.read(AC.TRACE_TABLE)) >= 3
+    assert len(store.read(COMPLEXITY_TRACE_TABLE)) >= 3
     before = (tmp_path / "run/tables/complexity.csv").read_text()
     AC.run_complexity(RunStore.open(tmp_path / "run"), cfg, logs.append, False)   # resume: nothing to do
     assert (tmp_path / "run/tables/complexity.csv").read_text() == before
     assert "3 of 3 runs already done" in logs[-1]
     more = dataclasses.replace(cfg, complexity_seeds=2)
     AC.run_complexity(RunStore.open(tmp_path / "run"), more, logs.append, False)
-    assert len(store.read(AC.TABLE)) == 6
+    assert len(store.read(COMPLEXITY_TABLE)) == 6
     claims = AC.complexity_claims(store, more)
     topics = [c.topic for c in claims]
     assert {"complexity vs gap (all, rank)", "complexity vs gap (all, shape)", "complexity: Tr K"} <= set(topics)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tangentlab.studies.alignment import supernat as SN
-from tangentlab.studies.alignment.config import AlignmentConfig
+from tangentlab.studies.alignment.config import SUPERNAT_TABLE, AlignmentConfig
 from tangentlab.studies.framework.config import ConfigError
 from tangentlab.studies.framework.report import render_figure
 from tangentlab.studies.framework.store import RunStore
@@ -137,7 +137,7 @@ def test_run_resume_claims(tmp_path) -> None:
     store = RunStore.create(tmp_path / "run", {})
     logs: list[str] = []
     SN.run_supernat(store, cfg, logs.append, False)
-    rows = store.read(SN.TABLE)
+    rows = store.read(SUPERNAT_TABLE)
     assert {r["method"] for r in rows} == {"gd", "supernat_fixed", "supernat_trace"}
     assert {r["seed"] for r in rows} == {"0", "1", "2"}
     before = (tmp_path / "run/tables/supernat.csv").read_text()

@@ -1,5 +1,52 @@
-"""The ``alignment`` study (see :mod:`.study`)."""
+"""``tangentlab run alignment``: neural feature alignment during training (paper 000, thesis ch. 6).
 
-from .study import Alignment
+Items (``items``; default ``1,2,3,4,7``):
 
-__all__ = ["Alignment"]
+1. **Disk task eigenfunctions** (Fig. 1): ``disk_n`` points uniform on ``[−1, 1]²``, label
+   ``1[‖x‖ < √(2/π)]``; a ReLU MLP ``2 → disk_width×disk_depth → 1`` trained by full-batch
+   gradient descent on the binary cross-entropy. At log-spaced steps, the centered NTK on a
+   ``disk_grid × disk_grid`` grid (one output, so ``K`` is ``R² × R²``): ``λ_20/λ_1``, effective
+   rank, ``CKA(K, y yᵀ)`` with the grid's ±1 labels, and at ``disk_snapshots`` steps the top
+   ``disk_eigen`` eigenvectors as images (eigen-index × iteration figure).
+2. **Spectrum evolution** (Figs. 2, 14): ``dataset`` (digits by default) with ``model`` (a ReLU
+   MLP with ``depth`` Linear layers of ``width`` units), SGD with momentum, for each
+   ``noise`` fraction of random labels. At log-spaced steps (``schedule``), on fixed probe
+   batches of ``n_probe`` training examples (with their possibly random training labels)
+   and ``n_probe`` test examples: the ``(N·C) × (N·C)`` centered NTK's ``λ_max``, mean and
+   median eigenvalue, effective rank, trace ratios ``T_k`` (``ks``; full spectrum stored),
+   kernel distance to the initial kernel, loss, accuracy, kernel-PCA coordinates.
+3. **CKA with the labels** (Figs. 3, 11): on the same runs, ``CKA(K, YYᵀ)`` with the one-hot
+   label kernel, overall and per layer, train and test probes.
+4. **Hierarchical alignment** (Fig. 4): easy vs difficult examples. (a) a fraction
+   ``hier_random_fraction`` of the training labels is replaced by uniform random labels;
+   (b) a fraction ``hier_other_fraction`` of the training set is replaced by a harder but
+   learnable "other dataset" (``make_classification``). ``CKA(K(S), Y_S Y_Sᵀ)``
+   on ``hier_subset`` easy and ``hier_subset`` difficult training examples (their training
+   labels), and the ratio ``CKA_easy / CKA_diff``.
+5. **Ablations** (Figs. 13, 14; presets): item 4(a) with width ``ablation_width`` and depth in
+   ``ablation_depths``; item 2 with learning rate in ``ablation_lrs``; ``ablation_seeds`` seeds each.
+6. **SuperNat** (Fig. 5) and 7. **complexity measure** (Fig. 6): computed by
+   :mod:`tangentlab.studies.alignment.supernat` and :mod:`tangentlab.studies.alignment.complexity`
+   (tables ``supernat`` and ``complexity``), included in this report.
+
+Conventions: NTK ``K[n, m, c, d] = ⟨∂f_c(x_n)/∂θ, ∂f_d(x_m)/∂θ⟩`` unnormalized, rows
+``n·C + c``; centering ``"examples"`` = tangent features centered over the probe examples per
+output (thesis ch. 6); ``T_k`` = mass of the ``k`` largest eigenvalues. See
+:mod:`tangentlab.studies.framework.probes` for every metric.
+
+Results (tidy, append-only, resumable): ``tables/probes.csv`` (run × step × probe × metric
+× layer), ``tables/training.csv`` (run × step × metric), ``tables/spectra.csv`` (full
+eigenvalue lists), ``tables/eigenfunctions.csv`` (disk grid eigenvectors), ``tables/pca.csv``
+(kernel-PCA coordinates at a few steps), ``tables/probe_labels.csv`` (labels of the probe
+examples). Each training run checkpoints after every probe and a killed study resumes from
+the last checkpoint of the unfinished run.
+
+Modules: :mod:`.config` (options, presets, table schemas), :mod:`.data` and :mod:`.models`
+(items 2-5), :mod:`.run` (the :class:`Alignment` study), :mod:`.claims` and :mod:`.figures`
+(the report, from the stored tables only), :mod:`.supernat` (item 6), :mod:`.complexity` (item 7).
+"""
+
+from .config import AlignmentConfig
+from .run import Alignment
+
+__all__ = ["Alignment", "AlignmentConfig"]

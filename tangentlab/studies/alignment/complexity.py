@@ -1,5 +1,5 @@
 """Item 7 of the alignment study: the learning-flow complexity measure (paper 000 eq. 18,
-Fig. 6; thesis eq. 6.4.11; digest §1.5, E6.12 / S6.12).
+Fig. 6; thesis eq. 6.4.11).
 
 For a one-hidden-layer ReLU MLP trained by SGD (momentum) until the full-training-set
 cross-entropy is below ``complexity_target_loss`` (paper: 0.01), we accumulate
@@ -9,7 +9,7 @@ cross-entropy is below ``complexity_target_loss`` (paper: 0.01), we accumulate
 where ``δw_t = w_{t+1} − w_t`` is the actual update of step ``t`` (momentum included) and
 ``Tr K_t = Σ_i Σ_y ‖∂f_y(x_i)/∂w‖²`` at ``w_t`` is the uncentered NTK trace on the training
 set, estimated on a fixed probe ``S'`` of ``complexity_probe`` training examples as
-``(n/|S'|) Tr K_t(S')`` (digest's practical estimator). ``Tr K`` comes from the engine
+``(n/|S'|) Tr K_t(S')`` (unbiased for a uniformly drawn ``S'``). ``Tr K`` comes from the engine
 (:func:`tangentlab.analysis.capacity.ntk_trace`); with ``complexity_trace_every = k > 1`` it is
 re-evaluated every ``k`` steps and the step norms in between are summed. The table also holds
 ``C_code``, the authors' code variant: ``Σ_k ‖w_{t_k} − w_{t_{k−1}}‖ sqrt(Tr K_{t_k})`` over
@@ -36,7 +36,7 @@ complete; runs whose ``(width, noise, seed)`` is in table ``complexity`` are ski
 killed study loses at most the run in progress.
 
 Config fields (declared, with defaults and validation, in
-:class:`tangentlab.studies.alignment.study.AlignmentConfig`): ``complexity_widths``, ``complexity_noise``,
+:class:`tangentlab.studies.alignment.config.AlignmentConfig`): ``complexity_widths``, ``complexity_noise``,
 ``complexity_seeds``, ``complexity_target_loss``, ``complexity_max_epochs``, ``complexity_n_train``,
 ``complexity_lr``, ``complexity_momentum``, ``complexity_batch_size``, ``complexity_probe``,
 ``complexity_trace_every``, ``complexity_noise_width`` (0: automatic), ``dataset``, ``data_dir``,
@@ -67,27 +67,32 @@ from ...analysis.capacity import (
     spearman_rho,
     spectral_product,
 )
+from ...errors import NonFiniteError
 from ...progress import progress as progress_bar
+from ..framework.data import load_dataset
+from ..framework.datasets import randomize_labels
+from ..framework.models import make_mlp
+from ..framework.probes import thesis_schedule
 from ..framework.report import Claim, FigureSpec, TableSpec
-from ..framework.store import RunStore, to_number
+from ..framework.store import RunStore, cell, to_number
+from ..framework.training import BatchStream, train_step
+from .config import (
+    BASELINES,
+    COMPLEXITY_COLUMNS,
+    COMPLEXITY_KEY,
+    COMPLEXITY_TABLE,
+    COMPLEXITY_TRACE_COLUMNS,
+    COMPLEXITY_TRACE_KEY,
+    COMPLEXITY_TRACE_TABLE,
+)
 
-TABLE = "complexity"
-TRACE_TABLE = "complexity_trace"
-KEY = ["width", "noise", "seed"]
 PROPOSED = "C"
-BASELINES = ("params", "l2", "dist_init", "spectral_product", "frobenius_product", "path_norm", "bartlett",
-             "neyshabur2018", "fisher_rao")
 MEASURE_LABELS = {
     "C": "C = Σ‖δw‖·sqrt(Tr K) (ours)", "C_code": "C, code estimator", "params": "parameter count",
     "l2": "‖w‖₂", "dist_init": "‖w − w₀‖₂", "spectral_product": "Π‖W‖₂ / γ", "frobenius_product": "Π‖W‖_F / γ",
     "path_norm": "ℓ2 path norm / γ", "bartlett": "Bartlett et al. 2017 / γ", "neyshabur2018": "Neyshabur et al. 2019",
     "fisher_rao": "Fisher–Rao norm",
 }
-COLUMNS = [*KEY, "params", "n_train", "epochs", "steps", "reached", "train_loss", "train_acc", "test_loss",
-           "test_acc", "gap", "margin", "C", "C_norm", "C_code", *BASELINES[1:], "trK_final",
-           "trK_closed_form", "seconds"]
-TRACE_COLUMNS = [*KEY, "step", "epoch", "batch_loss", "trK", "dw", "C_partial"]
-TRACE_KEY = [*KEY, "step"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +115,8 @@ def planned_settings(cfg: Any) -> dict[str, list[tuple[int, float]]]:
 
 
 def planned_runs(cfg: Any) -> list[tuple[int, float, int]]:
+    """Every ``(width, noise, seed)`` of the two sweeps, each once (the sweeps share ν = 0 at the
+    noise width), in execution order."""
     settings = planned_settings(cfg)
     out: list[tuple[int, float, int]] = []
     for w, v in [*settings["width"], *settings["noise"]]:
@@ -120,15 +127,11 @@ def planned_runs(cfg: Any) -> list[tuple[int, float, int]]:
 
 
 def _key(width: int, noise: float, seed: int) -> tuple[str, str, str]:
-    from ..framework.store import cell
-
     return (cell(int(width)), cell(float(noise)), cell(int(seed)))
 
 
 def log_steps(limit: int, base: float = 1.2) -> set[int]:
     """``{0} ∪ {⌊base^k⌋}`` up to ``limit`` (evaluation steps of the code estimator)."""
-    from ..framework.probes import thesis_schedule
-
     return set(thesis_schedule(limit, base, scale=1, include_last=False))
 
 
@@ -147,8 +150,6 @@ def _eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
 
 def load_complexity_data(cfg: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``complexity_n_train`` training examples (a seeded subset) and the whole test set, flat."""
-    from ..framework.data import load_dataset
-
     split = load_dataset(cfg.dataset, int(cfg.seed), "flat", cfg.data_dir)
     n = min(int(cfg.complexity_n_train), split.x_train.shape[0])
     idx = torch.randperm(split.x_train.shape[0], generator=torch.Generator().manual_seed(int(cfg.seed) + 7))[:n]
@@ -158,8 +159,6 @@ def load_complexity_data(cfg: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def _or_nan(fn: Callable[[], float]) -> float:
     """``fn()``, or NaN when the engine refuses a diverged (non-finite) network; the run is then
     stored with NaN measures (and ``reached = 0``) instead of stopping the study."""
-    from ...errors import NonFiniteError
-
     try:
         return fn()
     except NonFiniteError:
@@ -171,10 +170,6 @@ def train_and_measure(cfg: Any, width: int, noise: float, seed: int,
                       progress: bool | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train one ``(width, noise, seed)`` network to the target loss; return its summary row and
     its trajectory rows (log-spaced steps)."""
-    from ..framework.datasets import randomize_labels
-    from ..framework.models import make_mlp
-    from ..framework.training import BatchStream, train_step
-
     t0 = time.perf_counter()
     x, y_clean, x_test, y_test = data
     n = x.shape[0]
@@ -262,8 +257,8 @@ def run_complexity(store: RunStore, cfg: Any, log: Callable[[str], None], progre
     the finished runs; a run is written, trajectory first, only when it is complete).
     ``claim(unit)``: whether this process does a run (the ranks of a ``torchrun`` launch split
     the runs; default: every run)."""
-    table = store.table(TABLE, COLUMNS, KEY)
-    trace = store.table(TRACE_TABLE, TRACE_COLUMNS, TRACE_KEY)
+    table = store.table(COMPLEXITY_TABLE, COMPLEXITY_COLUMNS, COMPLEXITY_KEY)
+    trace = store.table(COMPLEXITY_TRACE_TABLE, COMPLEXITY_TRACE_COLUMNS, COMPLEXITY_TRACE_KEY)
     runs = planned_runs(cfg)
     todo = [r for r in runs if _key(*r) not in table.keys]
     if len(todo) < len(runs):
@@ -287,8 +282,8 @@ def run_complexity(store: RunStore, cfg: Any, log: Callable[[str], None], progre
 # ---------------------------------------------------------------------------------------------
 def _rows(store: RunStore) -> list[dict[str, Any]]:
     out = []
-    for r in store.read(TABLE):
-        out.append({k: (to_number(v) if k in COLUMNS else v) for k, v in r.items()})
+    for r in store.read(COMPLEXITY_TABLE):
+        out.append({k: (to_number(v) if k in COMPLEXITY_COLUMNS else v) for k, v in r.items()})
     return out
 
 
@@ -297,7 +292,7 @@ def setting_means(store: RunStore, cfg: Any) -> dict[tuple[int, float], dict[str
     groups: dict[tuple[int, float], list[dict[str, Any]]] = {}
     for r in _rows(store):
         groups.setdefault((int(r["width"]), float(r["noise"])), []).append(r)
-    return {k: {c: float(np.mean([g[c] for g in v])) for c in COLUMNS if c not in KEY}
+    return {k: {c: float(np.mean([g[c] for g in v])) for c in COMPLEXITY_COLUMNS if c not in COMPLEXITY_KEY}
             for k, v in groups.items()}
 
 
@@ -393,7 +388,7 @@ def complexity_tables(store: RunStore, cfg: Any) -> list[TableSpec]:
                   ccols, [{k: r[k] for k in ccols} for r in corr],
                   caption="Kendall τ-b and Spearman ρ between each measure and the train−test accuracy gap; shape: "
                   "std over the settings of log(measure) − log(gap) (0 = proportional to the gap)."),
-        TableSpec("Complexity runs (one row per width × label noise × seed)", COLUMNS, rows,
+        TableSpec("Complexity runs (one row per width × label noise × seed)", COMPLEXITY_COLUMNS, rows,
                   link="tables/complexity.csv"),
     ]
 
@@ -438,7 +433,7 @@ def complexity_figures(store: RunStore, cfg: Any) -> list[FigureSpec]:
 
     def draw_trace(fig: Any) -> None:
         ax = fig.subplots()
-        rows = store.read(TRACE_TABLE)
+        rows = store.read(COMPLEXITY_TRACE_TABLE)
         series: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         for r in rows:
             if r["seed"] != "0":

@@ -1,10 +1,10 @@
 """Item 6 of the alignment study: SuperNat vs gradient descent on the noisy linear regression
-(paper 000 §4.1.2, Fig. 5 and its algorithm box; thesis Prop. 6.4.2; digest §1.5, E6.10 / S6.10).
+(paper 000 §4.1.2, Fig. 5 and its algorithm box; thesis Prop. 6.4.2).
 
 Data (:func:`noisy_regression`). Features ``Φ(x) = [φ, φ_noise] ∈ R^{d+1}`` with
 ``φ ~ N(0, 1)`` and ``φ_noise ~ N(0, I_d / d)``; on the ``n`` training points
 ``y = φ + P_noise ε`` with ``P_noise = φ_noise φ_noiseᵀ`` (``n × n``) and ``ε ~ N(0, σ² I_n)``.
-Test targets are the clean ``φ`` (the paper does not say; digest §5.1 item 14).
+Test targets are the clean ``φ`` (a choice: the paper does not say).
 
 Model ``f(x) = ⟨w, Φ(x)⟩`` with ``w_0 = 0``, loss ``L = (1/2n) ‖f − y‖²``, gradient in function
 space ``g = ∇_f L = (f − y)/n``.
@@ -21,8 +21,8 @@ space ``g = ∇_f L = (f − y)/n``.
   matrices ``Φ_t`` (train and test, each row multiplied by ``Ã^{-1}``); ``w`` is never formed.
   In the original coordinates this is natural gradient with the metric ``A_t A_tᵀ``,
   ``A_t = Ã_1 ⋯ Ã_t``.
-* ``κ`` is not specified by the paper. ``"fixed"``: ``κ = max_j |u_jᵀ g_0|`` (the digest's
-  setting that freezes the noise directions); ``"trace"``: ``Tr K`` preserved at every step
+* ``κ`` is not specified by the paper. ``"fixed"``: ``κ = max_j |u_jᵀ g_0|`` (the setting that
+  freezes the noise directions); ``"trace"``: ``Tr K`` preserved at every step
   (``κ = Σ λ_j |u_jᵀg| / Σ λ_j``); ``"max"``: ``λ_max`` preserved.
 
 Per-step bound terms (Thm. 2, without the constant ``1/n``): plain GD contributes
@@ -30,7 +30,7 @@ Per-step bound terms (Thm. 2, without the constant ``1/n``): plain GD contribute
 ``η Σ_j λ_j |u_jᵀ g|`` (≤ the former by Cauchy–Schwarz).
 
 Config fields (declared, with defaults and validation, in
-:class:`tangentlab.studies.alignment.study.AlignmentConfig`): ``supernat_n_train``, ``supernat_dim``,
+:class:`tangentlab.studies.alignment.config.AlignmentConfig`): ``supernat_n_train``, ``supernat_dim``,
 ``supernat_noise``, ``supernat_steps``, ``supernat_lr``, ``supernat_seeds``, ``supernat_n_test``,
 ``supernat_kappas``, ``supernat_records``, ``seed``.
 """
@@ -47,13 +47,10 @@ import torch
 from ...analysis.kernels import kernel_alignment
 from ...errors import InvalidInputError
 from ...progress import progress as progress_bar
+from ..framework.config import ConfigError
 from ..framework.report import Claim, FigureSpec, TableSpec
-from ..framework.store import RunStore, to_number
-
-TABLE = "supernat"
-KEY = ["seed", "method", "step"]
-COLUMNS = [*KEY, "train_mse", "test_mse", "signal_alignment", "bound_gd", "bound_opt", "trace_K"]
-KAPPAS = ("fixed", "trace", "max")
+from ..framework.store import RunStore, cell, to_number
+from .config import KAPPAS, SUPERNAT_COLUMNS, SUPERNAT_KEY, SUPERNAT_TABLE
 
 
 def noisy_regression(n: int, d: int, sigma2: float, n_test: int, seed: int
@@ -159,20 +156,17 @@ def record_steps(steps: int, count: int = 60) -> set[int]:
 
 
 def methods(cfg: Any) -> list[str]:
+    """The methods run: ``gd`` and ``supernat_<κ>`` for each of ``supernat_kappas``."""
     kappas = tuple(cfg.supernat_kappas)
     for k in kappas:
         if k not in KAPPAS:
-            from ..framework.config import ConfigError
-
             raise ConfigError("supernat_kappas", f"unknown kappa {k!r}", ", ".join(KAPPAS))
     return ["gd", *(f"supernat_{k}" for k in kappas)]
 
 
 def run_supernat(store: RunStore, cfg: Any, log: Callable[[str], None], progress: bool | None = None) -> None:
     """All seeds × methods not yet in table ``supernat`` (one seed and method appended at once)."""
-    table = store.table(TABLE, COLUMNS, KEY)
-    from ..framework.store import cell
-
+    table = store.table(SUPERNAT_TABLE, SUPERNAT_COLUMNS, SUPERNAT_KEY)
     done = {(k[0], k[1]) for k in table.keys}
     seeds = int(cfg.supernat_seeds)
     steps = int(cfg.supernat_steps)
@@ -195,9 +189,9 @@ def run_supernat(store: RunStore, cfg: Any, log: Callable[[str], None], progress
 def _curves(store: RunStore) -> dict[str, dict[int, dict[str, list[float]]]]:
     """method → step → column → values over seeds."""
     out: dict[str, dict[int, dict[str, list[float]]]] = {}
-    for r in store.read(TABLE):
+    for r in store.read(SUPERNAT_TABLE):
         d = out.setdefault(r["method"], {}).setdefault(int(r["step"]), {})
-        for c in COLUMNS[3:]:
+        for c in SUPERNAT_COLUMNS[3:]:
             d.setdefault(c, []).append(to_number(r[c]))
     return out
 

@@ -2,7 +2,7 @@
 
 A :class:`Probe` holds fixed probe batches (:class:`ProbeSet`: inputs and labels, e.g.
 100 training and 100 test examples) and, given a model, evaluates on each of them
-(thesis ch. 6, digest ``lazy_hasty_alignment.md`` §1):
+(thesis ch. 6):
 
 * the empirical NTK ``K[n, m, c, d] = ⟨∂f_c(x_n)/∂θ, ∂f_d(x_m)/∂θ⟩`` by :func:`tangentlab.ntk`
   (per-layer engine, float64 copy of the model), flattened to the ``(N·C) × (N·C)``
@@ -207,6 +207,7 @@ class Probe:
 
     # ---- kernels -------------------------------------------------------------------------------
     def _model(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` in the probe's dtype, in eval mode (the model itself is untouched)."""
         m = copy.deepcopy(model).to(dtype=self.dtype)
         return m.eval()
 
@@ -231,7 +232,7 @@ class Probe:
         """All metric rows of ``model`` at ``step`` (the model is not modified).
 
         ``vectors=False`` skips what needs eigenvectors (kernel PCA, ``keep_eigvecs``): the
-        spectrum then comes from ``eigvalsh``, about twice as fast."""
+        spectrum then comes from ``eigvalsh`` (eigenvalues only, cheaper than ``eigh``)."""
         m = self._model(model)
         res = ProbeResult(int(step))
         per_layer = "layers" in self.metrics
@@ -305,6 +306,8 @@ class ProbeCallback:
         self.done: set[int] = set()
 
     def __call__(self, step: int, model: nn.Module) -> ProbeResult | None:
+        """Probe ``model`` at ``step`` if it is a scheduled step not probed yet; returns the result
+        (``None`` otherwise)."""
         step = int(step)
         if step not in self.steps or step in self.done:
             return None
@@ -319,11 +322,8 @@ class ProbeCallback:
 
     @property
     def rows(self) -> list[dict[str, Any]]:
+        """The metric rows of every kept result, in probing order."""
         return [r for res in self.results for r in res.rows]
-
-    @property
-    def last_step(self) -> int:
-        return max(self.steps) if self.steps else 0
 
 
 @dataclass
@@ -386,6 +386,7 @@ def bce_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def lightning_available() -> bool:
+    """Whether ``lightning`` or ``pytorch_lightning`` can be imported."""
     try:
         import lightning  # noqa: F401
     except ImportError:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tangentlab.studies.alignment import study as al
+from tangentlab.studies.alignment import run as al
 from tangentlab.studies.framework.parallel import RankContext
 from tangentlab.studies.framework.runner import run_study
 from tangentlab.studies.framework.store import Table, read_table

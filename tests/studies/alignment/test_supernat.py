@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tangentlab.studies.alignment import supernat as SN
-from tangentlab.studies.alignment.study import AlignmentConfig
+from tangentlab.studies.alignment.config import SUPERNAT_TABLE, AlignmentConfig
 from tangentlab.studies.framework.config import ConfigError
 from tangentlab.studies.framework.report import render_figure
 from tangentlab.studies.framework.store import RunStore
@@ -137,7 +137,7 @@ def test_run_resume_claims(tmp_path) -> None:
     store = RunStore.create(tmp_path / "run", {})
     logs: list[str] = []
     SN.run_supernat(store, cfg, logs.append, False)
-    rows = store.read(SN.TABLE)
+    rows = store.read(SUPERNAT_TABLE)
     assert {r["method"] for r in rows} == {"gd", "supernat_fixed", "supernat_trace"}
     assert {r["seed"] for r in rows} == {"0", "1", "2"}
     before = (tmp_path / "run/tables/supernat.csv").read_text()
@@ -155,7 +155,7 @@ def test_run_resume_claims(tmp_path) -> None:
 @pytest.mark.slow
 def test_supernat_beats_gd_on_the_paper_problem(tmp_path) -> None:
     """Paper setting (d = 10, σ² = 0.1, n = 50), 5 seeds, 1500 steps: the fixed-κ SuperNat ends
-    with a lower test error than GD, which fits the noise (digest S6.10: 0.216 vs 0.427)."""
+    with a lower test error than GD, which fits the noise (paper 000 Fig. 5)."""
     cfg = _cfg(supernat_n_train=50, supernat_dim=10, supernat_steps=1500, supernat_seeds=5, supernat_n_test=1000,
                supernat_kappas=("fixed",))
     store = RunStore.create(tmp_path / "run", {})

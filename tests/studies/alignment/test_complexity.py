@@ -15,11 +15,10 @@ from torch import nn
 
 from tangentlab.analysis import capacity as cap
 from tangentlab.studies.alignment import complexity as AC
-from tangentlab.studies.alignment.study import AlignmentConfig
+from tangentlab.studies.alignment.config import COMPLEXITY_TABLE, COMPLEXITY_TRACE_TABLE, AlignmentConfig
 from tangentlab.studies.framework.report import render_figure
 from tangentlab.studies.framework.store import RunStore
-
-from . import oracle
+from tests import oracle
 
 
 def _mlp(sizes: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Sequential:
@@ -222,17 +221,17 @@ def test_run_resume_claims_figures(tmp_path) -> None:
     store = RunStore.create(tmp_path / "run", {})
     logs: list[str] = []
     AC.run_complexity(store, cfg, logs.append, False)
-    rows = store.read(AC.TABLE)
+    rows = store.read(COMPLEXITY_TABLE)
     assert {(r["width"], r["noise"], r["seed"]) for r in rows} == {("4", "0.0", "0"), ("8", "0.0", "0"),
                                                                     ("8", "0.5", "0")}
-    assert len(store.read(AC.TRACE_TABLE)) >= 3
+    assert len(store.read(COMPLEXITY_TRACE_TABLE)) >= 3
     before = (tmp_path / "run/tables/complexity.csv").read_text()
     AC.run_complexity(RunStore.open(tmp_path / "run"), cfg, logs.append, False)   # resume: nothing to do
     assert (tmp_path / "run/tables/complexity.csv").read_text() == before
     assert "3 of 3 runs already done" in logs[-1]
     more = dataclasses.replace(cfg, complexity_seeds=2)
     AC.run_complexity(RunStore.open(tmp_path / "run"), more, logs.append, False)
-    assert len(store.read(AC.TABLE)) == 6
+    assert len(store.read(COMPLEXITY_TABLE)) == 6
     claims = AC.complexity_claims(store, more)
     topics = [c.topic for c in claims]
     assert {"complexity vs gap (all, rank)", "complexity vs gap (all, shape)", "complexity: Tr K"} <= set(topics)
@@ -260,7 +259,7 @@ def test_log_steps() -> None:
 
 @pytest.mark.slow
 def test_complexity_grows_with_label_noise() -> None:
-    """Digest S6.12 direction of effect: with half of the labels random, the gap and C are both
+    """Direction of effect of paper 000 Fig. 6: with half of the labels random, the gap and C are both
     larger than with clean labels (width 32, 200 examples, trained to cross-entropy 0.1)."""
     cfg = _cfg(complexity_target_loss=0.1, complexity_max_epochs=400, complexity_n_train=200, complexity_probe=50,
                complexity_batch_size=50, complexity_trace_every=4)

@@ -28,8 +28,7 @@ from tangentlab.studies.framework.probes import (
     train_with_probes,
 )
 from tangentlab.studies.framework.training import BatchStream
-
-from . import oracle
+from tests import oracle
 
 
 def _mlp(n_in=5, h=7, c=3, seed=0):

@@ -13,18 +13,19 @@ import pytest
 import torch
 
 from tangentlab.cli import main
-from tangentlab.studies.alignment import study as al
-from tangentlab.studies.alignment.study import (
+from tangentlab.studies.alignment import run as al
+from tangentlab.studies.alignment.claims import half_rise_step
+from tangentlab.studies.alignment.config import (
     EIGEN_COLUMNS,
     PCA_COLUMNS,
     PROBE_COLUMNS,
     SPECTRA_COLUMNS,
     TRAINING_COLUMNS,
     AlignmentConfig,
-    half_rise_step,
-    plan_runs,
 )
+from tangentlab.studies.alignment.run import plan_runs
 from tangentlab.studies.framework.config import ConfigError, build_config
+from tangentlab.studies.framework.models import make_vgg
 from tangentlab.studies.framework.probes import log_schedule
 from tangentlab.studies.framework.runner import run_study
 from tangentlab.studies.framework.store import read_table
@@ -289,9 +290,9 @@ def _fake_cifar(root, n_per_batch=20):
 
 
 def test_vgg_on_cifar_files(tmp_path):
-    model = al.make_vgg("vgg11", 3, 10, width=4)
+    model = make_vgg("vgg11", 3, 10, width=4)
     assert model(torch.randn(2, 3, 32, 32, dtype=torch.float32)).shape == (2, 10)
-    assert sum(isinstance(m, torch.nn.Conv2d) for m in al.make_vgg("vgg19", width=4)) == 16
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in make_vgg("vgg19", width=4)) == 16
     with pytest.raises(ConfigError) as e:
         build_config(AlignmentConfig, sets=["items=2", "model=vgg11"])
     assert e.value.field == "model"

@@ -33,7 +33,7 @@ TARGET = 3.0
 
 
 def _models() -> dict[str, tuple[Any, Any, Any]]:
-    from tangentlab.studies.ekfac.study import make_autoencoder
+    from tangentlab.studies.ekfac.models import make_autoencoder
     from tangentlab.studies.framework.models import make_cnn
 
     g = torch.Generator().manual_seed(0)

@@ -2,7 +2,7 @@
 reports and the ``tangentlab run`` / ``tangentlab report`` commands.
 
 A tiny *toy* study (registered only inside these tests) exercises the machinery in a
-second or two; ``tests/test_fim_quality.py`` runs the real study."""
+second or two; ``tests/studies/fim_quality/`` runs the real study."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import torch
 
 from tangentlab.cli import main
 from tangentlab.studies import registry
-from tangentlab.studies.fim_quality.study import FimQualityConfig, checkpoint_steps
+from tangentlab.studies.fim_quality.config import FimQualityConfig
+from tangentlab.studies.fim_quality.run import checkpoint_steps
 from tangentlab.studies.framework.config import ConfigError, Preset, StudyConfig, build_config, option, parse_value
 from tangentlab.studies.framework.data import load_digits_split
 from tangentlab.studies.framework.models import make_cnn, make_mlp, make_resnet, weight_layers

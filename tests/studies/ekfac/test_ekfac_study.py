@@ -10,16 +10,19 @@ import pytest
 import torch
 
 from tangentlab.cli import main
-from tangentlab.studies.ekfac import study as ekfac_study
-from tangentlab.studies.ekfac.study import (
+from tangentlab.studies.ekfac.claims import selected_row
+from tangentlab.studies.ekfac.config import (
     CURVE_COLUMNS,
     EWC_COLUMNS,
     SEARCH_COLUMNS,
+    SPECTRUM_APPROXIMATIONS,
     SPECTRUM_COLUMNS,
     EkfacConfig,
-    make_autoencoder,
-    make_vgg11,
+    period_tag,
+    selection_key,
 )
+from tangentlab.studies.ekfac.models import make_autoencoder, make_vgg11
+from tangentlab.studies.ekfac.run import EkfacStudy
 from tangentlab.studies.framework.config import ConfigError, build_config
 from tangentlab.studies.framework.store import read_table
 
@@ -48,15 +51,15 @@ def test_tables_are_tidy_and_complete(tiny_run):
     search = _table(tiny_run, "search")
     # one grid point per method, task and recompute period (tiny grid, no random perturbation): (η, ε)
     # is selected again for each period of the period study
-    want_search = [(t, m, str(ekfac_study._period(m, cfg.period))) for t in ("autoencoder", "cnn")
+    want_search = [(t, m, str(period_tag(m, cfg.period))) for t in ("autoencoder", "cnn")
                    for m in cfg.methods]
     want_search += [("autoencoder", m, "5") for m in ("kfac", "ekfac")]
     assert sorted((r["task"], r["method"], r["period"]) for r in search) == sorted(want_search)
     curves = _table(tiny_run, "curves")
     runs = {(r["task"], r["method"], r["period"], r["seed"]) for r in curves}
-    want = {("autoencoder", m, str(ekfac_study._period(m, cfg.period)), "0") for m in cfg.methods}
+    want = {("autoencoder", m, str(period_tag(m, cfg.period)), "0") for m in cfg.methods}
     want |= {("autoencoder", m, "5", "0") for m in ("kfac", "ekfac")}
-    want |= {("cnn", m, str(ekfac_study._period(m, cfg.period)), "0") for m in cfg.methods}
+    want |= {("cnn", m, str(period_tag(m, cfg.period)), "0") for m in cfg.methods}
     assert runs == want
     for r in curves:
         n_ep = cfg.epochs if r["task"] == "autoencoder" else cfg.cnn_epochs
@@ -79,7 +82,7 @@ def test_spectrum_identities(tiny_run):
     by = {(int(r["step"]), r["approximation"]): r for r in rows}
     cfg = build_config(EkfacConfig, preset="tiny")
     assert {s for s, _ in by} == set(range(cfg.spectrum_steps + 1))
-    assert {a for _, a in by} == set(ekfac_study.SPECTRUM_APPROXIMATIONS)
+    assert {a for _, a in by} == set(SPECTRUM_APPROXIMATIONS)
     for s in range(cfg.spectrum_steps + 1):
         opt = by[(s, "kfe_optimum")]
         assert float(opt["diag_rel_error"]) == 0.0
@@ -95,10 +98,10 @@ def test_selection_prefers_runs_that_did_not_diverge():
             {"diverged": "false", "best_train_loss": "0.5", "lr": "0.3"},
             {"diverged": "false", "best_train_loss": "0.5", "lr": "0.1"},
             {"diverged": "false", "best_train_loss": "nan", "lr": "0.01"}]
-    assert min(rows, key=ekfac_study._selection_key)["lr"] == "0.1"
+    assert min(rows, key=selection_key)["lr"] == "0.1"
     tagged = [{**r, "task": "t", "method": "kfac", "period": "5"} for r in rows]
-    assert ekfac_study._selected(tagged, "t", "kfac", 5)["lr"] == "0.1"
-    assert ekfac_study._selected(tagged, "t", "kfac", 20) == {}  # selection is per recompute period
+    assert selected_row(tagged, "t", "kfac", 5)["lr"] == "0.1"
+    assert selected_row(tagged, "t", "kfac", 20) == {}  # selection is per recompute period
 
 
 def test_report_and_claims(tiny_run, capsys):
@@ -155,7 +158,7 @@ def test_models():
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_run, tmp_path, monkeypatch):
     calls = {"n": 0}
-    evaluate = ekfac_study.EkfacStudy._evaluate
+    evaluate = EkfacStudy._evaluate
 
     def failing(self, *a, **k):
         calls["n"] += 1
@@ -164,7 +167,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_run, tmp_path, mo
         return evaluate(self, *a, **k)
 
     out = tmp_path / "killed"
-    monkeypatch.setattr(ekfac_study.EkfacStudy, "_evaluate", failing)
+    monkeypatch.setattr(EkfacStudy, "_evaluate", failing)
     assert _run(out) == 130
     assert json.loads((out / "state.json").read_text())["status"] == "interrupted"
     assert _run(out, "--resume") == 0

@@ -12,15 +12,14 @@ import pytest
 
 from tangentlab.cli import main
 from tangentlab.pmat import NAMES
-from tangentlab.studies.fim_quality import study as fim_quality
-from tangentlab.studies.fim_quality.study import (
+from tangentlab.studies.fim_quality.config import (
     DRIFT_COLUMNS,
     EXACT_TOL,
     QUALITY_COLUMNS,
     TRAINING_COLUMNS,
     FimQualityConfig,
-    checkpoint_steps,
 )
+from tangentlab.studies.fim_quality.run import FimQuality, checkpoint_steps
 from tangentlab.studies.framework.config import build_config
 from tangentlab.studies.framework.store import read_table
 
@@ -155,7 +154,7 @@ def test_metrics_are_exact_for_the_exact_matrix(tmp_path):
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_run, tmp_path, monkeypatch):
     calls = {"probe": 0, "drift": 0}
-    probe, drift_rows = fim_quality.FimQuality._probe, fim_quality.FimQuality._drift_rows
+    probe, drift_rows = FimQuality._probe, FimQuality._drift_rows
 
     def failing_probe(self, *a, **k):
         calls["probe"] += 1
@@ -170,8 +169,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_run, tmp_path, mo
         return drift_rows(self, step, *a, **k)
 
     out = tmp_path / "killed"
-    monkeypatch.setattr(fim_quality.FimQuality, "_probe", failing_probe)
-    monkeypatch.setattr(fim_quality.FimQuality, "_drift_rows", failing_drift)
+    monkeypatch.setattr(FimQuality, "_probe", failing_probe)
+    monkeypatch.setattr(FimQuality, "_drift_rows", failing_drift)
     assert _run(out) == 130  # KeyboardInterrupt
     assert json.loads((out / "state.json").read_text())["status"] == "interrupted"
     with pytest.raises(RuntimeError, match="killed in part 2"):

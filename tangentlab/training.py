@@ -145,7 +145,7 @@ class TrainingCheckpoint:
         for step in range(start, total):
             ...
             if step % every == 0:
-                ck.save(step, step=step)
+                ck.save(step)             # the store records the step under "step"
     """
 
     def __init__(self, store: Any, tag: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -174,12 +174,13 @@ class TrainingCheckpoint:
         ck = self.load()
         return None if ck is None else self.apply(ck)
 
-    def save(self, step: int, **extra: Any) -> None:
-        """Checkpoint the run at ``step`` with the loop's counters ``extra`` (keeps the newest
-        ``keep`` checkpoints of the tag)."""
+    def save(self, at: int, **extra: Any) -> None:
+        """Checkpoint the run at step (or epoch) ``at`` with the loop's counters ``extra``; the
+        payload records ``at`` under ``"step"`` unless ``extra`` names its own. Keeps the newest
+        ``keep`` checkpoints of the tag."""
         payload: dict[str, Any] = {"model": self.model.state_dict(), "rng": rng_state(), **extra}
         if self.optimizer is not None:
             payload["optimizer"] = self.optimizer.state_dict()
         if self.stream is not None:
             payload["stream"] = self.stream.state_dict()
-        self.store.save_checkpoint(self.tag, step, payload, keep=self.keep)
+        self.store.save_checkpoint(self.tag, at, payload, keep=self.keep)

@@ -19,7 +19,7 @@ Label/example manipulations (the "difficult examples" of §6.3.4, Fig. 4):
 * :func:`mix_other_dataset` — replaces exactly ``round(fraction·n)`` examples by examples of a
   different, harder but learnable 10-class task (``make_classification`` with 20 informative
   features, 2 clusters per class, ``class_sep=1``, standardized), with that task's labels
-  (digest S6.8(b), the CPU analogue of mixing KMNIST into MNIST).
+  (the CPU-scale analogue of the paper's mixing of KMNIST into MNIST, §6.3.4).
 
 Readers of files on disk (nothing is downloaded; ``torchvision`` is not needed):
 

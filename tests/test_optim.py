@@ -481,7 +481,7 @@ def test_natural_gradient_step(rep):
 
 
 # ---------------------------------------------------------------------------------------------
-# fast paths of the step (tangentlab.optim._fast, structured gather/scatter, skipped statistics)
+# fast paths of the step (kfe_second_moment, sua_second_moments, structured gather/scatter, skipped statistics)
 def _kfe_reference(a, g, ua, ub):
     """The straightforward formula: materialize G_{c,n} = Σ_t g ãᵀ, rotate, square, sum."""
     pe = torch.einsum("cntgo,ntgi->cngoi", g, a)
@@ -499,7 +499,7 @@ def _orthogonal(grp: int, d: int, gen: torch.Generator) -> torch.Tensor:
                                            (3, 5, 2, 2, 4, 9)])  # both first
 @pytest.mark.parametrize("chunk", [1 << 24, 10])
 def test_kfe_second_moment_fast_path_matches_per_example_formula(c, n, t, grp, o, i, chunk):
-    from tangentlab.optim._fast import kfe_second_moment
+    from tangentlab.layers.patch import kfe_second_moment
 
     gen = torch.Generator().manual_seed(c * 100 + t * 10 + o)
     a = torch.randn(n, t, grp, i, generator=gen, dtype=DT)
@@ -514,7 +514,7 @@ def test_kfe_second_moment_fast_path_matches_per_example_formula(c, n, t, grp, o
 
 @pytest.mark.parametrize("has_bias", [True, False])
 def test_sua_second_moments_fast_path_matches_per_example_formula(has_bias):
-    from tangentlab.optim._fast import sua_second_moments
+    from tangentlab.kron.sua import sua_second_moments
 
     gen = torch.Generator().manual_seed(5)
     c, n, t, o, cin, k = 2, 6, 5, 3, 2, 4

@@ -14,7 +14,9 @@ With per-example gradients ``G_{c,n} = Σ_t g_{c,n,t} ã_{n,t}ᵀ``:
   the Frobenius-optimal diagonal ``s* = (1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` in it, so
   ``trace(EKFAC) = trace(F)`` and ``‖F_l − EKFAC_l‖_F ≤ ‖F_l − KFAC_l‖_F`` per layer.
 
-Cross-layer (and cross-group) blocks are zero.
+Cross-layer (and cross-group) blocks are zero. The factor statistics, eigenbases, ``s*`` and
+damping are those of the Kronecker pipeline (:mod:`tangentlab.kron`), shared with the
+optimizers of :mod:`tangentlab.optim`.
 """
 
 from __future__ import annotations

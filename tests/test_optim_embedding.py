@@ -107,3 +107,23 @@ def test_embedding_model_trains(make):
         o.step()
     for p, q in zip(m.parameters(), twin.parameters()):
         assert torch.equal(p, q)
+
+
+def test_embedding_kfe_diag_matches_per_example_formula():
+    """``Σ_{c,n} (U_Bᵀ G_{c,n})²`` from the per-example gradients (repeated tokens in an example
+    add up before squaring; padding rows get nothing)."""
+    from tangentlab.layers.embedding import EmbeddingRule
+
+    emb = nn.Embedding(V, D, padding_idx=0).to(DT)
+    rule = EmbeddingRule()
+    gen = torch.Generator().manual_seed(7)
+    idx = torch.tensor([[1, 1, 3], [0, 2, 2], [5, 0, 5], [4, 4, 4]])
+    g = torch.randn(2, 4, T, D, generator=gen, dtype=DT)
+    feat = rule.features(emb, (idx,), {})
+    ub = torch.linalg.qr(torch.randn(1, D, D, generator=gen, dtype=DT))[0]
+    pe = rule.per_example(emb, feat, g)["weight"]  # (C, N, V, D)
+    want = (pe @ ub[0]).pow(2).sum((0, 1)).T[None]  # (1, D, V)
+    cols = torch.arange(V)
+    torch.testing.assert_close(rule.kfe_diag(emb, feat, g, cols, None, ub), want, **TOL)
+    kept = torch.tensor([1, 2, 5])
+    torch.testing.assert_close(rule.kfe_diag(emb, feat, g, kept, None, ub), want[..., kept], **TOL)

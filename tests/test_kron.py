@@ -393,7 +393,8 @@ def test_ekfac_second_pass_replays_captures(monkeypatch, kind):
     """EKFAC's s* pass reuses the factor pass's captures (one capture per batch in all); when
     they do not fit the stash it recomputes them, with the same result (same random streams)."""
     from tangentlab.engine import Engine
-    from tangentlab.pmat import build, kron_build
+    from tangentlab.engine.passes import CaptureCache
+    from tangentlab.pmat import kron_build
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4))
@@ -409,11 +410,11 @@ def test_ekfac_second_pass_replays_captures(monkeypatch, kind):
 
     kept, n_kept = build_it()
 
-    class Tiny(build.CaptureStash):
+    class Tiny(CaptureCache):
         def __init__(self, limit):
             super().__init__(1)
 
-    monkeypatch.setattr(kron_build, "CaptureStash", Tiny)
+    monkeypatch.setattr(kron_build, "CaptureCache", Tiny)
     again, n_again = build_it()
     assert n_kept == 4 and n_again == 8
     for a, b in zip(kept.blocks, again.blocks):

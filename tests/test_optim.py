@@ -481,7 +481,7 @@ def test_natural_gradient_step(rep):
 
 
 # ---------------------------------------------------------------------------------------------
-# fast paths of the step (tangentlab.optim._fast, structured gather/scatter, skipped statistics)
+# fast paths of the step (kfe_second_moment, sua_second_moments, structured gather/scatter, skipped statistics)
 def _kfe_reference(a, g, ua, ub):
     """The straightforward formula: materialize G_{c,n} = Σ_t g ãᵀ, rotate, square, sum."""
     pe = torch.einsum("cntgo,ntgi->cngoi", g, a)
@@ -499,7 +499,7 @@ def _orthogonal(grp: int, d: int, gen: torch.Generator) -> torch.Tensor:
                                            (3, 5, 2, 2, 4, 9)])  # both first
 @pytest.mark.parametrize("chunk", [1 << 24, 10])
 def test_kfe_second_moment_fast_path_matches_per_example_formula(c, n, t, grp, o, i, chunk):
-    from tangentlab.optim._fast import kfe_second_moment
+    from tangentlab.layers.patch import kfe_second_moment
 
     gen = torch.Generator().manual_seed(c * 100 + t * 10 + o)
     a = torch.randn(n, t, grp, i, generator=gen, dtype=DT)
@@ -510,11 +510,44 @@ def test_kfe_second_moment_fast_path_matches_per_example_formula(c, n, t, grp, o
     buf = a.permute(0, 2, 3, 1).contiguous()
     torch.testing.assert_close(kfe_second_moment(buf.permute(0, 3, 1, 2), g, ua, ub, chunk),
                                _kfe_reference(a, g, ua, ub), **TOL)
+    # U_A = None: the identity (a diagonal input factor is its own eigenbasis)
+    eye = torch.eye(i, dtype=DT).expand(grp, i, i)
+    torch.testing.assert_close(kfe_second_moment(a, g, None, ub, chunk), _kfe_reference(a, g, eye, ub), **TOL)
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_kron_damping_matches_dense_formulas(diagonal):
+    """The pipeline's damped denominators in the KFE against the dense damped matrices."""
+    from tangentlab.kron import ekfac_shift, factored_inverses, kfac_denominator, solve_in_basis, sym_eigh
+
+    gen = torch.Generator().manual_seed(11)
+    o, i, lam = 3, 4, 0.05
+    xa, xb = torch.randn(2, i, 6, generator=gen, dtype=DT), torch.randn(2, o, 5, generator=gen, dtype=DT)
+    a = xa.pow(2).mean(-1) if diagonal else xa @ xa.transpose(1, 2) / 6
+    b = xb @ xb.transpose(1, 2) / 5
+    v = torch.randn(2, o, i, generator=gen, dtype=DT)
+    ea, ua = sym_eigh(a)
+    eb, ub = sym_eigh(b)
+    assert (ua is None) == diagonal
+    for g in range(2):
+        am = torch.diag(a[g]) if diagonal else a[g]
+        big = torch.kron(b[g], am)
+        plain = torch.linalg.solve(big + lam * torch.eye(o * i, dtype=DT), v[g].reshape(-1)).reshape(o, i)
+        got = solve_in_basis(v, ua, ub, kfac_denominator(ea, eb, lam, False))[g]
+        torch.testing.assert_close(got, plain, **TOL)
+        ia, ib = factored_inverses(a, b, lam)
+        fac = ib[g] @ v[g] @ (torch.diag(ia[g]) if diagonal else ia[g])
+        torch.testing.assert_close(solve_in_basis(v, ua, ub, kfac_denominator(ea, eb, lam, True))[g], fac, **TOL)
+        # EKFAC's factored damping with s = s_B ⊗ s_A: (A + √λ I) ⊗ (B + √λ I) in the KFE
+        s = eb[:, :, None] * ea[:, None, :]
+        shifted = torch.kron(b[g] + lam ** 0.5 * torch.eye(o, dtype=DT), am + lam ** 0.5 * torch.eye(i, dtype=DT))
+        want = torch.linalg.solve(shifted, v[g].reshape(-1)).reshape(o, i)
+        torch.testing.assert_close(solve_in_basis(v, ua, ub, s + ekfac_shift(ea, eb, lam))[g], want, **TOL)
 
 
 @pytest.mark.parametrize("has_bias", [True, False])
 def test_sua_second_moments_fast_path_matches_per_example_formula(has_bias):
-    from tangentlab.optim._fast import sua_second_moments
+    from tangentlab.kron.sua import sua_second_moments
 
     gen = torch.Generator().manual_seed(5)
     c, n, t, o, cin, k = 2, 6, 5, 3, 2, 4

@@ -117,13 +117,17 @@ class EmbeddingRule(LayerRule):
         return counts[cols][None], big_b[None]
 
     def kfe_diag(self, module, feat: Tokens, g, cols, ua, ub):
+        """``Σ_{c,n} (U_Bᵀ G_{c,n})²`` (``U_A = I``: the input factor is diagonal) without the
+        ``(V, D)`` per-example gradients: the rotated output gradients are summed per distinct
+        (example, token) pair, squared, and added into their token's column."""
         gr = torch.einsum("cntd,de->cnte", self._g(feat, g), ub[0])
-        out = None
-        for sl in self._chunks(module, g):
-            pe = self.per_example(module, feat, gr[sl].reshape(*gr[sl].shape[:2], -1, gr.shape[-1]))["weight"]
-            s = pe.pow(2).sum((0, 1)).T  # (D, V)
-            out = s if out is None else out + s
-        return out[:, cols][None]
+        c, n, t, d = gr.shape
+        v = module.num_embeddings
+        keys = (torch.arange(n, device=feat.idx.device)[:, None] * v + feat.idx).reshape(-1)
+        pairs, inv = torch.unique(keys, return_inverse=True)
+        sums = gr.new_zeros(c, pairs.numel(), d).index_add_(1, inv, gr.reshape(c, n * t, d))
+        out = gr.new_zeros(v, d).index_add_(0, pairs % v, sums.pow(2).sum(0))
+        return out.T[:, cols][None]
 
     def dot(self, module, feat: Tokens, g, v):
         gg = self._g(feat, g)

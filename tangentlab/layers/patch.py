@@ -276,21 +276,7 @@ class PatchRule(LayerRule):
         return big_a, big_b
 
     def kfe_diag(self, module, feat: Patches, g, cols, ua, ub):
-        a = _kept(feat.a, cols)
-        ar = a if ua is None else torch.einsum("ntgi,gij->ntgj", a, ua)
-        gr = torch.einsum("cntgo,gop->cntgp", self.shape_g(module, feat, g), ub)
-        if feat.t == 1:  # one matmul: (Σ_c (g U_B)²)ᵀ ((ã U_A)²)
-            return torch.einsum("ngo,ngi->goi", gr[:, :, 0].pow(2).sum(0), ar[:, 0].pow(2))
-        c, n = gr.shape[0], gr.shape[1]
-        per = max(1, CHUNK_ELEMENTS // max(1, gr.shape[3] * gr.shape[4] * ar.shape[-1]))
-        out = None
-        for ci in range(c):
-            for st in range(0, n, per):
-                sl = slice(st, st + per)
-                pe = torch.einsum("ntgo,ntgi->ngoi", gr[ci, sl], ar[sl])
-                s = pe.pow(2).sum(0)
-                out = s if out is None else out + s
-        return out
+        return kfe_second_moment(_kept(feat.a, cols), self.shape_g(module, feat, g), ua, ub)
 
     def dot(self, module, feat: Patches, g, v):
         gg = self.shape_g(module, feat, g)
@@ -300,6 +286,62 @@ class PatchRule(LayerRule):
             w = torch.cat([w, v["bias"].reshape(grp, -1, 1)], dim=2)
         delta = torch.einsum("ntgi,goi->ntgo", feat.a, w)
         return torch.einsum("cntgo,ntgo->cn", gg, delta)
+
+
+def kfe_second_moment(a: torch.Tensor, g: torch.Tensor, ua: torch.Tensor | None, ub: torch.Tensor,
+                      chunk: int = CHUNK_ELEMENTS) -> torch.Tensor:
+    """EKFAC's ``S = Σ_{c,n} (U_Bᵀ G_{c,n} U_A)²`` (``(G, O, I)``) for ``G_{c,n} = Σ_t g_{c,n,t} ã_{n,t}ᵀ``
+    (George et al., 2018, eq. 10, before the division by ``N``).
+
+    ``a``: ``(N, T, G, I)``, ``g``: ``(C, N, T, G, O)``, ``ua``: ``(G, I, I)`` (``None``: the
+    identity), ``ub``: ``(G, O, O)``. No Python loop over examples:
+
+    * ``T = 1``: ``U_Bᵀ G U_A = (U_Bᵀ g)(U_Aᵀ ã)ᵀ`` is an outer product, so
+      ``S = (Σ_c (g U_B)²)ᵀ (ã U_A)²``: two projections and one ``(O × N)(N × I)`` matmul;
+    * ``T > 1``: the per-example gradients are sums over positions, formed in chunks of at most
+      ``chunk`` entries by batched ``(O × T)(T × I)`` matmuls; each side is rotated before the
+      sum over positions (cost ``N T O²`` resp. ``N T I²``) or after it (``N O² I`` resp.
+      ``N O I²``), whichever is cheaper: the output side first iff ``T < I``, the input side
+      first iff ``T < O``.
+    """
+    c, n, t, grp, o = g.shape
+    i = a.shape[-1]
+    if t == 1 and grp == 1 and c == 1:  # plain 2-D matmuls (the common Linear case)
+        ar = a[:, 0, 0] if ua is None else torch.mm(a[:, 0, 0], ua[0])  # (N, I)
+        gr = torch.mm(g[0, :, 0, 0], ub[0])  # (N, O)
+        return torch.mm(gr.square().t(), ar.square()).unsqueeze(0)
+    if t == 1:
+        ar = a[:, 0].transpose(0, 1)
+        if ua is not None:
+            ar = torch.matmul(ar, ua)  # (G, N, I): rows ã_nᵀ U_A
+        gr = torch.matmul(g[:, :, 0].permute(2, 0, 1, 3).reshape(grp, c * n, o), ub)  # (G, C·N, O)
+        gsq = gr.square()
+        if c > 1:
+            gsq = gsq.reshape(grp, c, n, o).sum(1)
+        return torch.matmul(gsq.transpose(1, 2), ar.square())
+    rot_a_first = ua is not None and t < o  # N T I² < N O I²
+    rot_g_first = t < i  # N T O² < N O² I
+    per = max(1, chunk // max(1, grp * o * i))
+    out = None
+    for gi in range(grp):
+        ag = a[:, :, gi]  # (N, T, I)
+        if rot_a_first:
+            ag = torch.matmul(ag, ua[gi])
+        acc = None
+        for ci in range(c):
+            gt = g[ci, :, :, gi].transpose(1, 2)  # (N, O, T): contiguous for a convolution's gradient
+            if rot_g_first:
+                gt = torch.matmul(ub[gi].transpose(0, 1), gt)  # U_Bᵀ g, batched over examples
+            for st in range(0, n, per):
+                pe = torch.matmul(gt[st:st + per], ag[st:st + per])  # (n, O, I)
+                if not rot_a_first and ua is not None:
+                    pe = torch.matmul(pe, ua[gi])
+                if not rot_g_first:
+                    pe = torch.matmul(ub[gi].transpose(0, 1), pe)
+                s = pe.square().sum(0)
+                acc = s if acc is None else acc.add_(s)
+        out = acc[None] if out is None else torch.cat([out, acc[None]], 0)
+    return out
 
 
 def _kept(a: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,8 @@
 Every builder computes ``(1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ`` in its own storage,
 where ``N`` is the number of examples actually seen. With ``centering=True`` the
 tangent features are centered, ``φ_c(x) − m_c`` with ``m_c = (1/N) Σ_n φ_c(x_n)``,
-which subtracts ``Σ_c m_c m_cᵀ``. The pass driver and the capture cache are
-:mod:`tangentlab.engine.passes`' (``one_pass`` and ``CaptureStash``, the cache used as a
-stash, are re-exported here for the Kronecker builders).
+which subtracts ``Σ_c m_c m_cᵀ``. Each builder supplies its per-capture accumulation to
+the pass driver :func:`tangentlab.engine.passes.one_pass`.
 """
 
 from __future__ import annotations
@@ -15,16 +14,13 @@ from typing import Any
 import torch
 
 from ..engine import Capture, Engine, OutputBlocks, ops
-from ..engine.passes import CaptureCache, one_pass
+from ..engine.passes import one_pass
 from ..layers.base import CHUNK_ELEMENTS
 from ..vectors import PVector
 from .dense import PMatBlockDiag, PMatDense, PMatDiag
 from .lowrank import PMatLowRank
 
-#: the capture cache used as a stash between two passes (EKFAC)
-CaptureStash = CaptureCache
-
-__all__ = ["CaptureStash", "one_pass", "c_chunks", "build_dense", "build_diag", "build_blockdiag",
+__all__ = ["c_chunks", "build_dense", "build_diag", "build_blockdiag",
            "build_lowrank", "mean_features"]
 
 

@@ -14,18 +14,32 @@ With per-example gradients ``G_{c,n} = Σ_t g_{c,n,t} ã_{n,t}ᵀ``:
   the Frobenius-optimal diagonal ``s* = (1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` in it, so
   ``trace(EKFAC) = trace(F)`` and ``‖F_l − EKFAC_l‖_F ≤ ‖F_l − KFAC_l‖_F`` per layer.
 
-Cross-layer (and cross-group) blocks are zero.
+Cross-layer (and cross-group) blocks are zero. The factor statistics, eigenbases, ``s*`` and
+damping are those of the Kronecker pipeline (:mod:`tangentlab.kron`), shared with the
+optimizers of :mod:`tangentlab.optim`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from ..engine import Engine, OutputBlocks
+from ..engine.passes import CaptureCache, one_pass
 from ..errors import InvalidInputError
+from ..kron import (
+    KfeSums,
+    ekfac_shift,
+    factored_inverses,
+    right_mul,
+    rotate,
+    solve_in_basis,
+    sym_eigh,
+    sym_fn,
+    unrotate,
+)
 from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
@@ -72,46 +86,6 @@ class KfeBlock:
     s: torch.Tensor
     ea: torch.Tensor
     eb: torch.Tensor
-
-
-# ---- small helpers on possibly-diagonal input factors ---------------------------------
-def _right(v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``V A`` for ``V`` (G, O, I) and ``A`` (G, I, I) or diagonal (G, I)."""
-    return v * a[:, None, :] if a.dim() == 2 else v @ a
-
-
-def _rot(v: torch.Tensor, ua: torch.Tensor | None, ub: torch.Tensor) -> torch.Tensor:
-    """Coordinates in the eigenbasis: ``U_Bᵀ V U_A``."""
-    w = ub.transpose(1, 2) @ v
-    return w if ua is None else w @ ua
-
-
-def _unrot(w: torch.Tensor, ua: torch.Tensor | None, ub: torch.Tensor) -> torch.Tensor:
-    """Back to parameter coordinates: ``U_B W U_Aᵀ``."""
-    v = ub @ w
-    return v if ua is None else v @ ua.transpose(1, 2)
-
-
-def _eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Eigen-decomposition of a batch of symmetric factors (diagonal: ``(values, None)``)."""
-    if m.dim() == 2:
-        return m, None
-    e, u = torch.linalg.eigh((m + m.transpose(1, 2)) / 2)
-    return e, u
-
-
-def _eye_like(m: torch.Tensor) -> torch.Tensor:
-    if m.dim() == 2:
-        return torch.ones_like(m)
-    return torch.eye(m.shape[-1], dtype=m.dtype, device=m.device).expand_as(m)
-
-
-def _fn_sym(m: torch.Tensor, fn) -> torch.Tensor:
-    """Apply ``fn`` to the eigenvalues of a batch of symmetric matrices (or a diagonal)."""
-    if m.dim() == 2:
-        return fn(m)
-    e, u = _eigh(m)
-    return (u * fn(e)[:, None, :]) @ u.transpose(1, 2)
 
 
 def _gather(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -242,7 +216,7 @@ class PMatKFAC(_KronBase):
         return {b.module: [(b.a[g], b.b[g]) for g in range(b.b.shape[0])] for b in self.blocks}
 
     def mv(self, v: PVector) -> PVector:
-        return self._apply(v, lambda blk, x: blk.b @ _right(x, blk.a))
+        return self._apply(v, lambda blk, x: blk.b @ right_mul(x, blk.a))
 
     def trace(self) -> torch.Tensor:
         tot = 0
@@ -280,26 +254,10 @@ class PMatKFAC(_KronBase):
     def _eig_parts(self):
         parts = []
         for blk in self.blocks:
-            ea, ua = _eigh(blk.a)
-            eb, ub = _eigh(blk.b)
+            ea, ua = sym_eigh(blk.a)
+            eb, ub = sym_eigh(blk.b)
             parts.append((blk, eb[:, :, None] * ea[:, None, :], ua, ub))
         return parts
-
-    @staticmethod
-    def _pi(blk: KronBlock) -> torch.Tensor:
-        ta = (blk.a.sum(-1) if blk.diagonal_a else torch.diagonal(blk.a, dim1=1, dim2=2).sum(-1)) / blk.a.shape[-1]
-        tb = torch.diagonal(blk.b, dim1=1, dim2=2).sum(-1) / blk.b.shape[-1]
-        return torch.sqrt(ta / tb)
-
-    def _factored(self, blk: KronBlock, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Damped inverse factors ``(A + π√λ I)⁻¹`` and ``(B + √λ/π I)⁻¹``."""
-        pi = self._pi(blk)
-        r = math.sqrt(lam)
-        shift_a = (pi * r)[:, None] if blk.diagonal_a else (pi * r)[:, None, None]
-        a = blk.a + shift_a * _eye_like(blk.a)
-        b = blk.b + (r / pi)[:, None, None] * _eye_like(blk.b)
-        ia = 1.0 / a if blk.diagonal_a else torch.linalg.inv(a)
-        return ia, torch.linalg.inv(b)
 
     def solve(self, v: PVector, damping: float = 0.0, method: str = "exact") -> PVector:
         lam = check_damping(damping)
@@ -308,8 +266,8 @@ class PMatKFAC(_KronBase):
                 return self.inverse(0.0).mv(v)
 
             def fac(blk, x):
-                ia, ib = self._factored(blk, lam)
-                return ib @ _right(x, ia)
+                ia, ib = factored_inverses(blk.a, blk.b, lam)
+                return ib @ right_mul(x, ia)
 
             return self._apply(v, fac)
         parts = {id(blk): (e, ua, ub) for blk, e, ua, ub in self._eig_parts()}
@@ -319,7 +277,7 @@ class PMatKFAC(_KronBase):
             den = e + lam
             if (den == 0).any():
                 raise InvalidInputError("the KFAC matrix is singular; pass damping > 0")
-            return _unrot(_rot(x, ua, ub) / den, ua, ub)
+            return solve_in_basis(x, ua, ub, den)
 
         return self._apply(v, exact)
 
@@ -331,7 +289,7 @@ class PMatKFAC(_KronBase):
         if _method(method) == "factored" and lam > 0:
             out = []
             for blk in self.blocks:
-                ia, ib = self._factored(blk, lam)
+                ia, ib = factored_inverses(blk.a, blk.b, lam)
                 out.append(replace(blk, a=ia, b=ib))
             return PMatKFAC(self.space, out, self.budget)
         if lam == 0:
@@ -357,7 +315,7 @@ class PMatKFAC(_KronBase):
                 raise InvalidInputError("negative power of a singular KFAC factor; add damping first")
             return e.clamp_min(0).pow(p) if p != int(p) else e.pow(p)
 
-        return PMatKFAC(self.space, [replace(blk, a=_fn_sym(blk.a, f), b=_fn_sym(blk.b, f))
+        return PMatKFAC(self.space, [replace(blk, a=sym_fn(blk.a, f), b=sym_fn(blk.b, f))
                                      for blk in self.blocks], self.budget)
 
     def _scale(self, s: float) -> PMatKFAC:
@@ -419,8 +377,8 @@ class PMatEKFAC(_KronBase):
         """The EKFAC with KFAC's eigenbasis and diagonal ``s_B ⊗ s_A`` (equal to ``kfac``)."""
         blocks = []
         for blk, e, ua, ub in kfac._eig_parts():
-            ea, _ = _eigh(blk.a)
-            eb, _ = _eigh(blk.b)
+            ea, _ = sym_eigh(blk.a)
+            eb, _ = sym_eigh(blk.b)
             blocks.append(KfeBlock(blk.module, blk.index, ua, ub, e, ea, eb))
         return cls(kfac.space, blocks, kfac.budget)
 
@@ -428,12 +386,12 @@ class PMatEKFAC(_KronBase):
         return [(blk, blk.s, blk.ua, blk.ub) for blk in self.blocks]
 
     def mv(self, v: PVector) -> PVector:
-        return self._apply(v, lambda blk, x: _unrot(blk.s * _rot(x, blk.ua, blk.ub), blk.ua, blk.ub))
+        return self._apply(v, lambda blk, x: unrotate(blk.s * rotate(x, blk.ua, blk.ub), blk.ua, blk.ub))
 
     def vTMv(self, v: PVector) -> torch.Tensor:
         self._check_vec(v)
         flat = v.flat()
-        return sum((blk.s * _rot(_gather(flat, blk.index), blk.ua, blk.ub).pow(2)).sum()
+        return sum((blk.s * rotate(_gather(flat, blk.index), blk.ua, blk.ub).pow(2)).sum()
                    for blk in self.blocks)  # type: ignore[return-value]
 
     def trace(self) -> torch.Tensor:
@@ -465,17 +423,14 @@ class PMatEKFAC(_KronBase):
         raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
 
     def _denominator(self, blk: KfeBlock, lam: float, method: str) -> torch.Tensor:
-        den = blk.s + lam
-        if _method(method) == "factored":
-            den = den + math.sqrt(lam) * (blk.eb[:, :, None] + blk.ea[:, None, :])
+        den = blk.s + (ekfac_shift(blk.ea, blk.eb, lam) if _method(method) == "factored" else lam)
         if (den == 0).any():
             raise InvalidInputError("the EKFAC diagonal has zero entries; pass damping > 0")
         return den
 
     def solve(self, v: PVector, damping: float = 0.0, method: str = "exact") -> PVector:
         lam = check_damping(damping)
-        return self._apply(v, lambda blk, x: _unrot(_rot(x, blk.ua, blk.ub) / self._denominator(blk, lam, method),
-                                                    blk.ua, blk.ub))
+        return self._apply(v, lambda blk, x: solve_in_basis(x, blk.ua, blk.ub, self._denominator(blk, lam, method)))
 
     def inverse(self, damping: float = 0.0, method: str = "exact") -> PMatEKFAC:
         lam = check_damping(damping)
@@ -523,8 +478,6 @@ class PMatEKFAC(_KronBase):
     def update_diag(self, data: Any, engine: Any = None) -> PMatEKFAC:
         """Re-estimate ``s*`` on ``data`` at the model's current parameters, keeping the
         eigenbasis (in place; returns ``self``). ``engine`` is needed after unpickling."""
-        from .kron_build import kfe_diagonals
-
         eng = engine or self.engine
         if eng is None:
             raise InvalidInputError("this EKFAC has no engine (it was unpickled): pass "
@@ -539,3 +492,22 @@ class PMatEKFAC(_KronBase):
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatEKFAC:
         return cls(ParamSpace.from_state(state["space"]), [KfeBlock(**b) for b in state["blocks"]])
+
+
+def kfe_diagonals(engine: Engine, data: Any, space: ParamSpace, blocks: list[KfeBlock],
+                  centering: bool = False, replay: CaptureCache | None = None) -> list[torch.Tensor]:
+    """``s* = (1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` per block, in the blocks' fixed eigenbases;
+    with ``centering``, of the centered features (``− Σ_c (U_Bᵀ M_c U_A)²``)."""
+    if space != engine.space:
+        raise InvalidInputError("the engine's parameter space differs from the matrix's")
+    sums = KfeSums(space, {b.module: (b.ua, b.ub) for b in blocks})
+    n, mean = one_pass(engine, data, "EKFAC diagonal", sums.add, centering, output_blocks=OutputBlocks.auto(),
+                       reduce=sums.accumulators, replay=replay)
+    out = []
+    for blk, total in zip(blocks, sums.accumulators()):
+        s = total / n
+        if mean is not None:
+            for c in range(mean.shape[0]):
+                s = s - rotate(mean[c][blk.index], blk.ua, blk.ub).pow(2)
+        out.append(s)
+    return out

@@ -44,13 +44,13 @@ from typing import Any
 import torch
 
 from ..engine import Capture, Engine, LayerCapture, ops
+from ..engine.passes import one_pass
 from ..errors import InvalidInputError
 from ..layers.patch import Patches, PatchRule
 from ..memory import MemoryBudget
 from ..space import ParamInfo, ParamSpace
 from ..vectors import PVector
 from .base import PMat, check_damping
-from .build import one_pass
 from .registry import register
 
 

@@ -192,6 +192,7 @@ class LazyVsHasty(Study):
         return rows
 
     def _init_net(self, seed: int, n_in: int, n_out: int, hidden: Sequence[int], dtype: torch.dtype) -> nn.Module:
+        """θ₀ seeded with ``seed``: the ReLU MLP ``n_in``-``hidden``-``n_out``, or the BN-free ResNet-18 (``model``)."""
         torch.manual_seed(seed)
         if self.config.model == "resnet18":
             return make_resnet(18, 3, n_out, width=self.config.resnet_width, dtype=dtype).to(self.device)
@@ -231,13 +232,17 @@ class LazyVsHasty(Study):
         return torch.as_tensor(sorted(keep), device=self.device)
 
     def _outputs(self, model: nn.Module, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+        """``model(x)`` in chunks of ``chunk`` examples."""
         return torch.cat([model(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
 
     def _lin_probe(self, net0: nn.Module, x_test: torch.Tensor) -> LinearityProbe:
+        """The linearity metrics against ``net0`` on the first ``n_linearity`` held-out examples."""
         return LinearityProbe(net0, x_test[:self.config.n_linearity])
 
     # ---- part 1: toy ------------------------------------------------------------------------------
     def run_toy(self) -> None:
+        """Fig. 5.1: per yin-yang seed, full-batch GD with α = 1 and 100 from one θ₀; the grid loss at each
+        training-loss milestone (``Δloss`` map), the steps to reach it, and the training curve."""
         cfg, store = self.config, self.store
         curves = store.table("curves", CURVE_COLUMNS, CURVE_KEY)
         maps = store.table("toy_maps", MAP_COLUMNS, MAP_KEY)
@@ -278,6 +283,8 @@ class LazyVsHasty(Study):
 
     def _toy_regime(self, net0: nn.Module, alpha: float, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor,
                     y_grid: torch.Tensor):
+        """Full-batch GD of ``AlphaScaled(θ₀, α)`` until every milestone is reached (or ``toy_max_steps``):
+        the grid losses at each milestone, the step of each milestone, and ``(step, loss)`` at log-spaced steps."""
         cfg = self.config
         model = AlphaScaled(copy.deepcopy(net0), alpha, subtract_initial_output=cfg.subtract_initial_output)
         opt = torch.optim.SGD(model.parameters(), lr=model.scaled_lr(cfg.toy_lr))
@@ -338,6 +345,7 @@ class LazyVsHasty(Study):
         return bins
 
     def run_cscores(self) -> None:
+        """Fig. 5.2 top: loss and accuracy per C-score decile, α = 1 vs 100 (C-scores cached in ``cscores``)."""
         cfg = self.config
         curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY)
         x, y, xt, yt = self._data()
@@ -358,6 +366,8 @@ class LazyVsHasty(Study):
 
     # ---- part 3: label noise ------------------------------------------------------------------------
     def run_noise(self) -> None:
+        """Fig. 5.2 bottom: clean, noisy (with their noisy labels) and test loss with ``noise_fraction`` of the
+        labels moved to another class, α = 1 (twice the steps) vs 100 (4/3 of the steps)."""
         cfg = self.config
         curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY)
         x, y, xt, yt = self._data()
@@ -379,6 +389,8 @@ class LazyVsHasty(Study):
 
     # ---- part 4: spurious correlations ---------------------------------------------------------------
     def run_spurious(self) -> None:
+        """Fig. 5.3: with / without the spurious feature on a balanced training subset and a balanced test
+        set, α ∈ {0.5, 1, 100}."""
         cfg = self.config
         curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY)
         if cfg.spurious_dataset == "digits":
@@ -412,6 +424,7 @@ class LazyVsHasty(Study):
 
     # ---- part 5: quadratic model ------------------------------------------------------------------------
     def _examples(self) -> list[tuple[str, int, Any]]:
+        """The quadratic-model units ``(example, seed, make)``; ``make(d)`` builds the example in dimension ``d``."""
         cfg = self.config
         out: list[tuple[str, int, Any]] = [("ex1", 0, lambda d=None: example1(sigma=cfg.quad_sigma))]
         for s in range(cfg.quad_seeds):
@@ -423,6 +436,8 @@ class LazyVsHasty(Study):
         return out
 
     def run_quadratic(self) -> None:
+        """§5.4 (Fig. 5.4, Fig. C.9): per example and seed, the closed forms against gradient flow and the
+        2-layer linear network (its first ``mlp_seeds`` seeds)."""
         cfg = self.config
         quad = self.store.table("quadratic", QUAD_COLUMNS, QUAD_KEY)
         checks = self.store.table("quadratic_checks", CHECK_COLUMNS, CHECK_KEY)
@@ -444,6 +459,7 @@ class LazyVsHasty(Study):
             self._finish(unit, t0)
 
     def _quadratic_rows(self, name: str, seed: int, ex: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Closed-form curves per group and regime, their error against gradient flow, and the ordering checks."""
         cfg = self.config
         m: QuadraticModel = ex.model
         rows, crows = [], []
@@ -465,6 +481,7 @@ class LazyVsHasty(Study):
 
     @staticmethod
     def _fine_curves(m: QuadraticModel, ex: Any, regime: str) -> tuple[np.ndarray, np.ndarray]:
+        """Squared errors of the closed form on a fine log-spaced time grid up to 20 × the example's horizon."""
         T = 20 * (ex.t_nonlinear if regime == "nonlinear" else ex.t_linear)
         t = np.concatenate([[0.0], np.geomspace(T * 1e-6, T, 6000)])
         return t, m.sq_errors(t, regime)
@@ -491,6 +508,7 @@ class LazyVsHasty(Study):
         return rows
 
     def _mlp_rows(self, name: str, seed: int, ex: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The 2-layer linear network at the non-linear and the linear ``mlp_alphas``: curves and ordering checks."""
         cfg = self.config
         m = ex.model
         rows, curves = [], {}

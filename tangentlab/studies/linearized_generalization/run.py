@@ -77,12 +77,14 @@ class LinearizedGeneralization(Study):
 
     # ---- plumbing -----------------------------------------------------------------------------
     def _tables(self) -> None:
+        """The three result tables, and the units already written (skipped on resume)."""
         self.results = self.store.table("results", RESULT_COLUMNS, RESULT_KEY)
         self.curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY)
         self.arrays = self.store.table("arrays", ARRAY_COLUMNS, ARRAY_KEY)
         self.done = {(r["part"], r["setting"], r["index"], r["model"]) for r in self.results.read()}
 
     def _is_done(self, part: str, setting: str, index: Any, model: str) -> bool:
+        """Whether the unit's result rows exist."""
         return (part, setting, str(index), model) in self.done
 
     def _write(self, part: str, setting: str, index: Any, model: str, metrics: dict[str, float],
@@ -97,12 +99,14 @@ class LinearizedGeneralization(Study):
         self.done.add((part, setting, str(index), model))
 
     def _array(self, name: str, values: torch.Tensor | np.ndarray) -> None:
+        """Append ``values`` (a vector, or one row per leading index) to ``arrays`` as ``name``."""
         a = np.asarray(torch.as_tensor(values).detach().cpu().to(torch.float64))
         a = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
         self.arrays.append({"name": name, "row": i, "col": j, "value": float(a[i, j])}
                            for i in range(a.shape[0]) for j in range(a.shape[1]))
 
     def _train_pair_metrics(self, out: dict[str, Any], theta: torch.Tensor, theta0: torch.Tensor) -> dict[str, float]:
+        """The final metrics of a :func:`~.tasks.train_binary` run and the distances of ``θ`` to ``θ₀``."""
         keys = ("test_accuracy", "train_accuracy", "train_loss", "test_loss", "converged_epoch", "converged_iteration")
         return {**{k: out[k] for k in keys}, **distances(theta, theta0)}
 
@@ -135,6 +139,8 @@ class LinearizedGeneralization(Study):
 
     # ---- part 1: eigenfunction targets ------------------------------------------------------------
     def run_eigen(self) -> None:
+        """Figs. 2, 3, 13, 14: network and linearization trained on ``sign(φ_j)`` for each ``eigen_indices``
+        (the network on ``rotation_target`` keeps its checkpoints for part energy)."""
         cfg, S = self.config, self.setup
         theta0 = flat_params(S.model0)
         cos = binarization_cosine(S.evecs, cfg.eigen_indices)
@@ -157,6 +163,7 @@ class LinearizedGeneralization(Study):
                 self.log(f"  φ_{j} {kind}: test acc {out['test_accuracy']:.3f}, train loss {out['train_loss']:.4f}")
 
     def _ckpt_epochs(self) -> list[int]:
+        """Epochs of the kept network checkpoints: 0, ``checkpoint_epochs`` and the end."""
         cfg = self.config
         return sorted({0, *cfg.checkpoint_epochs, cfg.epochs})
 
@@ -186,6 +193,8 @@ class LinearizedGeneralization(Study):
 
     # ---- part 2: NADs -------------------------------------------------------------------------
     def run_nad(self) -> None:
+        """Figs. 4, 10 and Theorem 1: the NADs of a GeLU LeNet, a Monte-Carlo check of Theorem 1, and network
+        vs linearization on the linearly separable tasks of eq. 5 along ``v_j``."""
         cfg = self.config
         shape = cfg.nad_input_shape()
         d = int(np.prod(shape))
@@ -244,6 +253,8 @@ class LinearizedGeneralization(Study):
 
     # ---- part 3: non-linear advantage vs n --------------------------------------------------------------
     def run_size(self) -> None:
+        """Fig. 5: network vs linearization on the half-classes task for growing stratified training sets (per
+        ``size_seeds``), and on the XOR task; each model a unit claimed across ranks."""
         cfg, S = self.config, self.setup
         y_tr = half_classes(S.y_train_cls, S.n_classes).to(S.x_train.device)
         y_te = half_classes(S.y_test_cls, S.n_classes).to(S.x_train.device)
@@ -303,6 +314,8 @@ class LinearizedGeneralization(Study):
         return out, model
 
     def run_energy(self) -> None:
+        """Figs. 6–9, 15, 16, Table 1: energy concentration at the checkpoints of the half-classes and the
+        ``sign(φ_target)`` runs, the single-axis rotation, and the unbiased linearizations at the checkpoints."""
         cfg, S = self.config, self.setup
         theta0 = flat_params(S.model0)
         # (a) half-classes task: the network with checkpoints
@@ -338,12 +351,15 @@ class LinearizedGeneralization(Study):
             self._late_linear("half", t, half_ck[t], S.x_train, y_tr, S.x_test, y_te)
 
     def _model_at(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A copy of θ₀'s network holding the checkpointed ``state`` (eval mode)."""
         m = copy.deepcopy(self.setup.model0)
         m.load_state_dict(state)
         return m.eval()
 
     def _energy_rows(self, setting: str, cks: dict[int, dict[str, torch.Tensor]], x: torch.Tensor,
                      y: torch.Tensor) -> None:
+        """``E_K`` of the labels ``y`` on the top-``K`` eigenvectors of the network's NTK Gram on ``x`` at each
+        checkpoint (with random labels at epoch 0, and the mean ``‖∇f‖²``)."""
         cfg = self.config
         kmax = max(cfg.energy_ks)
         for e, state in cks.items():
@@ -418,6 +434,8 @@ class LinearizedGeneralization(Study):
 
     # ---- part 5: Lemma 1 -----------------------------------------------------------------------------
     def run_lemma(self) -> None:
+        """Lemma 1 on the support for eigenfunction targets, eigenvectors, the half-classes labels and random
+        labels, and ``α(u_j) = ‖Jᵀu_j‖² = λ_j`` through one backward product per vector."""
         cfg, S = self.config, self.setup
         if self._is_done("lemma", "identity", 0, "kernel"):
             return

@@ -10,7 +10,7 @@ the initialization is ``w⁰ = √σ 1`` (``θ⁰_λ = σ/2``). Gradient flow ``
 
 * non-linear (5.4.5): ``θ_λ(t) = θ⁰θ* / (θ⁰ − e^{−2ỹ_λ t}(θ⁰ − θ*))``, and
   ``θ⁰/(1 + 2μ_λθ⁰t)`` when ``θ*_λ = 0``;
-* linearized in ``w`` at ``w⁰`` (5.4.6, with the factor 2 the thesis misses, digest §5.1):
+* linearized in ``w`` at ``w⁰`` (5.4.6, with the factor 2 that the thesis misses):
   ``θ_λ(t) = θ* + e^{−2μ_λθ⁰_λ t}(θ⁰ − θ*)``.
 
 :class:`QuadraticModel` evaluates both closed forms and integrates the gradient flow on ``w``

@@ -1,10 +1,11 @@
 """Models, binary tasks and the shared training recipe of ``linearized-generalization``
-(paper 002, digest ``linearized_generalization.md`` §1.1, §1.10–1.12, §2).
+(Ortiz-Jiménez, Moosavi-Dezfooli & Frossard, NeurIPS 2021).
 
 * Scalar-output models in the standard parameterization with LeCun-normal weights and
-  zero biases (:func:`lecun_init_`): the MLP of the shared :func:`~.models.make_mlp`
-  (one output), :func:`make_lenet` (the paper's LeNet5 layout, 3×3 convolutions on inputs
-  of side ≤ 16, 5×5 above) and the shared BN-free ResNet-18 for the paper preset.
+  zero biases (:func:`lecun_init_`): the shared MLP
+  (:func:`~tangentlab.studies.framework.models.make_mlp`, one output), :func:`make_lenet`
+  (the paper's LeNet5 layout, 3×3 convolutions on inputs of side ≤ 16, 5×5 above) and the
+  shared BN-free ResNet-18 for the paper preset.
 * Binary tasks with labels in ``{±1}``: the "first half of the classes vs the second
   half" task (CIFAR2 / DIGITS2, :func:`half_classes`), the XOR task ``sign(x₁x₂)``
   (:func:`xor_task`), the linearly separable NAD task of eq. 5 (:func:`nad_task`).
@@ -51,8 +52,8 @@ def lecun_init_(model: nn.Module) -> nn.Module:
 def make_lenet(input_shape: Sequence[int], activation: str = "relu", dtype: torch.dtype = torch.float32
                ) -> nn.Sequential:
     """LeNet5 with one output: conv(6, k) → act → avgpool 2 → conv(16, k) → act → avgpool 2 →
-    120 → act → 84 → act → 1, "same" padding, ``k = 3`` for inputs of side ≤ 16 (the digest's
-    LeNetS: 18,989 parameters on 1×8×8) and 5 above (the paper's LeNet5)."""
+    120 → act → 84 → act → 1, "same" padding, ``k = 3`` for inputs of side ≤ 16 (a small LeNet:
+    18,989 parameters on 1×8×8) and 5 above (the paper's LeNet5)."""
     if activation not in NAD_ACTIVATIONS:
         raise ConfigError("activation", f"unknown activation {activation!r}", ", ".join(NAD_ACTIVATIONS))
     c, h, w = (int(s) for s in input_shape)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -128,6 +128,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+class Stateful(Protocol):
+    """What :class:`TrainingCheckpoint` saves as the model: an ``nn.Module`` or any object with
+    ``state_dict()`` / ``load_state_dict()`` (e.g. a training run's own state)."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> Any: ...
+
+
 class TrainingCheckpoint:
     """The resumable state of one training run, kept in a run store under one checkpoint tag.
 
@@ -148,7 +157,7 @@ class TrainingCheckpoint:
                 ck.save(step)             # the store records the step under "step"
     """
 
-    def __init__(self, store: Any, tag: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+    def __init__(self, store: Any, tag: str, model: Stateful, optimizer: torch.optim.Optimizer | None,
                  stream: BatchStream | None = None, keep: int = 2):
         self.store, self.tag, self.keep = store, tag, keep
         self.model, self.optimizer, self.stream = model, optimizer, stream

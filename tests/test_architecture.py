@@ -14,27 +14,10 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "tangentlab"
 MAX_LINES = 600
 
-# Cycles and long modules that other branches of the current refactor remove: the lead
-# deletes each entry when merging the branch that fixes it. A cycle (strongly connected
-# component) is known when each of its modules is named in one entry (a name ending in
-# "." stands for every module under it).
-KNOWN_CYCLES: list[tuple[str, ...]] = [
-]
-KNOWN_LONG: set[str] = {
-    "tangentlab.studies.adaptive_tangent.study",  # each study's study.py is split (studies branches)
-    "tangentlab.studies.alignment.study",
-    "tangentlab.studies.compression.study",
-    "tangentlab.studies.ekfac.study",
-    "tangentlab.studies.fim_quality.study",
-    "tangentlab.studies.lazy_vs_hasty.study",
-    "tangentlab.studies.linearized_generalization.study",
-}
 
 
 def modules() -> dict[str, Path]:
@@ -150,24 +133,10 @@ def test_import_graph_is_built():
     assert "tangentlab.layers.unfold" in graph["tangentlab.layers.patch"]
 
 
-def _known(comp: list[str]) -> bool:
-    def named(m: str, entry: tuple[str, ...]) -> bool:
-        return any(m == e or (e.endswith(".") and m.startswith(e)) for e in entry)
-
-    return any(all(named(m, entry) for m in comp) for entry in KNOWN_CYCLES)
-
-
 def test_no_import_cycles():
     graph = import_graph()
-    found = [c for c in cycles(graph) if not _known(c)]
+    found = cycles(graph)
     assert not found, "import cycles:\n" + "\n".join(describe(c, graph) for c in found)
-
-
-@pytest.mark.xfail(strict=False, reason="cycles removed by other branches of the refactor (KNOWN_CYCLES)")
-def test_no_known_import_cycles_left():
-    graph = import_graph()
-    left = [c for c in cycles(graph) if _known(c)]
-    assert not left, "\n".join(describe(c, graph) for c in left)
 
 
 def _long_modules() -> dict[str, int]:
@@ -180,14 +149,8 @@ def _long_modules() -> dict[str, int]:
 
 
 def test_no_module_over_max_lines():
-    long = {m: n for m, n in _long_modules().items() if m not in KNOWN_LONG}
+    long = _long_modules()
     assert not long, f"modules over {MAX_LINES} lines: " + ", ".join(f"{m} ({n})" for m, n in sorted(long.items()))
-
-
-@pytest.mark.xfail(strict=False, reason="modules split by other branches of the refactor (KNOWN_LONG)")
-def test_no_known_long_modules_left():
-    long = {m: n for m, n in _long_modules().items() if m in KNOWN_LONG}
-    assert not long, ", ".join(f"{m} ({n})" for m, n in sorted(long.items()))
 
 
 def test_readme_package_layout_is_complete():

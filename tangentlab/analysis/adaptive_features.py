@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..api import jacobian
-from ..engine import Engine
+from ..engine import EngineOptions, make_engine
 from ..errors import InvalidInputError
 from ..progress import progress
 from ..vectors import PVector
@@ -171,7 +171,7 @@ def layer_features(model: nn.Module, x: torch.Tensor) -> tuple[list[BlockFeature
         if any(True for _ in mod.parameters(recurse=False)) and not isinstance(mod, nn.Linear):
             raise InvalidInputError(f"layer {name!r} ({type(mod).__name__}): Model A features support nn.Linear "
                                     "layers only")
-    eng = Engine(model, "raw", progress=False)
+    eng = make_engine(model, EngineOptions(progress=False), "raw")
     cap = eng.capture((x.to(eng.dtype),), 0)
     if cap.generic:
         raise InvalidInputError(f"parameters {sorted(cap.generic)} are not on a Linear layer's fast path")

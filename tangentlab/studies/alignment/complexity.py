@@ -69,13 +69,13 @@ from ...analysis.capacity import (
 )
 from ...errors import NonFiniteError
 from ...progress import progress as progress_bar
+from ...training import BatchStream, train_step
 from ..framework.data import load_dataset
 from ..framework.datasets import randomize_labels
 from ..framework.models import make_mlp
 from ..framework.probes import thesis_schedule
 from ..framework.report import Claim, FigureSpec, TableSpec
 from ..framework.store import RunStore, cell, to_number
-from ..framework.training import BatchStream, train_step
 from .config import (
     BASELINES,
     COMPLEXITY_COLUMNS,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...training import BatchStream, TrainingCheckpoint, accuracy, mean_loss
 from ..framework.data import Split
 from ..framework.datasets import DISK_RADIUS, disk_task, grid_2d
 from ..framework.models import make_mlp
@@ -37,7 +38,6 @@ from ..framework.probes import (
 from ..framework.report import ReportContent
 from ..framework.runner import Study
 from ..framework.threads import blas_threads
-from ..framework.training import BatchStream, TrainingCheckpoint, accuracy, mean_loss
 from . import complexity, supernat
 from .config import (
     EIGEN_COLUMNS,

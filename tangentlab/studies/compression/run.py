@@ -30,9 +30,9 @@ from ...analysis.compression import (
 )
 from ...api import ntk
 from ...progress import progress
+from ...training import TrainingCheckpoint
 from ..framework.report import ReportContent
 from ..framework.runner import Study
-from ..framework.training import TrainingCheckpoint
 from .config import (
     KERNEL_COLUMNS,
     KERNEL_KEY,

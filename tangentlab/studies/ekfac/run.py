@@ -18,12 +18,12 @@ from torch import nn
 
 from ...api import fim
 from ...optim import EKFAC, FisherPenalty
+from ...training import BatchStream, TrainingCheckpoint
 from ...vectors import PVector
 from ..framework.models import make_cnn, make_mlp, make_resnet
 from ..framework.report import ReportContent
 from ..framework.runner import Study
 from ..framework.store import cell, to_number
-from ..framework.training import BatchStream, TrainingCheckpoint
 from .config import (
     CURVE_COLUMNS,
     CURVE_KEY,

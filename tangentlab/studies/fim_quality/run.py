@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from ...api import fim
+from ...training import BatchStream, TrainingCheckpoint, accuracy, mean_loss, train_step
 from ...vectors import PVector
 from ..framework.data import load_dataset
 from ..framework.models import build_model, make_mlp, model_spec, weight_layers
 from ..framework.report import ReportContent
 from ..framework.runner import Study
-from ..framework.training import BatchStream, TrainingCheckpoint, accuracy, mean_loss, train_step
 from .config import (
     DRIFT_COLUMNS,
     DRIFT_KEY,

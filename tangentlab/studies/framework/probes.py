@@ -56,7 +56,7 @@ from ...analysis.kernels import (
 )
 from ...api import ntk
 from ...errors import InvalidInputError
-from .training import BatchStream, train_step
+from ...training import BatchStream, train_step
 
 ROW_COLUMNS = ["step", "probe", "metric", "layer", "value"]
 SCHEDULES = ("thesis", "decade")

@@ -26,13 +26,13 @@ from torch import nn
 from ...analysis.linearity import LinearityProbe, group_metrics, per_example_loss
 from ...linearize import AlphaScaled
 from ...progress import progress
+from ...training import BatchStream
 from ..framework.config import ConfigError
 from ..framework.data import load_digits_split
 from ..framework.datasets import load_cifar10_arrays
 from ..framework.models import make_mlp, make_resnet
 from ..framework.report import ReportContent
 from ..framework.runner import Study
-from ..framework.training import BatchStream
 from .config import (
     CHECK_COLUMNS,
     CHECK_KEY,

@@ -180,7 +180,7 @@ def test_accumulated_complexity_matches_replay() -> None:
     with Tr K from torch.func Jacobians in float64."""
     from tangentlab.studies.framework.datasets import randomize_labels
     from tangentlab.studies.framework.models import make_mlp
-    from tangentlab.studies.framework.training import BatchStream
+    from tangentlab.training import BatchStream
 
     cfg = _cfg(complexity_max_epochs=2, complexity_target_loss=1e-9, complexity_n_train=60)
     data = AC.load_complexity_data(cfg)

@@ -27,7 +27,7 @@ from tangentlab.studies.framework.models import make_cnn, make_mlp, make_resnet,
 from tangentlab.studies.framework.report import Claim, FigureSpec, ReportContent, TableSpec, claims_text
 from tangentlab.studies.framework.runner import Study
 from tangentlab.studies.framework.store import RunStore, Table, atomic_write_text, read_table
-from tangentlab.studies.framework.training import BatchStream, rng_state, set_rng_state, train_step
+from tangentlab.training import BatchStream, rng_state, set_rng_state, train_step
 
 
 def _one_error_line(capsys) -> str:

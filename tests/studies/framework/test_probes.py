@@ -27,7 +27,7 @@ from tangentlab.studies.framework.probes import (
     thesis_schedule,
     train_with_probes,
 )
-from tangentlab.studies.framework.training import BatchStream
+from tangentlab.training import BatchStream
 from tests import oracle
 
 

@@ -46,7 +46,6 @@ directory. All numbers except wall-clock timings are reproducible for a given se
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import csv
 import io
@@ -57,7 +56,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -75,6 +74,7 @@ from .pmat import PMat
 from .studies.framework.data import Split, load_split  # noqa: F401 - Split is part of the demo's API
 from .studies.framework.models import make_mlp as _make_mlp
 from .studies.framework.store import atomic_write_text
+from .studies.framework.threads import torch_threads
 from .training import accuracy, train_epochs
 from .vectors import PVector
 
@@ -386,18 +386,6 @@ def _int_arg(name: str, value: Any, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``torch.set_num_threads(n)`` (``None``: leave it), restoring it afterwards."""
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def run_demo(out_dir: str | os.PathLike[str] = "results/demo", epochs: int = DEFAULT_EPOCHS, seed: int = 0,
              n_probe: int = DEFAULT_N_PROBE, progress: bool | None = None, *,
              stream: TextIO | None = None, threads: int | None = DEFAULT_THREADS) -> dict[str, Any]:
@@ -431,7 +419,7 @@ def run_demo(out_dir: str | os.PathLike[str] = "results/demo", epochs: int = DEF
         raise InvalidInputError(f"cannot create output directory {str(out)!r}: {e.strerror}") from None
     n_classes = int(split.y_train.max()) + 1
 
-    with torch.random.fork_rng(devices=[]), _torch_threads(threads):
+    with torch.random.fork_rng(devices=[]), torch_threads(threads):
         torch.manual_seed(seed)
         model = make_mlp(split.x_train.shape[1], HIDDEN, n_classes)
         model_init = copy.deepcopy(model).eval()

@@ -17,15 +17,6 @@ from .mixed import PMatMixed
 from .quasidiag import PMatQuasiDiag
 from .registry import BUILDERS, NAMES, Representation, load, register, representations, resolve, unregister
 
-# Classes whose modules do not carry their own registration line yet.
-register("kfac", build="tangentlab.pmat.kron_build:build_kfac", stores="Kronecker factors `A_l`, `B_l` per layer",
-         memory="`Σ_l (I_l² + O_l²)`", summary="Martens & Grosse (2015), KFC for convolutions; exact or "
-         "factored damped `solve`/`inverse`, `pow`")(PMatKFAC)
-register("ekfac", build="tangentlab.pmat.kron_build:build_ekfac",
-         stores="eigenbases of the KFAC factors and a diagonal `s*` in that basis",
-         memory="`Σ_l (I_l² + O_l² + O_l·I_l)`", summary="George et al. (2018); `trace` exact, "
-         "`update_diag` re-estimates `s*` in the fixed basis")(PMatEKFAC)
-
 __all__ = ["PMat", "PMatDense", "PMatDiag", "PMatBlockDiag", "PMatLowRank", "PMatImplicit", "PMatKFAC",
            "PMatEKFAC", "PMatMixed", "PMatQuasiDiag", "PMatSum", "PMatProduct", "BUILDERS", "NAMES", "resolve",
            "load", "mean_features", "register", "unregister", "representations", "Representation"]

@@ -44,6 +44,7 @@ from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
 from .base import PMat, check_damping
+from .registry import register
 
 METHODS = ("exact", "factored")
 
@@ -189,6 +190,9 @@ class _KronBase(PMat):
         return out
 
 
+@register("kfac", build="tangentlab.pmat.kron_build:build_kfac", stores="Kronecker factors `A_l`, `B_l` per layer",
+          memory="`Σ_l (I_l² + O_l²)`", summary="Martens & Grosse (2015), KFC for convolutions; exact or "
+          "factored damped `solve`/`inverse`, `pow`")
 class PMatKFAC(_KronBase):
     """KFAC / KFC: ``F_l ≈ A_l ⊗ B_l`` per layer (and per group of a grouped convolution).
 
@@ -345,6 +349,10 @@ class PMatKFAC(_KronBase):
         return cls(ParamSpace.from_state(state["space"]), [KronBlock(**b) for b in state["blocks"]])
 
 
+@register("ekfac", build="tangentlab.pmat.kron_build:build_ekfac",
+          stores="eigenbases of the KFAC factors and a diagonal `s*` in that basis",
+          memory="`Σ_l (I_l² + O_l² + O_l·I_l)`", summary="George et al. (2018); `trace` exact, "
+          "`update_diag` re-estimates `s*` in the fixed basis")
 class PMatEKFAC(_KronBase):
     """EKFAC: ``F_l ≈ (U_A ⊗ U_B) diag(s*) (U_A ⊗ U_B)ᵀ`` per layer.
 

@@ -1,15 +1,18 @@
 """Export to ``scipy.sparse.linalg.LinearOperator`` (float64 numpy vectors in and out),
-for ``eigsh``, ``cg``, ``lsqr`` and friends."""
+for ``eigsh``, ``cg``, ``lsqr`` and friends. scipy is imported on the first export, so
+``import tangentlab`` does not load it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
 
 from .vectors import FVector, PVector
+
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
 
 
 def _to_torch(x: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -27,6 +30,8 @@ def pmat_to_scipy(m: Any) -> LinearOperator:
         v = PVector.from_flat(m.space, _to_torch(x, m.dtype, m.device))
         return _to_numpy(m.mv(v).flat())
 
+    from scipy.sparse.linalg import LinearOperator
+
     return LinearOperator((p, p), matvec=mv, rmatvec=mv, dtype=np.float64)
 
 
@@ -40,6 +45,8 @@ def fmat_to_scipy(k: Any) -> LinearOperator:
     def rmv(x: np.ndarray) -> np.ndarray:
         u = _to_torch(x, k.data.dtype, k.data.device).reshape(n1, c)
         return _to_numpy(torch.einsum("nmcd,nc->md", k.data, u).reshape(-1))
+
+    from scipy.sparse.linalg import LinearOperator
 
     return LinearOperator((n1 * c, n2 * d), matvec=mv, rmatvec=rmv, dtype=np.float64)
 
@@ -57,6 +64,8 @@ def jacobian_to_scipy(push: Any, pull: Any) -> LinearOperator:
     def rmv(x: np.ndarray) -> np.ndarray:
         u = FVector(_to_torch(x, _dtype(push), _device(push)).reshape(n, c))
         return _to_numpy(pull.mv(u).flat())
+
+    from scipy.sparse.linalg import LinearOperator
 
     return LinearOperator((n * c, space.numel), matvec=mv, rmatvec=rmv, dtype=np.float64)
 

@@ -93,7 +93,7 @@ def _open_store(path: Path, meta: dict[str, Any], shape: tuple[int, ...], dtype:
     red.barrier()
     if not meta_file.exists() or json.loads(meta_file.read_text()) != meta:
         raise InvalidInputError(f"{path}: rank 0 did not prepare the kernel store (see its error)")
-    return np.load(arr_file, mmap_mode="r+")
+    return np.load(arr_file, mmap_mode="r+", allow_pickle=False)
 
 
 def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, output: Any = "raw",

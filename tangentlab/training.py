@@ -118,14 +118,25 @@ def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
 
 
 def rng_state() -> dict[str, Any]:
-    """The global RNG states (torch CPU, numpy, python) for a checkpoint."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states (torch CPU, numpy, python) for a checkpoint, as tensors, ints,
+    floats and tuples only, so that a checkpoint loads with ``torch.load(weights_only=True)``
+    (numpy's legacy ``MT19937`` state becomes its key as an int64 tensor and the scalars)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    numpy_state = {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (also the plain ``np.random.get_state()`` tuple)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    ns = state["numpy"]
+    if isinstance(ns, dict):
+        ns = (ns["bit_generator"], ns["key"].numpy().astype(np.uint32), ns["pos"], ns["has_gauss"],
+              ns["cached_gaussian"])
+    np.random.set_state(ns)
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
 
 
 class Stateful(Protocol):

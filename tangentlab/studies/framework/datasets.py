@@ -27,7 +27,9 @@ Readers of files on disk (nothing is downloaded; ``torchvision`` is not needed):
 * :func:`load_mnist_arrays` — ``train-images-idx3-ubyte`` & co from ``data_dir`` (also looked
   up under ``data_dir/MNIST/raw`` / ``data_dir/KMNIST/raw``, torchvision's layout).
 * :func:`load_cifar10_arrays` — the CIFAR-10 python pickle batches ``data_batch_1..5`` and
-  ``test_batch`` (in ``data_dir`` or ``data_dir/cifar-10-batches-py``).
+  ``test_batch`` (in ``data_dir`` or ``data_dir/cifar-10-batches-py``), read by a restricted
+  unpickler (:func:`read_cifar_batch`) that builds only what the format holds, so a file from
+  elsewhere cannot run code.
 
 A missing file is a :class:`~tangentlab.studies.framework.config.ConfigError` on field ``data_dir`` that
 names the file that was looked for.
@@ -287,6 +289,75 @@ def load_mnist_arrays(data_dir: str | Path, split: str = "train", name: str = "m
     return x, y
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only numpy's array reconstruction: dicts, lists, strings,
+    bytes and numbers need no global; any other global (a function to call, a class to build)
+    is refused before anything runs."""
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's hook
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _reconstruct
+        if name == "_frombuffer" and module in ("numpy.core.numeric", "numpy._core.numeric"):
+            return _NP_FROMBUFFER  # (bytes, dtype, shape, order) -> array: builds nothing else
+        if module == "_codecs" and name == "encode":
+            return _latin1  # how protocol 2 writes bytes from Python 3
+        if module == "numpy" and name == "ndarray":
+            return np.ndarray
+        if module == "numpy" and name == "dtype":
+            return np.dtype
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds")
+
+
+_NP_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's own ``_reconstruct``, wherever it lives
+_NP_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numpy's own ``_frombuffer`` (pickle protocol 5)
+
+
+def _latin1(text: str, encoding: str = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("it calls _codecs.encode other than to write bytes")
+    return text.encode("latin1")
+
+
+def _reconstruct(subtype, shape, dtype):  # noqa: ANN001, ANN202 - pickle's call
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"it builds an array of type {subtype!r}, not numpy.ndarray")
+    return _NP_RECONSTRUCT(subtype, shape, dtype)
+
+
+def _check_cifar_value(value, path: Path) -> None:  # noqa: ANN001
+    """Refuse arrays of a non-numeric dtype anywhere in a loaded batch."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_cifar_value(v, path)
+    elif isinstance(value, list):
+        for v in value:
+            _check_cifar_value(v, path)
+    elif isinstance(value, np.ndarray) and (value.dtype.hasobject or value.dtype.kind not in "biuf"):
+        raise ConfigError("data_dir", f"{str(path)!r} holds an array of dtype {value.dtype}, not numeric",
+                          "CIFAR-10 python batches")
+
+
+def read_cifar_batch(path: str | Path) -> dict:
+    """One CIFAR-10 python batch (a dict with ``b'data'``, ``b'labels'``...), unpickled with
+    :class:`_CifarUnpickler`: only dicts, lists, strings, bytes, numbers and numeric numpy
+    arrays are built, anything else is a :class:`ConfigError` naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            d = _CifarUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError) as e:
+        raise ConfigError("data_dir", f"{str(path)!r} is not a readable pickle of a CIFAR-10 batch ({e}); "
+                          "nothing in it was run",
+                          "CIFAR-10 python batches") from None
+    if not isinstance(d, dict):
+        raise ConfigError("data_dir", f"{str(path)!r} has no data/labels entries (it holds a {type(d).__name__}, "
+                          "not a dict)",
+                          "CIFAR-10 python batches")
+    _check_cifar_value(d, path)
+    return d
+
+
 CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
 
@@ -299,14 +370,9 @@ def load_cifar10_arrays(data_dir: str | Path, split: str = "train") -> tuple[np.
     xs, ys = [], []
     for f in CIFAR10_FILES[split]:
         path = find_file(data_dir, (f,), ("cifar-10-batches-py",), "cifar10")
-        try:
-            with open(path, "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
-            raise ConfigError("data_dir", f"{str(path)!r} is not a readable pickle ({e})",
-                              "CIFAR-10 python batches") from None
-        data = d.get(b"data", d.get("data")) if isinstance(d, dict) else None
-        labels = d.get(b"labels", d.get("labels")) if isinstance(d, dict) else None
+        d = read_cifar_batch(path)
+        data = d.get(b"data", d.get("data"))
+        labels = d.get(b"labels", d.get("labels"))
         if data is None or labels is None:
             raise ConfigError("data_dir", f"{str(path)!r} has no data/labels entries", "CIFAR-10 python batches")
         xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))

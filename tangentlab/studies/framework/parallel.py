@@ -9,8 +9,9 @@ done by exactly one rank, which *claims* it first:
   (a rank that finishes early takes the next free unit: no static schedule to balance);
 * claims belong to one session ``S`` (the count of sessions in ``state.json``): a run
   killed and restarted with ``--resume`` (with any number of ranks) starts from an empty
-  claim set, and each unit resumes from its own checkpoint/table rows as in a
-  single-process run, whichever rank takes it;
+  claim set (rank 0 removes the claims of earlier sessions before any rank claims), and
+  each unit resumes from its own checkpoint/table rows as in a single-process run,
+  whichever rank takes it;
 * results go to the run's shared tables, whose appends are serialized across processes
   by a lock (:class:`~tangentlab.studies.framework.store.Table`); checkpoint tags are per unit.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -133,6 +134,7 @@ def run_study(name: str, *, preset: str | None = None, toml: str | None = None, 
     out = out or default_out(name, preset)
     if resume:
         store = RunStore.open(out)
+        store.check_format()
         meta = store.meta
         if meta.get("study") != name:
             raise ConfigError("study", f"{out!r} holds a run of study {meta.get('study')!r}, not {name!r}",
@@ -157,6 +159,7 @@ def _open_store(cls: type[Study], name: str, cfg: StudyConfig, preset: str | Non
         finished = store.state.get("status") == "finished"
         if finished:
             print(f"{out}: the run had finished; regenerating its report", file=stream or sys.stdout)
+        _clear_claims(store, stream)
         store.begin_session()
     else:
         meta = {"study": name, "title": cls.title, "preset": preset, "config": cfg.to_dict(),
@@ -166,6 +169,21 @@ def _open_store(cls: type[Study], name: str, cfg: StudyConfig, preset: str | Non
         store = RunStore.create(out, meta)
         finished = False
     return store, finished, len(store.state.get("sessions", [])) - 1
+
+
+def _clear_claims(store: RunStore, stream: TextIO | None) -> None:
+    """Remove the claims of earlier sessions (a killed multi-rank run leaves them). Safe: no rank
+    of the new session claims a unit before rank 0 has opened the store, and a unit whose
+    claim is removed resumes from its own checkpoint and table rows whichever rank takes it."""
+    claims = store.dir / "claims"
+    if not claims.is_dir():
+        return
+    stale = sorted(p.name for p in claims.iterdir())
+    if stale:
+        shutil.rmtree(claims)
+        print(f"{str(claims)!r}: removed the claims of earlier sessions ({', '.join(stale)}): this "
+              "session claims its units afresh, each resuming from its checkpoint and table rows",
+              file=stream or sys.stdout)
 
 
 def _run(cls: type[Study], name: str, cfg: StudyConfig, preset: str | None, out: str, resume: bool,

@@ -23,6 +23,22 @@ rows other processes added since (so a key written by any rank is never written 
 Other files (``config.json``, ``state.json``, checkpoints, figures, the report) are
 written to a temporary file in the same directory and moved into place with
 ``os.replace``: readers see the old file or the new one, never a partial one.
+
+A run directory may come from elsewhere or have been damaged; reading it never runs code
+and never silently loses or duplicates a row:
+
+* checkpoints load with ``torch.load(weights_only=True)`` (tensors, numbers, strings and
+  containers only: they cannot carry code); one that cannot be read is reported with a
+  :class:`RunDirectoryWarning` naming it and the older checkpoint used instead, and when
+  none of a tag's checkpoints can be read, :class:`RunDirectoryError` names them and the fix;
+* a torn last table line is cut off and reported (its row is computed again); a malformed
+  line before it is refused (:class:`RunDirectoryError`, naming the file and the line);
+* an unreadable ``state.json`` (it holds the status and the session history, nothing a
+  result depends on) is rebuilt and reported; an unreadable ``config.json`` is refused;
+* ``config.json`` records :data:`FORMAT_VERSION`; a run directory of another major version
+  (or of none: written before it was recorded) is refused by :meth:`RunStore.check_format`;
+* a missing checkpoint is a unit that starts again from its beginning: its rows already in
+  the tables are recomputed bit for bit and skipped by key.
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +66,28 @@ except ImportError:  # pragma: no cover - Windows: one process per run directory
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
+
+#: Layout version of a run directory, ``MAJOR.MINOR``, stored in ``config.json`` as
+#: ``format_version``. A run is resumed only by a tangentlab of the same major version.
+FORMAT_VERSION = "1.0"
+
+#: How to get out of a run directory that cannot be continued.
+NEW_RUN = "start a new run with another --out"
+
+
+class RunDirectoryError(InvalidInputError):
+    """A run directory is damaged or of another version in a way that cannot be repaired safely;
+    the message names the file and what to do."""
+
+
+class RunDirectoryWarning(UserWarning):
+    """Something in a run directory was repaired (or an unreadable checkpoint skipped); the
+    message names the file and what was done."""
+
+
+def notice(message: str) -> None:
+    """Report a repair of a run directory (a :class:`RunDirectoryWarning`)."""
+    warnings.warn(message, RunDirectoryWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +223,8 @@ class Table:
         data = self.path.read_bytes()
         if not data.endswith(b"\n"):  # a torn last line: cut it off
             cut = data.rfind(b"\n") + 1
+            notice(f"{str(self.path)!r}: cut off a torn last line of {len(data) - cut} bytes (a run killed while "
+                   "writing it); its row is computed again")
             if cut == 0:
                 atomic_write_text(self.path, header)
                 return
@@ -195,16 +236,20 @@ class Table:
         reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
         found = next(reader, None)
         if found != self.columns:
-            raise InvalidInputError(
+            raise RunDirectoryError(
                 f"table {str(self.path)!r} has columns {found}, expected {self.columns} "
-                "(a run directory of another version of the study?)")
-        self._add_keys(reader)
+                f"(a run directory of another version of the study?); {NEW_RUN}")
+        self._add_keys(reader, check=True)
         self._offset = len(data)
 
-    def _add_keys(self, rows: Iterable[list[str]]) -> None:
-        for row in rows:
+    def _add_keys(self, rows: Iterable[list[str]], check: bool = False) -> None:
+        for line, row in enumerate(rows, start=2):
             if len(row) == len(self.columns):
                 self.keys.add(tuple(row[i] for i in self._kidx))
+            elif check:
+                raise RunDirectoryError(
+                    f"table {str(self.path)!r}, line {line}: {len(row)} cells, expected {len(self.columns)} "
+                    f"(the file was edited or damaged); restore the file, or {NEW_RUN}")
 
     def _catch_up(self) -> None:
         """Read the complete rows other processes appended since this object last looked."""
@@ -321,7 +366,8 @@ class RunStore:
         store = cls(d)
         for sub in (store.tables_dir, store.ckpt_dir, store.fig_dir):
             sub.mkdir(exist_ok=True)
-        atomic_write_text(d / CONFIG_FILE, json.dumps(json_safe(dict(meta)), indent=2) + "\n")
+        meta = {**meta, "format_version": FORMAT_VERSION}
+        atomic_write_text(d / CONFIG_FILE, json.dumps(json_safe(meta), indent=2) + "\n")
         store.write_state(status="running", sessions=[{"started": time.time()}], elapsed_s=0.0)
         return store
 
@@ -333,17 +379,61 @@ class RunStore:
         store = cls(d)
         for sub in (store.tables_dir, store.ckpt_dir, store.fig_dir):
             sub.mkdir(exist_ok=True)
+        store.meta  # noqa: B018 - refuse an unreadable config.json now
+        store._repair_state()
         return store
 
     @property
     def meta(self) -> dict[str, Any]:
-        return json.loads((self.dir / CONFIG_FILE).read_text())
+        p = self.dir / CONFIG_FILE
+        try:
+            meta = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunDirectoryError(f"{str(p)!r} cannot be read ({e}); it holds the run's configuration and "
+                                    f"cannot be rebuilt: restore it, or {NEW_RUN}") from None
+        if not isinstance(meta, dict):
+            raise RunDirectoryError(f"{str(p)!r} is not a run's configuration (a JSON object); {NEW_RUN}")
+        return meta
+
+    def check_format(self) -> None:
+        """Refuse to continue a run directory of another major :data:`FORMAT_VERSION` (or of none)."""
+        found = self.meta.get("format_version")
+        if str(found).split(".")[0] != FORMAT_VERSION.split(".")[0]:
+            written = "records no format version" if found is None else f"has format version {found!r}"
+            raise RunDirectoryError(
+                f"{str(self.dir / CONFIG_FILE)!r} {written}: the run directory was written by another version of "
+                f"tangentlab, whose tables and checkpoints this version ({FORMAT_VERSION}) cannot continue; "
+                f"{NEW_RUN} (or continue it with the tangentlab that wrote it)")
 
     # ---- state -------------------------------------------------------------------------
+    def _read_state(self) -> dict[str, Any] | None:
+        """``state.json`` (``{}`` when absent, ``None`` when unreadable)."""
+        p = self.dir / STATE_FILE
+        try:
+            st = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return st if isinstance(st, dict) else None
+
+    def _repair_state(self) -> None:
+        """Rebuild an unreadable ``state.json``: status and session history only, no result
+        depends on it."""
+        if self._read_state() is None:
+            p = self.dir / STATE_FILE
+            notice(f"{str(p)!r} could not be read (half-written or edited): rebuilt it as an interrupted run; "
+                   "its session history and elapsed time are lost, the results are not affected")
+            atomic_write_text(p, json.dumps({"status": "interrupted", "sessions": [], "elapsed_s": 0.0,
+                                             "repaired": time.time()}, indent=2) + "\n")
+
     @property
     def state(self) -> dict[str, Any]:
-        p = self.dir / STATE_FILE
-        return json.loads(p.read_text()) if p.exists() else {}
+        st = self._read_state()
+        if st is None:
+            raise RunDirectoryError(f"{str(self.dir / STATE_FILE)!r} cannot be read; reopen the run directory "
+                                    "(RunStore.open rebuilds it)")
+        return st
 
     def write_state(self, **updates: Any) -> dict[str, Any]:
         st = {**self.state, **updates, "updated": time.time()}
@@ -434,13 +524,41 @@ class RunStore:
         return k
 
     def load_checkpoint(self, tag: str) -> dict[str, Any] | None:
-        """The newest checkpoint of ``tag`` (``None`` if there is none). A checkpoint that cannot
-        be read (it should not happen: they are written atomically) is skipped for an older one."""
-        import torch
-
-        for _, path in reversed(self.checkpoints(tag)):
+        """The newest readable checkpoint of ``tag`` (``None`` if there is none), loaded with
+        ``weights_only=True``: tensors, numbers, strings and containers only, so a checkpoint
+        from elsewhere cannot run code. One that cannot be read is reported (a
+        :class:`RunDirectoryWarning` naming it) and an older one is used; when none can be read,
+        :class:`RunDirectoryError` names them and the fix."""
+        found = list(reversed(self.checkpoints(tag)))
+        failed: list[str] = []
+        for _, path in found:
             try:
-                return torch.load(path, map_location="cpu", weights_only=False)
-            except Exception:  # noqa: BLE001 - fall back to an older checkpoint
+                ck = load_safe(path)
+            except RunDirectoryError as e:
+                failed.append(str(e))
                 continue
+            if failed:
+                notice(f"{'; '.join(failed)}; using the older checkpoint {str(path)!r}")
+            return ck
+        if failed:
+            names = ", ".join(repr(str(p)) for _, p in found)
+            raise RunDirectoryError(f"{'; '.join(failed)}. No checkpoint of {tag!r} can be read: remove {names} to "
+                                    f"compute that part again from its start (rows already written are kept), "
+                                    f"or {NEW_RUN}")
         return None
+
+
+def load_safe(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file that cannot be read that way
+    (damaged, or holding anything but tensors, numbers, strings and containers: pickled code
+    is never run) is a :class:`RunDirectoryError` naming it."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one message naming the file
+        text = str(e)
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"Unsupported operand \d+", text)
+        why = (f"it refers to {m.group(1)}, which a checkpoint never holds" if m and m.lastindex
+               else (m.group(0) if m else (text.strip().splitlines() or [type(e).__name__])[0]))
+        raise RunDirectoryError(f"checkpoint {str(path)!r} cannot be read safely ({why})") from None

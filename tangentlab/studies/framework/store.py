@@ -38,7 +38,8 @@ and never silently loses or duplicates a row:
 * ``config.json`` records :data:`FORMAT_VERSION`; a run directory of another major version
   (or of none: written before it was recorded) is refused by :meth:`RunStore.check_format`;
 * a missing checkpoint is a unit that starts again from its beginning: its rows already in
-  the tables are recomputed bit for bit and skipped by key.
+  the tables are recomputed bit for bit and skipped by key (reported when the tag had
+  saved one: ``checkpoints/.TAG.saved`` marks a tag with checkpoints).
 """
 
 from __future__ import annotations
@@ -505,6 +506,9 @@ class RunStore:
             raise InvalidInputError(f"checkpoint tag {tag!r} must be letters, digits, '_' or '.'")
         path = self.ckpt_dir / f"{tag}-{int(step):08d}.pt"
         atomic_torch_save(path, {"tag": tag, "step": int(step), "saved": time.time(), **payload})
+        marker = self._saved_marker(tag)
+        if not marker.exists():
+            marker.touch()
         for _, old in self.checkpoints(tag)[:-keep] if keep > 0 else []:
             try:
                 old.unlink()
@@ -521,7 +525,12 @@ class RunStore:
                 k += 1
             except OSError:  # pragma: no cover - removed by another process
                 pass
+        self._saved_marker(tag).unlink(missing_ok=True)
         return k
+
+    def _saved_marker(self, tag: str) -> Path:
+        """An empty file that says ``tag`` has checkpoints (until :meth:`drop_checkpoints`)."""
+        return self.ckpt_dir / f".{tag}.saved"
 
     def load_checkpoint(self, tag: str) -> dict[str, Any] | None:
         """The newest readable checkpoint of ``tag`` (``None`` if there is none), loaded with
@@ -545,6 +554,9 @@ class RunStore:
             raise RunDirectoryError(f"{'; '.join(failed)}. No checkpoint of {tag!r} can be read: remove {names} to "
                                     f"compute that part again from its start (rows already written are kept), "
                                     f"or {NEW_RUN}")
+        if self._saved_marker(tag).exists():
+            notice(f"the checkpoints of {tag!r} are missing from {str(self.ckpt_dir)!r}: that part is computed again "
+                   "from its start (the rows already in the tables are recomputed identically and not written twice)")
         return None
 
 

@@ -569,8 +569,12 @@ def load_safe(path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure becomes one message naming the file
-        text = str(e)
-        m = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"Unsupported operand \d+", text)
-        why = (f"it refers to {m.group(1)}, which a checkpoint never holds" if m and m.lastindex
-               else (m.group(0) if m else (text.strip().splitlines() or [type(e).__name__])[0]))
+        text = str(e).strip()
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            why = f"it refers to {found.group(1)}, which a checkpoint never holds"
+        elif isinstance(e, EOFError):
+            why = "empty or truncated file"
+        else:
+            why = (text.splitlines() or [type(e).__name__])[0].split(". ")[0]
         raise RunDirectoryError(f"checkpoint {str(path)!r} cannot be read safely ({why})") from None

@@ -171,10 +171,10 @@ def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
     is all-reduced, so every rank gets the whole kernel."""
     b1 = x1 if isinstance(x1, Batches) else Batches(x1)
     b2 = None if x2 is None else (x2 if isinstance(x2, Batches) else Batches(x2))
-    n1 = b1.count()
-    n2 = n1 if b2 is None else b2.count()
     rows = CaptureCache.of(engine, b1, "NTK rows")
     cols = None if b2 is None else CaptureCache.of(engine, b2, "NTK cols")
+    n1 = sum(rows.sizes())  # the examples the output keeps (see Engine.select)
+    n2 = n1 if cols is None else sum(cols.sizes())
     c = rows.first().n_outputs  # for the budget check; kept for the tiles
     copies = 1 + (len(engine.space.layers) if per_layer else 0)
     engine.budget.check(

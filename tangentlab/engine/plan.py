@@ -236,7 +236,7 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
     return plan
 
 
-class _Mismatch(Exception):
+class _MismatchError(Exception):
     """Raised by an input check hook to stop the diagnostic forward pass."""
 
 
@@ -291,7 +291,7 @@ def input_mismatch(model: nn.Module, forward, batch: tuple) -> str | None:
             want = _expects(mod, x)
             if want is not None:
                 where = names.get(id(mod), "?") or "<root>"
-                raise _Mismatch(
+                raise _MismatchError(
                     f"layer {where!r} ({type(mod).__name__}) got an input of shape {_shape(x, n)} "
                     f"and dtype {x.dtype}, but expects {want}"
                 )
@@ -300,7 +300,7 @@ def input_mismatch(model: nn.Module, forward, batch: tuple) -> str | None:
     try:
         with torch.no_grad():
             forward(batch)
-    except _Mismatch as e:
+    except _MismatchError as e:
         return str(e)
     except Exception:  # noqa: BLE001 - the caller re-raises the original error
         return None

@@ -261,6 +261,14 @@ def test_ntk_over_budget_offers_tiled_and_operator_with_sizes():
     assert "scalar output" not in msg  # the model has one output already
 
 
+def test_ntk_tiled_in_memory_over_budget_offers_the_disk_and_the_operator():
+    with pytest.raises(MemoryBudgetError) as info:
+        ntk_tiled(net(c=1), inputs(2000), memory_budget="1MiB")
+    msg = str(info.value)
+    assert "path=" in msg and f"{format_bytes(2000 * 2000 * 4)} on disk" in msg and "NTKOperator" in msg
+    assert "scalar output" not in msg
+
+
 def test_ntk_over_budget_with_several_outputs_also_offers_a_scalar_output():
     with pytest.raises(MemoryBudgetError) as info:
         tl.ntk(net(c=5), inputs(500), memory_budget="1MiB")

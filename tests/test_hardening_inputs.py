@@ -357,3 +357,11 @@ def test_a_registered_footprint_is_used(monkeypatch):
         assert "representation='toyfit' (8 B)" in str(info.value)
     finally:
         registry.unregister("toyfit")
+
+
+def test_joint_route_diagnosis_leaves_batchnorm_statistics_alone():
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)).float().train()
+    before = model[1].running_mean.clone()
+    with pytest.raises(InvalidInputError, match=r"layer '0' \(Linear\).*\(N, 3\)"):
+        tl.fim(model, inputs(d=3), route="joint")
+    assert torch.equal(model[1].running_mean, before)

@@ -257,7 +257,10 @@ class Engine:
         except TangentlabError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raised below unless explained
-            why = input_mismatch(self.model, lambda b: self.output.forward(self.model, b), _head(batch, 2))
+            # joint route: buffers are copies (BatchNorm in train mode must not update the model's)
+            forward = ((lambda b: functional_call(self._wrapper, self.buffers(), (b,))) if self.route == "joint"
+                       else (lambda b: self.output.forward(self.model, b)))
+            why = input_mismatch(self.model, forward, _head(batch, 2))
             if why is None:
                 raise
             raise InvalidInputError(f"batch {index}: {why}") from e

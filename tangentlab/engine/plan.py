@@ -243,6 +243,8 @@ class _MismatchError(Exception):
 def _expects(mod: nn.Module, x: torch.Tensor) -> str | None:
     """What ``mod`` expects of its first input ``x``, when ``x`` does not provide it."""
     weight = getattr(mod, "weight", None)
+    if isinstance(weight, nn.parameter.UninitializedParameter):
+        return None  # a lazy module learns its sizes from its first input
     wdtype = weight.dtype if isinstance(weight, torch.Tensor) else None
     if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
         if x.is_floating_point() or x.dtype == torch.bool:

@@ -73,13 +73,20 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
     depend on ``kind``:
 
     * ``"exact"``: softmax classifier, ``E_{y~p}[∇log p_y ∇log p_yᵀ]`` in closed form
-      (``C−1`` outputs);
+      (``C−1`` outputs; a model with one logit is refused: its softmax is constant, use
+      ``"binary"``);
     * ``"mc"``: the same with ``n_samples`` sampled labels per example;
     * ``"binary"``: sigmoid classifier with one logit;
     * ``"regression"``: Gaussian ``N(f(x), variance·I)``, i.e. ``JᵀJ/(N·variance)``
       (the Gauss–Newton matrix); ``"raw"`` is the same with unit variance;
     * ``"empirical"``: ``(1/N) Σ ∇ℓ_n ∇ℓ_nᵀ`` of per-example losses ``loss(z, y)``
-      (default cross-entropy); needs targets;
+      (default cross-entropy); needs targets. With class labels (the default loss, or an
+      ``nn.CrossEntropyLoss``/``nn.NLLLoss`` with ``reduction='none'``) the examples whose
+      label is the loss's ``ignore_index`` (``-100`` by default) are skipped: they have no
+      loss, so they neither contribute nor count in ``N`` (the Fisher of the labelled
+      examples; a batch with every label ignored is refused). Labels are checked: out of
+      ``0 .. C−1`` or float ``(N,)`` labels are refused, ``int32`` and ``(N, 1)`` labels are
+      converted to ``int64`` ``(N,)``;
     * a callable ``(model, batch) -> (N, C)``: the Jacobian outer products of its outputs.
 
     ``representation`` is a registered name or class: ``"dense"``, ``"diag"``, ``"blockdiag"``,

@@ -19,7 +19,7 @@ from .data import Batches
 from .engine import Capture, Engine, OutputBlocks, ops
 from .engine.gram import deal_tiles, gram_sq_frobenius, gram_tiles
 from .engine.passes import CaptureCache, one_pass
-from .errors import InvalidInputError
+from .errors import InvalidInputError, format_bytes
 from .linop import fmat_to_scipy
 from .vectors import FVector
 
@@ -171,17 +171,16 @@ def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
     is all-reduced, so every rank gets the whole kernel."""
     b1 = x1 if isinstance(x1, Batches) else Batches(x1)
     b2 = None if x2 is None else (x2 if isinstance(x2, Batches) else Batches(x2))
-    n1 = b1.count()
-    n2 = n1 if b2 is None else b2.count()
     rows = CaptureCache.of(engine, b1, "NTK rows")
     cols = None if b2 is None else CaptureCache.of(engine, b2, "NTK cols")
+    n1 = sum(rows.sizes())  # the examples the output keeps (see Engine.select)
+    n2 = n1 if cols is None else sum(cols.sizes())
     c = rows.first().n_outputs  # for the budget check; kept for the tiles
     copies = 1 + (len(engine.space.layers) if per_layer else 0)
     engine.budget.check(
         f"an NTK of shape ({n1}, {n2}, {c}, {c})" + (" with per-layer blocks" if per_layer else ""),
         n1 * n2 * c * c * copies, engine.dtype,
-        "Use fewer examples, a scalar output (e.g. output=lambda m, b: m(b[0])[:, :1]), "
-        "tangentlab.fmat.ntk_diag for the diagonal only, or PMatImplicit / ntk-vector products.",
+        ntk_alternatives(n1, n2, c, engine.space.numel, engine.dtype, symmetric=b2 is None),
     )
     mean = None
     if centering:
@@ -208,6 +207,23 @@ def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
     red.sum_(out, *(per.values() if per else ()))
     layers = {k: FMatDense(v, symmetric=symmetric) for k, v in per.items()} if per else None
     return FMatDense(out, layers, symmetric)
+
+
+def ntk_alternatives(n1: int, n2: int, c: int, p: int, dtype: torch.dtype, symmetric: bool = True) -> str:
+    """What to use instead of an in-memory NTK ``(n1, n2, c, c)`` over the memory budget, with
+    the size each needs (``p`` parameters)."""
+    item = torch.empty((), dtype=dtype).element_size()
+    ways = [f"tangentlab.ntk_large.ntk_tiled(model, x1{'' if symmetric else ', x2'}, path=...), which "
+            f"writes the kernel to disk tile by tile ({format_bytes(n1 * n2 * c * c * item)} on disk, "
+            "one block × block tile in memory; `block=` sets it)"]
+    if symmetric:
+        ways.append(f"tangentlab.ntk_large.NTKOperator(model, x1), matrix-free (K·u products, diag, "
+                    f"trace, top eigenpairs; about {format_bytes((p + 2 * n1 * c) * item)})")
+    ways.append(f"tangentlab.fmat.ntk_diag for the diagonal only ({format_bytes(n1 * c * item)})")
+    if c > 1:
+        ways.append(f"a scalar output (e.g. output=lambda m, b: m(b[0])[:, :1]), 1/{c * c} of the "
+                    f"kernel ({format_bytes(n1 * n2 * item)})")
+    return "Use " + "; ".join(ways) + "; or fewer examples."
 
 
 def ntk_diag(engine: Engine, data: Any) -> torch.Tensor:

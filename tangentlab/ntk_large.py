@@ -41,7 +41,7 @@ from .engine.gram import deal_tiles, gram_tiles
 from .engine.operator import MatrixFreeOperator
 from .engine.passes import CaptureCache
 from .errors import InvalidInputError
-from .fmat import FMatDense
+from .fmat import FMatDense, ntk_alternatives
 from .layers import LayerRegistry
 from .progress import progress as bar
 from .space import ParamSpace, Selector
@@ -148,8 +148,7 @@ def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, o
         out = None
     else:
         engine.budget.check(f"an NTK of shape {shape}", int(np.prod(shape)), engine.dtype,
-                            "Pass path=... to write the kernel to disk tile by tile, or use NTKOperator "
-                            "(matrix-free products) / tangentlab.fmat.ntk_diag.")
+                            ntk_alternatives(n1, n2, c, engine.space.numel, engine.dtype, symmetric))
         out = torch.zeros(shape, dtype=engine.dtype, device=engine.device)
 
     todo = set(mine)

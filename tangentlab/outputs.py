@@ -43,6 +43,12 @@ class OutputFunction:
         """Model outputs ``z`` on a batch (default ``model(batch[0])``)."""
         return model(batch[0])
 
+    def select(self, batch: tuple, index: int) -> tuple:
+        """Batch ``index`` as this output reads it, before it moves to the model's device:
+        targets checked and normalized, and only the examples that count in ``N`` (default:
+        the batch unchanged)."""
+        return batch
+
     def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
         return None
 
@@ -94,6 +100,18 @@ def _logits(z: torch.Tensor, what: str) -> torch.Tensor:
     return z
 
 
+def _softmax_logits(z: torch.Tensor, what: str) -> torch.Tensor:
+    """Logits ``(N, C)`` of a softmax over ``C >= 2`` classes."""
+    z = _logits(z, what)
+    if z.shape[1] == 1:
+        raise InvalidInputError(
+            f"the {what} needs at least two logits per example, but the model returns one: a "
+            "softmax over one logit is constant (p = 1), so its Fisher is zero. For a sigmoid "
+            "classifier with one logit use kind='binary' (the Fisher of a Bernoulli p = sigmoid(z))"
+        )
+    return z
+
+
 def sqrt_categorical_covariance(p: torch.Tensor) -> torch.Tensor:
     """Closed-form ``L`` (shape ``(N, C, C-1)``) with ``L Lᵀ = diag(p) − p pᵀ``.
 
@@ -131,7 +149,7 @@ class ClassificationFisher(OutputFunction):
     name = "exact classification Fisher"
 
     def prepare(self, z, batch, generator):
-        z = _logits(z, self.name)
+        z = _softmax_logits(z, self.name)
         return {"L": sqrt_categorical_covariance(torch.softmax(z, dim=-1))}
 
     def head(self, z, aux, batch):
@@ -173,7 +191,7 @@ class MonteCarloFisher(OutputFunction):
         self.n_samples = int(n_samples)
 
     def prepare(self, z, batch, generator):
-        p = torch.softmax(_logits(z, self.name), dim=-1)
+        p = torch.softmax(_softmax_logits(z, self.name), dim=-1)
         # rows with NaN/Inf logits: sample from a placeholder so the non-finite pseudo-outputs
         # reach the engine, which reports them with the batch index (NonFiniteError)
         p = torch.where(torch.isfinite(p).all(-1, keepdim=True), p, torch.ones_like(p))
@@ -185,18 +203,96 @@ class MonteCarloFisher(OutputFunction):
         return logp.gather(1, aux["y"]) / math.sqrt(self.n_samples)
 
 
+def _cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(z, y, reduction="none")
+
+
+def _rows(batch: tuple, keep: torch.Tensor) -> tuple:
+    """The examples of ``batch`` where ``keep`` (a boolean mask) is true."""
+    n = keep.shape[0]
+    return tuple(t[keep] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == n else t for t in batch)
+
+
 class EmpiricalFisher(OutputFunction):
     """"Empirical Fisher" (empirical L² metric of the loss): ``(1/N) Σ_n ∇ℓ_n ∇ℓ_nᵀ``.
 
     ``s = ℓ(z, y)`` per example; ``loss`` maps ``(z, y)`` to per-example losses
     ``(N,)`` (default: cross-entropy with ``reduction='none'``).
+
+    With a loss over class labels (the default, or an ``nn.CrossEntropyLoss`` /
+    ``nn.NLLLoss`` module with ``reduction='none'``) the targets are checked before the
+    pass: labels of another integer dtype (``int32``, ``uint8``...) are converted to
+    ``int64`` and labels of shape ``(N, 1)`` are flattened (both unambiguous); float labels
+    of shape ``(N,)`` are refused (float targets of shape ``(N, C)`` are class
+    probabilities and pass); a label outside ``0 .. C−1`` is refused. An example whose
+    label is the loss's ``ignore_index`` (``-100`` by default) has no loss: it is dropped
+    before the pass, so it neither contributes nor counts in ``N`` (the Fisher is the one
+    of the labelled examples); a batch with every label ignored is refused.
     """
 
     name = "empirical Fisher"
     needs_targets = True
 
     def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
-        self.loss = loss or (lambda z, y: F.cross_entropy(z, y, reduction="none"))
+        self.loss = loss or _cross_entropy
+        #: whether the targets are class labels (checked, converted, ``ignore_index`` followed)
+        self.class_labels = loss is None or isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss))
+        #: the label of the examples without a loss (``None``: none)
+        self.ignore_index: int | None = -100 if loss is None else getattr(loss, "ignore_index", None)
+
+    def select(self, batch: tuple, index: int) -> tuple:
+        if not self.class_labels or len(batch) < 2 or not isinstance(batch[1], torch.Tensor):
+            return batch
+        y = batch[1]
+        if y.is_floating_point() or y.is_complex():
+            if y.dim() == 1 or (y.dim() == 2 and y.shape[1] == 1):
+                raise InvalidInputError(
+                    f"batch {index}: the class labels (element 1) have dtype {y.dtype}; class labels "
+                    "are integers: pass `y.long()` (float targets of shape (N, C) are read as class "
+                    "probabilities)"
+                )
+            return batch  # class probabilities
+        if y.dim() == 2 and y.shape[1] == 1:
+            y = y.reshape(-1)
+        elif y.dim() != 1:
+            raise InvalidInputError(
+                f"batch {index}: the class labels (element 1) have shape {tuple(y.shape)}; the "
+                "empirical Fisher takes one class label per example, shape (N,). For one loss over "
+                "several labels per example pass `loss=` a function returning one loss per example"
+            )
+        if y.dtype != torch.long:
+            y = y.long()
+        batch = (batch[0], y, *batch[2:])
+        if self.ignore_index is not None:
+            keep = y != self.ignore_index
+            if not bool(keep.all()):
+                if not bool(keep.any()):
+                    raise InvalidInputError(
+                        f"batch {index}: every label equals the loss's ignore_index "
+                        f"({self.ignore_index}), so no example of this batch has a loss; remove the "
+                        "batch from the data"
+                    )
+                batch = _rows(batch, keep)
+        return batch
+
+    def prepare(self, z, batch, generator):
+        y = batch[1] if len(batch) > 1 else None
+        if self.class_labels and z.dim() == 2 and isinstance(y, torch.Tensor) and not y.is_floating_point():
+            c = z.shape[1]
+            bad = (y < 0) | (y >= c)
+            if self.ignore_index is not None:
+                bad &= y != self.ignore_index
+            if bool(bad.any()):
+                vals = sorted(set(y[bad].tolist()))
+                ign = "" if self.ignore_index is None else (
+                    f"; the label {self.ignore_index} (the loss's ignore_index) marks an example "
+                    "without a loss")
+                raise InvalidInputError(
+                    f"class labels {vals[:10]} are out of range: the model has {c} logits, so labels "
+                    f"run from 0 to {c - 1}{ign}. Check the labels (e.g. 1-based classes: `y - 1`) or "
+                    "the model's number of outputs"
+                )
+        return None
 
     def head(self, z, aux, batch):
         y = self._targets(batch)

@@ -106,6 +106,13 @@ class ParamSpace:
             raise InvalidInputError("the model has no parameters")
         chosen = _resolve_selection(model, named, params)
         if not chosen:
+            if params is None:
+                raise InvalidInputError(
+                    f"no parameter requires grad: all {len(named)} parameters of the model have "
+                    "requires_grad=False (frozen), and by default only trainable parameters are "
+                    "selected. Unfreeze the ones you want (`p.requires_grad_(True)`) or name them "
+                    "with `params=` (e.g. `params=model` for all of them)"
+                )
             raise InvalidInputError(f"the parameter selection {params!r} matched no parameter")
         modules = dict(model.named_modules())
         groups: dict[str, list[tuple[str, tuple[int, ...]]]] = {}

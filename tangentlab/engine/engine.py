@@ -36,7 +36,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from ..data import Batch, Batches, to_device
 from ..distributed import Reducer, unwrap
-from ..errors import InvalidInputError, NonFiniteError
+from ..errors import InvalidInputError, NonFiniteError, TangentlabError
 from ..layers.base import LayerRule
 from ..layers.registry import LayerRegistry
 from ..memory import MemoryBudget
@@ -45,7 +45,7 @@ from ..progress import progress
 from ..space import Layer, ParamSpace, Selector
 from .blocks import ALL_OUTPUTS, AUTO_BLOCKS, OutputBlocks
 from .options import EngineOptions
-from .plan import RoutePlan, check_coupling, check_params, make_plan
+from .plan import RoutePlan, check_coupling, check_params, input_mismatch, make_plan
 from .precision import Precision
 
 #: target size (entries) of one output block's ``g`` under ``OutputBlocks.auto()``
@@ -216,11 +216,17 @@ class Engine:
     # ---- data ------------------------------------------------------------------
     def batches(self, data: Any, desc: str = "batches", start: int = 0) -> Iterator[tuple[int, Batch]]:
         """``(index, batch)`` on the engine's device, from batch ``start`` on (earlier
-        batches are read but not moved)."""
+        batches are read but not moved), as the output reads them (:meth:`select`)."""
         src = data if isinstance(data, Batches) else Batches(data)
         for i, b in enumerate(progress(src, desc, self.show_progress)):
             if i >= start:
-                yield i, to_device(b, self.device, self.model_dtype, i)
+                yield i, to_device(self.select(b, i), self.device, self.model_dtype, i)
+
+    def select(self, batch: Batch, index: int) -> Batch:
+        """Batch ``index`` with its targets checked and only the examples that count in ``N``
+        (:meth:`~tangentlab.outputs.OutputFunction.select`: e.g. the empirical Fisher drops
+        the examples whose label is the loss's ``ignore_index``)."""
+        return self.output.select(batch, index)
 
     def captures(self, data: Any, desc: str = "tangent features", blocks: OutputBlocks = ALL_OUTPUTS,
                  take: Callable[[int], bool] | None = None) -> Iterator[Capture]:
@@ -240,6 +246,25 @@ class Engine:
         return gen
 
     # ---- plan ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def explain_inputs(self, batch: Batch, index: int = 0):
+        """Turn a forward pass that fails on the inputs (e.g. a feature size or an integer
+        dtype a Linear layer cannot take) into an :class:`InvalidInputError` naming the layer,
+        what it got and what it expects; other failures are re-raised unchanged. The
+        diagnosis (a forward pass on two examples) runs only after a failure."""
+        try:
+            yield
+        except TangentlabError:
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised below unless explained
+            # joint route: buffers are copies (BatchNorm in train mode must not update the model's)
+            forward = ((lambda b: functional_call(self._wrapper, self.buffers(), (b,))) if self.route == "joint"
+                       else (lambda b: self.output.forward(self.model, b)))
+            why = input_mismatch(self.model, forward, _head(batch, 2))
+            if why is None:
+                raise
+            raise InvalidInputError(f"batch {index}: {why}") from e
+
     def plan(self, batch: Batch) -> RoutePlan:
         if self._plan is None:
             check_coupling(self.model, self.route == "joint")
@@ -259,14 +284,15 @@ class Engine:
             # the whole batch at a fraction of the cost. A model that cannot run on a
             # 2-example slice (a hard-coded batch size, say) is probed on the full batch.
             small = _head(batch, 2)
-            if small is batch:
-                self._plan = make_plan(self.model, self.space, self.registry, self.route, prober(batch))
-            else:
-                try:  # make_plan warns only after a successful probe: no duplicate warnings
-                    plan = make_plan(self.model, self.space, self.registry, self.route, prober(small))
-                except Exception:  # noqa: BLE001 - retried on the full batch, which raises if it must
-                    plan = make_plan(self.model, self.space, self.registry, self.route, prober(batch))
-                self._plan = plan
+            with self.explain_inputs(batch):
+                if small is batch:
+                    self._plan = make_plan(self.model, self.space, self.registry, self.route, prober(batch))
+                else:
+                    try:  # make_plan warns only after a successful probe: no duplicate warnings
+                        plan = make_plan(self.model, self.space, self.registry, self.route, prober(small))
+                    except Exception:  # noqa: BLE001 - retried on the full batch, which raises if it must
+                        plan = make_plan(self.model, self.space, self.registry, self.route, prober(batch))
+                    self._plan = plan
         return self._plan
 
     # ---- functional forward (generic route, matrix-free products) ----------------
@@ -352,7 +378,7 @@ class Engine:
                 f"the {self.output.name} needs targets: batch {index} has no element 1 (y)"
             )
         prec = self.precision
-        with prec.context(self.device):
+        with prec.context(self.device), self.explain_inputs(batch, index):
             if plan.hooked:
                 s, aux, records = self._hook_pass(plan, batch, index)
             else:

@@ -63,7 +63,7 @@ def jvp(engine: Engine, batch: Batch, index: int,
 
     primals = {n: engine.params[n].detach() for n in names}
     tang = {n: tangents[n].detach().to(engine.model_dtype) for n in names}
-    with engine.precision.context(engine.device):
+    with engine.precision.context(engine.device), engine.explain_inputs(batch, index):
         jv = _jvp(engine, batch, index, f, names, primals, tang, n_ex)
     return engine.precision.cast(jv, engine.dtype)
 
@@ -109,7 +109,8 @@ def vjp(engine: Engine, batch: Batch, index: int, cotangent: torch.Tensor) -> di
     """``Jᵀ u = Σ_{n,c} u[n, c] φ_c(x_n)`` for one batch: ``{name: tensor}``."""
     engine.validate(batch, index)
     names, fixed = _split(engine)
-    with math_attention(), torch.enable_grad(), engine.precision.context(engine.device):
+    with math_attention(), torch.enable_grad(), engine.precision.context(engine.device), \
+            engine.explain_inputs(batch, index):
         p = {n: engine.params[n].detach().requires_grad_(True) for n in names}
         s = engine.functional_outputs({**fixed, **p}, batch, index)
         engine.check_outputs(s.detach(), batch[0].shape[0], index)

@@ -83,7 +83,8 @@ class CaptureCache:
     def sizes(self) -> list[int]:
         """The number of examples of every batch (one read of the data, no capture)."""
         if self._sizes is None:
-            self._sizes = [b[0].shape[0] for b in self.data]  # type: ignore[union-attr]
+            sel = self.engine.select if self.engine is not None else (lambda b, i: b)
+            self._sizes = [sel(b, i)[0].shape[0] for i, b in enumerate(self.data)]  # type: ignore[arg-type]
             self._n_batches = len(self._sizes)
         return self._sizes
 

@@ -234,3 +234,80 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
     order = {n: i for i, n in enumerate(space.names)}
     plan.generic.sort(key=order.__getitem__)
     return plan
+
+
+class _MismatchError(Exception):
+    """Raised by an input check hook to stop the diagnostic forward pass."""
+
+
+def _expects(mod: nn.Module, x: torch.Tensor) -> str | None:
+    """What ``mod`` expects of its first input ``x``, when ``x`` does not provide it."""
+    weight = getattr(mod, "weight", None)
+    if isinstance(weight, nn.parameter.UninitializedParameter):
+        return None  # a lazy module learns its sizes from its first input
+    wdtype = weight.dtype if isinstance(weight, torch.Tensor) else None
+    if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
+        if x.is_floating_point() or x.dtype == torch.bool:
+            return f"integer indices (torch.long) below {mod.num_embeddings}; pass token ids, e.g. `x.long()`"
+        return None
+    if isinstance(mod, nn.Linear):
+        want = f"shape (..., {mod.in_features})"
+        if x.dim() == 0 or x.shape[-1] != mod.in_features:
+            return f"{want}; check the number of features of the data or the model's input layer"
+    elif isinstance(mod, nn.modules.conv._ConvNd):
+        d = len(mod.kernel_size)
+        want = f"shape (N, {mod.in_channels}, {', '.join(['L', 'H, W', 'D, H, W'][d - 1:d])})"
+        if x.dim() not in (d + 1, d + 2) or x.shape[-(d + 1)] != mod.in_channels:
+            return f"{want}; check the channels of the data (channels first) or the model's input layer"
+    elif isinstance(mod, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)):
+        if isinstance(mod, nn.LayerNorm):
+            k = len(mod.normalized_shape)
+            if tuple(x.shape[x.dim() - k:]) != tuple(mod.normalized_shape):
+                return f"trailing shape {tuple(mod.normalized_shape)}; check the data or the layer's normalized_shape"
+    else:
+        return None
+    if wdtype is not None and x.dtype != wdtype:
+        return f"dtype {wdtype} (its parameters' dtype); convert the inputs, e.g. `x.to({wdtype})`"
+    return None
+
+
+def _shape(x: torch.Tensor, n: int) -> str:
+    """``x``'s shape with the example dimension written ``N``."""
+    dims = [str(d) for d in x.shape]
+    if dims and x.shape[0] == n:
+        dims[0] = "N"
+    return f"({', '.join(dims)}{',' if len(dims) == 1 else ''})"
+
+
+def input_mismatch(model: nn.Module, forward, batch: tuple) -> str | None:
+    """Run ``forward(batch)`` with checks on the inputs of the standard layers (Linear,
+    convolutions, Embedding, normalizations) and describe the first layer that receives an
+    input of the wrong shape or dtype (``None`` when every checked input fits, or the pass
+    fails elsewhere). Used to explain a failed forward pass, never on the happy path."""
+    names = {id(m): path for path, m in model.named_modules()}
+    n = batch[0].shape[0]
+
+    def check(mod, args):
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor):
+            want = _expects(mod, x)
+            if want is not None:
+                where = names.get(id(mod), "?") or "<root>"
+                raise _MismatchError(
+                    f"layer {where!r} ({type(mod).__name__}) got an input of shape {_shape(x, n)} "
+                    f"and dtype {x.dtype}, but expects {want}"
+                )
+
+    handles = [m.register_forward_pre_hook(check) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            forward(batch)
+    except _MismatchError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - the caller re-raises the original error
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return None
+

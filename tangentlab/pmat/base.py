@@ -183,12 +183,11 @@ class PMat:
 
     def _check_dense(self, what: str = "the dense P×P matrix", suggestion: str | None = None) -> None:
         p = self.space.numel
-        others = registry.alternatives(type(self), light=True, exact=True)
-        self.budget.check(
-            what, p * p, self.dtype,
-            suggestion or "Keep working with this matrix's own verbs (mv, solve, eigh(k)...), "
-            f"use {', '.join(others)}, or select fewer parameters with `params=`."
-        )
+        if suggestion is None and not self.budget.fits(p * p, self.dtype):
+            suggestion = ("Keep working with this matrix's own verbs (mv, solve, eigh(k)...). "
+                          + registry.fitting_advice(self.space, self.budget, self.dtype, type(self),
+                                                    light=True, exact=True))
+        self.budget.check(what, p * p, self.dtype, suggestion or "")
 
     def _vec(self, flat: torch.Tensor) -> PVector:
         return PVector.from_flat(self.space, flat)

@@ -17,6 +17,7 @@ from ..engine import Capture, Engine, OutputBlocks, ops
 from ..engine.passes import one_pass
 from ..layers.base import CHUNK_ELEMENTS
 from ..vectors import PVector
+from . import registry
 from .dense import PMatBlockDiag, PMatDense, PMatDiag
 from .lowrank import PMatLowRank
 
@@ -32,11 +33,9 @@ def c_chunks(n_outputs: int, n: int, p: int) -> list[slice]:
 def build_dense(engine: Engine, data: Any, centering: bool = False) -> PMatDense:
     space = engine.space
     p = space.numel
-    engine.budget.check(
-        f"a dense {p}×{p} matrix", p * p, engine.dtype,
-        "Use representation='diag', 'blockdiag', 'lowrank' or 'implicit', or select fewer "
-        "parameters with `params=`.",
-    )
+    if not engine.budget.fits(p * p, engine.dtype):
+        engine.budget.check(f"a dense {p}×{p} matrix", p * p, engine.dtype,
+                            registry.fitting_advice(space, engine.budget, engine.dtype, "dense"))
     acc = torch.zeros(p, p, dtype=engine.dtype, device=engine.device)
 
     def consume(cap: Capture) -> None:
@@ -70,11 +69,10 @@ def build_blockdiag(engine: Engine, data: Any, centering: bool = False) -> PMatB
     space = engine.space
     total = sum(lay.numel**2 for lay in space.layers)
     biggest = max(space.layers, key=lambda lay: lay.numel)
-    engine.budget.check(
-        f"layer blocks ({total} entries; largest {biggest.module!r} with {biggest.numel}² )",
-        total, engine.dtype,
-        "Use representation='diag', 'lowrank' or 'implicit', or select fewer parameters.",
-    )
+    if not engine.budget.fits(total, engine.dtype):
+        engine.budget.check(f"layer blocks ({total} entries; largest {biggest.module!r} with {biggest.numel}²)",
+                            total, engine.dtype,
+                            registry.fitting_advice(space, engine.budget, engine.dtype, "blockdiag"))
     blocks = {lay.module: torch.zeros(lay.numel, lay.numel, dtype=engine.dtype, device=engine.device)
               for lay in space.layers}
 
@@ -102,10 +100,10 @@ def build_lowrank(engine: Engine, data: Any, centering: bool = False) -> PMatLow
 
     def consume(cap: Capture) -> None:
         counts[0] += cap.n * cap.n_outputs
-        engine.budget.check(
-            f"a {counts[0]}×{p} Jacobian (so far)", counts[0] * p, engine.dtype,
-            "Use representation='implicit' (matrix-free) or 'diag', or fewer examples.",
-        )
+        if not engine.budget.fits(counts[0] * p, engine.dtype):
+            engine.budget.check(f"a {counts[0]}×{p} Jacobian (so far)", counts[0] * p, engine.dtype,
+                                registry.fitting_advice(space, engine.budget, engine.dtype, "lowrank")
+                                + " Or use fewer examples.")
         # rows ordered (example, output), as in FVector.flat()
         rows.append(ops.per_example(cap, space).transpose(0, 1).reshape(-1, p))
 

@@ -11,7 +11,7 @@ from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
 from .base import PMat, check_damping
-from .registry import register
+from .registry import block_entries, dense_entries, register, vector_entries
 
 
 def _chol_solve(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
@@ -70,7 +70,8 @@ class _TensorPMat(PMat):
 
 
 @register("dense", build="tangentlab.pmat.build:build_dense", stores="`F`", memory="`P²`",
-          summary="everything exact; Cholesky solves", keeps="all", light=False, distributed=True)
+          summary="everything exact; Cholesky solves", keeps="all", light=False, distributed=True,
+          footprint=dense_entries)
 class PMatDense(_TensorPMat):
     """The full ``P × P`` matrix. Memory ``P²``; ``solve``/``inverse`` cost ``O(P³)``."""
 
@@ -139,7 +140,8 @@ class PMatDense(_TensorPMat):
 
 
 @register("diag", aliases=("diagonal",), build="tangentlab.pmat.build:build_diag", stores="`diag F`",
-          memory="`P`", summary="from squared-activation matmuls", keeps="diagonal", distributed=True)
+          memory="`P`", summary="from squared-activation matmuls", keeps="diagonal", distributed=True,
+          footprint=vector_entries)
 class PMatDiag(PMat):
     """Only the diagonal ``F_pp = (1/N) Σ_{n,c} φ_{c,n,p}²``. Memory ``P``."""
 
@@ -231,7 +233,8 @@ class PMatDiag(PMat):
 
 
 @register("blockdiag", build="tangentlab.pmat.build:build_blockdiag", stores="one dense block per layer",
-          memory="`Σ P_l²`", summary="cross-layer terms dropped", keeps="layer blocks", distributed=True)
+          memory="`Σ P_l²`", summary="cross-layer terms dropped", keeps="layer blocks", distributed=True,
+          footprint=block_entries)
 class PMatBlockDiag(PMat):
     """One dense block per layer (the parameters owned by one module); cross-layer
     terms are zero. Memory ``Σ_l P_l²``."""

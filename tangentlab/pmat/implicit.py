@@ -23,12 +23,13 @@ from ..engine.passes import one_pass
 from ..errors import InvalidInputError
 from ..vectors import PVector
 from .base import PMat, check_damping
-from .registry import register
+from .registry import register, vector_entries
 
 
 @register("implicit", stores="nothing (model + data)", memory="`O(P)`",
           summary="`mv`/`vTMv` by forward-mode products, exact `trace`/`diag`, CG `solve`, Lanczos "
-          "`eigh(k)`, exact Frobenius norm through the Gram matrix", keeps="all", distributed=True)
+          "`eigh(k)`, exact Frobenius norm through the Gram matrix", keeps="all", distributed=True,
+          footprint=vector_entries)
 class PMatImplicit(MatrixFreeOperator, PMat):
     """``F = (1/N) Σ_n J_nᵀ J_n`` applied on the fly from ``model`` and ``data``.
 

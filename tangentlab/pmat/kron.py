@@ -44,7 +44,7 @@ from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
 from .base import PMat, check_damping
-from .registry import register
+from .registry import kron_entries, register
 
 METHODS = ("exact", "factored")
 
@@ -192,7 +192,7 @@ class _KronBase(PMat):
 
 @register("kfac", build="tangentlab.pmat.kron_build:build_kfac", stores="Kronecker factors `A_l`, `B_l` per layer",
           memory="`Σ_l (I_l² + O_l²)`", summary="Martens & Grosse (2015), KFC for convolutions; exact or "
-          "factored damped `solve`/`inverse`, `pow`")
+          "factored damped `solve`/`inverse`, `pow`", footprint=kron_entries)
 class PMatKFAC(_KronBase):
     """KFAC / KFC: ``F_l ≈ A_l ⊗ B_l`` per layer (and per group of a grouped convolution).
 
@@ -352,7 +352,8 @@ class PMatKFAC(_KronBase):
 @register("ekfac", build="tangentlab.pmat.kron_build:build_ekfac",
           stores="eigenbases of the KFAC factors and a diagonal `s*` in that basis",
           memory="`Σ_l (I_l² + O_l² + O_l·I_l)`", summary="George et al. (2018); `trace` exact, "
-          "`update_diag` re-estimates `s*` in the fixed basis")
+          "`update_diag` re-estimates `s*` in the fixed basis",
+          footprint=lambda space: kron_entries(space, eigen=True))
 class PMatEKFAC(_KronBase):
     """EKFAC: ``F_l ≈ (U_A ⊗ U_B) diag(s*) (U_A ⊗ U_B)ᵀ`` per layer.
 

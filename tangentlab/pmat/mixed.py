@@ -20,13 +20,14 @@ from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
 from .base import PMat, check_damping
-from .registry import load, lookup, register
+from .registry import kron_entries, load, lookup, register
 
 
 @register("mixed", build="tangentlab.pmat.mixed:build_mixed",
           stores="one representation per set of layers (default: EKFAC where a Kronecker layout exists, "
           "BlockDiag elsewhere)", memory="sum of the parts",
-          summary="block-diagonal over its parts; `mixed=` assigns representations to modules")
+          summary="block-diagonal over its parts; `mixed=` assigns representations to modules",
+          footprint=lambda space: kron_entries(space, eigen=True))  # the default assignment
 class PMatMixed(PMat):
     """Block-diagonal combination of representations on disjoint sets of layers.
 

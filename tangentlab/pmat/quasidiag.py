@@ -51,7 +51,7 @@ from ..memory import MemoryBudget
 from ..space import ParamInfo, ParamSpace
 from ..vectors import PVector
 from .base import PMat, check_damping
-from .registry import register
+from .registry import register, vector_entries
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ def coupled_layers(space: ParamSpace) -> tuple[CoupledLayer, ...]:
 @register("quasidiag", build="tangentlab.pmat.quasidiag:build_quasidiag",
           stores="`diag F` plus the bias–row couplings of each layer", memory="`≤ 2P`",
           summary="Ollivier (2015); `solve` by Schur complements of arrowhead blocks, batched `eigh`; "
-          "no `inverse`", keeps="quasi-diagonal", distributed=True)
+          "no `inverse`", keeps="quasi-diagonal", distributed=True,
+          footprint=lambda space: 2 * vector_entries(space))
 class PMatQuasiDiag(PMat):
     """Diagonal plus bias–row cross terms (see the module docstring for the maths).
 

@@ -11,8 +11,11 @@ A representation is a :class:`~tangentlab.pmat.base.PMat` subclass plus
   constructor, called as ``cls(engine, data, centering)``);
 * the loader of :meth:`PMat.state_dict` (the class's ``from_state_dict`` classmethod;
   a class without one cannot be saved);
-* metadata for messages and documentation: what it ``stores``, its ``memory``, a one-line
-  ``summary``; ``keeps``, the part of the Fisher it holds exactly (``"all"``,
+* metadata for messages and documentation: what it ``stores``, its ``memory`` (a formula
+  for people) and ``footprint`` (an estimator ``footprint(space) -> entries`` of what it
+  stores for a :class:`~tangentlab.space.ParamSpace`, ``None`` where that depends on the
+  data, as ``N·C·P`` does; :func:`fitting` uses it to offer only what fits a memory
+  budget), a one-line ``summary``; ``keeps``, the part of the Fisher it holds exactly (``"all"``,
   ``"diagonal"``, ``"layer blocks"``, ``"quasi-diagonal"``; ``None`` for approximations
   such as KFAC); ``light``, whether it never allocates a ``P × P`` matrix when built;
   ``distributed``, whether its builder sums over ranks.
@@ -34,7 +37,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError
+import torch
+
+from ..errors import InvalidInputError, format_bytes
 
 if TYPE_CHECKING:  # the registry sits below the classes: pmat.base asks it for alternatives
     from .base import PMat
@@ -54,6 +59,7 @@ class Representation:
     keeps: str | None = None
     light: bool = True
     distributed: bool = False
+    footprint: Callable[[Any], int] | None = field(default=None, repr=False)
 
     @property
     def build(self) -> Callable[..., PMat]:
@@ -81,7 +87,8 @@ def _key(name: str) -> str:
 
 def register(name: str, *, build: Callable[..., PMat] | str | None = None, stores: str = "", memory: str = "",
              summary: str = "", aliases: tuple[str, ...] = (), keeps: str | None = None,
-             light: bool = True, distributed: bool = False) -> Callable[[type], type]:
+             light: bool = True, distributed: bool = False,
+             footprint: Callable[[Any], int] | None = None) -> Callable[[type], type]:
     """Class decorator registering a :class:`PMat` subclass under ``name`` (see the module
     docstring). ``build=None``: the class itself is the builder (its constructor takes
     ``(engine, data, centering)``). Registering a name again replaces the previous entry."""
@@ -90,7 +97,7 @@ def register(name: str, *, build: Callable[..., PMat] | str | None = None, store
         if not (isinstance(cls, type) and callable(getattr(cls, "mv", None))):
             raise TypeError(f"{cls!r} is not a PMat subclass")
         rep = Representation(_key(name), cls, build, stores, memory, summary,
-                             tuple(_key(a) for a in aliases), keeps, light, distributed)
+                             tuple(_key(a) for a in aliases), keeps, light, distributed, footprint)
         unregister(rep.name)
         _BY_NAME[rep.name] = rep
         return cls
@@ -170,6 +177,68 @@ def alternatives(exclude: Any = None, *, fmt: str = "class", **wanted: Any) -> l
             continue
         out.append(rep.cls.__name__ if fmt == "class" else rep.name)
     return out
+
+
+def fitting(space: Any, budget: Any, dtype: Any, exclude: Any = None, **wanted: Any) -> list[tuple[str, int]]:
+    """``(name, bytes)`` of the registered representations (matching ``wanted``, as in
+    :func:`alternatives`, without ``exclude``) whose :attr:`~Representation.footprint` on
+    ``space`` fits ``budget`` (a :class:`~tangentlab.memory.MemoryBudget`) in ``dtype``;
+    those without a footprint are left out. At most two parameter vectors (``2P`` entries)
+    always fit: the budget bounds the allocations beyond the size of the model itself, and
+    vectors of the parameters' size are not checked against it."""
+    item = torch.empty((), dtype=dtype).element_size()
+    out = []
+    for name in alternatives(exclude, fmt="name", **wanted):
+        rep = _BY_NAME[name]
+        if rep.footprint is not None:
+            entries = int(rep.footprint(space))
+            if entries * item <= budget.nbytes or entries <= 2 * space.numel:
+                out.append((name, entries * item))
+    return out
+
+
+def fitting_advice(space: Any, budget: Any, dtype: Any, exclude: Any = None, **wanted: Any) -> str:
+    """A sentence offering the representations that :func:`fitting` keeps, with their sizes,
+    for a refusal message; when none fits, says so."""
+    fit = fitting(space, budget, dtype, exclude, **wanted)
+    if not fit:
+        return (f"No representation of the {space.numel} parameters fits the budget: select fewer "
+                "parameters with `params=` or raise the budget.")
+    reps = ", ".join(f"representation={n!r} ({format_bytes(b)})" for n, b in fit)
+    return f"The budget allows {reps}; or select fewer parameters with `params=`."
+
+
+def dense_entries(space: Any) -> int:
+    """Footprint of a dense ``P × P`` matrix."""
+    return space.numel ** 2
+
+
+def vector_entries(space: Any) -> int:
+    """Footprint of one vector of length ``P``."""
+    return space.numel
+
+
+def block_entries(space: Any) -> int:
+    """Footprint of one dense block per layer: ``Σ_l P_l²``."""
+    return sum(lay.numel ** 2 for lay in space.layers)
+
+
+def kron_entries(space: Any, eigen: bool = False) -> int:
+    """Footprint of Kronecker factors ``A_l`` (``I_l × I_l``, the bias as one more input) and
+    ``B_l`` (``O_l × O_l``) per layer with a weight of two or more dimensions (``O_l``
+    its first), plus ``O_l·I_l`` for the eigenvalue-corrected diagonal when ``eigen``;
+    a layer without such a weight is counted as a dense block (an upper bound of what
+    each rule stores)."""
+    total = 0
+    for lay in space.layers:
+        weight = next((p for p in lay.params if len(p.shape) >= 2), None)
+        if weight is None:
+            total += lay.numel ** 2
+            continue
+        o = weight.shape[0]
+        i = weight.numel // o + (1 if len(lay.params) > 1 else 0)
+        total += i * i + o * o + (o * i if eigen else 0)
+    return total
 
 
 def quoted(items: list[str]) -> str:

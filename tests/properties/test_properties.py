@@ -1,0 +1,153 @@
+"""Every representation and verb on architectures drawn from :mod:`.grammar`, against the
+float64 oracle (:mod:`.reference`) and against each other.
+
+* exact representations (``keeps`` set in the registry) equal the oracle's restriction
+  (all, layer blocks, diagonal, quasi-diagonal) in ``mv``, ``vTMv``, ``trace``, ``diag`` and
+  ``to_dense``; their traces and diagonals agree with each other;
+* KFAC/EKFAC (George et al., 2018) build exactly when every trainable layer is a hooked
+  Linear/Conv/Embedding, else refuse pointing at ``mixed``; EKFAC's diagonal ``s*`` is the
+  diagonal of the oracle's layer block in its Kronecker-factored eigenbasis (so its trace
+  is exact) and it is at least as close to each block as KFAC in Frobenius norm (Theorem 2);
+  ``mixed`` keeps the exact trace and the oracle's blocks in its BlockDiag parts;
+* FIM/NTK duality: ``F = ΦᵀΦ/N`` and ``K = ΦΦᵀ`` share their non-zero spectrum
+  (``eig F = eig K / N``, ``tr F = tr K / N``); the Jacobian (dense and matrix-free) equals the
+  oracle's, and ``⟨Jv, u⟩ = ⟨v, Jᵀu⟩``.
+
+Profiles and how to run the long one: ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given
+from torch import nn
+
+import tangentlab as tl
+from tangentlab.engine import Engine
+from tangentlab.errors import UnsupportedLayerError, UnsupportedOperationError
+from tangentlab.pmat import PMatEKFAC
+
+from ..cases import REPRESENTATIONS, restrict
+from . import reference
+from .checks import assert_close, nonzero_spectra_agree, vector
+from .grammar import cases
+
+KRON_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+
+
+def _fim(case, rep, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tl.fim(case.model, case.batches, case.kind, rep, **case.fim_options(), **kw)
+
+
+def _oracle(case):
+    phi = reference.features(case)
+    F = reference.fisher(case, phi)
+    return phi, F, float(F.norm()) + 1e-300
+
+
+@given(cases())
+def test_exact_representations_against_the_oracle(case):
+    _, F, scale = _oracle(case)
+    traces, diags = {}, {}
+    for rep in REPRESENTATIONS:
+        M = _fim(case, rep)
+        assert list(M.space.names) == reference.trainable(case), "frozen parameters are not in the space"
+        R = restrict(rep, M.space, F)
+        v = vector(M.space, 1)
+        assert_close(M.mv(v).flat(), R @ v.flat(), scale, f"{rep}.mv")
+        assert_close(M.vTMv(v), v.flat() @ R @ v.flat(), scale * float(v.flat() @ v.flat()), f"{rep}.vTMv")
+        traces[rep] = M.trace()
+        assert_close(traces[rep], R.trace(), scale, f"{rep}.trace")
+        diags[rep] = M.diag().flat()
+        assert_close(diags[rep], torch.diagonal(R), scale, f"{rep}.diag")
+        if rep == "implicit":
+            with pytest.raises(UnsupportedOperationError, match="PMatDense"):
+                M.to_dense()
+        else:
+            assert_close(M.to_dense(), R, scale, f"{rep}.to_dense")
+    for rep in REPRESENTATIONS:  # every exact representation keeps the diagonal
+        assert_close(traces[rep], traces["dense"], scale, f"trace {rep} vs dense")
+        assert_close(diags[rep], diags["dense"], scale, f"diag {rep} vs dense")
+
+
+def _kron_ready(case) -> bool:
+    """Whether every trainable layer takes the hook route with a Kronecker-factored rule."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eng = Engine(case.model, case.output())
+        plan = eng.plan(case.batches[0])
+    return not plan.generic and all(isinstance(h.module, KRON_TYPES) for h in plan.hooked)
+
+
+@given(cases())
+def test_kronecker_representations_identities(case):
+    _, F, scale = _oracle(case)
+    if not _kron_ready(case):
+        for rep in ("kfac", "ekfac"):
+            with pytest.raises(UnsupportedLayerError, match="mixed"):
+                _fim(case, rep)
+    else:
+        K, E = _fim(case, "kfac"), _fim(case, "ekfac")
+        Kd, Ed = K.to_dense(), E.to_dense()
+        v = vector(K.space, 2)
+        for name, M, D in (("kfac", K, Kd), ("ekfac", E, Ed)):  # verbs against their own dense form
+            assert_close(M.mv(v).flat(), D @ v.flat(), float(D.norm()), f"{name}.mv")
+            assert_close(M.trace(), D.trace(), float(D.norm()), f"{name}.trace")
+            assert_close(M.diag().flat(), D.diagonal(), float(D.norm()), f"{name}.diag")
+            assert_close(M.vTMv(v), v.flat() @ D @ v.flat(), float(D.norm() * v.flat().dot(v.flat())),
+                         f"{name}.vTMv")
+        assert_close(PMatEKFAC.from_kfac(K).to_dense(), Kd, scale, "EKFAC with KFAC's eigenvalues")
+        assert_close(E.trace(), F.trace(), scale, "EKFAC trace = exact trace")
+        for blk in E.blocks:
+            for g in range(blk.ub.shape[0]):
+                ua = torch.eye(blk.s.shape[2]) if blk.ua is None else blk.ua[g]
+                q = torch.kron(blk.ub[g].contiguous(), ua.contiguous())
+                idx = blk.index[g].reshape(-1)
+                assert_close(blk.s[g].reshape(-1), torch.diagonal(q.T @ F[idx][:, idx] @ q), scale,
+                             "EKFAC s* = diag of F in the eigenbasis")
+        for lay in K.space.layers:
+            sl = lay.slice
+            ek, ee = float((F[sl, sl] - Kd[sl, sl]).norm()), float((F[sl, sl] - Ed[sl, sl]).norm())
+            assert ee <= ek + 1e-9 * scale, f"EKFAC farther than KFAC from block {lay.module}: {ee} > {ek}"
+    M = _fim(case, "mixed")
+    assert_close(M.trace(), F.trace(), scale, "mixed trace = exact trace")
+    D = M.to_dense()
+    for part in M.parts:
+        if isinstance(part, tl.PMatBlockDiag):
+            for lay in part.space.layers:
+                sl = M.space.layer(lay.module).slice
+                assert_close(D[sl, sl], F[sl, sl], scale, f"mixed block {lay.module}")
+
+
+@given(cases())
+def test_fim_ntk_duality_and_jacobian(case):
+    phi, F, scale = _oracle(case)
+    n = case.n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Fd = _fim(case, "dense").to_dense()
+        K = tl.ntk(case.model, case.batches, output=case.output(), seed=case.seed)
+        Km = K.as_matrix()
+        if case.kind != "exact":  # exact: tangentlab's C−1 pseudo-outputs are another root of diag p − ppᵀ
+            want = torch.einsum("ncp,mdp->ncmd", phi, phi).reshape(Km.shape)
+            assert_close(Km, want, scale * n, "NTK = Φ Φᵀ")
+        assert_close(Fd.trace(), Km.trace() / n, scale, "tr F = tr K / N")
+        nonzero_spectra_agree(Fd, Km / n, scale, "eig F = eig K / N")
+        J = tl.jacobian(case.model, case.batches)
+        Ji = tl.jacobian(case.model, case.batches, implicit=True)
+        jo = reference.oracle.jacobian(case.model, case.x, reference.trainable(case))
+        jscale = float(jo.norm()) + 1e-300
+        assert_close(J.to_dense(), jo, jscale, "dense Jacobian")
+        v = vector(J.space, 3)
+        assert_close(J.mv(v).tensor, jo @ v.flat(), jscale * float(v.norm()), "J v (dense)")
+        jv = Ji.mv(v)
+        assert_close(jv.tensor, jo @ v.flat(), jscale * float(v.norm()), "J v (matrix-free)")
+        u = tl.FVector(torch.randn(jv.tensor.shape, generator=torch.Generator().manual_seed(4)))
+        jtu = Ji.T.mv(u)
+        assert_close(jtu.flat(), torch.einsum("ncp,nc->p", jo, u.tensor), jscale * float(u.norm()), "Jᵀ u")
+        assert abs(float(jv.dot(u) - v.dot(jtu))) <= 1e-9 * jscale * float(v.norm() * u.norm()), "adjointness"

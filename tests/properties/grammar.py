@@ -4,8 +4,8 @@ Three families, each a chain of blocks ending in a ``Linear`` head with ``C`` ou
 
 * ``vector``: inputs ``(N, d)``; ``Linear``, elementwise activations, ``LayerNorm``,
   ``RMSNorm``, ``BatchNorm1d`` (eval, non-trivial running statistics), residual blocks
-  ``h + f(h)``, a module called twice in one forward pass, and the same module instance
-  placed twice in the chain (a shared module);
+  ``h + f(h)``, a module called twice in one forward pass, the same module instance
+  placed twice in the chain (a shared module) and two modules holding one weight (tied);
 * ``conv``: inputs ``(N, C_in, L)`` or ``(N, C_in, H, W)``; ``Conv1d``/``Conv2d`` with random
   kernel, stride, padding (integers, ``'same'``, ``'valid'``), padding modes, dilation and
   groups, ``GroupNorm``, ``BatchNorm`` (eval), activations, optional adaptive average
@@ -15,8 +15,8 @@ Three families, each a chain of blocks ending in a ``Linear`` head with ``C`` ou
   activations, then the mean over the sequence.
 
 After the build, some parameters are frozen (``requires_grad=False``); at least one stays
-trainable. Every candidate block is tried on a dummy input and replaced by a safe one when
-its random hyper-parameters do not fit the current shape, so no draw is rejected.
+trainable. Every candidate block is tried on dummy inputs and left out when its random
+hyper-parameters do not fit the current shape, so no draw is rejected.
 
 :func:`cases` draws a whole :class:`Case`: model, inputs, integer labels, the batch split
 (a list of ``(x, y)`` batches of random sizes) and the kind of matrix (``raw``, ``exact``,
@@ -135,16 +135,14 @@ class Case:
                 f"frozen={self.frozen}, x.shape={tuple(self.x.shape)},\n  model={self.model})")
 
 
-def _fits(block: nn.Module, shape: tuple[int, ...], dtype=torch.float64) -> tuple[int, ...] | None:
-    """The output shape of ``block`` on a dummy input of ``shape`` (batch of 2), or None."""
+def _fits(block: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The output shape of ``block`` on dummy inputs of ``shape`` (batches of 1 and 2), or
+    None when it does not run on them (e.g. a GroupNorm with one value per group)."""
     try:
         with torch.no_grad():
-            if dtype == torch.long:
-                x = torch.zeros((2, *shape), dtype=torch.long)
-            else:
-                x = torch.randn((2, *shape), dtype=torch.float64)
-            out = block.double()(x)
-    except Exception:  # noqa: BLE001 - an unfit random draw: the caller falls back to a safe block
+            block.double()(torch.randn((1, *shape), dtype=torch.float64))
+            out = block(torch.randn((2, *shape), dtype=torch.float64))
+    except Exception:  # noqa: BLE001 - an unfit random draw: the caller skips the block
         return None
     if out.numel() == 0 or not torch.isfinite(out).all():
         return None
@@ -164,7 +162,7 @@ def _batchnorm(cls, c: int, draw) -> nn.Module:
 
 def _vector_block(draw, d: int, squares: list[nn.Linear]) -> tuple[nn.Module, int]:
     what = draw(st.sampled_from(["linear", "act", "layernorm", "rmsnorm", "batchnorm", "residual", "twice",
-                                 "shared"]))
+                                 "shared", "tied"]))
     if what == "linear":
         out = draw(st.integers(1, 5))
         return nn.Linear(d, out, bias=draw(st.booleans())), out
@@ -180,6 +178,9 @@ def _vector_block(draw, d: int, squares: list[nn.Linear]) -> tuple[nn.Module, in
     if what == "shared" and square:
         return draw(st.sampled_from(square)), d
     lin = nn.Linear(d, d, bias=draw(st.booleans()))
+    if what == "tied" and square:  # another module holding the same weight tensor
+        lin.weight = draw(st.sampled_from(square)).weight
+        return lin, d
     squares.append(lin)
     if what == "twice":
         return Twice(lin), d
@@ -187,11 +188,12 @@ def _vector_block(draw, d: int, squares: list[nn.Linear]) -> tuple[nn.Module, in
     return Residual(inner), d
 
 
-def _conv_block(draw, dim: int, shape: tuple[int, ...]) -> nn.Module:
+def _conv_block(draw, dim: int, shape: tuple[int, ...], first: bool = False) -> nn.Module:
     c = shape[0]
-    what = draw(st.sampled_from(["conv", "conv", "act", "groupnorm", "batchnorm"]))
-    if what == "act":
-        return ACTIVATIONS[draw(st.sampled_from(sorted(ACTIVATIONS)))]()
+    what = "conv" if first else draw(st.sampled_from(["conv", "conv", "act", "groupnorm", "batchnorm"]))
+    if what == "act":  # in place too: never on the inputs, which the first block (a conv) reads
+        name = draw(st.sampled_from([*sorted(ACTIVATIONS), "relu_"]))
+        return nn.ReLU(inplace=True) if name == "relu_" else ACTIVATIONS[name]()
     if what == "groupnorm":
         groups = draw(st.sampled_from([g for g in (1, 2, 3) if c % g == 0]))
         return nn.GroupNorm(groups, c, affine=draw(st.booleans()))
@@ -248,8 +250,8 @@ def architectures(draw, outputs: int):
         dim = draw(st.sampled_from([1, 2]))
         in_shape = (draw(st.integers(1, 3)), *(draw(st.integers(3, 6)) for _ in range(dim)))
         shape = in_shape
-        for _ in range(depth):
-            block = _conv_block(draw, dim, shape)
+        for i in range(depth + 1):
+            block = _conv_block(draw, dim, shape, first=i == 0)
             new = _fits(block, shape)
             if new is None or min(new[1:]) < 1:
                 continue

@@ -17,6 +17,17 @@ def trainable(case: Case) -> list[str]:
     return [name for name, p in case.model.named_parameters() if p.requires_grad]
 
 
+def columns(case: Case, names: list[str]) -> torch.Tensor:
+    """Indices of the parameters ``names`` among the flattened trainable parameters."""
+    params, out, offset = dict(case.model.named_parameters()), [], 0
+    for name in trainable(case):
+        numel = params[name].numel()
+        if name in names:
+            out.append(torch.arange(offset, offset + numel))
+        offset += numel
+    return torch.cat(out)
+
+
 def mc_labels(case: Case) -> torch.Tensor:
     """The ``(N, k)`` labels the Monte-Carlo Fisher samples: batch ``i`` draws from the
     engine's generator of batch ``i`` (seeded by ``(seed, i)``), ``y ~ softmax(f(x))``."""
@@ -58,6 +69,8 @@ def features(case: Case) -> torch.Tensor:
     raise ValueError(f"no reference for kind {case.kind!r}")
 
 
-def fisher(case: Case, phi: torch.Tensor) -> torch.Tensor:
-    """``F = (1/N) Σ_n Φ_nᵀ Φ_n``."""
+def fisher(case: Case, phi: torch.Tensor, centering: bool = False) -> torch.Tensor:
+    """``F = (1/N) Σ_n Φ_nᵀ Φ_n``; ``centering``: of ``Φ_n − (1/N) Σ_m Φ_m``."""
+    if centering:
+        phi = phi - phi.mean(0, keepdim=True)
     return torch.einsum("ncp,ncq->pq", phi, phi) / phi.shape[0]

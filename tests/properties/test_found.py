@@ -1,0 +1,58 @@
+"""Cases found by the property tests (``test_properties.py``), kept as explicit tests so
+that they are checked on every run, whatever the hypothesis profile draws."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+import tangentlab as tl
+
+from ..cases import REPRESENTATIONS
+from . import reference
+from .grammar import Case
+
+
+def _all_exact(case: Case, **kw) -> dict[str, tl.PMat]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {rep: tl.fim(case.model, case.batches, case.kind, rep, **kw) for rep in REPRESENTATIONS}
+
+
+def test_nearly_scale_invariant_weight():
+    """A one-channel 1×1 convolution followed by GroupNorm(1, 1): the output depends on the
+    conv's single weight only through GroupNorm's ``eps``, so its Fisher is tiny (about 1e-11
+    after one GroupNorm, 1e-20 after two, as drawn) and computed from nearly cancelling terms,
+    by tangentlab and by the oracle alike. Every representation agrees with the oracle
+    relatively to 1e-8 plus an absolute 1e-24: round-off of the cancelled terms, which the
+    property tests absorb in their floor."""
+    for seed, norms in ((0, 1), (1, 1), (0, 2)):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Conv2d(1, 1, 1, padding="same", bias=False),
+                              *(nn.GroupNorm(1, 1, affine=False) for _ in range(norms)),
+                              nn.ELU(), nn.Flatten(), nn.Linear(9, 1)).double().eval()
+        for p in model[-1].parameters():
+            p.requires_grad_(False)
+        x = torch.randn(3, 1, 3, 3)
+        case = Case("conv", model, x, torch.zeros(3, dtype=torch.long), [2, 1], "raw", 1)
+        want = float(reference.fisher(case, reference.features(case)))
+        assert 0 < want < 1e-10
+        for rep, M in _all_exact(case).items():
+            got = float(M.trace())
+            assert abs(got - want) <= 1e-8 * abs(want) + 1e-24, (seed, norms, rep, got, want)
+
+
+def test_centered_fisher_of_one_example_is_zero():
+    """Centering the tangent features of a single example leaves nothing: ``F = 0`` up to
+    round-off of the features' own size, in every exact representation."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 1)).double()
+    model[0].bias.requires_grad_(False)
+    x = torch.tensor([[1.5410]])
+    case = Case("vector", model, x, torch.zeros(1, dtype=torch.long), [1], "binary", 1)
+    size = float(reference.fisher(case, reference.features(case)).norm())
+    for rep, M in _all_exact(case, centering=True).items():
+        assert abs(float(M.trace())) <= 1e-14 * size, rep
+        assert float(M.diag().flat().abs().max()) <= 1e-14 * size, rep

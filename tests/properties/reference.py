@@ -4,6 +4,8 @@ the Monte-Carlo label stream, which is the engine's documented per-batch generat
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from tangentlab.engine import Engine
@@ -40,10 +42,17 @@ def mc_labels(case: Case) -> torch.Tensor:
     return torch.cat(out)
 
 
+def jacobian(case: Case) -> torch.Tensor:
+    """The raw Jacobian ``(N, C, P)`` of the trainable parameters (on a copy of the model)."""
+    return oracle.jacobian(copy.deepcopy(case.model), case.x, trainable(case))
+
+
 def features(case: Case) -> torch.Tensor:
     """Tangent features ``Φ`` ``(N, C', P)`` of the case's kind, so that ``F = Σ_n Φ_nᵀΦ_n / N``
     and the kernel of the same outputs is ``K = Φ Φᵀ``."""
-    model, x, y, names = case.model, case.x, case.y, trainable(case)
+    # on a copy: torch.func.functional_call leaves a module used at several places holding
+    # the replacement tensors (tests/oracle.py calls it), which would change the case's model
+    model, x, y, names = copy.deepcopy(case.model), case.x, case.y, trainable(case)
     n = x.shape[0]
     if case.kind in ("raw", "regression"):
         return oracle.jacobian(model, x, names) / case.variance ** 0.5

@@ -56,3 +56,47 @@ def test_centered_fisher_of_one_example_is_zero():
     for rep, M in _all_exact(case, centering=True).items():
         assert abs(float(M.trace())) <= 1e-14 * size, rep
         assert float(M.diag().flat().abs().max()) <= 1e-14 * size, rep
+
+
+class _Chain(nn.Module):
+    """As drawn: one Linear used inside a residual block and again in the chain, plus another
+    Linear holding the same weight (tied), then a frozen head."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+        self.tied = nn.Linear(1, 1, bias=False)
+        self.tied.weight = self.lin.weight
+        self.res = nn.Sequential(self.lin, nn.ELU())
+        self.head = nn.Linear(1, 1)
+        self.head.requires_grad_(False)
+
+    def forward(self, x):
+        h = x + self.res(x)
+        return self.head(self.tied(torch.nn.functional.elu(self.lin(h))))
+
+
+def test_module_used_at_several_places_keeps_its_parameters():
+    """``torch.func.functional_call`` (the generic route) swaps the tensors of each path of a
+    module used at several places and swaps them back in the same order, so the module kept
+    the replacement tensors: after ``tl.fim`` the model's weight was a plain tensor, no longer
+    the user's Parameter (an optimizer holding it would train nothing), and the tie to
+    ``tied.weight`` was broken, so the next Fisher counted two parameters. The engine puts
+    the tensors back (``engine.keep_tensors``)."""
+    torch.manual_seed(0)
+    model = _Chain().double().eval()
+    weight = model.lin.weight
+    x = torch.tensor([[1.5410], [-0.3], [0.7]])
+    case = Case("vector", model, x, torch.zeros(3, dtype=torch.long), [2, 1], "raw", 1)
+    want = reference.fisher(case, reference.features(case))
+    for _ in range(2):
+        for rep, M in _all_exact(case).items():
+            assert M.space.names == ("lin.weight",), rep
+            assert abs(float(M.trace()) - float(want.trace())) <= 1e-10 * float(want.trace()), rep
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tl.ntk(model, x)
+            J = tl.jacobian(model, x, implicit=True)
+            J.T.mv(J.mv(tl.PVector.randn(J.space, dtype=torch.float64)))
+        for m in (model.lin, model.res[0], model.tied):
+            assert m.weight is weight and isinstance(m.weight, nn.Parameter)

@@ -11,7 +11,8 @@ float64 oracle (:mod:`.reference`) and against each other.
   ``mixed`` keeps the exact trace and the oracle's blocks in its BlockDiag parts;
 * FIM/NTK duality: ``F = ΦᵀΦ/N`` and ``K = ΦΦᵀ`` share their non-zero spectrum
   (``eig F = eig K / N``, ``tr F = tr K / N``); the Jacobian (dense and matrix-free) equals the
-  oracle's, and ``⟨Jv, u⟩ = ⟨v, Jᵀu⟩``.
+  oracle's, and ``⟨Jv, u⟩ = ⟨v, Jᵀu⟩``;
+* the user's model keeps its own parameters (objects and values) through all of it.
 
 Profiles and how to run the long one: ``conftest.py``.
 """
@@ -49,6 +50,17 @@ def _fim(case, rep, **kw):
         return tl.fim(case.model, case.batches, case.kind, rep, **case.fim_options(), **kw)
 
 
+def _assert_model_intact(case, before):
+    """The user's model still holds its own Parameter objects (and their values)."""
+    after = dict(case.model.named_parameters(remove_duplicate=False))
+    for name, (p, value) in before.items():
+        assert after[name] is p and torch.equal(p, value), f"{name} was replaced or modified"
+
+
+def _snapshot(case):
+    return {n: (p, p.detach().clone()) for n, p in case.model.named_parameters(remove_duplicate=False)}
+
+
 def _oracle(case):
     phi = reference.features(case)
     F = reference.fisher(case, phi)
@@ -60,6 +72,7 @@ def test_exact_representations_against_the_oracle(case, data):
     """Optionally on a random subset of the parameters, and centered (for the kinds whose
     pseudo-outputs are unique: the exact Fisher's are one root of ``diag p − ppᵀ`` among many,
     and the mean over examples depends on which)."""
+    before = _snapshot(case)
     names = reference.trainable(case)
     chosen = data.draw(st.one_of(st.none(), st.lists(st.sampled_from(names), min_size=1, unique=True)))
     centering = case.kind != "exact" and data.draw(st.booleans())
@@ -89,6 +102,7 @@ def test_exact_representations_against_the_oracle(case, data):
     for rep in REPRESENTATIONS:  # every exact representation keeps the diagonal
         assert_close(traces[rep], traces["dense"], scale, f"trace {rep} vs dense")
         assert_close(diags[rep], diags["dense"], scale, f"diag {rep} vs dense")
+    _assert_model_intact(case, before)
 
 
 def _kron_ready(case) -> bool:
@@ -102,6 +116,7 @@ def _kron_ready(case) -> bool:
 
 @given(cases())
 def test_kronecker_representations_identities(case):
+    before = _snapshot(case)
     _, F, scale = _oracle(case)
     if not _kron_ready(case):
         for rep in ("kfac", "ekfac"):
@@ -138,10 +153,12 @@ def test_kronecker_representations_identities(case):
             for lay in part.space.layers:
                 sl = M.space.layer(lay.module).slice
                 assert_close(D[sl, sl], F[sl, sl], scale, f"mixed block {lay.module}")
+    _assert_model_intact(case, before)
 
 
 @given(cases())
 def test_fim_ntk_duality_and_jacobian(case):
+    before = _snapshot(case)
     phi, F, scale = _oracle(case)
     n = case.n
     with warnings.catch_warnings():
@@ -163,7 +180,7 @@ def test_fim_ntk_duality_and_jacobian(case):
             assert_close(Kx.data, want, scale * n, "cross NTK = Φ₁ Φ₂ᵀ")
         J = tl.jacobian(case.model, case.batches)
         Ji = tl.jacobian(case.model, case.batches, implicit=True)
-        jo = reference.oracle.jacobian(case.model, case.x, reference.trainable(case))
+        jo = reference.jacobian(case)
         jscale = float(jo.norm()) + FLOOR
         assert_close(J.to_dense(), jo, jscale, "dense Jacobian")
         v = vector(J.space, 3)
@@ -174,3 +191,4 @@ def test_fim_ntk_duality_and_jacobian(case):
         jtu = Ji.T.mv(u)
         assert_close(jtu.flat(), torch.einsum("ncp,nc->p", jo, u.tensor), jscale * float(u.norm()), "Jᵀ u")
         assert abs(float(jv.dot(u) - v.dot(jtu))) <= 1e-9 * jscale * float(v.norm() * u.norm()), "adjointness"
+    _assert_model_intact(case, before)

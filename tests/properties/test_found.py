@@ -100,3 +100,20 @@ def test_module_used_at_several_places_keeps_its_parameters():
             J.T.mv(J.mv(tl.PVector.randn(J.space, dtype=torch.float64)))
         for m in (model.lin, model.res[0], model.tied):
             assert m.weight is weight and isinstance(m.weight, nn.Parameter)
+
+
+def test_layernorm_over_one_feature_has_a_zero_jacobian():
+    """LayerNorm over a single feature outputs ``0·weight``: its weight's Jacobian is 0. The
+    oracle (PyTorch's batched composite) gives an exact 0; tangentlab's LayerNorm rule takes
+    the normalized input from PyTorch's ``F.layer_norm`` kernel, whose round-off of ``x − mean``
+    (about 1e-16·|x|) is amplified by ``1/sqrt(eps)``: bounded by that, not zero."""
+    model = nn.Sequential(nn.LayerNorm(1, bias=False), nn.Linear(1, 1)).double().eval()
+    model[1].requires_grad_(False)
+    x = torch.tensor([[1.5410], [-2.0], [1e3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        J = tl.jacobian(model, x)
+        Ji = tl.jacobian(model, x, implicit=True)
+        u = tl.FVector(torch.ones(3, 1))
+        for got in (J.to_dense(), Ji.T.mv(u).flat(), J.T.mv(u).flat(), tl.fim(model, x, "raw", "dense").to_dense()):
+            assert float(got.abs().max()) <= 1e-15 * float(x.abs().max()) / 1e-5 ** 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 from torch import nn
 
@@ -13,6 +14,11 @@ import tangentlab as tl
 from ..cases import REPRESENTATIONS
 from . import reference
 from .grammar import Case
+
+#: expected on these models: generic-route notices (shared modules, attention) and PyTorch's
+#: note on 'same' padding with even kernels
+pytestmark = [pytest.mark.filterwarnings("ignore::tangentlab.engine.plan.GenericRouteWarning"),
+              pytest.mark.filterwarnings("ignore:Using padding='same'")]
 
 
 def _all_exact(case: Case, **kw) -> dict[str, tl.PMat]:

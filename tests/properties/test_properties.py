@@ -37,6 +37,11 @@ from . import reference
 from .checks import assert_close, nonzero_spectra_agree, vector
 from .grammar import cases
 
+#: expected on these models: generic-route notices (shared modules, attention) and PyTorch's
+#: note on 'same' padding with even kernels
+pytestmark = [pytest.mark.filterwarnings("ignore::tangentlab.engine.plan.GenericRouteWarning"),
+              pytest.mark.filterwarnings("ignore:Using padding='same'")]
+
 KRON_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 #: Absolute scale added to every reference norm (so, with the relative tolerance of 1e-8, an
 #: absolute 1e-12): a matrix that vanishes analytically (the only trainable weight feeds a

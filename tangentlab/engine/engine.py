@@ -107,6 +107,34 @@ class _FnModule(nn.Module):
         return self._output.forward(self.model, batch)
 
 
+def shared_modules(module: nn.Module) -> list[nn.Module]:
+    """The submodules reachable under several paths (one instance used at several places)."""
+    seen: set[int] = set()
+    shared: dict[int, nn.Module] = {}
+    for _, m in module.named_modules(remove_duplicate=False):
+        if id(m) in seen:
+            shared[id(m)] = m
+        seen.add(id(m))
+    return list(shared.values())
+
+
+@contextlib.contextmanager
+def keep_tensors(modules: list[nn.Module]):
+    """Puts the parameters and buffers of ``modules`` back after a ``functional_call``.
+
+    ``torch.func.functional_call`` swaps the tensors of every path of a module in turn and
+    swaps them back in the same order, so a module used at several places would keep the
+    replacement tensors: the user's ``Parameter`` objects would be gone from the model.
+    """
+    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in modules]
+    try:
+        yield
+    finally:
+        for m, params, buffers in saved:
+            m._parameters.update(params)
+            m._buffers.update(buffers)
+
+
 @contextlib.contextmanager
 def math_attention():
     """Use the composite (math) attention path: it has forward-mode and vmap rules.
@@ -195,6 +223,7 @@ class Engine:
         self.show_progress = progress
         self._plan: RoutePlan | None = None
         self._wrapper = _FnModule(model, self.output)
+        self._shared = shared_modules(model)
 
     @classmethod
     def from_options(cls, model: nn.Module, options: EngineOptions | None = None, output: Any = "raw",
@@ -312,7 +341,8 @@ class Engine:
         from the detached outputs of this same forward pass (no extra forward)."""
         full = {"model." + n: p for n, p in params.items()}
         full.update(self.buffers() if buffers is None else buffers)
-        z = functional_call(self._wrapper, full, (batch,))
+        with keep_tensors(self._shared):
+            z = functional_call(self._wrapper, full, (batch,))
         if isinstance(aux, int):
             aux = self.output.prepare(z.detach(), batch, self.generator(aux))
         return self.output.head(z, aux, batch)
@@ -321,7 +351,8 @@ class Engine:
         """Model outputs (no graph) and the detached auxiliary data of a batch."""
         with torch.no_grad(), math_attention():
             if self.route == "joint":
-                z = functional_call(self._wrapper, self.buffers(), (batch,))
+                with keep_tensors(self._shared):
+                    z = functional_call(self._wrapper, self.buffers(), (batch,))
             else:
                 z = self.output.forward(self.model, batch)
             aux = self.output.prepare(z, batch, self.generator(index))

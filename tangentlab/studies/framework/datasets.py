@@ -297,6 +297,8 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's hook
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             return _reconstruct
+        if name == "scalar" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _scalar  # numpy scalars (e.g. labels written as a list of np.int64)
         if name == "_frombuffer" and module in ("numpy.core.numeric", "numpy._core.numeric"):
             return _NP_FROMBUFFER  # (bytes, dtype, shape, order) -> array: builds nothing else
         if module == "_codecs" and name == "encode":
@@ -316,6 +318,15 @@ def _latin1(text: str, encoding: str = "utf-8") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise pickle.UnpicklingError("it calls _codecs.encode other than to write bytes")
     return text.encode("latin1")
+
+
+_NP_SCALAR = np.int64(0).__reduce__()[0]  # numpy's own ``scalar(dtype, bytes)``
+
+
+def _scalar(dtype, data=None):  # noqa: ANN001, ANN202 - pickle's call
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.kind not in "biuf":
+        raise pickle.UnpicklingError(f"it builds a numpy scalar of dtype {dtype!r}, not a number")
+    return _NP_SCALAR(dtype, data)
 
 
 def _reconstruct(subtype, shape, dtype):  # noqa: ANN001, ANN202 - pickle's call

@@ -145,3 +145,20 @@ def test_a_cifar_batch_with_an_object_array_is_refused(tmp_path):
     _cifar_dir(tmp_path, {b"data": np.array([1, "a"], dtype=object), b"labels": [0]})
     with pytest.raises(ConfigError, match=r"data_batch_3' holds an array of dtype object, not numeric"):
         D.load_cifar10_arrays(tmp_path, "train")
+
+
+def test_cifar_labels_written_as_numpy_scalars_load(tmp_path):
+    # e.g. ``list(np.arange(n) % 10)``: numpy int64 scalars, rebuilt by numpy's scalar(dtype, bytes)
+    d = tmp_path / "c"
+    d.mkdir()
+    with open(d / "b", "wb") as fh:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": list(np.arange(2, dtype=np.int64) + 3)}, fh)
+    got = D.read_cifar_batch(d / "b")
+    assert got[b"labels"] == [3, 4] and all(isinstance(v, np.int64) for v in got[b"labels"])
+
+
+def test_a_cifar_batch_with_a_non_numeric_numpy_scalar_is_refused(tmp_path):
+    _cifar_dir(tmp_path, {b"data": np.zeros((1, 3072), np.uint8), b"labels": [np.str_("x")]})
+    with pytest.raises(ConfigError, match=r"data_batch_3' is not a readable pickle of a CIFAR-10 batch \(it "
+                       r"builds a numpy scalar of dtype"):
+        D.load_cifar10_arrays(tmp_path, "train")

@@ -95,12 +95,6 @@ class Compression(Study):
     config_class = CompressionConfig
     config: CompressionConfig
 
-    def _bar(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
-        flag = self.config.progress_flag
-        return tqdm(total=total, desc=desc, unit="step", leave=False, disable=None if flag is None else not flag)
-
     def run(self) -> None:
         self.run_models()
         if self.config.cnn:
@@ -174,7 +168,7 @@ class Compression(Study):
         def save(r: FeatureRun) -> None:
             ck.save(r.step)
 
-        bar = self._bar(cfg.max_steps, f"compression: {model} p={p} seed={seed}")
+        bar = self.progress_bar(cfg.max_steps, f"compression: {model} p={p} seed={seed}")
         bar.update(run.step)
         try:
             train_feature(run, data.x_train, data.y_train, f0_train, cfg.alpha, d_par, max_dgrad=cfg.max_dgrad,

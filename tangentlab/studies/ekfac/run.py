@@ -62,12 +62,6 @@ class EkfacStudy(Study):
     def dtype(self) -> torch.dtype:
         return _dtype(self.config.dtype)
 
-    def _bar(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
-        flag = self.config.progress_flag
-        return tqdm(total=total, desc=desc, unit="run", leave=False, disable=None if flag is None else not flag)
-
     # ---- tasks ---------------------------------------------------------------------------
     @cached_property
     def ae_task(self) -> Task:
@@ -248,7 +242,8 @@ class EkfacStudy(Study):
                             u = gen.uniform(-0.5, 0.5, size=2)
                             cells.append((float(lr * 10 ** u[0]), float(d * 10 ** u[1]) if d > 0 else 0.0, "random"))
                 ptag = period_tag(method, period)
-                bar = self._bar(len(cells), f"ekfac: {task.name} search {method} (period {ptag}, {phase})")
+                bar = self.progress_bar(len(cells), f"ekfac: {task.name} search {method} (period {ptag}, {phase})",
+                                        unit="run")
                 try:
                     for lr, d, kind in cells:
                         if (cell(lr), cell(d)) not in done and \
@@ -291,7 +286,7 @@ class EkfacStudy(Study):
         chosen = {(m, p): self._selected(task, m, p) for m, p in configs}
         runs = [(m, p, s) for m, p in configs for s in seeds]
         have = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY).keys
-        bar = self._bar(len(runs), f"ekfac: {task.name} final runs")
+        bar = self.progress_bar(len(runs), f"ekfac: {task.name} final runs", unit="run")
         try:
             for m, p, s in runs:
                 key = (task.name, m, str(period_tag(m, p)), str(s), str(epochs))
@@ -353,7 +348,7 @@ class EkfacStudy(Study):
         opt = EKFAC(model, lr, damping, period=cfg.period, damping_scheme=cfg.kron_damping)
         stream = BatchStream(n_train, ae.batch_size, cfg.seed + 1)
         space = fixed.space
-        bar = self._bar(cfg.spectrum_steps + 1, "ekfac: spectrum tracking")
+        bar = self.progress_bar(cfg.spectrum_steps + 1, "ekfac: spectrum tracking", unit="run")
         try:
             for step in range(cfg.spectrum_steps + 1):
                 exact = fim(model, (xe, xe), representation="dense", **kw).to_dense()
@@ -395,7 +390,7 @@ class EkfacStudy(Study):
         seeds = [cfg.seed + k for k in range(cfg.n_seeds)]
         todo = [(s, p, lam) for s in seeds for p in cfg.ewc_penalties
                 for lam in (cfg.ewc_strengths if p != "none" else (0.0,))]
-        bar = self._bar(len(todo), "ekfac: EWC demo")
+        bar = self.progress_bar(len(todo), "ekfac: EWC demo", unit="run")
 
         def acc(model, mask):
             with torch.no_grad():

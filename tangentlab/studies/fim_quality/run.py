@@ -69,12 +69,6 @@ class FimQuality(Study):
     def device(self) -> torch.device:
         return torch.device(self.config.resolved_device())
 
-    def _bar(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
-        flag = self.config.progress_flag
-        return tqdm(total=total, desc=desc, unit="step", leave=False, disable=None if flag is None else not flag)
-
     def parts(self) -> list[tuple[str, Callable[[], None]]]:
         """The parts of the run, in order, as ``(label, method)``."""
         parts = [("part 1 (quality)", self.run_quality)]
@@ -122,7 +116,7 @@ class FimQuality(Study):
             pending.clear()
             ck.save(step, probed=sorted(probed))
 
-        bar = self._bar(cfg.train_steps, f"fim-quality: training {cfg.model}")
+        bar = self.progress_bar(cfg.train_steps, f"fim-quality: training {cfg.model}")
         bar.update(start)
         try:
             for step in range(start, cfg.train_steps + 1):
@@ -161,7 +155,8 @@ class FimQuality(Study):
         xd = x.to(dtype)
         rows: list[dict[str, Any]] = []
         gen = torch.Generator().manual_seed(cfg.seed * 1000003 + step)
-        bar = self._bar(len(cfg.fisher_kinds) * (1 + len(cfg.representations)), f"fim-quality: probing step {step}")
+        bar = self.progress_bar(len(cfg.fisher_kinds) * (1 + len(cfg.representations)),
+                                f"fim-quality: probing step {step}")
         try:
             for kind in cfg.fisher_kinds:
                 rows += self._probe_kind(model, xd, step, kind, gen, bar)
@@ -273,7 +268,7 @@ class FimQuality(Study):
         amortized: dict[str, Any] = {}
         last_recompute = start
         pending: list[dict[str, Any]] = []
-        bar = self._bar(cfg.drift_steps, "fim-quality: drift (sigmoid MLP)")
+        bar = self.progress_bar(cfg.drift_steps, "fim-quality: drift (sigmoid MLP)")
         bar.update(start)
         try:
             for step in range(start, cfg.drift_steps + 1):

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar, TextIO
+from typing import Any, ClassVar, TextIO
 
 import torch
 
@@ -67,6 +67,14 @@ class Study:
         if self.ctx.active:
             msg = f"[rank {self.ctx.rank}/{self.ctx.world}] {msg}"
         print(msg, file=self.stream if self.stream is not None else sys.stdout, flush=True)
+
+    def progress_bar(self, total: int, desc: str, unit: str = "step") -> Any:
+        """A tqdm bar of ``total`` units for a part of the run, shown as ``config.progress``
+        says (``auto``: on a terminal); the caller updates and closes it."""
+        from tqdm.auto import tqdm
+
+        flag = self.config.progress_flag
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None if flag is None else not flag)
 
     def run(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -104,6 +104,31 @@ def test_mixed_derivative_matches_finite_differences():
         torch.testing.assert_close(A[k], fd, rtol=1e-6, atol=1e-8)
 
 
+def test_mixed_derivative_keeps_the_parameters_of_a_module_used_twice():
+    """torch.func.functional_call restores swapped tensors in swap order: a module reachable
+    under two paths would be left holding plain Tensors (tied weight split, optimizers train
+    nothing). The model must come back with its own Parameter objects, still tied."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 3)
+    model = nn.Sequential(lin, nn.Tanh(), lin, nn.Linear(3, 1))
+    before = [id(p) for p in model.parameters()]
+    x = torch.randn(4, 3, dtype=D)
+    A = mixed_derivative(model, x)
+    assert [id(p) for p in model.parameters()] == before
+    assert isinstance(model[0].weight, nn.Parameter) and model[0].weight is model[2].weight
+    # finite differences of the parameter gradient of the mean output (tied weight counted once)
+    def grad_theta(xx: torch.Tensor) -> torch.Tensor:
+        model.zero_grad()
+        model(xx).mean().backward()
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone()
+    h = 1e-5
+    for k in range(3):
+        e = torch.zeros_like(x)
+        e[:, k] = h
+        fd = (grad_theta(x + e) - grad_theta(x - e)) / (2 * h)
+        torch.testing.assert_close(A[k], fd, rtol=1e-6, atol=1e-8)
+
+
 def test_mixed_derivative_rejects_multi_output_and_bad_weights():
     model = nn.Linear(3, 2).to(D)
     with pytest.raises(InvalidInputError, match="one output"):

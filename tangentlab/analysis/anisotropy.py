@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.engine import keep_tensors, shared_modules
 from ..errors import InvalidInputError
 from .kernels import _matrix, eigh_desc, label_energy
 
@@ -199,10 +200,11 @@ def mixed_derivative(model: nn.Module, x: torch.Tensor, weights: torch.Tensor | 
         return grad(total)(xb).reshape(-1, d).sum(0)  # Σ_i w_i ∇_x f(x_i): (d,)
 
     A = None
-    for s in range(0, n, batch_size):
-        jac = jacrev(g)(params, x[s:s + batch_size], weights[s:s + batch_size])
-        blk = torch.cat([jac[nm].reshape(d, -1) for nm in names], dim=1)
-        A = blk if A is None else A + blk
+    with keep_tensors(shared_modules(model)):  # a module used at several places keeps its Parameters
+        for s in range(0, n, batch_size):
+            jac = jacrev(g)(params, x[s:s + batch_size], weights[s:s + batch_size])
+            blk = torch.cat([jac[nm].reshape(d, -1) for nm in names], dim=1)
+            A = blk if A is None else A + blk
     return A
 
 

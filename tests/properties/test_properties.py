@@ -199,3 +199,23 @@ def test_fim_ntk_duality_and_jacobian(case):
         assert_close(jtu.flat(), torch.einsum("ncp,nc->p", jo, u.tensor), jscale * float(u.norm()), "Jᵀ u")
         assert abs(float(jv.dot(u) - v.dot(jtu))) <= 1e-9 * jscale * float(v.norm() * u.norm()), "adjointness"
     _assert_model_intact(case, before)
+
+
+@given(cases(kinds=("raw", "regression")))
+def test_softmax_kinds_on_one_output_are_refused(case):
+    """A softmax over one logit is constant, so ``kind="exact"``/``"mc"`` and the exact NTK output
+    are refused on a one-output model (pointing at ``kind="binary"``); several outputs build."""
+    from tangentlab.errors import InvalidInputError
+
+    before = _snapshot(case)
+    for kind in ("exact", "mc"):
+        if case.outputs == 1:
+            with pytest.raises(InvalidInputError, match="binary"):
+                tl.fim(case.model, case.batches, kind, "diag")
+        else:
+            fm = tl.fim(case.model, case.batches, kind, "diag")
+            assert torch.isfinite(torch.as_tensor(fm.trace()))
+    if case.outputs == 1:
+        with pytest.raises(InvalidInputError, match="binary"):
+            tl.ntk(case.model, case.batches, output="exact")
+    _assert_model_intact(case, before)

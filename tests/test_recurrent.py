@@ -203,3 +203,25 @@ def test_dropout_in_training_mode_names_module_and_route(route):
         _quiet(tl.ntk, model, x, route=route)
     model.eval()
     assert _quiet(tl.ntk, model, x, route=route).data.isfinite().all()
+
+
+class Packed(nn.Module):
+    """An LSTM fed ``pack_padded_sequence`` (lengths in the last input feature)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(D, H, batch_first=True)
+        self.head = nn.Linear(H, C)
+
+    def forward(self, x):
+        lengths = x[:, 0, D].long().cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x[:, :, :D], lengths, batch_first=True, enforce_sorted=False)
+        return self.head(self.rnn(packed)[1][0][-1])
+
+
+@pytest.mark.parametrize("route", ["auto", "generic"])
+def test_packed_sequence_is_refused_naming_module(route):
+    x = torch.randn(N, T, D + 1, dtype=torch.float64)
+    x[:, :, D] = torch.tensor([5, 3, 2, 5, 1, 4], dtype=torch.float64)[:, None]
+    with pytest.raises(UnsupportedLayerError, match=r"LSTM at 'rnn' receives a PackedSequence.*padded"):
+        _quiet(tl.ntk, Packed().double().eval(), x, route=route)

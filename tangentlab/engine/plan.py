@@ -15,7 +15,7 @@ from ..layers.base import LayerRule
 from ..layers.norm import batchnorm_coupling
 from ..layers.registry import LayerRegistry
 from ..space import Layer, ParamSpace
-from .recurrent import recurrent_reason
+from .recurrent import packed_input, recurrent_reason
 
 
 class GenericRouteWarning(UserWarning):
@@ -157,7 +157,7 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
         raise InvalidInputError(f"registry must be a LayerRegistry, got {type(registry).__name__}")
     if route in ("generic", "joint"):
         plan.generic = list(space.names)
-        plan.unfuse = route == "generic" and _unfuse(model)
+        plan.unfuse = route == "generic" and _unfuse(model, probe)
         return plan
     shared = shared_parameter_modules(model)
     modules = dict(model.named_modules(remove_duplicate=False))
@@ -229,6 +229,7 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
                 plan.generic.extend(p.name for p in h.layer.params)
             else:
                 plan.hooked.append(h)
+    plan.unfuse = bool(plan.generic) and _unfuse(model, probe)  # may refuse: before the warning
     if plan.reasons:
         lines = "; ".join(f"{m or '<root>'} ({r})" for m, r in plan.reasons.items())
         warnings.warn(
@@ -237,15 +238,18 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
         )
     order = {n: i for i, n in enumerate(space.names)}
     plan.generic.sort(key=order.__getitem__)
-    plan.unfuse = bool(plan.generic) and _unfuse(model)
     return plan
 
 
-def _unfuse(model: nn.Module) -> bool:
+def _unfuse(model: nn.Module, probe) -> bool:
     """Whether the vectorized generic pass must unfuse recurrent kernels: ``model`` has a
     fused recurrent layer (selected or not, it runs under ``vmap``). Raises where the unfused
-    route would not compute the model's function (:func:`.recurrent.recurrent_reason`)."""
-    return any([recurrent_reason(m, p) is not None for p, m in model.named_modules()])
+    route would not compute the model's function (:func:`.recurrent.recurrent_reason`) and,
+    after one probing forward pass, where a recurrent layer is fed packed sequences."""
+    paths = {id(m): p for p, m in model.named_modules() if recurrent_reason(m, p) is not None}
+    if paths:
+        probe([(m, packed_input(paths[id(m)])) for m in model.modules() if id(m) in paths])
+    return bool(paths)
 
 
 class _MismatchError(Exception):

@@ -104,3 +104,21 @@ def recurrent_reason(mod: nn.Module, path: str) -> str | None:
             "sample for the whole batch)"
         )
     return f"recurrent layer {name}, its fused kernel unrolled into per-step cell operations"
+
+
+def packed_input(path: str):
+    """A forward hook ``(module, args, kwargs, out)`` refusing a ``PackedSequence`` input of
+    the recurrent layer at ``path``: the generic route runs each example alone under ``vmap``
+    and ``route='joint'`` differentiates the whole batch, and neither can differentiate
+    through ``pack_padded_sequence`` (lengths read as Python integers, sorting by length)."""
+
+    def hook(mod, args, kwargs, out):
+        if args and isinstance(args[0], nn.utils.rnn.PackedSequence):
+            raise UnsupportedLayerError(
+                f"{type(mod).__name__} at {path or '<root>'!r} receives a PackedSequence, which no "
+                "route (generic or joint) can differentiate per example; pass the padded sequences "
+                "instead and read each example's last valid step (`out[torch.arange(N), lengths - 1]`, "
+                "exact for a unidirectional layer) or mask the padded steps"
+            )
+
+    return hook

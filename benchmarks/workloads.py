@@ -225,11 +225,10 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         _scalar_ntk, _ntk_work,
         "forward + one backward + per-layer Gram trick, symmetric pairs once", extra_work=_ntk_extra),
     Workload(
-        "W7", "transformer classifiers on N token sequences of length 12 (vocabulary 50, 10 classes): "
-        "Embedding(50, 64), 2 encoder layers (d_model 64, 4 heads, feed-forward 128, no dropout, "
-        "post-norm), mean over tokens, Linear(64, 10) (P = 70,794); model=encoder: nn.TransformerEncoder "
-        "(nn.MultiheadAttention, packed in_proj_weight), model=gpt: nn.Linear q/k/v/out around "
-        "F.scaled_dot_product_attention", "transformer",
+        "W7", "transformer classifiers on token sequences of length 12 (vocabulary 50, 10 classes): "
+        "Embedding(50, 64), 2 post-norm encoder layers (d_model 64, 4 heads, feed-forward 128, no dropout), "
+        "mean over tokens, Linear(64, 10), P = 70,794; model=encoder: nn.TransformerEncoder, model=gpt: "
+        "nn.Linear q/k/v/out around F.scaled_dot_product_attention", "transformer",
         [{"model": "encoder", "n": 32}, {"model": "gpt", "n": 32}],
         [{"model": "encoder", "n": 6}, {"model": "gpt", "n": 6}], _transformer, _transformer_work,
         "as W1 (NTK), W3 (diag, kfac, ekfac with one mv), W4 (mv) and W5 (per-example gradients), "

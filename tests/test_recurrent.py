@@ -53,6 +53,24 @@ class SeqNet(nn.Module):
         return self.head(out[:, -1] if self.pool == "last" else out.mean(1))
 
 
+class CellNet(nn.Module):
+    """``[encoder] → a recurrent cell stepped over the T positions (batch first) → Linear head``
+    on the last state or the mean of the states."""
+
+    def __init__(self, cell: type, pool: str, encoder: str | None = None, **kw):
+        super().__init__()
+        self.cell = cell(D, H, **kw)
+        self.head = nn.Linear(H, C)
+        self.pool = pool
+
+    def forward(self, x):
+        state, hs = None, []
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+            hs.append(state[0] if isinstance(state, tuple) else state)
+        return self.head(hs[-1] if self.pool == "last" else torch.stack(hs, 1).mean(1))
+
+
 CONFIGS = {
     "rnn-tanh": (nn.RNN, "last", None, dict(batch_first=True)),
     "rnn-relu-2layers": (nn.RNN, "mean", None, dict(nonlinearity="relu", num_layers=2)),
@@ -60,6 +78,9 @@ CONFIGS = {
     "lstm-proj-2layers": (nn.LSTM, "mean", "linear", dict(proj_size=2, num_layers=2)),
     "gru-2layers-bidirectional": (nn.GRU, "mean", None, dict(batch_first=True, num_layers=2, bidirectional=True)),
     "gru-embedding": (nn.GRU, "last", "embedding", dict()),
+    "rnncell-relu": (nn.RNNCell, "mean", None, dict(nonlinearity="relu")),
+    "lstmcell": (nn.LSTMCell, "last", None, dict()),
+    "grucell-nobias": (nn.GRUCell, "mean", None, dict(bias=False)),
 }
 
 
@@ -74,7 +95,8 @@ def case(name: str):
     """``(model, x, y, J)`` with the oracle Jacobian ``J[n, c, p]`` (float64)."""
     cell, pool, encoder, kw = CONFIGS[name]
     torch.manual_seed(sum(map(ord, name)))
-    model = SeqNet(cell, pool, encoder, **kw).double().eval()
+    net = CellNet if issubclass(cell, nn.RNNCellBase) else SeqNet
+    model = net(cell, pool, encoder, **kw).double().eval()
     x = torch.randint(0, 7, (N, T)) if encoder == "embedding" else torch.randn(N, T, D, dtype=torch.float64)
     y = torch.randint(0, C, (N,))
     params = {k: v.detach() for k, v in model.named_parameters()}

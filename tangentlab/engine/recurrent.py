@@ -52,7 +52,6 @@ except (ImportError, AttributeError):  # pragma: no cover - depends on the PyTor
     _UNFUSED = {}
 
 
-
 def _rnn_cell(act):
     """``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` (``nn.RNNCell``)."""
     def cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
@@ -149,17 +148,17 @@ def recurrent_reason(mod: nn.Module, path: str) -> str | None:
 
 def packed_input(path: str):
     """A forward hook ``(module, args, kwargs, out)`` refusing a ``PackedSequence`` input of
-    the recurrent layer at ``path``: the generic route runs each example alone under ``vmap``
-    and ``route='joint'`` differentiates the whole batch, and neither can differentiate
-    through ``pack_padded_sequence`` (lengths read as Python integers, sorting by length)."""
+    the recurrent layer at ``path``: the generic route runs each example alone under ``vmap``,
+    where ``pack_padded_sequence`` (lengths read as Python integers, examples sorted by
+    length) cannot run."""
 
     def hook(mod, args, kwargs, out):
         if args and isinstance(args[0], nn.utils.rnn.PackedSequence):
             raise UnsupportedLayerError(
-                f"{type(mod).__name__} at {path or '<root>'!r} receives a PackedSequence, which no "
-                "route (generic or joint) can differentiate per example; pass the padded sequences "
-                "instead and read each example's last valid step (`out[torch.arange(N), lengths - 1]`, "
-                "exact for a unidirectional layer) or mask the padded steps"
+                f"{type(mod).__name__} at {path or '<root>'!r} receives a PackedSequence, which the "
+                "per-example (vmap) route cannot run; pass the padded sequences instead and read each "
+                "example's last valid step (`out[torch.arange(N), lengths - 1]`, exact for a "
+                "unidirectional layer) or mask the padded steps"
             )
 
     return hook

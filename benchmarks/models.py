@@ -85,3 +85,69 @@ def resnet18(n_classes: int = 10, width: int = 64) -> nn.Module:
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention written the GPT/ViT way: ``nn.Linear`` query, key, value and
+    output projections around ``F.scaled_dot_product_attention`` (no mask, no dropout).
+
+    ``x: (N, T, d)`` → ``out(softmax(Q Kᵀ/√d_h) V)`` per head, ``d_h = d / heads``; the same
+    parameters and function as ``nn.MultiheadAttention(d, heads)`` with separate projections."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+
+        def split(z: torch.Tensor) -> torch.Tensor:  # (N, T, d) -> (N, heads, T, d_h)
+            return z.reshape(n, t, self.heads, d // self.heads).transpose(1, 2)
+
+        h = nn.functional.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)))
+        return self.out(h.transpose(1, 2).reshape(n, t, d))
+
+
+class GPTBlock(nn.Module):
+    """Post-norm encoder block of the same shape as ``nn.TransformerEncoderLayer(d, heads, ff,
+    dropout=0, batch_first=True)``: ``x ← LN₁(x + attn(x))``, ``x ← LN₂(x + W₂ relu(W₁ x))``."""
+
+    def __init__(self, d: int, heads: int, ff: int):
+        super().__init__()
+        self.attn = SelfAttention(d, heads)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.linear1, self.linear2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.linear2(torch.relu(self.linear1(x))))
+
+
+class TokenTransformer(nn.Module):
+    """W7: ``Embedding(vocab, d)`` → ``layers`` encoder blocks → mean over the tokens →
+    ``Linear(d, n_classes)``, on token ids ``(N, T)``. ``style='encoder'``: ``nn.TransformerEncoder``
+    of ``nn.TransformerEncoderLayer(d, heads, ff, dropout=0, batch_first=True)`` (packed
+    ``in_proj_weight`` in ``nn.MultiheadAttention``); ``style='gpt'``: :class:`GPTBlock`.
+    With the defaults both have P = 70,794."""
+
+    def __init__(self, style: str = "encoder", vocab: int = 50, d: int = 64, heads: int = 4, ff: int = 128,
+                 layers: int = 2, n_classes: int = 10):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        if style == "encoder":
+            layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
+            self.encoder: nn.Module = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        elif style == "gpt":
+            self.encoder = nn.Sequential(*(GPTBlock(d, heads, ff) for _ in range(layers)))
+        else:
+            raise ValueError(f"style must be 'encoder' or 'gpt', got {style!r}")
+        self.head = nn.Linear(d, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.emb(x)).mean(1))
+
+
+def transformer(style: str = "encoder") -> nn.Module:
+    """The W7 model (see :class:`TokenTransformer`), in eval mode."""
+    return TokenTransformer(style).eval()

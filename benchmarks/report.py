@@ -47,7 +47,8 @@ def _row(r: dict[str, Any], with_q: bool, q: str, flops: float | None = None) ->
                   _num(None if r.get("delta_rss_bytes") is None else r["delta_rss_bytes"] / MIB, "{:.0f}"),
                   "ref" if r.get("reference") else _num(r.get("rel_err"), "{:.1e}"), note]
     else:
-        text = r["status"] if r["status"] != "error" else "error: " + r.get("error", "")
+        text = {"error": "error: " + r.get("error", ""),
+                "cannot compute": "cannot compute: " + r.get("reason", "")}.get(r["status"], r["status"])
         cells += ["—"] * 9 + [text.replace("|", "/")]
     return "| " + " | ".join(cells) + " |"
 

@@ -192,7 +192,7 @@ class Launcher:
             log = tmp / "log.txt"
             tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
             row = {"error": (tail or [f"exit code {code}"])[0][:200]}
-        if "error" in row:
+        if "error" in row or "cannot" in row:
             shutil.rmtree(tmp, ignore_errors=True)
             return row, None
         return row, tmp / "result.pt"
@@ -227,11 +227,14 @@ class Launcher:
 
 
 def run_inprocess(spec: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
+    from .adapters.base import CannotComputeError
     from .worker import run_row
 
     old = torch.get_num_threads()
     try:
         row, res = run_row(spec)
+    except CannotComputeError as e:
+        return {"cannot": str(e)[:300]}, None
     except Exception as e:  # noqa: BLE001
         return {"error": f"{type(e).__name__}: {e}"[:200]}, None
     finally:
@@ -312,7 +315,7 @@ def _run_workloads(args, selected, adapters, launcher, report, gflops, out) -> N
                     "other_flops": wl.extra_work(case), "rows": []}
                 paths: dict[int, Path] = {}
                 for a in adapters:
-                    st = a.status(wl.task, q)
+                    st = a.status(*wl.row_task(q))
                     if st is None:
                         continue
                     row: dict[str, Any] = {"library": a.name, "status": st}
@@ -326,11 +329,14 @@ def _run_workloads(args, selected, adapters, launcher, report, gflops, out) -> N
                             res, path = launcher.run(spec, args.timeout)
                         if "error" in res:
                             row.update(status="error", error=res["error"])
+                        elif "cannot" in res:
+                            row.update(status="cannot compute", reason=res["cannot"])
                         else:
                             row.update(res, status="ok")
                             paths[len(group["rows"])] = path
                         label = f"{wl.id} [{case_label(params)}]{' ' + q if q else ''} {a.name}"
-                        msg = f"{row['median_s']:.3f} s" if row["status"] == "ok" else row["error"]
+                        msg = (f"{row['median_s']:.3f} s" if row["status"] == "ok" else
+                               row.get("error") or "cannot compute: " + row["reason"])
                         print(f"  {label}: {msg}", file=sys.stderr, flush=True)
                     group["rows"].append(row)
                 compare(group["rows"], paths)

@@ -91,7 +91,8 @@ def run_row(spec: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     device = torch.device(spec.get("device", "cpu"))
     case = wl.build(spec["case"]).to(device)  # built on the CPU from the seed: same values everywhere
     adapter = by_name(spec["adapter"])
-    fn = getattr(adapter, wl.task)(case, spec["quantity"])
+    task, quantity = wl.row_task(spec["quantity"])
+    fn = getattr(adapter, task)(case, quantity)
     cuda = device.type == "cuda"
     sync(device)
     rss0, reset = reset_peak()
@@ -124,8 +125,13 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     out = Path(argv[1])
     out.mkdir(parents=True, exist_ok=True)
+    from .adapters.base import CannotComputeError
+
     try:
         row, res = run_row(spec)
+    except CannotComputeError as e:  # the library's refusal, with its reason
+        (out / "row.json").write_text(json.dumps({"cannot": str(e)[:300]}))
+        return 0
     except Exception as e:  # reported in the table, not fatal to the suite
         (out / "row.json").write_text(json.dumps({
             "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",

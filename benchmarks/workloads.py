@@ -1,10 +1,13 @@
-"""The workloads W1–W6 (see shared/bench/workloads.md): models, data, sizes, flop counts.
+"""The workloads W1–W7: models, data, sizes, flop counts.
 
 A :class:`Workload` names the adapter method that computes it (``task``), the
 quantities it reports (W3: one per Fisher representation; W4: ``mv``, ``vTMv``,
 ``trace``), its cases (full and ``--quick`` sizes) and a flop count for the
-lower bound. :func:`Workload.build` is deterministic: every subprocess that
-builds a case gets bit-identical models, inputs and vectors.
+lower bound. A workload whose quantities are computed by different adapter methods
+(W7: NTK, Fishers, implicit product, per-example gradients of one model) maps each
+quantity to its ``(method, adapter quantity)`` in ``tasks``. :func:`Workload.build` is
+deterministic: every subprocess that builds a case gets bit-identical models, inputs and
+vectors.
 """
 
 from __future__ import annotations
@@ -60,6 +63,12 @@ class Workload:
     work_note: str
     quantities: tuple[str, ...] = ("",)
     extra_work: Callable[[Case], dict[str, float]] = field(default=lambda case: {})
+    #: quantity -> (adapter method, quantity passed to it); default ``(task, quantity)``
+    tasks: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def row_task(self, quantity: str) -> tuple[str, str]:
+        """The adapter method that computes ``quantity`` and the quantity it is asked for."""
+        return self.tasks.get(quantity, (self.task, quantity))
 
     def case_list(self, quick: bool) -> list[dict[str, Any]]:
         return self.quick_cases if quick else self.cases
@@ -119,6 +128,15 @@ def _scalar_ntk(n: int, block: int, budget_gib: float) -> Case:
                 n_classes=1)
 
 
+def _transformer(model: str, n: int, seq: int = 12) -> Case:
+    """W7: token ids ``(N, seq)`` below 50, labels, a parameter vector; one batch of ``N``."""
+    torch.manual_seed(SEED)
+    net = models.transformer(model)
+    x = torch.randint(0, 50, (n, seq))
+    y = torch.randint(0, 10, (n,))
+    return Case(net, x, y, v=_vector(net), batch_size=n)
+
+
 # ---- flop counts ---------------------------------------------------------------------------
 def _shapes(case: Case):
     return flops.layer_shapes(case.model, case.x[:1])
@@ -153,6 +171,21 @@ def _implicit_work(case: Case, q: str) -> float:
 
 def _pegrad_work(case: Case, q: str) -> float:
     return flops.per_example_grads(_shapes(case), case.n)
+
+
+#: W7's rows: quantity -> (adapter method, adapter quantity)
+TRANSFORMER_TASKS = {
+    "NTK": ("full_ntk", ""), "diag": ("fisher", "diag"), "kfac": ("fisher", "kfac"),
+    "ekfac": ("fisher", "ekfac"), "mv": ("implicit_fisher", "mv"),
+    "per-example grads": ("per_example_grads", ""),
+}
+_TRANSFORMER_WORK = {"full_ntk": _ntk_work, "fisher": _fisher_work, "implicit_fisher": _implicit_work,
+                     "per_example_grads": _pegrad_work}
+
+
+def _transformer_work(case: Case, q: str) -> float:
+    task, quantity = TRANSFORMER_TASKS[q]
+    return _TRANSFORMER_WORK[task](case, quantity)
 
 
 WORKLOADS: dict[str, Workload] = {w.id: w for w in [
@@ -191,4 +224,15 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         [{"n": 10000, "block": 1000, "budget_gib": 4.0}], [{"n": 400, "block": 100, "budget_gib": 1.0}],
         _scalar_ntk, _ntk_work,
         "forward + one backward + per-layer Gram trick, symmetric pairs once", extra_work=_ntk_extra),
+    Workload(
+        "W7", "transformer classifiers on token sequences of length 12 (vocabulary 50, 10 classes): "
+        "Embedding(50, 64), 2 post-norm encoder layers (d_model 64, 4 heads, feed-forward 128, no dropout), "
+        "mean over tokens, Linear(64, 10), P = 70,794; model=encoder: nn.TransformerEncoder, model=gpt: "
+        "nn.Linear q/k/v/out around F.scaled_dot_product_attention", "transformer",
+        [{"model": "encoder", "n": 32}, {"model": "gpt", "n": 32}],
+        [{"model": "encoder", "n": 6}, {"model": "gpt", "n": 6}], _transformer, _transformer_work,
+        "as W1 (NTK), W3 (diag, kfac, ekfac with one mv), W4 (mv) and W5 (per-example gradients), "
+        "with the attention projections as sequence Linear layers (T = 12), the attention products "
+        "Q Kᵀ and A V in the forward, tangent and backward passes, LayerNorm and softmax element-wise",
+        quantities=tuple(TRANSFORMER_TASKS), tasks=TRANSFORMER_TASKS),
 ]}

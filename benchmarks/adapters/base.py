@@ -23,20 +23,59 @@ Flat parameter vectors follow ``model.named_parameters()`` order. Fishers are
 
 ``covers`` maps each task the adapter appears in to the quantities it reports
 (``("",)`` for single-quantity workloads); ``todo`` lists (task, quantity)
-pairs shown as "not implemented yet" without running anything.
+pairs shown as "not implemented yet" without running anything. A library that cannot
+compute a row (a layer it has no rule for, a refused representation) raises
+:class:`CannotComputeError` with its reason, in the set-up or in the call: the row then
+reads "cannot compute: <reason>" and is not an error of the suite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from ..workloads import Case
 
 ALL = ("",)
+
+
+class CannotComputeError(Exception):
+    """The library cannot compute this row; the message says why (shown in the table)."""
+
+
+def refusing(run: Callable[[], Any], errors: tuple[type[BaseException], ...], library: str,
+             detail: str = "") -> Callable[[], Any]:
+    """``run`` with the exceptions ``errors`` (the library's refusals of a model or layer it
+    does not support) reported as :class:`CannotComputeError`: their message, then ``detail``."""
+    def wrapped():
+        try:
+            return run()
+        except errors as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise CannotComputeError(f"{library}: {type(e).__name__}: {msg}{' ' + detail if detail else ''}") from e
+    return wrapped
+
+
+@contextlib.contextmanager
+def math_attention():
+    """PyTorch's composite attention (math SDPA kernel, no fused ``nn.MultiheadAttention`` /
+    ``nn.TransformerEncoderLayer`` fast path): the fused kernels have no forward-mode AD, so
+    ``jvp``-based recipes need it, as a user of those recipes would set it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    before = torch.backends.mha.get_fastpath_enabled()
+    try:
+        torch.backends.mha.set_fastpath_enabled(False)
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 class Adapter:

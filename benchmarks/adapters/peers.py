@@ -13,12 +13,22 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..workloads import Case
-from .base import ALL, Adapter
+from .base import ALL, Adapter, CannotComputeError, math_attention, refusing
 
 
 def _flat_v(case: Case) -> torch.Tensor:
     """The workload's parameter-space vector, flattened in ``named_parameters()`` order."""
     return torch.cat([case.v[k].reshape(-1) for k, _ in case.model.named_parameters()])
+
+
+def _owner(model: nn.Module, name: str) -> nn.Module:
+    """The module that owns the parameter ``name``."""
+    return model.get_submodule(name.rsplit(".", 1)[0] if "." in name else "")
+
+
+def _owners(model: nn.Module, names: list[str]) -> str:
+    """The module types owning the parameters ``names``, e.g. ``'LayerNorm, MultiheadAttention'``."""
+    return ", ".join(sorted({type(_owner(model, n)).__name__ for n in names}))
 
 
 def _labels(case: Case) -> torch.Tensor:
@@ -41,7 +51,29 @@ class NNGeometry(Adapter):
 
     @staticmethod
     def _loader(case: Case, batch_size: int | None) -> DataLoader:
+        NNGeometry._check(case.model)
         return DataLoader(TensorDataset(case.x), batch_size=batch_size or case.n, shuffle=False)
+
+    @staticmethod
+    def _check(model: nn.Module) -> None:
+        """Refuse (untimed) a model whose parameters nngeometry's ``LayerCollection`` does not
+        all cover: it raises on a leaf module it has no rule for, and silently leaves out the
+        own parameters of a module with children (``nn.MultiheadAttention.in_proj_weight``)."""
+        from nngeometry.layercollection import LayerCollection
+
+        try:
+            lc = LayerCollection.from_model(model)
+        except Exception as e:  # nngeometry raises a bare Exception for unsupported layers
+            if "I do not know what to do with layer" not in str(e):
+                raise
+            raise CannotComputeError(f"nngeometry 0.4 has no layer rule: {e}") from e
+        total = sum(p.numel() for p in model.parameters())
+        if lc.numel() != total:
+            known = {id(p) for m in model.modules() if type(m).__name__ in LayerCollection._known_modules
+                     for p in m.parameters(recurse=False)}
+            left = [n for n, p in model.named_parameters() if id(p) not in known]
+            raise CannotComputeError(f"nngeometry 0.4 covers {lc.numel():,} of the {total:,} parameters (no layer "
+                                f"rule for {_owners(model, left)})")
 
     def full_ntk(self, case: Case, quantity: str):
         from nngeometry.gram import GramMatrix
@@ -97,7 +129,7 @@ class NNGeometry(Adapter):
         if quantity in ("mv", "vTMv") and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                               for m in case.model.modules()):
             # nngeometry's implicit Jv pass raises a bare NotImplementedError on BatchNorm layers
-            raise NotImplementedError("nngeometry 0.4 PMatImplicit mv/vTMv do not support BatchNorm layers")
+            raise CannotComputeError("nngeometry 0.4 PMatImplicit mv/vTMv do not support BatchNorm layers")
         fim = self._fim(case, PMatImplicit)
         v = self._pvector(fim, _flat_v(case))
         if quantity == "mv":
@@ -140,7 +172,11 @@ class Curvlinops(Adapter):
                      fisher_type=FisherType.TYPE2, separate_weight_and_bias=False,
                      check_deterministic=False)
             return {"mv": op @ flat}
-        return run
+        # KFAC/EKFAC cover the parameters of Linear and Conv2d modules called as modules
+        other = [n for n, _ in case.model.named_parameters()
+                 if not isinstance(_owner(case.model, n), (nn.Linear, nn.Conv2d))]
+        return refusing(run, (NotImplementedError,), "curvlinops 3.0.1",
+                        f"(parameters of {_owners(case.model, other)})" if other else "")
 
     def implicit_fisher(self, case: Case, quantity: str):
         from curvlinops import GGNLinearOperator
@@ -150,9 +186,13 @@ class Curvlinops(Adapter):
         op = GGNLinearOperator(case.model, nn.CrossEntropyLoss(reduction="mean"), params, data,
                                check_deterministic=False)
         flat = _flat_v(case)
+
+        def mv():
+            with math_attention():  # its products use forward-mode AD: no fused attention kernels
+                return op @ flat
         if quantity == "mv":
-            return lambda: op @ flat
-        return lambda: flat @ (op @ flat)
+            return mv
+        return lambda: flat @ mv()
 
 
 class BackPACK(Adapter):
@@ -189,7 +229,8 @@ class BackPACK(Adapter):
                     a.add_(p.diag_ggn_exact, alpha=nb / case.n)  # batch means -> overall mean
             diag = torch.cat([a.reshape(-1) for a in acc])
             return {"diag": diag, "mv": diag * flat}
-        return run
+        # second-order extensions need an extension for every module on the backward path
+        return refusing(run, (NotImplementedError,), "BackPACK 1.7.1")
 
     def per_example_grads(self, case: Case, quantity: str):
         from backpack import backpack, extend
@@ -203,5 +244,9 @@ class BackPACK(Adapter):
             loss = loss_fn(model(case.x), case.y)
             with backpack(BatchGrad()):
                 loss.backward()
+            missing = [n for n, p in model.named_parameters() if not hasattr(p, "grad_batch")]
+            if missing:  # BackPACK skips the modules it has no BatchGrad extension for
+                raise CannotComputeError(f"BackPACK 1.7.1 BatchGrad computes no per-example gradients for the "
+                                    f"parameters of {_owners(model, missing)} ({len(missing)} tensors)")
             return torch.cat([p.grad_batch.reshape(case.n, -1) for p in model.parameters()], 1)
         return run

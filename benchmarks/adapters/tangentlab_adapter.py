@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from ..workloads import Case
-from .base import ALL, Adapter
+from .base import ALL, Adapter, refusing
+
+
+def _refusals(run):
+    """tangentlab's refusals (a representation not defined for some layer) as "cannot compute"."""
+    from tangentlab.errors import UnsupportedLayerError
+
+    return refusing(run, (UnsupportedLayerError,), "tangentlab")
 
 
 class TangentlabAdapter(Adapter):
@@ -31,7 +38,7 @@ class TangentlabAdapter(Adapter):
             if quantity == "diag":
                 return {"diag": fm.diag().flat(), "mv": fm.mv(v).flat()}
             return {"mv": fm.mv(v).flat()}  # kfac / ekfac (EKFAC with its corrected diagonal s*)
-        return run
+        return _refusals(run)
 
     def implicit_fisher(self, case: Case, quantity: str):
         import tangentlab as tl

@@ -19,7 +19,7 @@ from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 from torch.nn import functional
 
 from ..workloads import Case
-from .base import ALL, Adapter
+from .base import ALL, Adapter, math_attention
 
 # Bytes that one vectorized chunk of a recipe may use for its batched tangents/Jacobians.
 CHUNK_BYTES = 2 * 2**30
@@ -220,7 +220,8 @@ class TorchFuncProducts(Adapter):
             return vmap(slice_)(basis)  # (C, N2, D): [c, m, d] = <J(x1)_c, J(x2_m)_d>
 
         def run():
-            return vmap(get_ntk, chunk_size=chunk)(x).permute(0, 2, 1, 3).contiguous()
+            with math_attention():  # forward-mode AD: no fused attention kernels
+                return vmap(get_ntk, chunk_size=chunk)(x).permute(0, 2, 1, 3).contiguous()
         return run
 
     def implicit_fisher(self, case: Case, quantity: str):
@@ -231,12 +232,14 @@ class TorchFuncProducts(Adapter):
             return functional_call(model, pp, (x,))
 
         def mv():
-            z, jv = jvp(f, (params,), (v,))
-            _, vjp_fn = vjp(f, params)
-            (g,) = vjp_fn(_h_mul(z, jv))
+            with math_attention():  # forward-mode AD: no fused attention kernels
+                z, jv = jvp(f, (params,), (v,))
+                _, vjp_fn = vjp(f, params)
+                (g,) = vjp_fn(_h_mul(z, jv))
             return _flat(g.values()) / case.n
 
         def vtmv():
-            z, jv = jvp(f, (params,), (v,))
+            with math_attention():
+                z, jv = jvp(f, (params,), (v,))
             return (jv * _h_mul(z, jv)).sum() / case.n
         return mv if quantity == "mv" else vtmv

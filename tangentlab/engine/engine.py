@@ -47,6 +47,7 @@ from .blocks import ALL_OUTPUTS, AUTO_BLOCKS, OutputBlocks
 from .options import EngineOptions
 from .plan import RoutePlan, check_coupling, check_params, input_mismatch, make_plan
 from .precision import Precision
+from .recurrent import unfused_recurrent
 
 #: target size (entries) of one output block's ``g`` under ``OutputBlocks.auto()``
 OUTPUT_BLOCK_ELEMENTS = 1 << 25
@@ -539,7 +540,7 @@ class Engine:
 
         ins = (*batch, *[v for _, v in aux_items])
         in_dims = (None, *[0 if isinstance(t, torch.Tensor) else None for t in ins])
-        with math_attention():
+        with math_attention(), unfused_recurrent(plan.unfuse):
             jac = vmap(jacrev(f_one), in_dims=in_dims, randomness="different")(pg, *ins)
         return {k: v.transpose(0, 1) for k, v in jac.items()}  # (C, N, *shape)
 

@@ -15,6 +15,7 @@ from ..layers.base import LayerRule
 from ..layers.norm import batchnorm_coupling
 from ..layers.registry import LayerRegistry
 from ..space import Layer, ParamSpace
+from .recurrent import packed_input, recurrent_reason
 
 
 class GenericRouteWarning(UserWarning):
@@ -38,6 +39,8 @@ class RoutePlan:
     generic: list[str] = field(default_factory=list)  # parameter names
     reasons: dict[str, str] = field(default_factory=dict)  # module path -> reason
     joint: bool = False
+    #: the vectorized generic pass runs fused recurrent kernels unfused (:mod:`.recurrent`)
+    unfuse: bool = False
 
 
 def check_params(params: dict[str, torch.Tensor]) -> tuple[torch.dtype, torch.device]:
@@ -154,6 +157,7 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
         raise InvalidInputError(f"registry must be a LayerRegistry, got {type(registry).__name__}")
     if route in ("generic", "joint"):
         plan.generic = list(space.names)
+        plan.unfuse = route == "generic" and _unfuse(model, probe)
         return plan
     shared = shared_parameter_modules(model)
     modules = dict(model.named_modules(remove_duplicate=False))
@@ -167,7 +171,7 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
                 break
         reason = None
         if rule is None:
-            reason = f"no layer rule for {type(mod).__name__}"
+            reason = recurrent_reason(mod, lay.module) or f"no layer rule for {type(mod).__name__}"
         elif lay.module in shared:
             reason = shared[lay.module]
         elif type(mod).forward is not klass.forward:  # type: ignore[union-attr]
@@ -225,6 +229,7 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
                 plan.generic.extend(p.name for p in h.layer.params)
             else:
                 plan.hooked.append(h)
+    plan.unfuse = bool(plan.generic) and _unfuse(model, probe)  # may refuse: before the warning
     if plan.reasons:
         lines = "; ".join(f"{m or '<root>'} ({r})" for m, r in plan.reasons.items())
         warnings.warn(
@@ -234,6 +239,17 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
     order = {n: i for i, n in enumerate(space.names)}
     plan.generic.sort(key=order.__getitem__)
     return plan
+
+
+def _unfuse(model: nn.Module, probe) -> bool:
+    """Whether the vectorized generic pass must unfuse recurrent kernels: ``model`` has a
+    fused recurrent layer (selected or not, it runs under ``vmap``). Raises where the unfused
+    route would not compute the model's function (:func:`.recurrent.recurrent_reason`) and,
+    after one probing forward pass, where a recurrent layer is fed packed sequences."""
+    paths = {id(m): p for p, m in model.named_modules() if recurrent_reason(m, p) is not None}
+    if paths:
+        probe([(m, packed_input(paths[id(m)])) for m in model.modules() if id(m) in paths])
+    return bool(paths)
 
 
 class _MismatchError(Exception):

@@ -8,9 +8,9 @@ targets ``y``. Normalizations use the number of examples actually seen, so
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from numbers import Integral
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -74,8 +74,8 @@ class Batches:
     def __init__(self, data: Any, batch_size: int | None = None):
         if isinstance(data, Batches):
             self._source: Any = data._source
-            self._chunked = data._chunked
-            self.batch_size = data.batch_size
+            self._chunked: bool = data._chunked
+            self.batch_size: int | None = data.batch_size
             return
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size <= 0
@@ -109,7 +109,7 @@ class Batches:
             self._source = data
             self._chunked = False
             try:
-                empty = len(data) == 0
+                empty = len(cast(Sized, data)) == 0
             except TypeError:  # no len(): checked when iterated
                 empty = False
             if isinstance(data, (list, tuple)):  # in memory: validate every batch now

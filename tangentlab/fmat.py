@@ -11,7 +11,7 @@ of ``K`` divided by ``N``.
 from __future__ import annotations
 
 from numbers import Number
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -126,7 +126,7 @@ class FMatDense:
         if unknown:
             raise InvalidInputError(f"no layers {unknown}; this kernel has {sorted(self.layers)}")
         parts = {n: self.layers[n] for n in names}
-        return FMatDense(sum(p.data for p in parts.values()), parts, self.symmetric)
+        return FMatDense(cast(torch.Tensor, sum(p.data for p in parts.values())), parts, self.symmetric)
 
     def to_scipy(self):
         return fmat_to_scipy(self)
@@ -143,7 +143,7 @@ class FMatDense:
         if not isinstance(s, (Number, torch.Tensor)):
             return NotImplemented
         layers = {k: v * s for k, v in self.layers.items()} if self.layers else None
-        return FMatDense(self.data * s, layers, self.symmetric)
+        return FMatDense(self.data * s, layers, self.symmetric)  # type: ignore[operator]  # torch's stubs omit numbers.Number
 
     __rmul__ = __mul__
 

@@ -89,7 +89,7 @@ def model_at(model: nn.Module, at: Any = None) -> nn.Module:
     else:
         raise InvalidInputError(
             f"at: expected None, an nn.Module, a PVector or a state_dict mapping, got {type(at).__name__}")
-    own = dict(m.named_parameters())
+    own: dict[str, torch.Tensor] = dict(m.named_parameters())
     own.update(dict(m.named_buffers()))
     for name, value in values.items():
         if name not in own:
@@ -208,7 +208,7 @@ class Linearized(nn.Module):
         def f(p: dict[str, torch.Tensor]) -> Any:
             return functional_call(base, {**consts, **p}, args, kwargs)
 
-        out, jv = jvp(f, (t0,), (delta,))
+        out, jv = jvp(f, (t0,), (delta,))  # type: ignore[misc]  # torch's stub types jvp as has_aux
         return tree_map(lambda a, b: a + b, out, jv) if not isinstance(out, torch.Tensor) else out + jv
 
     @torch.no_grad()
@@ -227,7 +227,7 @@ class Linearized(nn.Module):
     def _model_with(self, values: dict[str, torch.Tensor]) -> nn.Module:
         m = copy.deepcopy(self._base[0])
         state = {**self._constants(), **values}
-        own = dict(m.named_parameters())
+        own: dict[str, torch.Tensor] = dict(m.named_parameters())
         own.update(dict(m.named_buffers()))
         with torch.no_grad():
             for n, t in state.items():
@@ -434,6 +434,7 @@ def train_linearized(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
         c = lin.initial_output(x[:1]).reshape(1, -1).shape[1]
     if loss == "auto":
         loss = "cross_entropy" if (not torch.is_floating_point(y) and c > 1) else "mse"
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if loss == "cross_entropy":
         loss_fn, target = nn.functional.cross_entropy, y
     elif loss == "mse":

@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -178,10 +178,10 @@ def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, o
         if gather == "all":
             red.sum_(out)
         else:
-            dist.reduce(out, dst=0, group=red.group)
+            dist.reduce(cast(torch.Tensor, out), dst=0, group=red.group)
             if red.rank != 0:
                 return None
-    return FMatDense(out, symmetric=symmetric)
+    return FMatDense(cast(torch.Tensor, out), symmetric=symmetric)
 
 
 class NTKOperator(MatrixFreeOperator):

@@ -188,7 +188,7 @@ class MonteCarloFisher(OutputFunction):
     def __init__(self, n_samples: int = 1):
         if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
             raise InvalidInputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
-        self.n_samples = int(n_samples)
+        self.n_samples: int = int(n_samples)
 
     def prepare(self, z, batch, generator):
         p = torch.softmax(_softmax_logits(z, self.name), dim=-1)

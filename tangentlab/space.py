@@ -238,7 +238,7 @@ class ParamSpace:
         return out
 
 
-def _resolve_selection(model: nn.Module, named: list[tuple[str, torch.Tensor]],
+def _resolve_selection(model: nn.Module, named: Sequence[tuple[str, torch.Tensor]],
                        params: Selector) -> set[str]:
     if params is None:
         return {n for n, p in named if p.requires_grad}

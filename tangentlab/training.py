@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class BatchStream:
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               loss_fn: nn.Module | None = None) -> float:
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float:
     """One optimizer step on the mean loss of ``(x, y)`` (default cross-entropy); returns the loss."""
     model.train()
     opt.zero_grad(set_to_none=True)
@@ -122,6 +123,7 @@ def rng_state() -> dict[str, Any]:
     floats and tuples only, so that a checkpoint loads with ``torch.load(weights_only=True)``
     (numpy's legacy ``MT19937`` state becomes its key as an int64 tensor and the scalars)."""
     name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    key = cast(np.ndarray, key)  # the legacy state tuple: (name, key array, pos, has_gauss, gauss)
     numpy_state = {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
                    "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
     return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from numbers import Number
 from typing import Any
 
@@ -25,7 +25,7 @@ class PVector:
 
     __slots__ = ("space", "_t")
 
-    def __init__(self, space: ParamSpace, tensors: dict[str, torch.Tensor]):
+    def __init__(self, space: ParamSpace, tensors: Mapping[str, torch.Tensor]):
         self.space = space
         for p in space.params:
             if p.name not in tensors:
@@ -225,7 +225,7 @@ class FVector:
     def __mul__(self, s: Any) -> FVector:
         if not isinstance(s, (Number, torch.Tensor)):
             return NotImplemented
-        return FVector(self.tensor * s)
+        return FVector(self.tensor * s)  # type: ignore[operator]  # torch's stubs omit numbers.Number scalars
 
     __rmul__ = __mul__
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -161,7 +161,7 @@ def math_attention():
 
 
 @contextlib.contextmanager
-def _requires_grad(params: list[torch.Tensor]):
+def _requires_grad(params: Sequence[torch.Tensor]) -> Iterator[None]:
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
@@ -460,8 +460,8 @@ class Engine:
                 aux = self.output.prepare(z.detach(), batch, self.generator(index))
                 s = self.output.head(z, aux, batch)
         finally:
-            for h in handles:
-                h.remove()
+            for handle in handles:
+                handle.remove()
         self.check_outputs(s, batch[0].shape[0], index)
         for h in plan.hooked:
             k = len(records[id(h.module)])
@@ -481,13 +481,13 @@ class Engine:
         out_numel = sum(_prod(r[3]) for r in records)
         # vectorize over output coordinates in chunks that fit the budget (x3 for backward temporaries)
         chunk = max(1, min(c, self.budget.max_elements(s.dtype) // max(1, 3 * out_numel)))
-        results: list[list[torch.Tensor]] = [[] for _ in edges]
+        results: list[list[torch.Tensor | None]] = [[] for _ in edges]
         eye = torch.eye(c, dtype=s.dtype, device=s.device)
         for start in range(first, stop, chunk):
             end = min(stop, start + chunk)
             last = end == stop and not retain
             cot = eye[start:end, None, :].expand(end - start, n, c)
-            grads = None
+            grads: tuple[torch.Tensor | None, ...] | None = None
             if end - start > 1:
                 try:
                     grads = torch.autograd.grad(s, edges, grad_outputs=cot, is_grads_batched=True,
@@ -511,7 +511,8 @@ class Engine:
             if any(p is None for p in parts):  # layer output does not reach the outputs
                 out.append(s.new_zeros(stop - first, *r[3]))
             else:
-                out.append(torch.cat(parts, 0) if len(parts) > 1 else parts[0])
+                done = cast(list[torch.Tensor], parts)
+                out.append(torch.cat(done, 0) if len(done) > 1 else done[0])
         return out
 
     def _generic_pass(self, plan: RoutePlan, batch: Batch, aux: Aux) -> dict[str, torch.Tensor]:

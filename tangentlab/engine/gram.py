@@ -78,7 +78,8 @@ def gram_tiles(engine: Engine, rows: CaptureCache, cols: CaptureCache | None = N
             row0 = starts1[i]
         r = slice(row0, row0 + c1.n)
         col0 = 0
-        inner = src2.captures(None if keep is None else (lambda j, i=i: keep(i, j)), stop=i if symmetric else None)
+        keep_row: Callable[[int], bool] | None = None if keep is None else (lambda j, i=i: keep(i, j))
+        inner = src2.captures(keep_row, stop=i if symmetric else None)
         if symmetric and (keep is None or keep(i, i)):  # the diagonal tile, with the row capture itself
             inner = _chain(inner, i, c1)
         for j, c2 in inner:

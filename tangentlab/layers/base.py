@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ class LayerRule:
         """Local names of the parameters this rule handles (default: weight and bias if present)."""
         return tuple(n for n in ("weight", "bias") if getattr(module, n, None) is not None)
 
-    def check(self, module: nn.Module) -> str | None:
+    def check(self, module: Any) -> str | None:
         """Return a reason why this module must take the generic route, or None.
 
         Raise :class:`~tangentlab.errors.UnsupportedLayerError` for configurations
@@ -41,7 +41,7 @@ class LayerRule:
         """
         return None
 
-    def features(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+    def features(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         """What the rule needs from the module's inputs (computed once per batch)."""
         raise NotImplementedError
 
@@ -112,7 +112,7 @@ class LayerRule:
         out += self.gram(module, feat1, g1, feat2, g2)
 
     # ---- Kronecker factors (optional: layers that define them support KFAC/EKFAC) ----------
-    def kron_layout(self, module: nn.Module) -> KronLayout | None:
+    def kron_layout(self, module: Any) -> KronLayout | None:
         """The matrix layout of the parameters for KFAC/EKFAC, or None if not defined."""
         return None
 
@@ -136,7 +136,7 @@ class LayerRule:
         parts = []
         for sl in self._chunks(module, g):
             pe = self.per_example(module, feat, g[sl])
-            parts.append(sum(torch.einsum("cn...,...->cn", pe[k], v[k]) for k in pe))
+            parts.append(cast(torch.Tensor, sum(torch.einsum("cn...,...->cn", pe[k], v[k]) for k in pe)))
         return torch.cat(parts, 0)
 
 

@@ -72,7 +72,7 @@ front of any other ``torch.optim`` optimizer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -125,6 +125,7 @@ class KronOptimizer(torch.optim.Optimizer):
     """
 
     scaling: str = "kfac"
+    decay: float  # the running average's α, set by EKFACRA (scaling "running")
 
     def __init__(self, model: nn.Module, lr: float = 1e-2, damping: float = 1e-3, *, period: int = 100,
                  damping_scheme: str = "factored", fisher: str = "empirical", likelihood: str = "softmax",
@@ -217,7 +218,7 @@ class KronOptimizer(torch.optim.Optimizer):
         return b.gather(grads)
 
     # ---- the step ----------------------------------------------------------------------
-    def _preconditioned(self) -> dict[nn.Parameter, torch.Tensor]:
+    def _preconditioned(self) -> dict[torch.Tensor, torch.Tensor]:
         """``{parameter: preconditioned gradient}`` for the covered parameters (advances the
         statistics: one call per optimization step).
 
@@ -230,7 +231,7 @@ class KronOptimizer(torch.optim.Optimizer):
         curv = self.curvature
         grads = {id(b.key): self._block_grad(b, group) for b in self.blocks}
         todo = [b for b in self.blocks if grads[id(b.key)] is not None]
-        out: dict[nn.Parameter, torch.Tensor] = {}
+        out: dict[torch.Tensor, torch.Tensor] = {}
         if todo:
             recompute = self.n_steps % self.period == 0
             stale = [b for b in todo if recompute or "ua" not in self._state(b)]
@@ -253,9 +254,9 @@ class KronOptimizer(torch.optim.Optimizer):
             for b in todo:
                 st = self._state(b)
                 ua, ub = st["ua"], st["ub"]
-                grad = grads[id(b.key)]
+                grad = cast(torch.Tensor, grads[id(b.key)])  # todo: the blocks with a gradient
                 rot = rotate(grad, ua, ub)  # G̃ = U_Bᵀ G U_A
-                s = None
+                s: torch.Tensor | None = None
                 if self.scaling == "batch":
                     s = st["s"] = s_batch[curv.index[id(b)]]
                 elif self.scaling == "running":
@@ -279,10 +280,10 @@ class KronOptimizer(torch.optim.Optimizer):
         ``Δ = F̂_damped⁻¹ ∇`` (the statistics advance as in :meth:`step`); other parameters are
         untouched. Use it in front of any optimizer: ``opt.precondition(); adam.step()``."""
         for p, d in self._preconditioned().items():
-            p.grad.copy_(d)
+            cast(torch.Tensor, p.grad).copy_(d)  # covered parameters have gradients
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]  # torch's overloads require a float closure
         """One step ``θ ← θ − η Δ`` (with momentum ``μ`` when set: ``m ← μ m + Δ``,
         ``θ ← θ − η m``) on the covered parameters, and one step of the fallback optimizer on
         the others. ``closure`` re-evaluates the loss (forward and backward) first."""

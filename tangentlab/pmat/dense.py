@@ -49,10 +49,12 @@ class _TensorPMat(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.data.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.data.device
 
     def _add(self, other):
@@ -66,6 +68,18 @@ class _TensorPMat(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]):
+        """Rebuild a matrix from its :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        PMat
+            The matrix, of this class.
+        """
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
@@ -73,7 +87,17 @@ class _TensorPMat(PMat):
           summary="everything exact; Cholesky solves", keeps="all", light=False, distributed=True,
           footprint=dense_entries)
 class PMatDense(_TensorPMat):
-    """The full ``P × P`` matrix. Memory ``P²``; ``solve``/``inverse`` cost ``O(P³)``."""
+    """The full ``P × P`` matrix. Memory ``P²``; ``solve``/``inverse`` cost ``O(P³)``.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    data : torch.Tensor
+        ``(P, P)``, the symmetric matrix.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
+    """
 
     @staticmethod
     def _data_shape(p: int) -> tuple[int, ...]:
@@ -136,6 +160,18 @@ class PMatDense(_TensorPMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatDense:
+        """Rebuild a matrix from its :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        PMat
+            The matrix, of this class.
+        """
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
@@ -143,7 +179,17 @@ class PMatDense(_TensorPMat):
           memory="`P`", summary="from squared-activation matmuls", keeps="diagonal", distributed=True,
           footprint=vector_entries)
 class PMatDiag(PMat):
-    """Only the diagonal ``F_pp = (1/N) Σ_{n,c} φ_{c,n,p}²``. Memory ``P``."""
+    """Only the diagonal ``F_pp = (1/N) Σ_{n,c} φ_{c,n,p}²``. Memory ``P``.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    data : torch.Tensor
+        ``(P,)``, the diagonal.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
+    """
 
     def __init__(self, space: ParamSpace, data: torch.Tensor, budget: MemoryBudget | None = None):
         if data.shape != (space.numel,):
@@ -153,10 +199,12 @@ class PMatDiag(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.data.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.data.device
 
     def mv(self, v: PVector) -> PVector:
@@ -229,6 +277,18 @@ class PMatDiag(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatDiag:
+        """Rebuild a matrix from its :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        PMat
+            The matrix, of this class.
+        """
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
@@ -237,7 +297,17 @@ class PMatDiag(PMat):
           footprint=block_entries)
 class PMatBlockDiag(PMat):
     """One dense block per layer (the parameters owned by one module); cross-layer
-    terms are zero. Memory ``Σ_l P_l²``."""
+    terms are zero. Memory ``Σ_l P_l²``.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    blocks : dict of str to torch.Tensor
+        ``{module path: (P_l, P_l)}``, one dense block per layer of ``space``.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
+    """
 
     def __init__(self, space: ParamSpace, blocks: dict[str, torch.Tensor],
                  budget: MemoryBudget | None = None):
@@ -252,10 +322,12 @@ class PMatBlockDiag(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return next(iter(self.blocks.values())).dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return next(iter(self.blocks.values())).device
 
     def _per_block(self, flat: torch.Tensor, fn) -> torch.Tensor:
@@ -298,7 +370,8 @@ class PMatBlockDiag(PMat):
         kk = p if k is None else k
         self.budget.check(f"{kk} eigenvectors of length {p}", p * kk, self.dtype,
                           "Ask for fewer eigenpairs with `k=`.")
-        vals, owners = [], []
+        vals: list[torch.Tensor] = []
+        owners: list[Any] = []
         decomp = {}
         for lay in self.space.layers:
             e, u = torch.linalg.eigh(self.blocks[lay.module])
@@ -346,4 +419,16 @@ class PMatBlockDiag(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatBlockDiag:
+        """Rebuild a matrix from its :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        PMat
+            The matrix, of this class.
+        """
         return cls(ParamSpace.from_state(state["space"]), state["blocks"])

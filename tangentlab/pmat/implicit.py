@@ -38,6 +38,15 @@ class PMatImplicit(MatrixFreeOperator, PMat):
     fixed matrix as long as the data order is fixed: for them a shuffling loader is
     refused. The batch loop, the reduction over ranks (each rank passes its shard) and
     the precision policy are :class:`~tangentlab.engine.operator.MatrixFreeOperator`'s.
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine of the model, its outputs and parameters.
+    data : Any
+        The examples (anything :class:`~tangentlab.data.Batches` accepts).
+    centering : bool
+        Subtract the mean over examples of the pseudo-outputs' gradients first (a covariance).
     """
 
     def __init__(self, engine: Engine, data: Any, centering: bool = False):

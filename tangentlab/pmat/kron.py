@@ -113,6 +113,7 @@ class _KronBase(PMat):
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.blocks[0].index.device
 
     def _apply(self, v: PVector, fn) -> PVector:
@@ -204,6 +205,16 @@ class PMatKFAC(_KronBase):
     * ``method="factored"``: Martens & Grosse's factored Tikhonov damping with π:
       ``(A + π√λ I)⁻¹ ⊗ (B + √λ/π I)⁻¹``, ``π = sqrt((tr A / dim A) / (tr B / dim B))`` —
       *not* ``(A⊗B + λI)⁻¹``, but Kronecker-factored and cheap.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    blocks : list of KronBlock
+        The factors ``A`` ``(G, I, I)`` (or ``(G, I)`` when diagonal) and ``B`` ``(G, O, O)``
+        of each block; their indices cover ``space`` exactly once.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
     """
 
     def __init__(self, space: ParamSpace, blocks: list[KronBlock], budget: MemoryBudget | None = None):
@@ -212,6 +223,7 @@ class PMatKFAC(_KronBase):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.blocks[0].b.dtype
 
     @property
@@ -223,11 +235,11 @@ class PMatKFAC(_KronBase):
         return self._apply(v, lambda blk, x: blk.b @ right_mul(x, blk.a))
 
     def trace(self) -> torch.Tensor:
-        tot = 0
+        tot: Any = 0
         for blk in self.blocks:
             ta = blk.a.sum(-1) if blk.diagonal_a else torch.diagonal(blk.a, dim1=1, dim2=2).sum(-1)
             tot = tot + (ta * torch.diagonal(blk.b, dim1=1, dim2=2).sum(-1)).sum()
-        return tot  # type: ignore[return-value]
+        return tot
 
     def diag(self) -> PVector:
         out = torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
@@ -346,6 +358,18 @@ class PMatKFAC(_KronBase):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatKFAC:
+        """Rebuild a matrix from its :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        PMat
+            The matrix, of this class.
+        """
         return cls(ParamSpace.from_state(state["space"]), [KronBlock(**b) for b in state["blocks"]])
 
 
@@ -364,6 +388,18 @@ class PMatEKFAC(_KronBase):
 
     Damped solves: ``method="exact"`` divides by ``s* + λ``; ``method="factored"`` by
     ``s* + λ + √λ (λ_A + λ_B)`` (thesis appendix A.4: ε added to both factors' eigenvalues).
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    blocks : list of KfeBlock
+        The eigenbases ``U_A``, ``U_B`` and the scalings ``s`` of each block; their indices cover
+        ``space`` exactly once.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
+    engine : Engine or None
+        The engine that :meth:`update_diag` re-estimates ``s*`` with (None: pass one then).
     """
 
     def __init__(self, space: ParamSpace, blocks: list[KfeBlock], budget: MemoryBudget | None = None,
@@ -379,6 +415,7 @@ class PMatEKFAC(_KronBase):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.blocks[0].s.dtype
 
     @classmethod
@@ -401,10 +438,10 @@ class PMatEKFAC(_KronBase):
         self._check_vec(v)
         flat = v.flat()
         return sum((blk.s * rotate(_gather(flat, blk.index), blk.ua, blk.ub).pow(2)).sum()
-                   for blk in self.blocks)  # type: ignore[return-value]
+                   for blk in self.blocks)
 
     def trace(self) -> torch.Tensor:
-        return sum(blk.s.sum() for blk in self.blocks)  # type: ignore[return-value]
+        return sum(blk.s.sum() for blk in self.blocks)
 
     def diag(self) -> PVector:
         """Exact diagonal ``(U_B∘U_B) S (U_A∘U_A)ᵀ``."""
@@ -426,7 +463,7 @@ class PMatEKFAC(_KronBase):
 
     def norm(self, ord: str | int = "fro") -> torch.Tensor:
         if ord == "fro":
-            return torch.sqrt(sum(blk.s.pow(2).sum() for blk in self.blocks))  # type: ignore[arg-type]
+            return torch.sqrt(sum(blk.s.pow(2).sum() for blk in self.blocks))
         if ord == 2:
             return torch.stack([blk.s.abs().max() for blk in self.blocks]).max()
         raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
@@ -500,6 +537,18 @@ class PMatEKFAC(_KronBase):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatEKFAC:
+        """Rebuild a matrix from its :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        PMat
+            The matrix, of this class.
+        """
         return cls(ParamSpace.from_state(state["space"]), [KfeBlock(**b) for b in state["blocks"]])
 
 

@@ -29,6 +29,19 @@ class PMatLowRank(PMat):
     outside the row space of ``U`` (which is divided by ``shift + λ``). ``eigh``
     returns the ``R`` eigenpairs on the row space of ``U``; the other ``P − R``
     eigenvalues all equal ``shift`` (0 for a Fisher built from data).
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    factor : torch.Tensor
+        ``U``, ``(R, P)``.
+    weights : torch.Tensor or None
+        ``w``, ``(R,)`` (None: ones).
+    shift : float
+        The multiple of the identity added.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
     """
 
     def __init__(self, space: ParamSpace, factor: torch.Tensor, weights: torch.Tensor | None = None,
@@ -50,10 +63,12 @@ class PMatLowRank(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.factor.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.factor.device
 
     @property
@@ -158,4 +173,16 @@ class PMatLowRank(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatLowRank:
+        """Rebuild a matrix from its :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        PMat
+            The matrix, of this class.
+        """
         return cls(ParamSpace.from_state(state["space"]), state["factor"], state["weights"], state["shift"])

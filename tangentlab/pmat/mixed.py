@@ -33,6 +33,15 @@ class PMatMixed(PMat):
 
     ``parts`` are matrices on sub-spaces whose layers partition ``space``. Every verb is
     applied part by part; a verb a part cannot do raises that part's error.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    parts : list of PMat
+        Matrices on sub-spaces whose layers partition ``space``.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
     """
 
     def __init__(self, space: ParamSpace, parts: list[PMat], budget: MemoryBudget | None = None):
@@ -44,10 +53,12 @@ class PMatMixed(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.parts[0].dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.parts[0].device
 
     @property
@@ -162,6 +173,18 @@ class PMatMixed(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatMixed:
+        """Rebuild a matrix from its :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        PMat
+            The matrix, of this class.
+        """
         return cls(ParamSpace.from_state(state["space"]), [load(s) for s in state["parts"]])
 
 

@@ -110,6 +110,17 @@ class PMatQuasiDiag(PMat):
     Schur complement of each arrowhead block; ``eigh`` by batched eigendecompositions of the
     ``(K+1) × (K+1)`` blocks (chunked to fit the memory budget). ``inverse`` is not
     quasi-diagonal (the inverse of an arrowhead block is dense) and is refused.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    diag : torch.Tensor
+        ``(P,)``, the diagonal.
+    cross : dict of str to torch.Tensor
+        ``{module path: tensor of the weight's shape}``, the bias–row cross terms.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
     """
 
     def __init__(self, space: ParamSpace, diag: torch.Tensor, cross: dict[str, torch.Tensor],
@@ -136,10 +147,12 @@ class PMatQuasiDiag(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.data.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.data.device
 
     def __repr__(self) -> str:
@@ -366,6 +379,18 @@ class PMatQuasiDiag(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatQuasiDiag:
+        """Rebuild a matrix from its :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        PMat
+            The matrix, of this class.
+        """
         return cls(ParamSpace.from_state(state["space"]), state["diag"], dict(state["cross"]))
 
 
@@ -429,7 +454,7 @@ def build_quasidiag(engine: Engine, data: Any, centering: bool = False, *,
     materialized per-example path for patch layers too (for testing)."""
     space = engine.space
     pairs = coupled_layers(space)
-    kw = {"dtype": engine.dtype, "device": engine.device}
+    kw: dict[str, Any] = {"dtype": engine.dtype, "device": engine.device}
     diag = torch.zeros(space.numel, **kw)
     cross = {p.module: torch.zeros(p.weight.shape, **kw) for p in pairs}
 

@@ -62,12 +62,12 @@ class Batches:
 
     Parameters
     ----------
-    data:
-        a tensor (the inputs of all examples), a *tuple* ``(x, y, ...)`` of
+    data : Any
+        A tensor (the inputs of all examples), a *tuple* ``(x, y, ...)`` of
         tensors for all examples, a :class:`torch.utils.data.DataLoader`, a *list*
         of batches, or any re-iterable of batches.
-    batch_size:
-        split tensors / tuples into batches of this size (default 256). Ignored
+    batch_size : int or None
+        Split tensors / tuples into batches of this size (default 256). Ignored
         for loaders, which keep their own batching.
     """
 
@@ -157,7 +157,29 @@ class Batches:
 
 
 def to_device(batch: Batch, device: torch.device, dtype: torch.dtype, index: int) -> Batch:
-    """Move a batch to the parameters' device; refuse floating inputs of another dtype."""
+    """Move a batch to the parameters' device; refuse floating inputs of another dtype.
+
+    Parameters
+    ----------
+    batch : tuple
+        ``(x, y, ...)``; non-tensor entries are kept as they are.
+    device : torch.device
+        The parameters' device.
+    dtype : torch.dtype
+        The parameters' dtype, which floating tensors must have.
+    index : int
+        The batch's index, for the error messages.
+
+    Returns
+    -------
+    tuple
+        The batch with its tensors on ``device``.
+
+    Raises
+    ------
+    MixedDeviceDtypeError
+        For a floating tensor of another dtype, or one that cannot be moved.
+    """
     out = []
     for k, t in enumerate(batch):
         if not isinstance(t, torch.Tensor):

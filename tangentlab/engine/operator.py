@@ -77,6 +77,7 @@ class MatrixFreeOperator:
 
     @property
     def reducer(self) -> Reducer:
+        """The reduction over ranks of the engine (inactive in one process)."""
         return self.engine.reducer
 
     def _input(self, t: torch.Tensor) -> torch.Tensor:

@@ -142,6 +142,26 @@ class PMatImplicit(MatrixFreeOperator, PMat):
         ``preconditioner`` is any PMat with ``solve`` (e.g. a PMatDiag or
         PMatBlockDiag of the same Fisher), applied as ``P⁻¹ r =
         preconditioner.solve(r, damping)``. Stops when ``‖r‖ ≤ rtol·‖v‖``.
+
+        Parameters
+        ----------
+        v : PVector
+            The right-hand side.
+        damping : float
+            ``λ ≥ 0``.
+        preconditioner : PMat, optional
+            A matrix with ``solve`` approximating ``F``.
+        x0 : PVector, optional
+            The starting point (default zero).
+        rtol : float
+            The relative tolerance on the residual.
+        maxiter : int, optional
+            The most iterations (default ``10 P``).
+
+        Returns
+        -------
+        PVector
+            ``x``.
         """
         self._check_vec(v)
         lam = check_damping(damping)

@@ -276,6 +276,23 @@ class PMatKFAC(_KronBase):
         return parts
 
     def solve(self, v: PVector, damping: float = 0.0, method: str = "exact") -> PVector:
+        """The solution ``x`` of ``(M + λI) x = v`` (see the class docstring for ``method``).
+
+        Parameters
+        ----------
+        v : PVector
+            The right-hand side.
+        damping : float
+            ``λ ≥ 0``.
+        method : {"exact", "factored"}
+            ``"exact"``: ``(M + λI)⁻¹`` in the eigenbasis; ``"factored"``: the π-damped factors
+            (see the class docstring).
+
+        Returns
+        -------
+        PVector
+            ``x``.
+        """
         lam = check_damping(damping)
         if _method(method) == "factored":
             if lam == 0:
@@ -300,7 +317,20 @@ class PMatKFAC(_KronBase):
     def inverse(self, damping: float = 0.0, method: str = "exact") -> PMat:
         """``(A⊗B + λI)⁻¹``: for ``λ = 0`` the KFAC ``A⁻¹ ⊗ B⁻¹``; for ``λ > 0`` an
         :class:`PMatEKFAC` (the damped inverse is diagonal in the eigenbasis, not a Kronecker
-        product). ``method="factored"``: the KFAC of the π-damped factors."""
+        product). ``method="factored"``: the KFAC of the π-damped factors.
+
+        Parameters
+        ----------
+        damping : float
+            ``λ ≥ 0``.
+        method : {"exact", "factored"}
+            How the damping enters (see the class docstring).
+
+        Returns
+        -------
+        PMat
+            A :class:`PMatKFAC` (``λ = 0`` or ``"factored"``) or a :class:`PMatEKFAC`.
+        """
         lam = check_damping(damping)
         if _method(method) == "factored" and lam > 0:
             out = []
@@ -325,7 +355,23 @@ class PMatKFAC(_KronBase):
         return e.inverse(lam)
 
     def pow(self, p: float) -> PMatKFAC:
-        """``(A ⊗ B)^p = A^p ⊗ B^p`` (eigenvalues below 0 are clipped for fractional powers)."""
+        """The power ``(A ⊗ B)^p = A^p ⊗ B^p`` (eigenvalues below 0 are clipped for fractional powers).
+
+        Parameters
+        ----------
+        p : float
+            The exponent; negative powers need positive definite factors.
+
+        Returns
+        -------
+        PMatKFAC
+            The power.
+
+        Raises
+        ------
+        InvalidInputError
+            For a negative power of a singular factor.
+        """
         def f(e):
             if p < 0 and (e <= 0).any():
                 raise InvalidInputError("negative power of a singular KFAC factor; add damping first")
@@ -420,7 +466,18 @@ class PMatEKFAC(_KronBase):
 
     @classmethod
     def from_kfac(cls, kfac: PMatKFAC) -> PMatEKFAC:
-        """The EKFAC with KFAC's eigenbasis and diagonal ``s_B ⊗ s_A`` (equal to ``kfac``)."""
+        """The EKFAC with KFAC's eigenbasis and diagonal ``s_B ⊗ s_A`` (equal to ``kfac``).
+
+        Parameters
+        ----------
+        kfac : PMatKFAC
+            The KFAC to convert.
+
+        Returns
+        -------
+        PMatEKFAC
+            The same matrix in the eigenbasis form.
+        """
         blocks = []
         for blk, e, ua, ub in kfac._eig_parts():
             ea, _ = sym_eigh(blk.a)
@@ -475,15 +532,62 @@ class PMatEKFAC(_KronBase):
         return den
 
     def solve(self, v: PVector, damping: float = 0.0, method: str = "exact") -> PVector:
+        """The solution ``x`` of ``(M + λI) x = v`` (see the class docstring for ``method``).
+
+        Parameters
+        ----------
+        v : PVector
+            The right-hand side.
+        damping : float
+            ``λ ≥ 0``.
+        method : {"exact", "factored"}
+            ``"exact"``: ``(M + λI)⁻¹`` in the eigenbasis; ``"factored"``: the π-damped factors
+            (see the class docstring).
+
+        Returns
+        -------
+        PVector
+            ``x``.
+        """
         lam = check_damping(damping)
         return self._apply(v, lambda blk, x: solve_in_basis(x, blk.ua, blk.ub, self._denominator(blk, lam, method)))
 
     def inverse(self, damping: float = 0.0, method: str = "exact") -> PMatEKFAC:
+        """The inverse ``(M + λI)⁻¹``, diagonal in the same eigenbasis.
+
+        Parameters
+        ----------
+        damping : float
+            ``λ ≥ 0``.
+        method : {"exact", "factored"}
+            How the damping enters (see the class docstring).
+
+        Returns
+        -------
+        PMatEKFAC
+            The inverse.
+        """
         lam = check_damping(damping)
         return self._with_s([1.0 / self._denominator(b, lam, method) for b in self.blocks])
 
     def pow(self, p: float) -> PMatEKFAC:
-        """``S^p`` in the fixed eigenbasis (negative entries clipped for fractional powers)."""
+        """The power ``S^p`` in the fixed eigenbasis (negative entries clipped for fractional powers).
+
+        Parameters
+        ----------
+        p : float
+            The exponent; negative powers need positive scalings.
+
+        Returns
+        -------
+        PMatEKFAC
+            The power.
+
+        Raises
+        ------
+        InvalidInputError
+            For a negative power of a singular EKFAC.
+        """
         out = []
         for b in self.blocks:
             if p < 0 and (b.s <= 0).any():
@@ -523,7 +627,25 @@ class PMatEKFAC(_KronBase):
 
     def update_diag(self, data: Any, engine: Any = None) -> PMatEKFAC:
         """Re-estimate ``s*`` on ``data`` at the model's current parameters, keeping the
-        eigenbasis (in place; returns ``self``). ``engine`` is needed after unpickling."""
+        eigenbasis (in place; returns ``self``). ``engine`` is needed after unpickling.
+
+        Parameters
+        ----------
+        data : Any
+            The examples, as in :func:`tangentlab.fim`.
+        engine : Engine, optional
+            The engine to use (default: the one this EKFAC was built with).
+
+        Returns
+        -------
+        PMatEKFAC
+            ``self``, with the new ``s*``.
+
+        Raises
+        ------
+        InvalidInputError
+            When no engine is known (an unpickled EKFAC without ``engine``).
+        """
         eng = engine or self.engine
         if eng is None:
             raise InvalidInputError("this EKFAC has no engine (it was unpickled): pass "

@@ -73,6 +73,7 @@ class PMatLowRank(PMat):
 
     @property
     def rank(self) -> int:
+        """The number ``R`` of rows of ``U``."""
         return self.factor.shape[0]
 
     def _w(self) -> torch.Tensor:

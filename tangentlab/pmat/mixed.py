@@ -133,7 +133,23 @@ class PMatMixed(PMat):
         raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
 
     def pow(self, p: float) -> PMatMixed:
-        """Power of every part (parts without ``pow``: only integer powers via products)."""
+        """The power ``M^p``, part by part.
+
+        Parameters
+        ----------
+        p : float
+            The exponent.
+
+        Returns
+        -------
+        PMatMixed
+            The power of every part.
+
+        Raises
+        ------
+        UnsupportedOperationError
+            When a part has no ``pow``.
+        """
         out = []
         for part in self.parts:
             if not hasattr(part, "pow"):
@@ -143,7 +159,18 @@ class PMatMixed(PMat):
         return PMatMixed(self.space, out, self.budget)
 
     def update_diag(self, data: Any) -> PMatMixed:
-        """Re-estimate the EKFAC diagonals of the EKFAC parts (see :meth:`PMatEKFAC.update_diag`)."""
+        """Re-estimate the EKFAC diagonals of the EKFAC parts (see :meth:`PMatEKFAC.update_diag`).
+
+        Parameters
+        ----------
+        data : Any
+            The examples, as in :func:`tangentlab.fim`.
+
+        Returns
+        -------
+        PMatMixed
+            ``self``.
+        """
         for part in self.parts:
             if hasattr(part, "update_diag"):
                 part.update_diag(data)

@@ -161,7 +161,20 @@ class PMatQuasiDiag(PMat):
     @staticmethod
     def mask(space: ParamSpace, device: torch.device | None = None) -> torch.Tensor:
         """Boolean ``(P, P)`` pattern of the entries a quasi-diagonal matrix on ``space`` keeps
-        (the diagonal and the bias–row couplings). Meant for tests and small spaces."""
+        (the diagonal and the bias–row couplings). Meant for tests and small spaces.
+
+        Parameters
+        ----------
+        space : ParamSpace
+            The parameter space.
+        device : torch.device, optional
+            Where to allocate the mask.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(P, P)`` booleans.
+        """
         p = space.numel
         m = torch.eye(p, dtype=torch.bool, device=device)
         for pair in coupled_layers(space):
@@ -189,8 +202,11 @@ class PMatQuasiDiag(PMat):
 
     # ---- verbs -------------------------------------------------------------------------
     def mv(self, v: PVector) -> PVector:
-        """``(M v)_W = d_W ∘ v_W + c · v_b`` (broadcast along each row),
-        ``(M v)_b = d_b ∘ v_b + Σ_j c_{·j} v_{W·j}``."""
+        """The product ``M v``.
+
+        ``(M v)_W = d_W ∘ v_W + c · v_b`` (broadcast along each row) and
+        ``(M v)_b = d_b ∘ v_b + Σ_j c_{·j} v_{W·j}``.
+        """
         self._check_vec(v)
         f = v.flat()
         dv = self.data * f

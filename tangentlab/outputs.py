@@ -40,22 +40,89 @@ class OutputFunction:
     random = False
 
     def forward(self, model: nn.Module, batch: tuple) -> torch.Tensor:
-        """Model outputs ``z`` on a batch (default ``model(batch[0])``)."""
+        """Model outputs ``z`` on a batch (default ``model(batch[0])``).
+
+        Parameters
+        ----------
+        model : nn.Module
+            The network.
+        batch : tuple
+            ``(x, y, ...)`` on the model's device.
+
+        Returns
+        -------
+        torch.Tensor
+            ``z``, ``(N, ...)``.
+        """
         return model(batch[0])
 
     def select(self, batch: tuple, index: int) -> tuple:
         """Batch ``index`` as this output reads it, before it moves to the model's device:
         targets checked and normalized, and only the examples that count in ``N`` (default:
-        the batch unchanged)."""
+        the batch unchanged).
+
+        Parameters
+        ----------
+        batch : tuple
+            ``(x, y, ...)`` as the data yields it.
+        index : int
+            The batch's index, for the error messages.
+
+        Returns
+        -------
+        tuple
+            The batch to compute on.
+
+        Raises
+        ------
+        InvalidInputError
+            For targets this output cannot use.
+        """
         return batch
 
     def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
+        """The detached per-example quantities of a batch, computed once per batch.
+
+        Probabilities, sampled labels...; default none.
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            The detached model outputs ``(N, ...)``.
+        batch : tuple
+            ``(x, y, ...)``.
+        generator : torch.Generator or None
+            The batch's random generator (seeded per batch, so every pass draws the same).
+
+        Returns
+        -------
+        dict of str to torch.Tensor or None
+            What :meth:`head` reads as ``aux``.
+        """
         return None
 
     def head(self, z: torch.Tensor, aux: Aux, batch: tuple) -> torch.Tensor:
+        """The pseudo-outputs ``s`` from the model outputs, differentiably and per example
+        (default ``z`` flattened).
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            The model outputs ``(N, ...)``.
+        aux : dict of str to torch.Tensor or None
+            What :meth:`prepare` returned.
+        batch : tuple
+            ``(x, y, ...)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``s``, ``(N, C')``: the matrices are built from ``φ_c = ∂s_c/∂θ``.
+        """
         return z.reshape(z.shape[0], -1)
 
     def describe(self) -> str:
+        """A short description for messages (default the name)."""
         return self.name
 
     def _targets(self, batch: tuple) -> torch.Tensor:
@@ -74,7 +141,18 @@ class RawOutputs(OutputFunction):
 
 class Regression(OutputFunction):
     """Fisher of a Gaussian ``N(f(x), σ² I)``: ``s = f(x)/σ``, so ``F = JᵀJ/(N σ²)``
-    (the Gauss–Newton matrix of ½‖f − y‖²/σ²)."""
+    (the Gauss–Newton matrix of ½‖f − y‖²/σ²).
+
+    Parameters
+    ----------
+    variance : float
+        ``σ² > 0``.
+
+    Raises
+    ------
+    InvalidInputError
+        For a variance that is not a positive finite number.
+    """
 
     name = "regression"
 
@@ -119,6 +197,16 @@ def sqrt_categorical_covariance(p: torch.Tensor) -> torch.Tensor:
     ``L[j, k] = −p_j sqrt(p_k / (q_k q_{k+1}))`` for ``j > k``, where
     ``q_k = Σ_{j≥k} p_j`` is computed by reverse cumulative sums (accurate for
     over-confident predictions, unlike ``1 − Σ_{j<k} p_j``).
+
+    Parameters
+    ----------
+    p : torch.Tensor
+        ``(N, C)`` class probabilities.
+
+    Returns
+    -------
+    torch.Tensor
+        ``L``, ``(N, C, C-1)``.
     """
     c = p.shape[-1]
     q = torch.flip(torch.cumsum(torch.flip(p, [-1]), -1), [-1])
@@ -180,6 +268,16 @@ class MonteCarloFisher(OutputFunction):
 
     Pseudo-outputs ``s_t = log p(y_t | x) / sqrt(k)``. Labels are drawn from a
     generator seeded per batch, so repeated passes see the same samples.
+
+    Parameters
+    ----------
+    n_samples : int
+        ``k ≥ 1``, the sampled labels per example.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``n_samples`` that is not an integer ``≥ 1``.
     """
 
     name = "Monte-Carlo Fisher"
@@ -228,6 +326,11 @@ class EmpiricalFisher(OutputFunction):
     label is the loss's ``ignore_index`` (``-100`` by default) has no loss: it is dropped
     before the pass, so it neither contributes nor counts in ``N`` (the Fisher is the one
     of the labelled examples); a batch with every label ignored is refused.
+
+    Parameters
+    ----------
+    loss : callable, optional
+        ``loss(z, y) -> (N,)`` per-example losses (default cross-entropy with ``reduction='none'``).
     """
 
     name = "empirical Fisher"
@@ -312,7 +415,13 @@ class EmpiricalFisher(OutputFunction):
 
 
 class CallableOutput(OutputFunction):
-    """Any user function ``fn(model, batch) -> (N, ...)`` tensor; its flattened values are the outputs."""
+    """Any user function ``fn(model, batch) -> (N, ...)`` tensor; its flattened values are the outputs.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(model, batch) -> (N, ...)`` tensor.
+    """
 
     name = "custom output"
 
@@ -343,8 +452,26 @@ KINDS: dict[str, Callable[..., OutputFunction]] = {
 
 
 def make_output(kind: Any = "raw", **options: Any) -> OutputFunction:
-    """Resolve ``kind`` (a name from :data:`KINDS`, an :class:`OutputFunction`, or a
-    callable ``(model, batch) -> outputs``) into an :class:`OutputFunction`."""
+    """Resolve ``kind`` into an :class:`OutputFunction`.
+
+    Parameters
+    ----------
+    kind : str or OutputFunction or callable
+        A name from :data:`KINDS`, an :class:`OutputFunction` (returned as it is), or a
+        callable ``(model, batch) -> outputs``.
+    **options
+        Keyword arguments of the named kind's constructor (e.g. ``n_samples``).
+
+    Returns
+    -------
+    OutputFunction
+        The output function.
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown name, or options that do not fit the kind.
+    """
     if isinstance(kind, OutputFunction):
         if options:
             raise InvalidInputError(f"options {sorted(options)} given with an OutputFunction instance")

@@ -69,10 +69,12 @@ class MatrixFreeOperator:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the results (the engine's accumulation dtype)."""
         return self.engine.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the results (the model's)."""
         return self.engine.device
 
     @property

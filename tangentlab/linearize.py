@@ -54,7 +54,20 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 
 def check_batchnorm_eval(model: nn.Module, what: str = "model") -> None:
-    """Raise if a BatchNorm layer of ``model`` is in train mode (batch statistics)."""
+    """Raise if a BatchNorm layer of ``model`` is in train mode (batch statistics).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network.
+    what : str
+        Who asks, for the error message.
+
+    Raises
+    ------
+    InvalidInputError
+        When a BatchNorm layer is in train mode.
+    """
     for name, mod in model.named_modules():
         if isinstance(mod, _BN) and mod.training:
             raise InvalidInputError(
@@ -76,6 +89,23 @@ def model_at(model: nn.Module, at: Any = None) -> nn.Module:
     ``at`` may be ``None`` (the current values), another module with the same parameter
     names, a :class:`~tangentlab.PVector`, or a mapping ``name -> tensor`` such as a
     ``state_dict()`` checkpoint (parameters and optionally buffers; other names refused).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (not modified).
+    at : None, nn.Module, PVector or mapping
+        The values, as above.
+
+    Returns
+    -------
+    nn.Module
+        The copy.
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown name or a tensor of another shape.
     """
     m = copy.deepcopy(model)
     if at is None:
@@ -115,17 +145,24 @@ class Linearized(nn.Module):
 
     Parameters
     ----------
-    model:
+    model : nn.Module
         The network ``f``. It is copied; the original is left untouched.
-    params:
+    params : selector or ParamSpace, optional
         Which parameters to linearize (a :data:`~tangentlab.space.Selector`: names, modules,
         a predicate; ``None`` = all parameters with ``requires_grad``). The others are held
         fixed at their value at ``θ₀``.
-    at:
+    at : None, nn.Module, PVector or mapping
         The linearization point ``θ₀`` (``None``: the model's current parameters; or a
         checkpoint: module, :class:`~tangentlab.PVector`, or ``state_dict`` — buffers such as
         BatchNorm running statistics are taken from it too).
 
+    Raises
+    ------
+    InvalidInputError
+        When a BatchNorm layer is in train mode, or no parameter is trainable.
+
+    Notes
+    -----
     Each call computes ``(f_{θ₀}(x), J_{θ₀}(x) δ)`` with ``δ = θ − θ₀`` by one
     ``torch.func.jvp`` through ``functional_call``; gradients with respect to ``θ`` are
     ``J_{θ₀}(x)ᵀ g`` (reverse mode through the tangent), so the model is exactly linear in
@@ -192,6 +229,7 @@ class Linearized(nn.Module):
 
     # --- evaluation --------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``f̄_θ(x) = f_{θ₀}(x) + J_{θ₀}(x)(θ − θ₀)`` on the wrapped model's inputs."""
         t0 = self.theta0()
         return self.expansion({n: p - t0[n] for n, p in self.theta().items()}, *args, **kwargs)
 
@@ -199,7 +237,20 @@ class Linearized(nn.Module):
         """``f_{θ₀}(x) + J_{θ₀}(x) δ`` for a given ``δ`` (``{name: tensor}`` over the linearized
         parameters), by one ``torch.func.jvp``; differentiable in ``δ``. The forward pass is
         this at ``δ = θ − θ₀``; other models of the same form (e.g. a factorized ``δ``)
-        reuse it."""
+        reuse it.
+
+        Parameters
+        ----------
+        delta : mapping of str to torch.Tensor
+            ``δ``, one tensor per linearized parameter (others ignored).
+        *args, **kwargs
+            The wrapped model's inputs.
+
+        Returns
+        -------
+        Any
+            The outputs, structured as the model's.
+        """
         base = self._base[0]
         consts = self._constants()
         t0 = self.theta0()
@@ -258,6 +309,22 @@ class AlphaScaled(nn.Module):
 
     BatchNorm layers must be in eval mode when wrapped and are kept in eval mode by
     :meth:`train` (frozen running statistics, trainable affine parameters).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network, trained in place.
+    alpha : float
+        ``α > 0``.
+    subtract_initial_output : bool
+        Return ``α (f_θ − f_{θ₀})`` instead.
+    at : None, nn.Module, PVector or mapping
+        ``θ₀`` (None: the model's current values), as in :func:`model_at`.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``α`` that is not finite and positive, or a BatchNorm layer in train mode.
     """
 
     def __init__(self, model: nn.Module, alpha: float, *, subtract_initial_output: bool = False, at: Any = None):
@@ -272,15 +339,39 @@ class AlphaScaled(nn.Module):
         self._model0 = [_frozen_copy(model, at)]
 
     def scaled_lr(self, lr: float) -> float:
-        """The learning rate ``η/α²`` matching a base learning rate ``η``."""
+        """The learning rate ``η/α²`` matching a base learning rate ``η``.
+
+        Parameters
+        ----------
+        lr : float
+            ``η``.
+
+        Returns
+        -------
+        float
+            ``η/α²``.
+        """
         return float(lr) / self.alpha ** 2
 
     def train(self, mode: bool = True) -> AlphaScaled:
+        """Set train mode as :meth:`nn.Module.train`, BatchNorm layers kept in eval mode.
+
+        Parameters
+        ----------
+        mode : bool
+            Train (True) or eval (False) mode.
+
+        Returns
+        -------
+        AlphaScaled
+            ``self``.
+        """
         super().train(mode)
         _batchnorm_eval(self.model)
         return self
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``f^α_θ(x)`` (or ``α (f_θ(x) − f_{θ₀}(x))``) on the wrapped model's inputs."""
         check_batchnorm_eval(self.model, "AlphaScaled")
         out = self.model(*args, **kwargs)
         with torch.no_grad():
@@ -290,6 +381,7 @@ class AlphaScaled(nn.Module):
 
     @torch.no_grad()
     def initial_output(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``f_{θ₀}(x)``, without gradient."""
         return self._model0[0](*args, **kwargs)
 
     def _apply(self, fn: Callable, recurse: bool = True) -> AlphaScaled:
@@ -302,7 +394,27 @@ class AlphaScaled(nn.Module):
 
 
 def targets_matrix(y: torch.Tensor, n_outputs: int, dtype: torch.dtype) -> torch.Tensor:
-    """Regression targets ``(N, C)``: one-hot rows for integer class labels, else ``y`` reshaped."""
+    """Regression targets ``(N, C)``: one-hot rows for integer class labels, else ``y`` reshaped.
+
+    Parameters
+    ----------
+    y : torch.Tensor
+        ``(N,)`` integer labels (a single output takes them as values), or float targets.
+    n_outputs : int
+        ``C``.
+    dtype : torch.dtype
+        The targets' dtype.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C)``.
+
+    Raises
+    ------
+    InvalidInputError
+        For integer labels that are not 1-d.
+    """
     if not torch.is_floating_point(y):
         if y.dim() != 1:
             raise InvalidInputError(f"y: integer labels must be 1-d, got shape {tuple(y.shape)}")
@@ -313,7 +425,20 @@ def targets_matrix(y: torch.Tensor, n_outputs: int, dtype: torch.dtype) -> torch
 
 
 def half_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``(1/2N) Σ_n ‖out_n − target_n‖²`` (mean over examples, sum over outputs)."""
+    """``(1/2N) Σ_n ‖out_n − target_n‖²`` (mean over examples, sum over outputs).
+
+    Parameters
+    ----------
+    out : torch.Tensor
+        ``(N, ...)`` outputs.
+    target : torch.Tensor
+        Targets with ``out``'s number of entries.
+
+    Returns
+    -------
+    torch.Tensor
+        A 0-d tensor.
+    """
     return 0.5 * (out - target.reshape(out.shape)).pow(2).reshape(out.shape[0], -1).sum(1).mean()
 
 
@@ -337,6 +462,31 @@ class KernelPredictor:
     On the training inputs ``K(X, X) = K``, so ``f_t(X) = Y + V diag(1 − λ g(λ)) Vᵀ r₀ `` (for ``ρ = 0``).
     ``at`` selects the checkpoint whose NTK is used; ``offset=False`` drops ``f_{θ₀}``
     (kernel regression from a zero function). Integer labels become one-hot targets.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (copied at ``at``).
+    x_train : torch.Tensor
+        ``(N, ...)`` training inputs.
+    y_train : torch.Tensor
+        ``(N,)`` labels or ``(N, C)`` targets.
+    at : None, nn.Module, PVector or mapping
+        The checkpoint ``θ₀``, as in :func:`model_at`.
+    params : selector, optional
+        The parameters of the NTK (None: those with ``requires_grad``).
+    offset : bool
+        Keep ``f_{θ₀}`` (False: start from the zero function).
+    batch_size : int, optional
+        Batch size of the NTK computations.
+    progress : bool, optional
+        Progress bars.
+
+    Raises
+    ------
+    InvalidInputError
+        When the targets' shape does not match the outputs', or a BatchNorm layer is in
+        train mode.
     """
 
     def __init__(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, at: Any = None,
@@ -376,7 +526,31 @@ class KernelPredictor:
 
     def gains(self, t: float = math.inf, *, steps: int | None = None, lr: float | None = None,
               ridge: float = 0.0, rcond: float = 1e-10) -> torch.Tensor:
-        """``g(λ)`` for each eigenvalue (see the class docstring)."""
+        """``g(λ)`` for each eigenvalue (see the class docstring).
+
+        Parameters
+        ----------
+        t : float
+            The gradient-flow time (``math.inf``: the limit).
+        steps : int, optional
+            ``k`` gradient-descent steps instead of the flow.
+        lr : float, optional
+            ``η``, with ``steps``.
+        ridge : float
+            ``ρ ≥ 0``.
+        rcond : float
+            Relative cutoff of the eigenvalues ``λ + Nρ`` treated as 0.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N·C,)``, in the order of the decreasing eigenvalues.
+
+        Raises
+        ------
+        InvalidInputError
+            For a negative ridge or time, or steps without a positive ``lr``.
+        """
         if ridge < 0:
             raise InvalidInputError(f"ridge: must be >= 0, got {ridge}")
         lam, n = self.eigenvalues, self.n
@@ -398,12 +572,44 @@ class KernelPredictor:
         return torch.where(tiny, torch.full_like(s, t / n), g)
 
     def coefficients(self, **kw: Any) -> torch.Tensor:
-        """``a = −V diag(g) Vᵀ r₀`` (length ``NC``): ``θ − θ₀ = Jᵀ a`` and ``f(x) = f_{θ₀}(x) + K(x, X) a``."""
+        """``a = −V diag(g) Vᵀ r₀`` (length ``NC``): ``θ − θ₀ = Jᵀ a`` and ``f(x) = f_{θ₀}(x) + K(x, X) a``.
+
+        Parameters
+        ----------
+        **kw
+            The training time and options of :meth:`gains`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N·C,)``.
+        """
         return -(self.eigenvectors @ (self.gains(**kw) * self._proj))
 
     def predict(self, x: torch.Tensor | None = None, t: float = math.inf, *, steps: int | None = None,
                 lr: float | None = None, ridge: float = 0.0, rcond: float = 1e-10) -> torch.Tensor:
-        """Outputs ``(M, C)`` of the trained linearized model on ``x`` (``None``: the training inputs)."""
+        """Outputs ``(M, C)`` of the trained linearized model on ``x`` (``None``: the training inputs).
+
+        Parameters
+        ----------
+        x : torch.Tensor, optional
+            ``(M, ...)`` inputs (None: the training inputs, without a new NTK).
+        t : float
+            The gradient-flow time (``math.inf``: the limit).
+        steps : int, optional
+            ``k`` gradient-descent steps instead of the flow.
+        lr : float, optional
+            ``η``, with ``steps``.
+        ridge : float
+            ``ρ ≥ 0``.
+        rcond : float
+            Relative cutoff of the eigenvalues ``λ + Nρ`` treated as 0.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(M, C)``.
+        """
         a = self.coefficients(t=t, steps=steps, lr=lr, ridge=ridge, rcond=rcond)
         if x is None:
             lam = self.eigenvalues
@@ -426,6 +632,47 @@ def train_linearized(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     (cross-entropy for integer labels with more than one output, else mse). Minibatches
     come from :class:`~tangentlab.training.BatchStream` (``batch_size=None``: full
     batch). Returns the trained model and the mean training loss of each epoch.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (not modified).
+    x : torch.Tensor
+        ``(N, ...)`` inputs.
+    y : torch.Tensor
+        ``(N,)`` labels or ``(N, C)`` targets.
+    epochs : int
+        The number of passes.
+    lr : float
+        The SGD learning rate.
+    batch_size : int, optional
+        The minibatch size (None: full batch).
+    momentum : float
+        SGD momentum.
+    weight_decay : float
+        SGD weight decay (an L2 pull towards 0, not towards ``θ₀``).
+    loss : {"auto", "cross_entropy", "mse"}
+        The loss, as above.
+    at : None, nn.Module, PVector or mapping
+        ``θ₀``, as in :func:`model_at`.
+    params : selector, optional
+        The linearized parameters, as in :class:`Linearized`.
+    seed : int
+        The seed of the minibatch order.
+    progress : bool, optional
+        A progress bar.
+
+    Returns
+    -------
+    model : Linearized
+        The trained linearized model (eval mode).
+    history : list of float
+        The mean training loss of each epoch.
+
+    Raises
+    ------
+    InvalidInputError
+        For a negative number of epochs or an unknown loss.
     """
     if epochs < 0:
         raise InvalidInputError(f"epochs: must be >= 0, got {epochs}")

@@ -54,19 +54,13 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 
 def check_batchnorm_eval(model: nn.Module, what: str = "model") -> None:
-    """Raise if a BatchNorm layer of ``model`` is in train mode (batch statistics).
+    """Raise InvalidInputError if a BatchNorm layer of ``model`` is in train mode (batch statistics).
 
     Parameters
     ----------
     model : nn.Module
-        The network.
     what : str
         Who asks, for the error message.
-
-    Raises
-    ------
-    InvalidInputError
-        When a BatchNorm layer is in train mode.
     """
     for name, mod in model.named_modules():
         if isinstance(mod, _BN) and mod.training:
@@ -95,17 +89,6 @@ def model_at(model: nn.Module, at: Any = None) -> nn.Module:
     model : nn.Module
         The network (not modified).
     at : None, nn.Module, PVector or mapping
-        The values, as above.
-
-    Returns
-    -------
-    nn.Module
-        The copy.
-
-    Raises
-    ------
-    InvalidInputError
-        For an unknown name or a tensor of another shape.
     """
     m = copy.deepcopy(model)
     if at is None:
@@ -155,11 +138,6 @@ class Linearized(nn.Module):
         The linearization point ``θ₀`` (``None``: the model's current parameters; or a
         checkpoint: module, :class:`~tangentlab.PVector`, or ``state_dict`` — buffers such as
         BatchNorm running statistics are taken from it too).
-
-    Raises
-    ------
-    InvalidInputError
-        When a BatchNorm layer is in train mode, or no parameter is trainable.
 
     Notes
     -----
@@ -242,14 +220,8 @@ class Linearized(nn.Module):
         Parameters
         ----------
         delta : mapping of str to torch.Tensor
-            ``δ``, one tensor per linearized parameter (others ignored).
         *args, **kwargs
             The wrapped model's inputs.
-
-        Returns
-        -------
-        Any
-            The outputs, structured as the model's.
         """
         base = self._base[0]
         consts = self._constants()
@@ -317,14 +289,8 @@ class AlphaScaled(nn.Module):
     alpha : float
         ``α > 0``.
     subtract_initial_output : bool
-        Return ``α (f_θ − f_{θ₀})`` instead.
     at : None, nn.Module, PVector or mapping
-        ``θ₀`` (None: the model's current values), as in :func:`model_at`.
-
-    Raises
-    ------
-    InvalidInputError
-        For ``α`` that is not finite and positive, or a BatchNorm layer in train mode.
+        ``θ₀``, as in :func:`model_at`.
     """
 
     def __init__(self, model: nn.Module, alpha: float, *, subtract_initial_output: bool = False, at: Any = None):
@@ -339,32 +305,20 @@ class AlphaScaled(nn.Module):
         self._model0 = [_frozen_copy(model, at)]
 
     def scaled_lr(self, lr: float) -> float:
-        """The learning rate ``η/α²`` matching a base learning rate ``η``.
+        """The learning rate ``η/α²`` matching a base learning rate ``η = lr``.
 
         Parameters
         ----------
         lr : float
-            ``η``.
-
-        Returns
-        -------
-        float
-            ``η/α²``.
         """
         return float(lr) / self.alpha ** 2
 
     def train(self, mode: bool = True) -> AlphaScaled:
-        """Set train mode as :meth:`nn.Module.train`, BatchNorm layers kept in eval mode.
+        """:meth:`nn.Module.train`, BatchNorm layers kept in eval mode.
 
         Parameters
         ----------
         mode : bool
-            Train (True) or eval (False) mode.
-
-        Returns
-        -------
-        AlphaScaled
-            ``self``.
         """
         super().train(mode)
         _batchnorm_eval(self.model)
@@ -401,19 +355,7 @@ def targets_matrix(y: torch.Tensor, n_outputs: int, dtype: torch.dtype) -> torch
     y : torch.Tensor
         ``(N,)`` integer labels (a single output takes them as values), or float targets.
     n_outputs : int
-        ``C``.
     dtype : torch.dtype
-        The targets' dtype.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(N, C)``.
-
-    Raises
-    ------
-    InvalidInputError
-        For integer labels that are not 1-d.
     """
     if not torch.is_floating_point(y):
         if y.dim() != 1:
@@ -430,14 +372,9 @@ def half_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     out : torch.Tensor
-        ``(N, ...)`` outputs.
+        ``(N, ...)``.
     target : torch.Tensor
-        Targets with ``out``'s number of entries.
-
-    Returns
-    -------
-    torch.Tensor
-        A 0-d tensor.
+        As many entries as ``out``.
     """
     return 0.5 * (out - target.reshape(out.shape)).pow(2).reshape(out.shape[0], -1).sum(1).mean()
 
@@ -466,27 +403,16 @@ class KernelPredictor:
     Parameters
     ----------
     model : nn.Module
-        The network (copied at ``at``).
     x_train : torch.Tensor
-        ``(N, ...)`` training inputs.
+        ``(N, ...)``.
     y_train : torch.Tensor
         ``(N,)`` labels or ``(N, C)`` targets.
     at : None, nn.Module, PVector or mapping
-        The checkpoint ``θ₀``, as in :func:`model_at`.
     params : selector, optional
-        The parameters of the NTK (None: those with ``requires_grad``).
+        The parameters of the NTK.
     offset : bool
-        Keep ``f_{θ₀}`` (False: start from the zero function).
     batch_size : int, optional
-        Batch size of the NTK computations.
     progress : bool, optional
-        Progress bars.
-
-    Raises
-    ------
-    InvalidInputError
-        When the targets' shape does not match the outputs', or a BatchNorm layer is in
-        train mode.
     """
 
     def __init__(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, at: Any = None,
@@ -526,30 +452,18 @@ class KernelPredictor:
 
     def gains(self, t: float = math.inf, *, steps: int | None = None, lr: float | None = None,
               ridge: float = 0.0, rcond: float = 1e-10) -> torch.Tensor:
-        """``g(λ)`` for each eigenvalue (see the class docstring).
+        """``g(λ)`` for each eigenvalue (see the class docstring), ``(N·C,)``, descending ``λ``.
 
         Parameters
         ----------
         t : float
             The gradient-flow time (``math.inf``: the limit).
-        steps : int, optional
-            ``k`` gradient-descent steps instead of the flow.
-        lr : float, optional
-            ``η``, with ``steps``.
+        steps, lr : int and float, optional
+            ``k`` gradient-descent steps of rate ``η`` instead of the flow.
         ridge : float
             ``ρ ≥ 0``.
         rcond : float
-            Relative cutoff of the eigenvalues ``λ + Nρ`` treated as 0.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(N·C,)``, in the order of the decreasing eigenvalues.
-
-        Raises
-        ------
-        InvalidInputError
-            For a negative ridge or time, or steps without a positive ``lr``.
+            Relative cutoff under which ``λ + Nρ`` counts as 0.
         """
         if ridge < 0:
             raise InvalidInputError(f"ridge: must be >= 0, got {ridge}")
@@ -577,12 +491,7 @@ class KernelPredictor:
         Parameters
         ----------
         **kw
-            The training time and options of :meth:`gains`.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(N·C,)``.
+            The arguments of :meth:`gains`.
         """
         return -(self.eigenvectors @ (self.gains(**kw) * self._proj))
 
@@ -593,22 +502,9 @@ class KernelPredictor:
         Parameters
         ----------
         x : torch.Tensor, optional
-            ``(M, ...)`` inputs (None: the training inputs, without a new NTK).
-        t : float
-            The gradient-flow time (``math.inf``: the limit).
-        steps : int, optional
-            ``k`` gradient-descent steps instead of the flow.
-        lr : float, optional
-            ``η``, with ``steps``.
-        ridge : float
-            ``ρ ≥ 0``.
-        rcond : float
-            Relative cutoff of the eigenvalues ``λ + Nρ`` treated as 0.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(M, C)``.
+            ``(M, ...)``.
+        t, steps, lr, ridge, rcond
+            As in :meth:`gains`.
         """
         a = self.coefficients(t=t, steps=steps, lr=lr, ridge=ridge, rcond=rcond)
         if x is None:
@@ -638,41 +534,20 @@ def train_linearized(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     model : nn.Module
         The network (not modified).
     x : torch.Tensor
-        ``(N, ...)`` inputs.
+        ``(N, ...)``.
     y : torch.Tensor
         ``(N,)`` labels or ``(N, C)`` targets.
     epochs : int
-        The number of passes.
-    lr : float
-        The SGD learning rate.
+    lr, momentum, weight_decay : float
+        SGD's (the weight decay pulls ``θ`` towards 0, not ``θ₀``).
     batch_size : int, optional
-        The minibatch size (None: full batch).
-    momentum : float
-        SGD momentum.
-    weight_decay : float
-        SGD weight decay (an L2 pull towards 0, not towards ``θ₀``).
     loss : {"auto", "cross_entropy", "mse"}
-        The loss, as above.
     at : None, nn.Module, PVector or mapping
-        ``θ₀``, as in :func:`model_at`.
     params : selector, optional
-        The linearized parameters, as in :class:`Linearized`.
+        As in :class:`Linearized`.
     seed : int
         The seed of the minibatch order.
     progress : bool, optional
-        A progress bar.
-
-    Returns
-    -------
-    model : Linearized
-        The trained linearized model (eval mode).
-    history : list of float
-        The mean training loss of each epoch.
-
-    Raises
-    ------
-    InvalidInputError
-        For a negative number of epochs or an unknown loss.
     """
     if epochs < 0:
         raise InvalidInputError(f"epochs: must be >= 0, got {epochs}")

@@ -113,7 +113,6 @@ class _KronBase(PMat):
 
     @property
     def device(self) -> torch.device:
-        """The device of the stored tensors."""
         return self.blocks[0].index.device
 
     def _apply(self, v: PVector, fn) -> PVector:
@@ -208,13 +207,10 @@ class PMatKFAC(_KronBase):
 
     Parameters
     ----------
-    space : ParamSpace
-        The parameter space (``P`` entries, in its flat order).
+    space, budget
+        As in :class:`~tangentlab.pmat.PMatDense`.
     blocks : list of KronBlock
-        The factors ``A`` ``(G, I, I)`` (or ``(G, I)`` when diagonal) and ``B`` ``(G, O, O)``
-        of each block; their indices cover ``space`` exactly once.
-    budget : MemoryBudget or None
-        The memory budget that dense conversions are checked against (None: the device's).
+        Factors ``A`` ``(G, I, I)`` (``(G, I)`` if diagonal), ``B`` ``(G, O, O)``, covering ``space``.
     """
 
     def __init__(self, space: ParamSpace, blocks: list[KronBlock], budget: MemoryBudget | None = None):
@@ -223,7 +219,6 @@ class PMatKFAC(_KronBase):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of the stored tensors."""
         return self.blocks[0].b.dtype
 
     @property
@@ -276,22 +271,11 @@ class PMatKFAC(_KronBase):
         return parts
 
     def solve(self, v: PVector, damping: float = 0.0, method: str = "exact") -> PVector:
-        """The solution ``x`` of ``(M + λI) x = v`` (see the class docstring for ``method``).
+        """``(M + λI)⁻¹ v`` (see the class docstring for ``method``).
 
         Parameters
         ----------
-        v : PVector
-            The right-hand side.
-        damping : float
-            ``λ ≥ 0``.
         method : {"exact", "factored"}
-            ``"exact"``: ``(M + λI)⁻¹`` in the eigenbasis; ``"factored"``: the π-damped factors
-            (see the class docstring).
-
-        Returns
-        -------
-        PVector
-            ``x``.
         """
         lam = check_damping(damping)
         if _method(method) == "factored":
@@ -321,15 +305,7 @@ class PMatKFAC(_KronBase):
 
         Parameters
         ----------
-        damping : float
-            ``λ ≥ 0``.
         method : {"exact", "factored"}
-            How the damping enters (see the class docstring).
-
-        Returns
-        -------
-        PMat
-            A :class:`PMatKFAC` (``λ = 0`` or ``"factored"``) or a :class:`PMatEKFAC`.
         """
         lam = check_damping(damping)
         if _method(method) == "factored" and lam > 0:
@@ -355,22 +331,12 @@ class PMatKFAC(_KronBase):
         return e.inverse(lam)
 
     def pow(self, p: float) -> PMatKFAC:
-        """The power ``(A ⊗ B)^p = A^p ⊗ B^p`` (eigenvalues below 0 are clipped for fractional powers).
+        """``(A ⊗ B)^p = A^p ⊗ B^p`` (eigenvalues below 0 are clipped for fractional powers; a
+        negative ``p`` needs positive definite factors, else InvalidInputError).
 
         Parameters
         ----------
         p : float
-            The exponent; negative powers need positive definite factors.
-
-        Returns
-        -------
-        PMatKFAC
-            The power.
-
-        Raises
-        ------
-        InvalidInputError
-            For a negative power of a singular factor.
         """
         def f(e):
             if p < 0 and (e <= 0).any():
@@ -404,17 +370,11 @@ class PMatKFAC(_KronBase):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatKFAC:
-        """Rebuild a matrix from its :meth:`state_dict`.
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
 
         Parameters
         ----------
         state : dict
-            What :meth:`state_dict` returned.
-
-        Returns
-        -------
-        PMat
-            The matrix, of this class.
         """
         return cls(ParamSpace.from_state(state["space"]), [KronBlock(**b) for b in state["blocks"]])
 
@@ -437,15 +397,12 @@ class PMatEKFAC(_KronBase):
 
     Parameters
     ----------
-    space : ParamSpace
-        The parameter space (``P`` entries, in its flat order).
+    space, budget
+        As in :class:`~tangentlab.pmat.PMatDense`.
     blocks : list of KfeBlock
-        The eigenbases ``U_A``, ``U_B`` and the scalings ``s`` of each block; their indices cover
-        ``space`` exactly once.
-    budget : MemoryBudget or None
-        The memory budget that dense conversions are checked against (None: the device's).
-    engine : Engine or None
-        The engine that :meth:`update_diag` re-estimates ``s*`` with (None: pass one then).
+        Eigenbases ``U_A``, ``U_B`` and scalings ``s``; their indices cover ``space`` exactly once.
+    engine : Engine, optional
+        The engine :meth:`update_diag` uses by default.
     """
 
     def __init__(self, space: ParamSpace, blocks: list[KfeBlock], budget: MemoryBudget | None = None,
@@ -461,7 +418,6 @@ class PMatEKFAC(_KronBase):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of the stored tensors."""
         return self.blocks[0].s.dtype
 
     @classmethod
@@ -471,12 +427,6 @@ class PMatEKFAC(_KronBase):
         Parameters
         ----------
         kfac : PMatKFAC
-            The KFAC to convert.
-
-        Returns
-        -------
-        PMatEKFAC
-            The same matrix in the eigenbasis form.
         """
         blocks = []
         for blk, e, ua, ub in kfac._eig_parts():
@@ -532,61 +482,32 @@ class PMatEKFAC(_KronBase):
         return den
 
     def solve(self, v: PVector, damping: float = 0.0, method: str = "exact") -> PVector:
-        """The solution ``x`` of ``(M + λI) x = v`` (see the class docstring for ``method``).
+        """``(M + λI)⁻¹ v`` (see the class docstring for ``method``).
 
         Parameters
         ----------
-        v : PVector
-            The right-hand side.
-        damping : float
-            ``λ ≥ 0``.
         method : {"exact", "factored"}
-            ``"exact"``: ``(M + λI)⁻¹`` in the eigenbasis; ``"factored"``: the π-damped factors
-            (see the class docstring).
-
-        Returns
-        -------
-        PVector
-            ``x``.
         """
         lam = check_damping(damping)
         return self._apply(v, lambda blk, x: solve_in_basis(x, blk.ua, blk.ub, self._denominator(blk, lam, method)))
 
     def inverse(self, damping: float = 0.0, method: str = "exact") -> PMatEKFAC:
-        """The inverse ``(M + λI)⁻¹``, diagonal in the same eigenbasis.
+        """``(M + λI)⁻¹``, diagonal in the same eigenbasis (``method``: see the class docstring).
 
         Parameters
         ----------
-        damping : float
-            ``λ ≥ 0``.
         method : {"exact", "factored"}
-            How the damping enters (see the class docstring).
-
-        Returns
-        -------
-        PMatEKFAC
-            The inverse.
         """
         lam = check_damping(damping)
         return self._with_s([1.0 / self._denominator(b, lam, method) for b in self.blocks])
 
     def pow(self, p: float) -> PMatEKFAC:
-        """The power ``S^p`` in the fixed eigenbasis (negative entries clipped for fractional powers).
+        """``S^p`` in the fixed eigenbasis (negative entries clipped for fractional powers; a
+        negative ``p`` needs a positive ``s``, else InvalidInputError).
 
         Parameters
         ----------
         p : float
-            The exponent; negative powers need positive scalings.
-
-        Returns
-        -------
-        PMatEKFAC
-            The power.
-
-        Raises
-        ------
-        InvalidInputError
-            For a negative power of a singular EKFAC.
         """
         out = []
         for b in self.blocks:
@@ -634,17 +555,7 @@ class PMatEKFAC(_KronBase):
         data : Any
             The examples, as in :func:`tangentlab.fim`.
         engine : Engine, optional
-            The engine to use (default: the one this EKFAC was built with).
-
-        Returns
-        -------
-        PMatEKFAC
-            ``self``, with the new ``s*``.
-
-        Raises
-        ------
-        InvalidInputError
-            When no engine is known (an unpickled EKFAC without ``engine``).
+            Default: the one this EKFAC was built with (InvalidInputError when there is none).
         """
         eng = engine or self.engine
         if eng is None:
@@ -659,17 +570,11 @@ class PMatEKFAC(_KronBase):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatEKFAC:
-        """Rebuild a matrix from its :meth:`state_dict`.
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
 
         Parameters
         ----------
         state : dict
-            What :meth:`state_dict` returned.
-
-        Returns
-        -------
-        PMat
-            The matrix, of this class.
         """
         return cls(ParamSpace.from_state(state["space"]), [KfeBlock(**b) for b in state["blocks"]])
 

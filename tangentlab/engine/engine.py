@@ -177,21 +177,32 @@ class Engine:
 
     Parameters
     ----------
-    model: the network (not modified; BatchNorm must be in eval mode unless ``route='joint'``).
-    output: what matrix (see :func:`tangentlab.outputs.make_output`).
-    params: parameter selection or a :class:`ParamSpace` (default: all trainable parameters).
-    registry: layer rules (default :meth:`LayerRegistry.default`).
-    route: ``'auto'`` (hooks where a rule exists, ``torch.func`` elsewhere),
+    model : nn.Module
+        The network (not modified; BatchNorm must be in eval mode unless ``route='joint'``).
+    output : str or OutputFunction or callable
+        What matrix (see :func:`tangentlab.outputs.make_output`).
+    params : selector or ParamSpace, optional
+        Parameter selection (default: all trainable parameters).
+    registry : LayerRegistry, optional
+        Layer rules (default :meth:`LayerRegistry.default`).
+    route : {"auto", "generic", "joint"}
+        ``'auto'`` (hooks where a rule exists, ``torch.func`` elsewhere),
         ``'generic'`` (``torch.func`` for everything), or ``'joint'`` (Jacobian of
         the whole batch function; for batch-coupled models such as BatchNorm in
         train mode).
-    seed: seed of the per-batch random generators (Monte-Carlo Fisher).
-    memory_budget: see :class:`tangentlab.memory.MemoryBudget`.
-    distributed: ``None``/``False`` (one process), ``True`` (the default
+    seed : int
+        Seed of the per-batch random generators (Monte-Carlo Fisher).
+    memory_budget : Any
+        See :class:`tangentlab.memory.MemoryBudget`.
+    progress : bool, optional
+        Progress bars (None: after 2 s on a terminal).
+    distributed : bool or ProcessGroup, optional
+        ``None``/``False`` (one process), ``True`` (the default
         ``torch.distributed`` process group) or a process group: each rank passes its
         own shard of the data and the accumulated sums are all-reduced
         (:mod:`tangentlab.distributed`). A ``DistributedDataParallel`` model is unwrapped.
-    precision: mixed-precision policy (:class:`~tangentlab.engine.precision.Precision`):
+    precision : str or dict or Precision, optional
+        Mixed-precision policy (:class:`~tangentlab.engine.precision.Precision`):
         e.g. ``"bf16"`` (bf16 Jacobians under autocast, float32 accumulation),
         ``"bf16/fp64"``, ``"model/fp64"`` (float32 passes, float64 products and sums) or
         ``"tf32"`` (CUDA). ``engine.dtype`` is the accumulation dtype, ``engine.model_dtype``
@@ -295,6 +306,7 @@ class Engine:
             raise InvalidInputError(f"batch {index}: {why}") from e
 
     def plan(self, batch: Batch) -> RoutePlan:
+        """The route of every layer (hooks or ``torch.func``), probed on the first batch."""
         if self._plan is None:
             check_coupling(self.model, self.route == "joint")
 
@@ -371,6 +383,7 @@ class Engine:
         return plan
 
     def check_outputs(self, s: torch.Tensor, n: int, index: int) -> None:
+        """Refuse pseudo-outputs ``s`` of batch ``index`` not shaped ``(n, C)`` or not finite."""
         if s.dim() != 2 or s.shape[0] != n:
             raise InvalidInputError(
                 f"batch {index}: outputs have shape {tuple(s.shape)}, expected ({n}, C): one row "

@@ -264,17 +264,11 @@ class FMatDense:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> FMatDense:
-        """Rebuild a kernel from its :meth:`state_dict`.
+        """Rebuild the kernel from ``state``, what its :meth:`state_dict` returned.
 
         Parameters
         ----------
         state : dict
-            What :meth:`state_dict` returned.
-
-        Returns
-        -------
-        FMatDense
-            The kernel.
         """
         layers = {k: cls(v, symmetric=state["symmetric"]) for k, v in state["layers"].items()} \
             if state.get("layers") else None

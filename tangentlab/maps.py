@@ -217,17 +217,11 @@ class PushForwardImplicit(MatrixFreeOperator):
     split_batches = True
 
     def mv(self, v: PVector) -> FVector:
-        """The push-forward ``J v``: ``(J v)[n, c] = ⟨φ_c(x_n), v⟩``.
+        """The push-forward ``J v`` by forward-mode products, as :meth:`PushForwardDense.mv`.
 
         Parameters
         ----------
         v : PVector
-            A vector on the Jacobian's parameter space.
-
-        Returns
-        -------
-        FVector
-            ``(N, C)``.
         """
         _check_pvec(self.space, v)
         vd = v.to_dict()
@@ -261,17 +255,11 @@ class PullBackImplicit(MatrixFreeOperator):
     split_batches = True
 
     def mv(self, u: FVector) -> PVector:
-        """The pull-back ``Jᵀ u = Σ_{n,c} u[n, c] φ_c(x_n)``.
+        """The pull-back ``Jᵀ u`` by backward passes, as :meth:`PullBackDense.mv`.
 
         Parameters
         ----------
         u : FVector
-            ``(N, C)``, one value per example and output.
-
-        Returns
-        -------
-        PVector
-            A vector on the Jacobian's parameter space.
         """
         if not isinstance(u, FVector):
             raise InvalidInputError("expected an FVector")

@@ -195,14 +195,8 @@ def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
 
     Parameters
     ----------
-    model : nn.Module
-        A classifier with ``(N, C)`` logits.
-    x : torch.Tensor
-        ``(N, ...)`` inputs (converted to the model's dtype).
-    y : torch.Tensor
-        ``(N,)`` class labels.
-    batch_size : int
-        Examples per forward pass.
+    model, x, y, batch_size
+        As in :func:`accuracy`.
 
     Returns
     -------

@@ -76,11 +76,8 @@ class PVector:
 
         Parameters
         ----------
-        model : nn.Module
-            The network.
-        params : selector or ParamSpace, optional
-            The parameters (names, module prefixes, modules, a predicate, or a space); None:
-            those with ``requires_grad``.
+        model, params
+            As in :meth:`from_model`.
 
         Returns
         -------

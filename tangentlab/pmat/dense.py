@@ -68,17 +68,11 @@ class _TensorPMat(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]):
-        """Rebuild a matrix from its :meth:`state_dict`.
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
 
         Parameters
         ----------
         state : dict
-            What :meth:`state_dict` returned.
-
-        Returns
-        -------
-        PMat
-            The matrix, of this class.
         """
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
@@ -160,17 +154,11 @@ class PMatDense(_TensorPMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatDense:
-        """Rebuild a matrix from its :meth:`state_dict`.
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
 
         Parameters
         ----------
         state : dict
-            What :meth:`state_dict` returned.
-
-        Returns
-        -------
-        PMat
-            The matrix, of this class.
         """
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
@@ -277,17 +265,11 @@ class PMatDiag(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatDiag:
-        """Rebuild a matrix from its :meth:`state_dict`.
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
 
         Parameters
         ----------
         state : dict
-            What :meth:`state_dict` returned.
-
-        Returns
-        -------
-        PMat
-            The matrix, of this class.
         """
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
@@ -419,16 +401,10 @@ class PMatBlockDiag(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatBlockDiag:
-        """Rebuild a matrix from its :meth:`state_dict`.
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
 
         Parameters
         ----------
         state : dict
-            What :meth:`state_dict` returned.
-
-        Returns
-        -------
-        PMat
-            The matrix, of this class.
         """
         return cls(ParamSpace.from_state(state["space"]), state["blocks"])

@@ -174,16 +174,10 @@ class PMatLowRank(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatLowRank:
-        """Rebuild a matrix from its :meth:`state_dict`.
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
 
         Parameters
         ----------
         state : dict
-            What :meth:`state_dict` returned.
-
-        Returns
-        -------
-        PMat
-            The matrix, of this class.
         """
         return cls(ParamSpace.from_state(state["space"]), state["factor"], state["weights"], state["shift"])

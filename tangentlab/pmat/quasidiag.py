@@ -395,17 +395,11 @@ class PMatQuasiDiag(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatQuasiDiag:
-        """Rebuild a matrix from its :meth:`state_dict`.
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
 
         Parameters
         ----------
         state : dict
-            What :meth:`state_dict` returned.
-
-        Returns
-        -------
-        PMat
-            The matrix, of this class.
         """
         return cls(ParamSpace.from_state(state["space"]), state["diag"], dict(state["cross"]))
 

@@ -11,7 +11,7 @@ of ``K`` divided by ``N``.
 from __future__ import annotations
 
 from numbers import Number
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -22,6 +22,9 @@ from .engine.passes import CaptureCache, one_pass
 from .errors import InvalidInputError, format_bytes
 from .linop import fmat_to_scipy
 from .vectors import FVector
+
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
 
 __all__ = ["FMatDense", "build_ntk", "ntk_diag", "gram_sq_frobenius"]
 
@@ -237,7 +240,7 @@ class FMatDense:
         parts = {n: self.layers[n] for n in names}
         return FMatDense(cast(torch.Tensor, sum(p.data for p in parts.values())), parts, self.symmetric)
 
-    def to_scipy(self):
+    def to_scipy(self) -> LinearOperator:
         """The ``(N1·C, N2·D)`` matrix as a ``scipy.sparse.linalg.LinearOperator``."""
         return fmat_to_scipy(self)
 

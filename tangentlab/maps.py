@@ -14,7 +14,7 @@ all-reduced, so every rank gets the single-process ``J``, ``J v`` and ``Jᵀ u``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from .errors import InvalidInputError
 from .linop import jacobian_to_scipy
 from .space import ParamSpace
 from .vectors import FVector, PVector
+
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
 
 
 def _check_pvec(space: ParamSpace, v: PVector) -> None:
@@ -157,7 +160,7 @@ class PushForwardDense:
         """The stored ``(N, C, P)`` tensor."""
         return self.data
 
-    def to_scipy(self):
+    def to_scipy(self) -> LinearOperator:
         """``J`` as a ``scipy.sparse.linalg.LinearOperator`` of shape ``(N·C, P)`` (float64 numpy vectors)."""
         return jacobian_to_scipy(self, self.T)
 
@@ -234,7 +237,7 @@ class PushForwardImplicit(MatrixFreeOperator):
         """The pull-back ``Jᵀ`` on the same data."""
         return PullBackImplicit(self.engine, self.examples)
 
-    def to_scipy(self):
+    def to_scipy(self) -> LinearOperator:
         """``J`` as a ``scipy.sparse.linalg.LinearOperator`` of shape ``(N·C, P)`` (float64 numpy vectors)."""
         return jacobian_to_scipy(self, self.T)
 

@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from .layers import LayerRegistry
 from .progress import progress as bar
 from .space import ParamSpace, Selector
 from .vectors import FVector
+
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -310,7 +313,7 @@ class NTKOperator(MatrixFreeOperator):
         """``Σ_{n,c} K[n, n, c, c]`` (a 0-d tensor)."""
         return self.diag().sum()
 
-    def to_scipy(self):
+    def to_scipy(self) -> LinearOperator:
         """A ``scipy.sparse.linalg.LinearOperator`` on flat vectors (rows ``n·C + c``, float64)."""
         from scipy.sparse.linalg import LinearOperator
 

@@ -165,7 +165,7 @@ class Regression(OutputFunction):
             raise InvalidInputError(f"variance must be a positive finite number, got {variance!r}")
         self.variance = float(variance)
 
-    def head(self, z, aux, batch):
+    def head(self, z: torch.Tensor, aux: Aux, batch: tuple) -> torch.Tensor:
         return z.reshape(z.shape[0], -1) / math.sqrt(self.variance)
 
 
@@ -236,11 +236,11 @@ class ClassificationFisher(OutputFunction):
 
     name = "exact classification Fisher"
 
-    def prepare(self, z, batch, generator):
+    def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
         z = _softmax_logits(z, self.name)
         return {"L": sqrt_categorical_covariance(torch.softmax(z, dim=-1))}
 
-    def head(self, z, aux, batch):
+    def head(self, z: torch.Tensor, aux: Any, batch: tuple) -> torch.Tensor:
         return torch.einsum("nc,nck->nk", _logits(z, self.name), aux["L"])
 
 
@@ -249,7 +249,7 @@ class BinaryFisher(OutputFunction):
 
     name = "binary-logit Fisher"
 
-    def prepare(self, z, batch, generator):
+    def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
         zz = z.reshape(z.shape[0], -1)
         if zz.shape[1] != 1:
             raise InvalidInputError(
@@ -258,7 +258,7 @@ class BinaryFisher(OutputFunction):
         p = torch.sigmoid(zz)
         return {"scale": torch.sqrt(p * (1 - p))}
 
-    def head(self, z, aux, batch):
+    def head(self, z: torch.Tensor, aux: Any, batch: tuple) -> torch.Tensor:
         return z.reshape(z.shape[0], -1) * aux["scale"]
 
 
@@ -288,7 +288,7 @@ class MonteCarloFisher(OutputFunction):
             raise InvalidInputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
         self.n_samples: int = int(n_samples)
 
-    def prepare(self, z, batch, generator):
+    def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
         p = torch.softmax(_softmax_logits(z, self.name), dim=-1)
         # rows with NaN/Inf logits: sample from a placeholder so the non-finite pseudo-outputs
         # reach the engine, which reports them with the batch index (NonFiniteError)
@@ -296,7 +296,7 @@ class MonteCarloFisher(OutputFunction):
         y = torch.multinomial(p, self.n_samples, replacement=True, generator=generator)
         return {"y": y}
 
-    def head(self, z, aux, batch):
+    def head(self, z: torch.Tensor, aux: Any, batch: tuple) -> torch.Tensor:
         logp = torch.log_softmax(_logits(z, self.name), dim=-1)
         return logp.gather(1, aux["y"]) / math.sqrt(self.n_samples)
 
@@ -378,7 +378,7 @@ class EmpiricalFisher(OutputFunction):
                 batch = _rows(batch, keep)
         return batch
 
-    def prepare(self, z, batch, generator):
+    def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
         y = batch[1] if len(batch) > 1 else None
         if self.class_labels and z.dim() == 2 and isinstance(y, torch.Tensor) and not y.is_floating_point():
             c = z.shape[1]
@@ -397,7 +397,7 @@ class EmpiricalFisher(OutputFunction):
                 )
         return None
 
-    def head(self, z, aux, batch):
+    def head(self, z: torch.Tensor, aux: Aux, batch: tuple) -> torch.Tensor:
         y = self._targets(batch)
         ell = self.loss(z, y)
         if not isinstance(ell, torch.Tensor) or ell.dim() == 0 or ell.shape[0] != z.shape[0]:
@@ -428,7 +428,7 @@ class CallableOutput(OutputFunction):
     def __init__(self, fn: Callable[[nn.Module, tuple], torch.Tensor]):
         self.fn = fn
 
-    def forward(self, model, batch):
+    def forward(self, model: nn.Module, batch: tuple) -> torch.Tensor:
         out = self.fn(model, batch)
         if not isinstance(out, torch.Tensor):
             raise InvalidInputError(

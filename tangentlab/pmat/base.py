@@ -12,7 +12,7 @@ Normalization: a matrix built from data is ``F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(
 from __future__ import annotations
 
 from numbers import Number
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
@@ -21,6 +21,9 @@ from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
 from . import registry
+
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
 
 
 class PMat:
@@ -220,7 +223,7 @@ class PMat:
         """The device of the stored tensors."""
         raise NotImplementedError
 
-    def to_scipy(self):
+    def to_scipy(self) -> LinearOperator:
         """This matrix as a ``scipy.sparse.linalg.LinearOperator`` (float64 numpy vectors)."""
         from ..linop import pmat_to_scipy
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -67,7 +67,7 @@ class _TensorPMat(PMat):
         return {**self._meta(), "data": self.data}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]):
+    def from_state_dict(cls, state: dict[str, Any]) -> Self:
         """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
 
         Parameters
@@ -126,7 +126,7 @@ class PMatDense(_TensorPMat):
         a = self.data + lam * torch.eye(self.space.numel, dtype=self.dtype, device=self.device)
         return PMatDense(self.space, _spd_inverse(a), self.budget)
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         evals, evecs = torch.linalg.eigh(self.data)
         return self._topk(evals, evecs, k)
 
@@ -229,7 +229,7 @@ class PMatDiag(PMat):
     def inverse(self, damping: float = 0.0) -> PMatDiag:
         return PMatDiag(self.space, 1.0 / self._shifted(damping), self.budget)
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.space.numel
         kk = p if k is None else k
         if not 1 <= kk <= p:
@@ -347,7 +347,7 @@ class PMatBlockDiag(PMat):
             out[m] = _spd_inverse(b + lam * torch.eye(b.shape[0], dtype=b.dtype, device=b.device))
         return PMatBlockDiag(self.space, out, self.budget)
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.space.numel
         kk = p if k is None else k
         self.budget.check(f"{kk} eigenvectors of length {p}", p * kk, self.dtype,

@@ -197,7 +197,7 @@ class PMatImplicit(MatrixFreeOperator, PMat):
         self.last_residual = float(r.norm() / bnorm)
         return self._vec(x)
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` eigenpairs by Lanczos (``k`` is required and must be < P)."""
         p = self.space.numel
         if k is None or not 1 <= k < p:

@@ -138,7 +138,7 @@ class _KronBase(PMat):
         """Per block: (block, eigenvalues (G, O, I), U_A or None, U_B)."""
         raise NotImplementedError
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigenpairs from the factors: eigenvectors ``u_B ⊗ u_A`` (descending eigenvalues)."""
         p = self.space.numel
         kk = p if k is None else k

@@ -141,7 +141,7 @@ class PMatLowRank(PMat):
         out._eig = (1.0 / (s + e) - 1.0 / s, q)
         return out
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         e, q = self._core()
         return self._topk(e + self.shift, q, k)
 

@@ -110,7 +110,7 @@ class PMatMixed(PMat):
         lam = check_damping(damping)
         return PMatMixed(self.space, [p.inverse(lam) for p in self.parts], self.budget)
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.space.numel
         kk = p if k is None else k
         if not 1 <= kk <= p:

@@ -323,7 +323,7 @@ class PMatQuasiDiag(PMat):
         return torch.cat([self.data[self._singles()]]
                          + [self._pair_eigvals(p).reshape(-1) for p in self.pairs])
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top ``k`` eigenpairs (descending), from the ``1 × 1`` blocks and the batched
         eigendecompositions of the arrowhead blocks."""
         p = self.space.numel

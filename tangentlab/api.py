@@ -105,6 +105,67 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
     ``precision``: mixed-precision policy, e.g. ``"bf16"`` (bf16 Jacobians, float32
     sums), ``"model/fp64"`` (float64 products and sums for a float32 model); see
     :mod:`tangentlab.engine.precision` and ``benchmarks/PRECISION.md`` for the errors.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network; its outputs ``f(x)`` are ``(N, C)`` logits or regression outputs.
+    data : Any
+        The examples: a tensor of inputs, a tuple ``(x, y, ...)``, a DataLoader or a list of
+        batches (see :class:`tangentlab.data.Batches`); ``y`` is needed by ``"empirical"``.
+    kind : str or OutputFunction or callable
+        The pseudo-outputs, as listed above.
+    representation : str or type
+        The storage of ``F``, as listed above.
+    params : selector or ParamSpace, optional
+        The parameters ``θ`` (names, module prefixes, modules, a predicate, or a space);
+        None: those with ``requires_grad``.
+    n_samples : int, optional
+        Sampled labels per example (``kind="mc"`` only; default 1).
+    loss : callable, optional
+        Per-example loss ``(z, y) -> (N,)`` (``kind="empirical"`` only; default cross-entropy).
+    variance : float, optional
+        The Gaussian's variance (``kind="regression"`` only; default 1).
+    centering : bool
+        Center the tangent features, ``φ − E φ`` (a covariance instead of a second moment).
+    batch_size : int, optional
+        Split tensors into batches of this size (loaders keep theirs).
+    route : str
+        ``"auto"``, ``"generic"`` or ``"joint"``: how per-example gradients are computed.
+    registry : LayerRegistry, optional
+        The layer rules (default: the built-in ones).
+    seed : int
+        Seed of the sampled labels (``"mc"``), drawn per batch.
+    memory_budget : Any
+        Bytes (int or a string like ``"2GB"``) for the allocations the user did not size
+        (default: half the free memory).
+    progress : bool, optional
+        Show progress bars (None: after 2 s on a terminal).
+    mixed : dict, optional
+        Module paths or types to representation names (``representation="mixed"``).
+    distributed : bool or process group, optional
+        Sum over the ranks' shards, as described above.
+    precision : str or dict or Precision, optional
+        The mixed-precision policy, as described above.
+    options : EngineOptions, optional
+        All engine settings at once (:class:`EngineOptions`); the engine keywords ``route``
+        to ``precision`` must then keep their defaults.
+
+    Returns
+    -------
+    PMat
+        ``F`` (``P × P``) in the requested representation, normalized by the number of
+        examples ``N`` (mean over examples, sum over output coordinates).
+
+    Raises
+    ------
+    InvalidInputError
+        For arguments that do not fit ``kind``, bad labels, or data of the wrong shape.
+    UnsupportedLayerError
+        For a representation that a layer of the model cannot take (e.g. KFAC of a layer
+        without a Kronecker rule).
+    MemoryBudgetError
+        When the representation does not fit the memory budget.
     """
     opts = EngineOptions.merge(options, route=route, registry=registry, seed=seed, memory_budget=memory_budget,
                                progress=progress, distributed=distributed, precision=precision)
@@ -134,6 +195,32 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: Any = "raw",
     ``precision``: mixed-precision policy (as in :func:`fim`). ``distributed``: every rank
     passes the same ``x1``/``x2``; the kernel tiles are dealt round-robin to the ranks, as in
     :func:`tangentlab.ntk_large.ntk_tiled`, and every rank gets the whole kernel.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network.
+    x1 : Any
+        The first set of examples (``N1``), as ``data`` in :func:`fim`.
+    x2 : Any, optional
+        The second set (``N2``); None: ``x1``.
+    output : str or OutputFunction or callable
+        The outputs ``f`` whose tangent features are compared (default the raw outputs).
+    params : selector or ParamSpace, optional
+        The parameters, as in :func:`fim`.
+    per_layer : bool
+        Keep each layer's contribution.
+    centering : bool
+        Center the tangent features by their mean over ``x1``.
+    batch_size : int, optional
+        Split tensors into batches of this size.
+    route, registry, seed, memory_budget, progress, distributed, precision, options
+        Engine settings, as in :func:`fim` (``distributed`` as described above).
+
+    Returns
+    -------
+    FMatDense
+        The kernel ``(N1, N2, C, D)``, not normalized.
     """
     opts = EngineOptions.merge(options, route=route, registry=registry, seed=seed, memory_budget=memory_budget,
                                progress=progress, distributed=distributed, precision=precision)
@@ -153,6 +240,28 @@ def jacobian(model: nn.Module, data: Any, *, output: Any = "raw", params: Select
     nothing stored. ``J.T`` is the pull-back ``Jᵀ``. ``precision`` as in :func:`fim`.
     ``distributed``: every rank passes the same full ``data`` and the ranks split its
     batches; ``J`` (and ``J v``, ``Jᵀ u``) are all-reduced, the same on every rank.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network.
+    data : Any
+        The ``N`` examples, as in :func:`fim`.
+    output : str or OutputFunction or callable
+        The outputs ``f`` (``C`` per example) to differentiate (default the raw outputs).
+    params : selector or ParamSpace, optional
+        The parameters (``P``), as in :func:`fim`.
+    implicit : bool
+        Matrix-free forward/backward products instead of the stored ``(N, C, P)`` tensor.
+    batch_size : int, optional
+        Split tensors into batches of this size.
+    route, registry, seed, memory_budget, progress, distributed, precision, options
+        Engine settings, as in :func:`fim` (``distributed`` as described above).
+
+    Returns
+    -------
+    PushForwardDense or PushForwardImplicit
+        ``J``, mapping a :class:`PVector` to an ``(N, C)`` :class:`FVector`, not normalized.
     """
     opts = EngineOptions.merge(options, route=route, registry=registry, seed=seed, memory_budget=memory_budget,
                                progress=progress, distributed=distributed, precision=precision)

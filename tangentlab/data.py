@@ -8,9 +8,9 @@ targets ``y``. Normalizations use the number of examples actually seen, so
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from numbers import Integral
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -62,20 +62,20 @@ class Batches:
 
     Parameters
     ----------
-    data:
-        a tensor (the inputs of all examples), a *tuple* ``(x, y, ...)`` of
+    data : Any
+        A tensor (the inputs of all examples), a *tuple* ``(x, y, ...)`` of
         tensors for all examples, a :class:`torch.utils.data.DataLoader`, a *list*
         of batches, or any re-iterable of batches.
-    batch_size:
-        split tensors / tuples into batches of this size (default 256). Ignored
+    batch_size : int or None
+        Split tensors / tuples into batches of this size (default 256). Ignored
         for loaders, which keep their own batching.
     """
 
     def __init__(self, data: Any, batch_size: int | None = None):
         if isinstance(data, Batches):
             self._source: Any = data._source
-            self._chunked = data._chunked
-            self.batch_size = data.batch_size
+            self._chunked: bool = data._chunked
+            self.batch_size: int | None = data.batch_size
             return
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size <= 0
@@ -109,7 +109,7 @@ class Batches:
             self._source = data
             self._chunked = False
             try:
-                empty = len(data) == 0
+                empty = len(cast(Sized, data)) == 0
             except TypeError:  # no len(): checked when iterated
                 empty = False
             if isinstance(data, (list, tuple)):  # in memory: validate every batch now
@@ -157,7 +157,29 @@ class Batches:
 
 
 def to_device(batch: Batch, device: torch.device, dtype: torch.dtype, index: int) -> Batch:
-    """Move a batch to the parameters' device; refuse floating inputs of another dtype."""
+    """Move a batch to the parameters' device; refuse floating inputs of another dtype.
+
+    Parameters
+    ----------
+    batch : tuple
+        ``(x, y, ...)``; non-tensor entries are kept as they are.
+    device : torch.device
+        The parameters' device.
+    dtype : torch.dtype
+        The parameters' dtype, which floating tensors must have.
+    index : int
+        The batch's index, for the error messages.
+
+    Returns
+    -------
+    tuple
+        The batch with its tensors on ``device``.
+
+    Raises
+    ------
+    MixedDeviceDtypeError
+        For a floating tensor of another dtype, or one that cannot be moved.
+    """
     out = []
     for k, t in enumerate(batch):
         if not isinstance(t, torch.Tensor):

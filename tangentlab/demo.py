@@ -215,14 +215,16 @@ def fisher_study(model: nn.Module, x: torch.Tensor, seed: int,
     mats: dict[str, PMat] = {}
     rows: dict[str, dict[str, float]] = {}
     for rep in REPRESENTATIONS:
-        mats[rep], dt = _timed(lambda rep=rep: fim(model, x, kind="exact", representation=rep,
-                                                   progress=progress))
+        def build(rep: str = rep) -> PMat:
+            return fim(model, x, kind="exact", representation=rep, progress=progress)
+
+        mats[rep], dt = _timed(build)
         rows[rep] = {"build_s": dt, "memory_bytes": float(stored_bytes(mats[rep]))}
     dense = mats["dense"]
     space = dense.space
     gen = torch.Generator().manual_seed(seed + 1)
-    u = torch.randn(space.numel, generator=gen, dtype=torch.float64)
-    u = PVector.from_flat(space, u / u.norm())
+    u0 = torch.randn(space.numel, generator=gen, dtype=torch.float64)
+    u = PVector.from_flat(space, u0 / u0.norm())
 
     results: dict[str, dict[str, torch.Tensor]] = {}
     for rep, m in mats.items():

@@ -42,6 +42,13 @@ class Reducer:
     ``Reducer.resolve(distributed)`` turns the user's ``distributed=`` argument into a
     reducer: ``None``/``False`` → local, ``True`` → the default process group, a
     ``ProcessGroup`` → that group.
+
+    Parameters
+    ----------
+    group : ProcessGroup, optional
+        The process group (None: the default one).
+    active : bool
+        Whether there are several ranks to reduce over.
     """
 
     def __init__(self, group: Any = None, active: bool = False):
@@ -50,6 +57,24 @@ class Reducer:
 
     @classmethod
     def resolve(cls, distributed: Any) -> Reducer:
+        """The reducer of a ``distributed=`` argument.
+
+        Parameters
+        ----------
+        distributed : None, bool, ProcessGroup or Reducer
+            ``None``/``False``: local; ``True``: the default process group; a group; or a reducer
+            (returned as it is).
+
+        Returns
+        -------
+        Reducer
+            Active when the group has more than one rank.
+
+        Raises
+        ------
+        InvalidInputError
+            Without an initialized process group, or for another type.
+        """
         if isinstance(distributed, Reducer):
             return distributed
         if distributed is None or distributed is False:
@@ -67,14 +92,22 @@ class Reducer:
 
     @property
     def world_size(self) -> int:
+        """The number of ranks (1 when inactive)."""
         return dist.get_world_size(self.group) if self.active else 1
 
     @property
     def rank(self) -> int:
+        """This process's rank in the group (0 when inactive)."""
         return dist.get_rank(self.group) if self.active else 0
 
     def sum_(self, *tensors: torch.Tensor | None) -> None:
-        """All-reduce (sum) the given tensors in place (``None`` entries are skipped)."""
+        """All-reduce (sum) the given tensors in place (``None`` entries are skipped).
+
+        Parameters
+        ----------
+        *tensors : torch.Tensor or None
+            The tensors, summed over the ranks in place.
+        """
         if not self.active:
             return
         for t in tensors:
@@ -86,7 +119,15 @@ class Reducer:
 
     def broadcast_(self, *tensors: torch.Tensor | None, src: int = 0) -> None:
         """Overwrite the given tensors with rank ``src``'s (e.g. eigenbases, whose signs may
-        differ between machines even for equal inputs)."""
+        differ between machines even for equal inputs).
+
+        Parameters
+        ----------
+        *tensors : torch.Tensor or None
+            The tensors, overwritten in place (``None`` entries are skipped).
+        src : int
+            The source rank, in the group.
+        """
         if not self.active:
             return
         root = dist.get_global_rank(self.group, src) if self.group is not None else src
@@ -98,7 +139,20 @@ class Reducer:
                     t.copy_(buf)
 
     def counts(self, n: int, device: torch.device | str = "cpu") -> list[int]:
-        """Every rank's local count (a list indexed by rank)."""
+        """Every rank's local count (a list indexed by rank).
+
+        Parameters
+        ----------
+        n : int
+            This rank's count.
+        device : torch.device or str
+            Where the collective runs (the device of the backend).
+
+        Returns
+        -------
+        list of int
+            One count per rank.
+        """
         if not self.active:
             return [int(n)]
         t = torch.zeros(self.world_size, dtype=torch.int64, device=device)
@@ -107,7 +161,27 @@ class Reducer:
         return [int(v) for v in t.tolist()]
 
     def total(self, n: int, what: str = "examples", device: torch.device | str = "cpu") -> int:
-        """Sum of a count over ranks; refuses (on every rank alike) when a rank has none."""
+        """Sum of a count over ranks; refuses (on every rank alike) when a rank has none.
+
+        Parameters
+        ----------
+        n : int
+            This rank's count.
+        what : str
+            What is counted, for the error message.
+        device : torch.device or str
+            Where the collective runs.
+
+        Returns
+        -------
+        int
+            The total.
+
+        Raises
+        ------
+        InvalidInputError
+            When a rank's count is 0.
+        """
         counts = self.counts(n, device)
         empty = [r for r, c in enumerate(counts) if c == 0]
         if self.active and empty:
@@ -118,7 +192,18 @@ class Reducer:
         return sum(counts)
 
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
-        """Concatenate every rank's ``t`` (same trailing shape, any number of rows) in rank order."""
+        """Concatenate every rank's ``t`` (same trailing shape, any number of rows) in rank order.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            ``(n_rank, ...)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(Σ n_rank, ...)``.
+        """
         if not self.active:
             return t
         counts = self.counts(t.shape[0], t.device)
@@ -130,6 +215,7 @@ class Reducer:
         return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
     def barrier(self) -> None:
+        """Wait for every rank (a no-op when inactive)."""
         if self.active:
             dist.barrier(group=self.group)
 
@@ -140,6 +226,25 @@ def shard(n: int, rank: int | None = None, world_size: int | None = None) -> ran
     The first ``n % world_size`` ranks get one more example; nothing is padded or
     repeated. Defaults: the default process group's rank and size (1 process if
     ``torch.distributed`` is not initialized).
+
+    Parameters
+    ----------
+    n : int
+        The number of examples.
+    rank : int, optional
+        This rank.
+    world_size : int, optional
+        The number of ranks.
+
+    Returns
+    -------
+    range
+        This rank's indices.
+
+    Raises
+    ------
+    InvalidInputError
+        When ``rank`` is not in ``0..world_size−1``.
     """
     if rank is None or world_size is None:
         ready = dist.is_available() and dist.is_initialized()
@@ -153,7 +258,18 @@ def shard(n: int, rank: int | None = None, world_size: int | None = None) -> ran
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (the model itself otherwise)."""
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (the model itself otherwise).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model, possibly wrapped (several times).
+
+    Returns
+    -------
+    nn.Module
+        The innermost module.
+    """
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
     while isinstance(model, (DistributedDataParallel, DataParallel)):

@@ -17,6 +17,17 @@ class UnsupportedOperationError(TangentlabError, NotImplementedError):
 
     The message always names a representation (or another verb) that can do it;
     the suggestion is also available as :attr:`alternative`.
+
+    Parameters
+    ----------
+    representation : str
+        The class name of the representation.
+    verb : str
+        The verb it cannot do.
+    alternative : str
+        A representation or verb that can.
+    why : str
+        Why not (optional).
     """
 
     def __init__(self, representation: str, verb: str, alternative: str, why: str = ""):
@@ -35,6 +46,17 @@ class MemoryBudgetError(TangentlabError, MemoryError):
 
     Raised *before* allocating, with the size that was asked for and a cheaper
     representation or option that would fit.
+
+    Parameters
+    ----------
+    what : str
+        What was to be allocated.
+    nbytes : int
+        Its size in bytes.
+    budget : int
+        The budget in bytes.
+    suggestion : str
+        A cheaper representation or option that fits.
     """
 
     def __init__(self, what: str, nbytes: int, budget: int, suggestion: str):
@@ -66,7 +88,18 @@ class MixedDeviceDtypeError(TangentlabError, TypeError):
 
 
 def format_bytes(n: float) -> str:
-    """Human-readable size, e.g. ``1.5 GiB``."""
+    """Human-readable size, e.g. ``1.5 GiB``.
+
+    Parameters
+    ----------
+    n : float
+        A number of bytes.
+
+    Returns
+    -------
+    str
+        The size in binary units (B, KiB, MiB, ...).
+    """
     units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
     x = float(n)
     for u in units:

@@ -11,7 +11,7 @@ of ``K`` divided by ``N``.
 from __future__ import annotations
 
 from numbers import Number
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -23,11 +23,32 @@ from .errors import InvalidInputError, format_bytes
 from .linop import fmat_to_scipy
 from .vectors import FVector
 
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
+
 __all__ = ["FMatDense", "build_ntk", "ntk_diag", "gram_sq_frobenius"]
 
 
 class FMatDense:
-    """A dense NTK Gram tensor between two sets of examples (or one set with itself)."""
+    """A dense NTK Gram tensor between two sets of examples (or one set with itself).
+
+    The kernel ``K[n, m, c, d] = ⟨φ_c(x_n), φ_d(x'_m)⟩`` is not normalized (no mean over
+    examples); its matrix form has rows ``n·C + c`` and columns ``m·D + d``.
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        ``(N1, N2, C, D)``.
+    layers : dict of str to FMatDense, optional
+        Each layer's contribution (module path to kernel), summing to ``data``.
+    symmetric : bool, optional
+        Whether it is the kernel of one set with itself (None: when ``N1 = N2`` and ``C = D``).
+
+    Raises
+    ------
+    InvalidInputError
+        When ``data`` is not 4-d.
+    """
 
     def __init__(self, data: torch.Tensor, layers: dict[str, FMatDense] | None = None,
                  symmetric: bool | None = None):
@@ -40,9 +61,11 @@ class FMatDense:
 
     @property
     def shape(self) -> torch.Size:
+        """``(N1, N2, C, D)``."""
         return self.data.shape
 
     def size(self) -> tuple[int, int]:
+        """The matrix shape ``(N1·C, N2·D)``."""
         n1, n2, c, d = self.data.shape
         return (n1 * c, n2 * d)
 
@@ -57,6 +80,7 @@ class FMatDense:
         return self.data.permute(0, 2, 1, 3).reshape(n1 * c, n2 * d)
 
     def to_dense(self) -> torch.Tensor:
+        """The stored ``(N1, N2, C, D)`` tensor."""
         return self.data
 
     def _check_fvec(self, v: FVector) -> None:
@@ -67,11 +91,34 @@ class FMatDense:
             )
 
     def mv(self, v: FVector) -> FVector:
-        """``(K v)[n, c] = Σ_{m,d} K[n, m, c, d] v[m, d]``."""
+        """The product ``(K v)[n, c] = Σ_{m,d} K[n, m, c, d] v[m, d]``.
+
+        Parameters
+        ----------
+        v : FVector
+            ``(N2, D)``.
+
+        Returns
+        -------
+        FVector
+            ``(N1, C)``.
+        """
         self._check_fvec(v)
         return FVector(torch.einsum("nmcd,md->nc", self.data, v.tensor))
 
     def vTMv(self, v: FVector) -> torch.Tensor:
+        """The quadratic form ``vᵀ K v`` of a square kernel.
+
+        Parameters
+        ----------
+        v : FVector
+            ``(N, C)``.
+
+        Returns
+        -------
+        torch.Tensor
+            A 0-d tensor.
+        """
         self._square("vTMv")
         return v.dot(self.mv(v))
 
@@ -86,7 +133,20 @@ class FMatDense:
         return torch.einsum("nncc->nc", self.data).clone()
 
     def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eigenvalues (descending) and eigenvectors (columns of ``(N·C, k)``, rows ``n·C + c``)."""
+        """Eigenvalues (descending) and eigenvectors (columns of ``(N·C, k)``, rows ``n·C + c``).
+
+        Parameters
+        ----------
+        k : int, optional
+            How many eigenpairs (None: all ``N·C``).
+
+        Returns
+        -------
+        evals : torch.Tensor
+            ``(k,)``, descending.
+        evecs : torch.Tensor
+            ``(N·C, k)``.
+        """
         self._square("eigh")
         e, u = torch.linalg.eigh(self.as_matrix())
         order = torch.argsort(e, descending=True)
@@ -95,7 +155,20 @@ class FMatDense:
         return e[order], u[:, order]
 
     def solve(self, v: FVector, damping: float = 0.0) -> FVector:
-        """``(K + damping·I)⁻¹ v`` (kernel ridge regression coefficients)."""
+        """``(K + damping·I)⁻¹ v`` (kernel ridge regression coefficients).
+
+        Parameters
+        ----------
+        v : FVector
+            ``(N, C)``, the targets.
+        damping : float
+            The ridge ``λ`` added to the diagonal.
+
+        Returns
+        -------
+        FVector
+            ``(N, C)``.
+        """
         self._square("solve")
         self._check_fvec(v)
         a = self.as_matrix()
@@ -104,6 +177,18 @@ class FMatDense:
         return FVector(x.reshape(v.shape))
 
     def norm(self, ord: str | int = "fro") -> torch.Tensor:
+        """A norm of the kernel matrix.
+
+        Parameters
+        ----------
+        ord : {"fro", 2}
+            ``"fro"``: the Frobenius norm; ``2``: the spectral norm of the ``(N1·C, N2·D)`` matrix.
+
+        Returns
+        -------
+        torch.Tensor
+            A 0-d tensor.
+        """
         if ord == "fro":
             return torch.linalg.vector_norm(self.data)
         if ord == 2:
@@ -111,13 +196,40 @@ class FMatDense:
         raise InvalidInputError(f"unsupported norm {ord!r}")
 
     def layer(self, name: str) -> FMatDense:
-        """The contribution of one layer (module path); needs ``per_layer=True`` at construction."""
+        """The contribution of one layer (module path); needs ``per_layer=True`` at construction.
+
+        Parameters
+        ----------
+        name : str
+            The module path.
+
+        Returns
+        -------
+        FMatDense
+            That layer's kernel.
+        """
         if self.layers is None:
             raise InvalidInputError("per-layer kernels were not computed; pass per_layer=True to ntk()")
         return self.layers[name]
 
     def select(self, layers: list[str] | str) -> FMatDense:
-        """The kernel of a subset of layers (module paths): the sum of their per-layer blocks."""
+        """The kernel of a subset of layers (module paths): the sum of their per-layer blocks.
+
+        Parameters
+        ----------
+        layers : str or list of str
+            Module paths.
+
+        Returns
+        -------
+        FMatDense
+            The partial kernel.
+
+        Raises
+        ------
+        InvalidInputError
+            Without per-layer kernels, or for an unknown layer.
+        """
         names = [layers] if isinstance(layers, str) else list(layers)
         if self.layers is None:
             raise InvalidInputError("per-layer kernels were not computed; pass per_layer=True to ntk(), "
@@ -126,9 +238,10 @@ class FMatDense:
         if unknown:
             raise InvalidInputError(f"no layers {unknown}; this kernel has {sorted(self.layers)}")
         parts = {n: self.layers[n] for n in names}
-        return FMatDense(sum(p.data for p in parts.values()), parts, self.symmetric)
+        return FMatDense(cast(torch.Tensor, sum(p.data for p in parts.values())), parts, self.symmetric)
 
-    def to_scipy(self):
+    def to_scipy(self) -> LinearOperator:
+        """The ``(N1·C, N2·D)`` matrix as a ``scipy.sparse.linalg.LinearOperator``."""
         return fmat_to_scipy(self)
 
     def __add__(self, other: FMatDense) -> FMatDense:
@@ -143,16 +256,23 @@ class FMatDense:
         if not isinstance(s, (Number, torch.Tensor)):
             return NotImplemented
         layers = {k: v * s for k, v in self.layers.items()} if self.layers else None
-        return FMatDense(self.data * s, layers, self.symmetric)
+        return FMatDense(self.data * s, layers, self.symmetric)  # type: ignore[operator]  # torch's stubs omit numbers.Number
 
     __rmul__ = __mul__
 
     def state_dict(self) -> dict[str, Any]:
+        """Tensors and metadata to rebuild the kernel with :meth:`from_state_dict`."""
         return {"type": "FMatDense", "data": self.data, "symmetric": self.symmetric,
                 "layers": {k: v.data for k, v in self.layers.items()} if self.layers else None}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> FMatDense:
+        """Rebuild the kernel from ``state``, what its :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
         layers = {k: cls(v, symmetric=state["symmetric"]) for k, v in state["layers"].items()} \
             if state.get("layers") else None
         return cls(state["data"], layers, state["symmetric"])
@@ -168,7 +288,31 @@ def build_ntk(engine: Engine, x1: Any, x2: Any = None, per_layer: bool = False,
 
     With a distributed engine every rank passes the same full data: the tiles are dealt
     round-robin to the ranks (as in :func:`tangentlab.ntk_large.ntk_tiled`) and the kernel
-    is all-reduced, so every rank gets the whole kernel."""
+    is all-reduced, so every rank gets the whole kernel.
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine of the model, its outputs and parameters.
+    x1 : Any
+        The first ``N1`` examples.
+    x2 : Any, optional
+        The second ``N2`` examples (None: ``x1``).
+    per_layer : bool
+        Keep each layer's contribution.
+    centering : bool
+        Center the tangent features by their mean over ``x1``.
+
+    Returns
+    -------
+    FMatDense
+        ``(N1, N2, C, C)``, not normalized.
+
+    Raises
+    ------
+    MemoryBudgetError
+        When the kernel does not fit the memory budget (the message names the alternatives).
+    """
     b1 = x1 if isinstance(x1, Batches) else Batches(x1)
     b2 = None if x2 is None else (x2 if isinstance(x2, Batches) else Batches(x2))
     rows = CaptureCache.of(engine, b1, "NTK rows")
@@ -228,7 +372,20 @@ def ntk_alternatives(n1: int, n2: int, c: int, p: int, dtype: torch.dtype, symme
 
 def ntk_diag(engine: Engine, data: Any) -> torch.Tensor:
     """The kernel diagonal ``K[n, n, c, c] = ‖φ_c(x_n)‖²`` as ``(N, C)``, without the kernel
-    (batches taken in output blocks: one block's ``g`` alive at a time)."""
+    (batches taken in output blocks: one block's ``g`` alive at a time).
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine of the model, its outputs and parameters.
+    data : Any
+        The ``N`` examples.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C)``.
+    """
     parts: list[torch.Tensor] = []
 
     def new_rows(cap: Capture) -> None:

@@ -54,7 +54,14 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 
 def check_batchnorm_eval(model: nn.Module, what: str = "model") -> None:
-    """Raise if a BatchNorm layer of ``model`` is in train mode (batch statistics)."""
+    """Raise InvalidInputError if a BatchNorm layer of ``model`` is in train mode (batch statistics).
+
+    Parameters
+    ----------
+    model : nn.Module
+    what : str
+        Who asks, for the error message.
+    """
     for name, mod in model.named_modules():
         if isinstance(mod, _BN) and mod.training:
             raise InvalidInputError(
@@ -76,6 +83,12 @@ def model_at(model: nn.Module, at: Any = None) -> nn.Module:
     ``at`` may be ``None`` (the current values), another module with the same parameter
     names, a :class:`~tangentlab.PVector`, or a mapping ``name -> tensor`` such as a
     ``state_dict()`` checkpoint (parameters and optionally buffers; other names refused).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (not modified).
+    at : None, nn.Module, PVector or mapping
     """
     m = copy.deepcopy(model)
     if at is None:
@@ -89,7 +102,7 @@ def model_at(model: nn.Module, at: Any = None) -> nn.Module:
     else:
         raise InvalidInputError(
             f"at: expected None, an nn.Module, a PVector or a state_dict mapping, got {type(at).__name__}")
-    own = dict(m.named_parameters())
+    own: dict[str, torch.Tensor] = dict(m.named_parameters())
     own.update(dict(m.named_buffers()))
     for name, value in values.items():
         if name not in own:
@@ -115,17 +128,19 @@ class Linearized(nn.Module):
 
     Parameters
     ----------
-    model:
+    model : nn.Module
         The network ``f``. It is copied; the original is left untouched.
-    params:
+    params : selector or ParamSpace, optional
         Which parameters to linearize (a :data:`~tangentlab.space.Selector`: names, modules,
         a predicate; ``None`` = all parameters with ``requires_grad``). The others are held
         fixed at their value at ``θ₀``.
-    at:
+    at : None, nn.Module, PVector or mapping
         The linearization point ``θ₀`` (``None``: the model's current parameters; or a
         checkpoint: module, :class:`~tangentlab.PVector`, or ``state_dict`` — buffers such as
         BatchNorm running statistics are taken from it too).
 
+    Notes
+    -----
     Each call computes ``(f_{θ₀}(x), J_{θ₀}(x) δ)`` with ``δ = θ − θ₀`` by one
     ``torch.func.jvp`` through ``functional_call``; gradients with respect to ``θ`` are
     ``J_{θ₀}(x)ᵀ g`` (reverse mode through the tangent), so the model is exactly linear in
@@ -192,6 +207,7 @@ class Linearized(nn.Module):
 
     # --- evaluation --------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``f̄_θ(x) = f_{θ₀}(x) + J_{θ₀}(x)(θ − θ₀)`` on the wrapped model's inputs."""
         t0 = self.theta0()
         return self.expansion({n: p - t0[n] for n, p in self.theta().items()}, *args, **kwargs)
 
@@ -199,7 +215,14 @@ class Linearized(nn.Module):
         """``f_{θ₀}(x) + J_{θ₀}(x) δ`` for a given ``δ`` (``{name: tensor}`` over the linearized
         parameters), by one ``torch.func.jvp``; differentiable in ``δ``. The forward pass is
         this at ``δ = θ − θ₀``; other models of the same form (e.g. a factorized ``δ``)
-        reuse it."""
+        reuse it.
+
+        Parameters
+        ----------
+        delta : mapping of str to torch.Tensor
+        *args, **kwargs
+            The wrapped model's inputs.
+        """
         base = self._base[0]
         consts = self._constants()
         t0 = self.theta0()
@@ -208,7 +231,7 @@ class Linearized(nn.Module):
         def f(p: dict[str, torch.Tensor]) -> Any:
             return functional_call(base, {**consts, **p}, args, kwargs)
 
-        out, jv = jvp(f, (t0,), (delta,))
+        out, jv = jvp(f, (t0,), (delta,))  # type: ignore[misc]  # torch's stub types jvp as has_aux
         return tree_map(lambda a, b: a + b, out, jv) if not isinstance(out, torch.Tensor) else out + jv
 
     @torch.no_grad()
@@ -227,7 +250,7 @@ class Linearized(nn.Module):
     def _model_with(self, values: dict[str, torch.Tensor]) -> nn.Module:
         m = copy.deepcopy(self._base[0])
         state = {**self._constants(), **values}
-        own = dict(m.named_parameters())
+        own: dict[str, torch.Tensor] = dict(m.named_parameters())
         own.update(dict(m.named_buffers()))
         with torch.no_grad():
             for n, t in state.items():
@@ -258,6 +281,16 @@ class AlphaScaled(nn.Module):
 
     BatchNorm layers must be in eval mode when wrapped and are kept in eval mode by
     :meth:`train` (frozen running statistics, trainable affine parameters).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network, trained in place.
+    alpha : float
+        ``α > 0``.
+    subtract_initial_output : bool
+    at : None, nn.Module, PVector or mapping
+        ``θ₀``, as in :func:`model_at`.
     """
 
     def __init__(self, model: nn.Module, alpha: float, *, subtract_initial_output: bool = False, at: Any = None):
@@ -272,15 +305,27 @@ class AlphaScaled(nn.Module):
         self._model0 = [_frozen_copy(model, at)]
 
     def scaled_lr(self, lr: float) -> float:
-        """The learning rate ``η/α²`` matching a base learning rate ``η``."""
+        """The learning rate ``η/α²`` matching a base learning rate ``η = lr``.
+
+        Parameters
+        ----------
+        lr : float
+        """
         return float(lr) / self.alpha ** 2
 
     def train(self, mode: bool = True) -> AlphaScaled:
+        """:meth:`nn.Module.train`, BatchNorm layers kept in eval mode.
+
+        Parameters
+        ----------
+        mode : bool
+        """
         super().train(mode)
         _batchnorm_eval(self.model)
         return self
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``f^α_θ(x)`` (or ``α (f_θ(x) − f_{θ₀}(x))``) on the wrapped model's inputs."""
         check_batchnorm_eval(self.model, "AlphaScaled")
         out = self.model(*args, **kwargs)
         with torch.no_grad():
@@ -290,6 +335,7 @@ class AlphaScaled(nn.Module):
 
     @torch.no_grad()
     def initial_output(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``f_{θ₀}(x)``, without gradient."""
         return self._model0[0](*args, **kwargs)
 
     def _apply(self, fn: Callable, recurse: bool = True) -> AlphaScaled:
@@ -302,7 +348,15 @@ class AlphaScaled(nn.Module):
 
 
 def targets_matrix(y: torch.Tensor, n_outputs: int, dtype: torch.dtype) -> torch.Tensor:
-    """Regression targets ``(N, C)``: one-hot rows for integer class labels, else ``y`` reshaped."""
+    """Regression targets ``(N, C)``: one-hot rows for integer class labels, else ``y`` reshaped.
+
+    Parameters
+    ----------
+    y : torch.Tensor
+        ``(N,)`` integer labels (a single output takes them as values), or float targets.
+    n_outputs : int
+    dtype : torch.dtype
+    """
     if not torch.is_floating_point(y):
         if y.dim() != 1:
             raise InvalidInputError(f"y: integer labels must be 1-d, got shape {tuple(y.shape)}")
@@ -313,7 +367,15 @@ def targets_matrix(y: torch.Tensor, n_outputs: int, dtype: torch.dtype) -> torch
 
 
 def half_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``(1/2N) Σ_n ‖out_n − target_n‖²`` (mean over examples, sum over outputs)."""
+    """``(1/2N) Σ_n ‖out_n − target_n‖²`` (mean over examples, sum over outputs).
+
+    Parameters
+    ----------
+    out : torch.Tensor
+        ``(N, ...)``.
+    target : torch.Tensor
+        As many entries as ``out``.
+    """
     return 0.5 * (out - target.reshape(out.shape)).pow(2).reshape(out.shape[0], -1).sum(1).mean()
 
 
@@ -337,6 +399,20 @@ class KernelPredictor:
     On the training inputs ``K(X, X) = K``, so ``f_t(X) = Y + V diag(1 − λ g(λ)) Vᵀ r₀ `` (for ``ρ = 0``).
     ``at`` selects the checkpoint whose NTK is used; ``offset=False`` drops ``f_{θ₀}``
     (kernel regression from a zero function). Integer labels become one-hot targets.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x_train : torch.Tensor
+        ``(N, ...)``.
+    y_train : torch.Tensor
+        ``(N,)`` labels or ``(N, C)`` targets.
+    at : None, nn.Module, PVector or mapping
+    params : selector, optional
+        The parameters of the NTK.
+    offset : bool
+    batch_size : int, optional
+    progress : bool, optional
     """
 
     def __init__(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, at: Any = None,
@@ -376,7 +452,19 @@ class KernelPredictor:
 
     def gains(self, t: float = math.inf, *, steps: int | None = None, lr: float | None = None,
               ridge: float = 0.0, rcond: float = 1e-10) -> torch.Tensor:
-        """``g(λ)`` for each eigenvalue (see the class docstring)."""
+        """``g(λ)`` for each eigenvalue (see the class docstring), ``(N·C,)``, descending ``λ``.
+
+        Parameters
+        ----------
+        t : float
+            The gradient-flow time (``math.inf``: the limit).
+        steps, lr : int and float, optional
+            ``k`` gradient-descent steps of rate ``η`` instead of the flow.
+        ridge : float
+            ``ρ ≥ 0``.
+        rcond : float
+            Relative cutoff under which ``λ + Nρ`` counts as 0.
+        """
         if ridge < 0:
             raise InvalidInputError(f"ridge: must be >= 0, got {ridge}")
         lam, n = self.eigenvalues, self.n
@@ -398,12 +486,26 @@ class KernelPredictor:
         return torch.where(tiny, torch.full_like(s, t / n), g)
 
     def coefficients(self, **kw: Any) -> torch.Tensor:
-        """``a = −V diag(g) Vᵀ r₀`` (length ``NC``): ``θ − θ₀ = Jᵀ a`` and ``f(x) = f_{θ₀}(x) + K(x, X) a``."""
+        """``a = −V diag(g) Vᵀ r₀`` (length ``NC``): ``θ − θ₀ = Jᵀ a`` and ``f(x) = f_{θ₀}(x) + K(x, X) a``.
+
+        Parameters
+        ----------
+        **kw
+            The arguments of :meth:`gains`.
+        """
         return -(self.eigenvectors @ (self.gains(**kw) * self._proj))
 
     def predict(self, x: torch.Tensor | None = None, t: float = math.inf, *, steps: int | None = None,
                 lr: float | None = None, ridge: float = 0.0, rcond: float = 1e-10) -> torch.Tensor:
-        """Outputs ``(M, C)`` of the trained linearized model on ``x`` (``None``: the training inputs)."""
+        """Outputs ``(M, C)`` of the trained linearized model on ``x`` (``None``: the training inputs).
+
+        Parameters
+        ----------
+        x : torch.Tensor, optional
+            ``(M, ...)``.
+        t, steps, lr, ridge, rcond
+            As in :meth:`gains`.
+        """
         a = self.coefficients(t=t, steps=steps, lr=lr, ridge=ridge, rcond=rcond)
         if x is None:
             lam = self.eigenvalues
@@ -426,6 +528,26 @@ def train_linearized(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     (cross-entropy for integer labels with more than one output, else mse). Minibatches
     come from :class:`~tangentlab.training.BatchStream` (``batch_size=None``: full
     batch). Returns the trained model and the mean training loss of each epoch.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (not modified).
+    x : torch.Tensor
+        ``(N, ...)``.
+    y : torch.Tensor
+        ``(N,)`` labels or ``(N, C)`` targets.
+    epochs : int
+    lr, momentum, weight_decay : float
+        SGD's (the weight decay pulls ``θ`` towards 0, not ``θ₀``).
+    batch_size : int, optional
+    loss : {"auto", "cross_entropy", "mse"}
+    at : None, nn.Module, PVector or mapping
+    params : selector, optional
+        As in :class:`Linearized`.
+    seed : int
+        The seed of the minibatch order.
+    progress : bool, optional
     """
     if epochs < 0:
         raise InvalidInputError(f"epochs: must be >= 0, got {epochs}")
@@ -434,6 +556,7 @@ def train_linearized(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
         c = lin.initial_output(x[:1]).reshape(1, -1).shape[1]
     if loss == "auto":
         loss = "cross_entropy" if (not torch.is_floating_point(y) and c > 1) else "mse"
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if loss == "cross_entropy":
         loss_fn, target = nn.functional.cross_entropy, y
     elif loss == "mse":

@@ -14,7 +14,7 @@ all-reduced, so every rank gets the single-process ``J``, ``J v`` and ``Jᵀ u``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from .linop import jacobian_to_scipy
 from .space import ParamSpace
 from .vectors import FVector, PVector
 
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
+
 
 def _check_pvec(space: ParamSpace, v: PVector) -> None:
     if not isinstance(v, PVector) or v.space.names != space.names or any(
@@ -38,7 +41,15 @@ def _check_pvec(space: ParamSpace, v: PVector) -> None:
 
 
 class PushForwardDense:
-    """``J`` stored as a ``(N, C, P)`` tensor."""
+    """``J`` stored as a ``(N, C, P)`` tensor.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P``).
+    data : torch.Tensor
+        ``J``, ``(N, C, P)``.
+    """
 
     def __init__(self, space: ParamSpace, data: torch.Tensor):
         if data.dim() != 3 or data.shape[2] != space.numel:
@@ -48,7 +59,25 @@ class PushForwardDense:
     @classmethod
     def from_engine(cls, engine: Engine, data: Any) -> PushForwardDense:
         """``J`` of ``data``, filled one output block at a time (with a distributed engine:
-        each rank fills its batches' rows, then the rows are all-reduced)."""
+        each rank fills its batches' rows, then the rows are all-reduced).
+
+        Parameters
+        ----------
+        engine : Engine
+            The engine of the model, its outputs and parameters.
+        data : Any
+            The ``N`` examples.
+
+        Returns
+        -------
+        PushForwardDense
+            ``J``, ``(N, C, P)``.
+
+        Raises
+        ------
+        MemoryBudgetError
+            When ``N·C·P`` entries exceed the memory budget.
+        """
         b = data if isinstance(data, Batches) else Batches(data)
         space, red = engine.space, engine.reducer
         p = space.numel
@@ -86,13 +115,36 @@ class PushForwardDense:
         return cls(space, parts[0] if len(parts) == 1 else torch.cat(parts))
 
     def mv(self, v: PVector) -> FVector:
+        """The push-forward ``J v``: ``(J v)[n, c] = ⟨φ_c(x_n), v⟩``.
+
+        Parameters
+        ----------
+        v : PVector
+            A vector on the Jacobian's parameter space.
+
+        Returns
+        -------
+        FVector
+            ``(N, C)``.
+        """
         _check_pvec(self.space, v)
         return FVector(self.data @ v.flat())
 
     __matmul__ = mv
 
     def select(self, params: Any) -> PushForwardDense:
-        """The Jacobian with respect to a subset of the parameters (names or module prefixes)."""
+        """The Jacobian with respect to a subset of the parameters (names or module prefixes).
+
+        Parameters
+        ----------
+        params : str, list of str or ParamSpace
+            Parameter names or module prefixes, or a sub-space.
+
+        Returns
+        -------
+        PushForwardDense
+            ``(N, C, P_S)``.
+        """
         sub = params if isinstance(params, ParamSpace) else self.space.select(
             [params] if isinstance(params, str) else params)
         idx = torch.cat([torch.arange(self.space.info(p.name).offset,
@@ -101,22 +153,45 @@ class PushForwardDense:
 
     @property
     def T(self) -> PullBackDense:  # noqa: N802
+        """The pull-back ``Jᵀ`` (sharing the stored tensor)."""
         return PullBackDense(self.space, self.data)
 
     def to_dense(self) -> torch.Tensor:
+        """The stored ``(N, C, P)`` tensor."""
         return self.data
 
-    def to_scipy(self):
+    def to_scipy(self) -> LinearOperator:
+        """``J`` as a ``scipy.sparse.linalg.LinearOperator`` of shape ``(N·C, P)`` (float64 numpy vectors)."""
         return jacobian_to_scipy(self, self.T)
 
 
 class PullBackDense:
-    """``Jᵀ`` from a stored ``(N, C, P)`` Jacobian."""
+    """``Jᵀ`` from a stored ``(N, C, P)`` Jacobian.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P``).
+    data : torch.Tensor
+        ``J``, ``(N, C, P)``.
+    """
 
     def __init__(self, space: ParamSpace, data: torch.Tensor):
         self.space, self.data = space, data
 
     def mv(self, u: FVector) -> PVector:
+        """The pull-back ``Jᵀ u = Σ_{n,c} u[n, c] φ_c(x_n)``.
+
+        Parameters
+        ----------
+        u : FVector
+            ``(N, C)``, one value per example and output.
+
+        Returns
+        -------
+        PVector
+            A vector on the Jacobian's parameter space.
+        """
         if not isinstance(u, FVector) or u.shape != self.data.shape[:2]:
             raise InvalidInputError(f"expected an FVector of shape {tuple(self.data.shape[:2])}")
         return PVector.from_flat(self.space, torch.einsum("ncp,nc->p", self.data, u.tensor))
@@ -125,15 +200,32 @@ class PullBackDense:
 
     @property
     def T(self) -> PushForwardDense:  # noqa: N802
+        """The push-forward ``J`` (sharing the stored tensor)."""
         return PushForwardDense(self.space, self.data)
 
 
 class PushForwardImplicit(MatrixFreeOperator):
-    """``J v`` with forward-mode AD, one pass over the data; nothing stored."""
+    """``J v`` with forward-mode AD, one pass over the data; nothing stored.
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine of the model, its outputs and parameters.
+    data : Any
+        The ``N`` examples (anything :class:`~tangentlab.data.Batches` accepts), in a fixed order.
+    batch_size : int, optional
+        Split tensors into batches of this size.
+    """
 
     split_batches = True
 
     def mv(self, v: PVector) -> FVector:
+        """The push-forward ``J v`` by forward-mode products, as :meth:`PushForwardDense.mv`.
+
+        Parameters
+        ----------
+        v : PVector
+        """
         _check_pvec(self.space, v)
         vd = v.to_dict()
         return FVector(self._rows(lambda i, b, s: jvp(self.engine, b, i, vd), "J v"))
@@ -142,18 +234,36 @@ class PushForwardImplicit(MatrixFreeOperator):
 
     @property
     def T(self) -> PullBackImplicit:  # noqa: N802
+        """The pull-back ``Jᵀ`` on the same data."""
         return PullBackImplicit(self.engine, self.examples)
 
-    def to_scipy(self):
+    def to_scipy(self) -> LinearOperator:
+        """``J`` as a ``scipy.sparse.linalg.LinearOperator`` of shape ``(N·C, P)`` (float64 numpy vectors)."""
         return jacobian_to_scipy(self, self.T)
 
 
 class PullBackImplicit(MatrixFreeOperator):
-    """``Jᵀ u`` with one backward pass per batch; nothing stored."""
+    """``Jᵀ u`` with one backward pass per batch; nothing stored.
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine of the model, its outputs and parameters.
+    data : Any
+        The ``N`` examples (anything :class:`~tangentlab.data.Batches` accepts), in a fixed order.
+    batch_size : int, optional
+        Split tensors into batches of this size.
+    """
 
     split_batches = True
 
     def mv(self, u: FVector) -> PVector:
+        """The pull-back ``Jᵀ u`` by backward passes, as :meth:`PullBackDense.mv`.
+
+        Parameters
+        ----------
+        u : FVector
+        """
         if not isinstance(u, FVector):
             raise InvalidInputError("expected an FVector")
         ut = u.tensor
@@ -174,4 +284,5 @@ class PullBackImplicit(MatrixFreeOperator):
 
     @property
     def T(self) -> PushForwardImplicit:  # noqa: N802
+        """The push-forward ``J`` on the same data."""
         return PushForwardImplicit(self.engine, self.examples)

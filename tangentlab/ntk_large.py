@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from .layers import LayerRegistry
 from .progress import progress as bar
 from .space import ParamSpace, Selector
 from .vectors import FVector
+
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -112,6 +115,40 @@ def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, o
     finishes (progress reporting; tests use it to simulate a kill). The engine keywords
     (``route`` ... ``precision``, or ``options``) are :class:`~tangentlab.engine.EngineOptions`'
     fields, as for :func:`tangentlab.ntk`; ``progress`` shows the tile bar.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network.
+    x1 : Any
+        The first ``N1`` examples (anything :class:`~tangentlab.data.Batches` accepts).
+    x2 : Any, optional
+        The second ``N2`` examples (None: ``x1``).
+    block : int
+        Examples per tile side.
+    output : str or OutputFunction or callable
+        The outputs (default the raw outputs).
+    params : selector or ParamSpace, optional
+        The parameters.
+    path : str or os.PathLike, optional
+        The directory of the on-disk kernel, as above.
+    gather : {"all", "rank0"}
+        Which ranks get the in-memory kernel.
+    on_tile : callable, optional
+        ``on_tile(i, j)`` after each finished tile.
+    route, registry, seed, memory_budget, progress, distributed, precision, options
+        The engine settings, as in :func:`tangentlab.fim`.
+
+    Returns
+    -------
+    FMatDense or None
+        ``(N1, N2, C, D)``, not normalized (a memmap with ``path``); None on ranks other
+        than 0 with ``gather="rank0"``.
+
+    Raises
+    ------
+    InvalidInputError
+        For bad arguments, a ``path`` holding another kernel, or tiles missing after the run.
     """
     if gather not in ("all", "rank0"):
         raise InvalidInputError(f"gather={gather!r}; accepted: 'all', 'rank0'")
@@ -178,10 +215,10 @@ def ntk_tiled(model: nn.Module, x1: Any, x2: Any = None, *, block: int = 1024, o
         if gather == "all":
             red.sum_(out)
         else:
-            dist.reduce(out, dst=0, group=red.group)
+            dist.reduce(cast(torch.Tensor, out), dst=0, group=red.group)
             if red.rank != 0:
                 return None
-    return FMatDense(out, symmetric=symmetric)
+    return FMatDense(cast(torch.Tensor, out), symmetric=symmetric)
 
 
 class NTKOperator(MatrixFreeOperator):
@@ -194,6 +231,21 @@ class NTKOperator(MatrixFreeOperator):
     the full data and takes every ``world_size``-th batch
     (:class:`~tangentlab.engine.operator.MatrixFreeOperator` with ``split_batches``).
     The engine keywords are :class:`~tangentlab.engine.EngineOptions`' fields.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network.
+    data : Any
+        The ``N`` examples, in a fixed order.
+    output : str or OutputFunction or callable
+        The outputs (default the raw outputs).
+    params : selector or ParamSpace, optional
+        The parameters.
+    batch_size : int, optional
+        Split tensors into batches of this size.
+    route, registry, seed, memory_budget, progress, distributed, precision, options
+        The engine settings, as in :func:`tangentlab.fim`.
     """
 
     split_batches = True
@@ -220,11 +272,18 @@ class NTKOperator(MatrixFreeOperator):
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(N·C, N·C)`` (the first call counts the examples with one pass)."""
         n, c = self._shape()
         return (n * c, n * c)
 
     def mv(self, u: torch.Tensor | FVector) -> torch.Tensor:
-        """``K u`` for ``u`` of shape ``(N, C)`` (or an FVector); returns ``(N, C)``."""
+        """``K u`` for ``u`` of shape ``(N, C)`` (or an FVector); returns ``(N, C)``.
+
+        Parameters
+        ----------
+        u : torch.Tensor or FVector
+            ``(N, C)``.
+        """
         u = u.tensor if isinstance(u, FVector) else torch.as_tensor(u)
         n, c = self._shape()
         if tuple(u.shape) != (n, c):
@@ -251,9 +310,10 @@ class NTKOperator(MatrixFreeOperator):
         return self._rows(sq_norms, "NTK diagonal")
 
     def trace(self) -> torch.Tensor:
+        """``Σ_{n,c} K[n, n, c, c]`` (a 0-d tensor)."""
         return self.diag().sum()
 
-    def to_scipy(self):
+    def to_scipy(self) -> LinearOperator:
         """A ``scipy.sparse.linalg.LinearOperator`` on flat vectors (rows ``n·C + c``, float64)."""
         from scipy.sparse.linalg import LinearOperator
 
@@ -266,7 +326,20 @@ class NTKOperator(MatrixFreeOperator):
         return LinearOperator((n * c, n * c), matvec=matvec, rmatvec=matvec, dtype=np.float64)
 
     def eigh(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` eigenpairs by Lanczos (fixed start vector: the same run on every rank)."""
+        """Top-``k`` eigenpairs by Lanczos (fixed start vector: the same run on every rank).
+
+        Parameters
+        ----------
+        k : int
+            ``1 ≤ k < N·C``.
+
+        Returns
+        -------
+        evals : torch.Tensor
+            ``(k,)``, descending, float64.
+        evecs : torch.Tensor
+            ``(N·C, k)``, rows ``n·C + c``.
+        """
         from scipy.sparse.linalg import eigsh
 
         r = self.shape[0]

@@ -40,22 +40,89 @@ class OutputFunction:
     random = False
 
     def forward(self, model: nn.Module, batch: tuple) -> torch.Tensor:
-        """Model outputs ``z`` on a batch (default ``model(batch[0])``)."""
+        """Model outputs ``z`` on a batch (default ``model(batch[0])``).
+
+        Parameters
+        ----------
+        model : nn.Module
+            The network.
+        batch : tuple
+            ``(x, y, ...)`` on the model's device.
+
+        Returns
+        -------
+        torch.Tensor
+            ``z``, ``(N, ...)``.
+        """
         return model(batch[0])
 
     def select(self, batch: tuple, index: int) -> tuple:
         """Batch ``index`` as this output reads it, before it moves to the model's device:
         targets checked and normalized, and only the examples that count in ``N`` (default:
-        the batch unchanged)."""
+        the batch unchanged).
+
+        Parameters
+        ----------
+        batch : tuple
+            ``(x, y, ...)`` as the data yields it.
+        index : int
+            The batch's index, for the error messages.
+
+        Returns
+        -------
+        tuple
+            The batch to compute on.
+
+        Raises
+        ------
+        InvalidInputError
+            For targets this output cannot use.
+        """
         return batch
 
     def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
+        """The detached per-example quantities of a batch, computed once per batch.
+
+        Probabilities, sampled labels...; default none.
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            The detached model outputs ``(N, ...)``.
+        batch : tuple
+            ``(x, y, ...)``.
+        generator : torch.Generator or None
+            The batch's random generator (seeded per batch, so every pass draws the same).
+
+        Returns
+        -------
+        dict of str to torch.Tensor or None
+            What :meth:`head` reads as ``aux``.
+        """
         return None
 
     def head(self, z: torch.Tensor, aux: Aux, batch: tuple) -> torch.Tensor:
+        """The pseudo-outputs ``s`` from the model outputs, differentiably and per example
+        (default ``z`` flattened).
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            The model outputs ``(N, ...)``.
+        aux : dict of str to torch.Tensor or None
+            What :meth:`prepare` returned.
+        batch : tuple
+            ``(x, y, ...)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``s``, ``(N, C')``: the matrices are built from ``φ_c = ∂s_c/∂θ``.
+        """
         return z.reshape(z.shape[0], -1)
 
     def describe(self) -> str:
+        """A short description for messages (default the name)."""
         return self.name
 
     def _targets(self, batch: tuple) -> torch.Tensor:
@@ -74,7 +141,18 @@ class RawOutputs(OutputFunction):
 
 class Regression(OutputFunction):
     """Fisher of a Gaussian ``N(f(x), σ² I)``: ``s = f(x)/σ``, so ``F = JᵀJ/(N σ²)``
-    (the Gauss–Newton matrix of ½‖f − y‖²/σ²)."""
+    (the Gauss–Newton matrix of ½‖f − y‖²/σ²).
+
+    Parameters
+    ----------
+    variance : float
+        ``σ² > 0``.
+
+    Raises
+    ------
+    InvalidInputError
+        For a variance that is not a positive finite number.
+    """
 
     name = "regression"
 
@@ -87,7 +165,7 @@ class Regression(OutputFunction):
             raise InvalidInputError(f"variance must be a positive finite number, got {variance!r}")
         self.variance = float(variance)
 
-    def head(self, z, aux, batch):
+    def head(self, z: torch.Tensor, aux: Aux, batch: tuple) -> torch.Tensor:
         return z.reshape(z.shape[0], -1) / math.sqrt(self.variance)
 
 
@@ -119,6 +197,16 @@ def sqrt_categorical_covariance(p: torch.Tensor) -> torch.Tensor:
     ``L[j, k] = −p_j sqrt(p_k / (q_k q_{k+1}))`` for ``j > k``, where
     ``q_k = Σ_{j≥k} p_j`` is computed by reverse cumulative sums (accurate for
     over-confident predictions, unlike ``1 − Σ_{j<k} p_j``).
+
+    Parameters
+    ----------
+    p : torch.Tensor
+        ``(N, C)`` class probabilities.
+
+    Returns
+    -------
+    torch.Tensor
+        ``L``, ``(N, C, C-1)``.
     """
     c = p.shape[-1]
     q = torch.flip(torch.cumsum(torch.flip(p, [-1]), -1), [-1])
@@ -148,11 +236,11 @@ class ClassificationFisher(OutputFunction):
 
     name = "exact classification Fisher"
 
-    def prepare(self, z, batch, generator):
+    def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
         z = _softmax_logits(z, self.name)
         return {"L": sqrt_categorical_covariance(torch.softmax(z, dim=-1))}
 
-    def head(self, z, aux, batch):
+    def head(self, z: torch.Tensor, aux: Any, batch: tuple) -> torch.Tensor:
         return torch.einsum("nc,nck->nk", _logits(z, self.name), aux["L"])
 
 
@@ -161,7 +249,7 @@ class BinaryFisher(OutputFunction):
 
     name = "binary-logit Fisher"
 
-    def prepare(self, z, batch, generator):
+    def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
         zz = z.reshape(z.shape[0], -1)
         if zz.shape[1] != 1:
             raise InvalidInputError(
@@ -170,7 +258,7 @@ class BinaryFisher(OutputFunction):
         p = torch.sigmoid(zz)
         return {"scale": torch.sqrt(p * (1 - p))}
 
-    def head(self, z, aux, batch):
+    def head(self, z: torch.Tensor, aux: Any, batch: tuple) -> torch.Tensor:
         return z.reshape(z.shape[0], -1) * aux["scale"]
 
 
@@ -180,6 +268,16 @@ class MonteCarloFisher(OutputFunction):
 
     Pseudo-outputs ``s_t = log p(y_t | x) / sqrt(k)``. Labels are drawn from a
     generator seeded per batch, so repeated passes see the same samples.
+
+    Parameters
+    ----------
+    n_samples : int
+        ``k ≥ 1``, the sampled labels per example.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``n_samples`` that is not an integer ``≥ 1``.
     """
 
     name = "Monte-Carlo Fisher"
@@ -188,9 +286,9 @@ class MonteCarloFisher(OutputFunction):
     def __init__(self, n_samples: int = 1):
         if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
             raise InvalidInputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
-        self.n_samples = int(n_samples)
+        self.n_samples: int = int(n_samples)
 
-    def prepare(self, z, batch, generator):
+    def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
         p = torch.softmax(_softmax_logits(z, self.name), dim=-1)
         # rows with NaN/Inf logits: sample from a placeholder so the non-finite pseudo-outputs
         # reach the engine, which reports them with the batch index (NonFiniteError)
@@ -198,7 +296,7 @@ class MonteCarloFisher(OutputFunction):
         y = torch.multinomial(p, self.n_samples, replacement=True, generator=generator)
         return {"y": y}
 
-    def head(self, z, aux, batch):
+    def head(self, z: torch.Tensor, aux: Any, batch: tuple) -> torch.Tensor:
         logp = torch.log_softmax(_logits(z, self.name), dim=-1)
         return logp.gather(1, aux["y"]) / math.sqrt(self.n_samples)
 
@@ -228,6 +326,11 @@ class EmpiricalFisher(OutputFunction):
     label is the loss's ``ignore_index`` (``-100`` by default) has no loss: it is dropped
     before the pass, so it neither contributes nor counts in ``N`` (the Fisher is the one
     of the labelled examples); a batch with every label ignored is refused.
+
+    Parameters
+    ----------
+    loss : callable, optional
+        ``loss(z, y) -> (N,)`` per-example losses (default cross-entropy with ``reduction='none'``).
     """
 
     name = "empirical Fisher"
@@ -275,7 +378,7 @@ class EmpiricalFisher(OutputFunction):
                 batch = _rows(batch, keep)
         return batch
 
-    def prepare(self, z, batch, generator):
+    def prepare(self, z: torch.Tensor, batch: tuple, generator: torch.Generator | None) -> Aux:
         y = batch[1] if len(batch) > 1 else None
         if self.class_labels and z.dim() == 2 and isinstance(y, torch.Tensor) and not y.is_floating_point():
             c = z.shape[1]
@@ -294,7 +397,7 @@ class EmpiricalFisher(OutputFunction):
                 )
         return None
 
-    def head(self, z, aux, batch):
+    def head(self, z: torch.Tensor, aux: Aux, batch: tuple) -> torch.Tensor:
         y = self._targets(batch)
         ell = self.loss(z, y)
         if not isinstance(ell, torch.Tensor) or ell.dim() == 0 or ell.shape[0] != z.shape[0]:
@@ -312,14 +415,20 @@ class EmpiricalFisher(OutputFunction):
 
 
 class CallableOutput(OutputFunction):
-    """Any user function ``fn(model, batch) -> (N, ...)`` tensor; its flattened values are the outputs."""
+    """Any user function ``fn(model, batch) -> (N, ...)`` tensor; its flattened values are the outputs.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(model, batch) -> (N, ...)`` tensor.
+    """
 
     name = "custom output"
 
     def __init__(self, fn: Callable[[nn.Module, tuple], torch.Tensor]):
         self.fn = fn
 
-    def forward(self, model, batch):
+    def forward(self, model: nn.Module, batch: tuple) -> torch.Tensor:
         out = self.fn(model, batch)
         if not isinstance(out, torch.Tensor):
             raise InvalidInputError(
@@ -343,8 +452,26 @@ KINDS: dict[str, Callable[..., OutputFunction]] = {
 
 
 def make_output(kind: Any = "raw", **options: Any) -> OutputFunction:
-    """Resolve ``kind`` (a name from :data:`KINDS`, an :class:`OutputFunction`, or a
-    callable ``(model, batch) -> outputs``) into an :class:`OutputFunction`."""
+    """Resolve ``kind`` into an :class:`OutputFunction`.
+
+    Parameters
+    ----------
+    kind : str or OutputFunction or callable
+        A name from :data:`KINDS`, an :class:`OutputFunction` (returned as it is), or a
+        callable ``(model, batch) -> outputs``.
+    **options
+        Keyword arguments of the named kind's constructor (e.g. ``n_samples``).
+
+    Returns
+    -------
+    OutputFunction
+        The output function.
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown name, or options that do not fit the kind.
+    """
     if isinstance(kind, OutputFunction):
         if options:
             raise InvalidInputError(f"options {sorted(options)} given with an OutputFunction instance")

@@ -23,7 +23,17 @@ from .errors import InvalidInputError
 
 @dataclass(frozen=True)
 class ParamInfo:
-    """One parameter tensor: full name, shape, and position in the flat vector."""
+    """One parameter tensor: full name, shape, and position in the flat vector.
+
+    Attributes
+    ----------
+    name : str
+        The full name, as in ``model.named_parameters()``.
+    shape : tuple of int
+        The tensor's shape.
+    offset : int
+        The index of its first entry in the flat vector.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -31,6 +41,7 @@ class ParamInfo:
 
     @property
     def numel(self) -> int:
+        """The number of entries."""
         n = 1
         for s in self.shape:
             n *= s
@@ -38,16 +49,28 @@ class ParamInfo:
 
     @property
     def local(self) -> str:
+        """The name inside its module (``"weight"``, ``"bias"``...)."""
         return self.name.rsplit(".", 1)[-1]
 
     @property
     def slice(self) -> slice:
+        """The entries' positions ``offset : offset + numel`` in the flat vector."""
         return slice(self.offset, self.offset + self.numel)
 
 
 @dataclass(frozen=True)
 class Layer:
-    """The parameters owned directly by one module (``module`` is its path, ``""`` for the root)."""
+    """The parameters owned directly by one module (``module`` is its path, ``""`` for the root).
+
+    Attributes
+    ----------
+    module : str
+        The module's path.
+    module_type : str
+        The module's class name.
+    params : tuple of ParamInfo
+        Its selected parameters, in order (contiguous in the flat vector).
+    """
 
     module: str
     module_type: str
@@ -55,17 +78,37 @@ class Layer:
 
     @property
     def numel(self) -> int:
+        """The number of entries of the layer's parameters."""
         return sum(p.numel for p in self.params)
 
     @property
     def offset(self) -> int:
+        """The index of the layer's first entry in the flat vector."""
         return self.params[0].offset
 
     @property
     def slice(self) -> slice:
+        """The layer's positions in the flat vector."""
         return slice(self.offset, self.offset + self.numel)
 
     def param(self, local: str) -> ParamInfo:
+        """One parameter of the layer by its local name.
+
+        Parameters
+        ----------
+        local : str
+            ``"weight"``, ``"bias"``...
+
+        Returns
+        -------
+        ParamInfo
+            The parameter.
+
+        Raises
+        ------
+        KeyError
+            When the layer has no such parameter.
+        """
         for p in self.params:
             if p.local == local:
                 return p
@@ -83,6 +126,11 @@ class ParamSpace:
     """An ordered set of parameters grouped into layers.
 
     Build one with :meth:`from_model`; restrict it with :meth:`select`.
+
+    Parameters
+    ----------
+    layers : tuple of Layer
+        The layers, their parameters' offsets consecutive from 0.
     """
 
     layers: tuple[Layer, ...]
@@ -100,6 +148,23 @@ class ParamSpace:
         module-path prefix or parameter name (``"features.0"``,
         ``"head.weight"``), a submodule, a parameter, a sequence of these, or a
         predicate ``(name, tensor) -> bool``.
+
+        Parameters
+        ----------
+        model : nn.Module
+            The network.
+        params : selector, optional
+            The parameters to keep, as above.
+
+        Returns
+        -------
+        ParamSpace
+            The selected parameters in ``model.named_parameters()`` order, grouped by module.
+
+        Raises
+        ------
+        InvalidInputError
+            When the model has no parameter or the selection matches none.
         """
         named = list(model.named_parameters())
         if not named:
@@ -133,7 +198,23 @@ class ParamSpace:
         return cls(tuple(layers))
 
     def select(self, names: Iterable[str] | Callable[[str], bool]) -> ParamSpace:
-        """Sub-space with the parameters whose names (or module prefixes) are given."""
+        """Sub-space with the parameters whose names (or module prefixes) are given.
+
+        Parameters
+        ----------
+        names : iterable of str or callable
+            Parameter names or module prefixes, or a predicate on the parameter name.
+
+        Returns
+        -------
+        ParamSpace
+            The sub-space, offsets renumbered from 0.
+
+        Raises
+        ------
+        InvalidInputError
+            When the selection matches no parameter.
+        """
         if callable(names):
             keep = {p.name for p in self.params if names(p.name)}
         else:
@@ -157,14 +238,17 @@ class ParamSpace:
     # --- description ---------------------------------------------------
     @property
     def params(self) -> tuple[ParamInfo, ...]:
+        """Every parameter, in order."""
         return tuple(p for lay in self.layers for p in lay.params)
 
     @property
     def names(self) -> tuple[str, ...]:
+        """Every parameter's full name, in order."""
         return tuple(p.name for p in self.params)
 
     @property
     def numel(self) -> int:
+        """The dimension ``P`` of the space."""
         return sum(lay.numel for lay in self.layers)
 
     def __len__(self) -> int:
@@ -174,12 +258,46 @@ class ParamSpace:
         return name in self._index
 
     def info(self, name: str) -> ParamInfo:
+        """One parameter by its full name.
+
+        Parameters
+        ----------
+        name : str
+            The full name.
+
+        Returns
+        -------
+        ParamInfo
+            The parameter.
+
+        Raises
+        ------
+        KeyError
+            When the space has no such parameter.
+        """
         try:
             return self._index[name]
         except KeyError:
             raise KeyError(f"parameter {name!r} is not in this space ({', '.join(self.names)})") from None
 
     def layer(self, module: str) -> Layer:
+        """One layer by its module path.
+
+        Parameters
+        ----------
+        module : str
+            The module's path (``""``: the root).
+
+        Returns
+        -------
+        Layer
+            The layer.
+
+        Raises
+        ------
+        KeyError
+            When the space has no such layer.
+        """
         for lay in self.layers:
             if lay.module == module:
                 return lay
@@ -191,14 +309,36 @@ class ParamSpace:
 
     # --- flat <-> dict ---------------------------------------------------
     def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Concatenate ``{name: tensor}`` into one flat vector in this space's order."""
+        """Concatenate ``{name: tensor}`` into one flat vector in this space's order.
+
+        Parameters
+        ----------
+        tensors : dict of str to torch.Tensor
+            One tensor per parameter of the space (others are ignored).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(P,)``.
+        """
         missing = [n for n in self.names if n not in tensors]
         if missing:
             raise InvalidInputError(f"missing parameters {missing}")
         return torch.cat([tensors[n].reshape(-1) for n in self.names])
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Split a flat vector (last dimension of size :attr:`numel`) into ``{name: tensor}``."""
+        """Split a flat vector (last dimension of size :attr:`numel`) into ``{name: tensor}``.
+
+        Parameters
+        ----------
+        flat : torch.Tensor
+            ``(..., P)``.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Views of shape ``(..., *parameter shape)``.
+        """
         if flat.shape[-1] != self.numel:
             raise InvalidInputError(
                 f"flat vector has {flat.shape[-1]} entries, this space has {self.numel}"
@@ -213,6 +353,18 @@ class ParamSpace:
 
     @classmethod
     def from_state(cls, state: list[dict[str, Any]]) -> ParamSpace:
+        """The space described by :meth:`state`.
+
+        Parameters
+        ----------
+        state : list of dict
+            What :meth:`state` returned.
+
+        Returns
+        -------
+        ParamSpace
+            The space.
+        """
         layers, offset = [], 0
         for d in state:
             infos = []
@@ -223,7 +375,23 @@ class ParamSpace:
         return cls(tuple(layers))
 
     def check_model(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        """The model's parameters for this space; errors if one is missing or reshaped."""
+        """The model's parameters for this space; errors if one is missing or reshaped.
+
+        Parameters
+        ----------
+        model : nn.Module
+            The network.
+
+        Returns
+        -------
+        dict of str to nn.Parameter
+            The live parameters, in the space's order.
+
+        Raises
+        ------
+        InvalidInputError
+            When a parameter of the space is missing or has another shape.
+        """
         named = dict(model.named_parameters())
         out = {}
         for p in self.params:
@@ -238,7 +406,7 @@ class ParamSpace:
         return out
 
 
-def _resolve_selection(model: nn.Module, named: list[tuple[str, torch.Tensor]],
+def _resolve_selection(model: nn.Module, named: Sequence[tuple[str, torch.Tensor]],
                        params: Selector) -> set[str]:
     if params is None:
         return {n for n, p in named if p.requires_grad}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import ItemsView, Iterator, Mapping
 from numbers import Number
 from typing import Any
 
@@ -21,11 +21,23 @@ class PVector:
     made with :meth:`from_model` holds the live parameters, so a penalty such as
     ``F.vTMv(PVector.from_model(model) - theta_star)`` back-propagates into the
     model (EWC).
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space.
+    tensors : mapping of str to torch.Tensor
+        One tensor per parameter of ``space``, of that parameter's shape.
+
+    Raises
+    ------
+    InvalidInputError
+        For a missing parameter or a tensor of the wrong shape.
     """
 
     __slots__ = ("space", "_t")
 
-    def __init__(self, space: ParamSpace, tensors: dict[str, torch.Tensor]):
+    def __init__(self, space: ParamSpace, tensors: Mapping[str, torch.Tensor]):
         self.space = space
         for p in space.params:
             if p.name not in tensors:
@@ -40,13 +52,38 @@ class PVector:
     # --- constructors ---------------------------------------------------
     @classmethod
     def from_model(cls, model: nn.Module, params: Selector | ParamSpace = None) -> PVector:
-        """The model's current parameters (the live tensors, autograd-connected)."""
+        """The model's current parameters (the live tensors, autograd-connected).
+
+        Parameters
+        ----------
+        model : nn.Module
+            The network.
+        params : selector or ParamSpace, optional
+            The parameters (names, module prefixes, modules, a predicate, or a space); None:
+            those with ``requires_grad``.
+
+        Returns
+        -------
+        PVector
+            The parameters themselves, not copies.
+        """
         space = params if isinstance(params, ParamSpace) else ParamSpace.from_model(model, params)
         return cls(space, space.check_model(model))
 
     @classmethod
     def from_grad(cls, model: nn.Module, params: Selector | ParamSpace = None) -> PVector:
-        """The ``.grad`` of the model's parameters (zeros where ``.grad`` is None)."""
+        """The ``.grad`` of the model's parameters (zeros where ``.grad`` is None).
+
+        Parameters
+        ----------
+        model, params
+            As in :meth:`from_model`.
+
+        Returns
+        -------
+        PVector
+            Detached copies of the gradients.
+        """
         space = params if isinstance(params, ParamSpace) else ParamSpace.from_model(model, params)
         ps = space.check_model(model)
         return cls(space, {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
@@ -54,6 +91,25 @@ class PVector:
 
     @classmethod
     def from_flat(cls, space: ParamSpace, flat: torch.Tensor) -> PVector:
+        """A vector from its flat form (the inverse of :meth:`flat`).
+
+        Parameters
+        ----------
+        space : ParamSpace
+            The parameter space.
+        flat : torch.Tensor
+            ``(P,)``, entries in the space's order.
+
+        Returns
+        -------
+        PVector
+            Views of ``flat``, one per parameter.
+
+        Raises
+        ------
+        InvalidInputError
+            When ``flat`` is not 1-d.
+        """
         if flat.dim() != 1:
             raise InvalidInputError(f"expected a 1-d flat vector, got shape {tuple(flat.shape)}")
         return cls(space, space.unflatten(flat))
@@ -61,13 +117,46 @@ class PVector:
     @classmethod
     def zeros(cls, space: ParamSpace, dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None) -> PVector:
+        """The zero vector.
+
+        Parameters
+        ----------
+        space : ParamSpace
+            The parameter space.
+        dtype : torch.dtype
+            The entries' dtype.
+        device : torch.device or str, optional
+            The entries' device.
+
+        Returns
+        -------
+        PVector
+            Zeros.
+        """
         return cls(space, {p.name: torch.zeros(p.shape, dtype=dtype, device=device) for p in space.params})
 
     @classmethod
     def randn(cls, space: ParamSpace, dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None,
               generator: torch.Generator | None = None) -> PVector:
-        """Standard normal entries."""
+        """A vector of independent standard normal entries.
+
+        Parameters
+        ----------
+        space : ParamSpace
+            The parameter space.
+        dtype : torch.dtype
+            The entries' dtype.
+        device : torch.device or str, optional
+            The entries' device.
+        generator : torch.Generator, optional
+            The random generator.
+
+        Returns
+        -------
+        PVector
+            ``N(0, 1)`` entries.
+        """
         return cls(space, {p.name: torch.randn(p.shape, dtype=dtype, device=device, generator=generator)
                            for p in space.params})
 
@@ -78,10 +167,12 @@ class PVector:
     def __iter__(self) -> Iterator[str]:
         return iter(self._t)
 
-    def items(self):
+    def items(self) -> ItemsView[str, torch.Tensor]:
+        """The ``(parameter name, tensor)`` pairs, in the space's order."""
         return self._t.items()
 
     def to_dict(self) -> dict[str, torch.Tensor]:
+        """A new ``{parameter name: tensor}`` dict (the tensors are not copied)."""
         return dict(self._t)
 
     def flat(self) -> torch.Tensor:
@@ -90,13 +181,16 @@ class PVector:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the first tensor."""
         return next(iter(self._t.values())).dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the first tensor."""
         return next(iter(self._t.values())).device
 
     def size(self) -> int:
+        """The number ``P`` of entries."""
         return self.space.numel
 
     def __len__(self) -> int:
@@ -104,13 +198,26 @@ class PVector:
 
     # --- model interaction -------------------------------------------------
     def copy_to_model(self, model: nn.Module) -> None:
-        """Write these values into the model's parameters (in place, no autograd)."""
+        """Write these values into the model's parameters (in place, no autograd).
+
+        Parameters
+        ----------
+        model : nn.Module
+            A network with the parameters of this vector's space.
+        """
         ps = self.space.check_model(model)
         with torch.no_grad():
             for n, p in ps.items():
                 p.copy_(self._t[n])
 
     def add_to_model(self, model: nn.Module) -> None:
+        """Add this vector to the model's parameters (in place, no autograd): ``θ ← θ + v``.
+
+        Parameters
+        ----------
+        model : nn.Module
+            A network with the parameters of this vector's space.
+        """
         ps = self.space.check_model(model)
         with torch.no_grad():
             for n, p in ps.items():
@@ -159,25 +266,72 @@ class PVector:
         return self.dot(other)
 
     def dot(self, other: PVector) -> torch.Tensor:
-        """Euclidean inner product ``Σ_p self_p · other_p`` (a 0-d tensor)."""
+        """Euclidean inner product ``Σ_p self_p · other_p``.
+
+        Parameters
+        ----------
+        other : PVector
+            A vector on the same space.
+
+        Returns
+        -------
+        torch.Tensor
+            A 0-d tensor.
+        """
         self._check(other)
         return sum((a * other._t[n]).sum() for n, a in self._t.items())  # type: ignore[return-value]
 
     def norm(self, p: float = 2) -> torch.Tensor:
-        """``p``-norm of the flattened vector."""
+        """The ``p``-norm of the flattened vector.
+
+        Parameters
+        ----------
+        p : float
+            The order of the norm.
+
+        Returns
+        -------
+        torch.Tensor
+            A 0-d tensor.
+        """
         return torch.linalg.vector_norm(self.flat(), ord=p)
 
     def detach(self) -> PVector:
+        """A copy of the vector cut from autograd (the tensors are shared)."""
         return self._map(lambda a: a.detach())
 
     def clone(self) -> PVector:
+        """A copy of the vector with copied tensors."""
         return self._map(lambda a: a.clone())
 
     def to(self, *args: Any, **kwargs: Any) -> PVector:
+        """The vector with every tensor converted by :meth:`torch.Tensor.to`.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            As for :meth:`torch.Tensor.to` (a dtype, a device...).
+
+        Returns
+        -------
+        PVector
+            The converted vector.
+        """
         return self._map(lambda a: a.to(*args, **kwargs))
 
     def select(self, space: ParamSpace) -> PVector:
-        """The entries of a sub-space."""
+        """The entries of a sub-space.
+
+        Parameters
+        ----------
+        space : ParamSpace
+            A space whose parameters are among this vector's.
+
+        Returns
+        -------
+        PVector
+            The restriction (tensors shared).
+        """
         return PVector(space, {n: self._t[n] for n in space.names})
 
     def __repr__(self) -> str:
@@ -190,6 +344,16 @@ class FVector:
     Layout: row ``i`` is example ``i`` in data order, column ``c`` output
     coordinate ``c``. :meth:`flat` gives the ``N·C`` vector with index ``i·C + c``
     (the order used by :meth:`FMatDense.as_matrix`).
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+        ``(N, C)``.
+
+    Raises
+    ------
+    InvalidInputError
+        For a tensor that is not 2-d.
     """
 
     __slots__ = ("tensor",)
@@ -201,9 +365,11 @@ class FVector:
 
     @property
     def shape(self) -> torch.Size:
+        """``(N, C)``."""
         return self.tensor.shape
 
     def flat(self) -> torch.Tensor:
+        """The ``N·C`` entries, index ``i·C + c``."""
         return self.tensor.reshape(-1)
 
     def _other(self, o: FVector) -> torch.Tensor:
@@ -225,7 +391,7 @@ class FVector:
     def __mul__(self, s: Any) -> FVector:
         if not isinstance(s, (Number, torch.Tensor)):
             return NotImplemented
-        return FVector(self.tensor * s)
+        return FVector(self.tensor * s)  # type: ignore[operator]  # torch's stubs omit numbers.Number scalars
 
     __rmul__ = __mul__
 
@@ -233,14 +399,39 @@ class FVector:
         return FVector(self.tensor / s)
 
     def dot(self, o: FVector) -> torch.Tensor:
+        """Euclidean inner product ``Σ_{i,c} self_{i,c} · o_{i,c}``.
+
+        Parameters
+        ----------
+        o : FVector
+            A vector of the same shape.
+
+        Returns
+        -------
+        torch.Tensor
+            A 0-d tensor.
+        """
         return (self.tensor * self._other(o)).sum()
 
     __matmul__ = dot
 
     def norm(self, p: float = 2) -> torch.Tensor:
+        """The ``p``-norm of the flattened vector.
+
+        Parameters
+        ----------
+        p : float
+            The order of the norm.
+
+        Returns
+        -------
+        torch.Tensor
+            A 0-d tensor.
+        """
         return torch.linalg.vector_norm(self.tensor.reshape(-1), ord=p)
 
     def detach(self) -> FVector:
+        """A copy of the vector cut from autograd (the tensor is shared)."""
         return FVector(self.tensor.detach())
 
     def __repr__(self) -> str:

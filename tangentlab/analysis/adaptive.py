@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -269,12 +270,12 @@ class ModelASolution:
         for i, (f, b) in enumerate(zip(feats, self.blocks, strict=True)):
             o = None if other is None else other[i]
             out[f.name] = f.kernel(b.M1.dense(2), b.M2.dense(2), o)
-        return out if per_layer else sum(out.values())
+        return out if per_layer else cast(torch.Tensor, sum(out.values()))
 
     def predict(self, feats_new: Sequence[BlockFeatures], feats_train: Sequence[BlockFeatures],
                 f0_new: torch.Tensor) -> torch.Tensor:
         """``f(x) = f0(x) + K(x, X) α`` at new points (``f0_new``: ``(N', C)``)."""
-        K = self.kernel(feats_new, feats_train)
+        K = cast(torch.Tensor, self.kernel(feats_new, feats_train))
         return f0_new + (K @ self.alpha).reshape(f0_new.shape)
 
 
@@ -325,7 +326,7 @@ def model_a_irls(feats: Sequence[BlockFeatures], r: torch.Tensor,
     for it in range(iters + 1):
         m1sq = [m.dense(2) for m in M1]
         m2sq = [m.dense(2) for m in M2]
-        K = sum(f.kernel(a, b) for f, a, b in zip(feats, m1sq, m2sq))
+        K = cast(torch.Tensor, sum(f.kernel(a, b) for f, a, b in zip(feats, m1sq, m2sq)))
         alpha = kernel_solve(K, rf, jitter)
         fit = float(rf @ alpha)
         pen = sum(scale * (float(np.sum(o1(M1[i].s.numpy()))) + float(np.sum(o2(M2[i].s.numpy()))))

@@ -51,7 +51,7 @@ it against float64 finite differences.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -160,7 +160,7 @@ def _fans(mod: nn.Module, conv: str) -> tuple[int, int, int]:
     """``(fan-in factor size, fan-out factor size, spatial factor size or 0)`` of a layer."""
     if isinstance(mod, nn.Linear):
         return mod.in_features, mod.out_features, 0
-    w = mod.weight
+    w = cast(torch.Tensor, mod.weight)
     O, I, kh, kw = w.shape
     if conv == "tucker":
         return I, O, kh * kw

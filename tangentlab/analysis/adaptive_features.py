@@ -22,6 +22,7 @@ adaptive tangent feature paper (LeJeune & Alemohammad, CPAL 2024).
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from torch import nn
 from ..api import jacobian
 from ..engine import EngineOptions, make_engine
 from ..errors import InvalidInputError
+from ..maps import PushForwardDense
 from ..progress import progress
 from ..vectors import PVector
 from .adaptive import BlockFeatures
@@ -71,7 +73,7 @@ def flat_params(model: nn.Module) -> torch.Tensor:
 
 def jacobian_matrix(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """``J`` as ``(N·C, P)`` (row ``i·C + c``) from :func:`tangentlab.jacobian`."""
-    J = jacobian(model, x, batch_size=batch_size, progress=False)
+    J = cast(PushForwardDense, jacobian(model, x, batch_size=batch_size, progress=False))
     return J.data.reshape(-1, J.data.shape[-1])
 
 

@@ -312,7 +312,8 @@ def pair_solve(omega1: Penalty | str, omega2: Penalty | str, d: Any, scale: floa
         s1, s2 = ones, ones.copy()
     elif o2.fixed or o1.fixed:
         free = o1 if o2.fixed else o2
-        scaled = Penalty(free.name, (lambda v, f=free: lam * f(v)), free.kind, free.lower, free.p)
+        scaled_fn: Callable[..., Any] = lambda v, f=free: lam * f(v)  # noqa: E731
+        scaled = Penalty(free.name, scaled_fn, free.kind, free.lower, free.p)
         if free.kind == "sq":
             s = _newton_poly_root(dd ** 2 / lam, 3)
         elif free.kind == "abs":

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -42,6 +42,9 @@ from torch import nn
 from ..engine.engine import keep_tensors, shared_modules
 from ..errors import InvalidInputError
 from .kernels import _matrix, eigh_desc, label_energy
+
+if TYPE_CHECKING:
+    from ..maps import PushForwardDense
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +202,7 @@ def mixed_derivative(model: nn.Module, x: torch.Tensor, weights: torch.Tensor | 
 
         return grad(total)(xb).reshape(-1, d).sum(0)  # Σ_i w_i ∇_x f(x_i): (d,)
 
-    A = None
+    A: Any = None
     with keep_tensors(shared_modules(model)):  # a module used at several places keeps its Parameters
         for s in range(0, n, batch_size):
             jac = jacrev(g)(params, x[s:s + batch_size], weights[s:s + batch_size])
@@ -263,11 +266,12 @@ def linear_alignment_mc(model: nn.Module, U: torch.Tensor, x: torch.Tensor, batc
     n = x.shape[0]
     if n < 2:
         raise InvalidInputError("linear_alignment_mc needs at least two samples")
-    S = None
+    S: Any = None
     Q = torch.zeros(U.shape[0], dtype=torch.float64, device=x.device)
     for s in range(0, n, batch_size):
         xb = x[s:s + batch_size]
-        G = jacobian(model, (xb,), progress=False).to_dense().reshape(xb.shape[0], -1).to(torch.float64)
+        J = cast("PushForwardDense", jacobian(model, (xb,), progress=False))
+        G = J.to_dense().reshape(xb.shape[0], -1).to(torch.float64)
         c = xb.reshape(xb.shape[0], -1).to(torch.float64) @ U.T  # (b, k)
         blk = G.T @ c  # (P, k)
         S = blk if S is None else S + blk

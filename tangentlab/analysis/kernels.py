@@ -50,7 +50,22 @@ def _n_outputs(K: Any, n_outputs: int | None) -> int:
 
 
 def centering_matrix_apply(M: torch.Tensor, centering: str | None = "examples", n_outputs: int = 1) -> torch.Tensor:
-    """Apply the centering projector to the rows of ``M`` (``(r,)`` or ``(r, k)``), r = N·C."""
+    """Apply the centering projector to the rows of ``M`` (``(r,)`` or ``(r, k)``), r = N·C.
+
+    Parameters
+    ----------
+    M : torch.Tensor
+        ``(r,)`` or ``(r, k)``.
+    centering : {"examples", "full", None}
+        The centering mode (see the module docstring).
+    n_outputs : int
+        ``C``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``P M``, the shape of ``M``.
+    """
     if centering not in CENTERINGS:
         raise InvalidInputError(f"centering={centering!r}; accepted: 'examples', 'full', None")
     if centering is None:
@@ -69,7 +84,22 @@ def centering_matrix_apply(M: torch.Tensor, centering: str | None = "examples", 
 
 
 def center(K: Any, centering: str | None = "examples", n_outputs: int | None = None) -> torch.Tensor:
-    """The centered kernel ``P K P`` for the projector of ``centering`` (see the module doc)."""
+    """The centered kernel ``P K P`` for the projector of ``centering`` (see the module doc).
+
+    Parameters
+    ----------
+    K : FMatDense or torch.Tensor
+        A symmetric kernel: ``(r, r)`` with ``r = N·C``, ``(N, N, C, C)``, or an FMatDense.
+    centering : {"examples", "full", None}
+        The centering mode (see the module docstring).
+    n_outputs : int, optional
+        ``C`` (None: from a 4-D kernel, else 1).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(r, r)``, float64.
+    """
     c = _n_outputs(K, n_outputs)
     Km = _matrix(K)
     Km = centering_matrix_apply(Km, centering, c)
@@ -77,7 +107,20 @@ def center(K: Any, centering: str | None = "examples", n_outputs: int | None = N
 
 
 def eigh_desc(K: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (decreasing) and eigenvectors (columns) of a symmetric kernel, float64."""
+    """Eigenvalues (decreasing) and eigenvectors (columns) of a symmetric kernel, float64.
+
+    Parameters
+    ----------
+    K : FMatDense or torch.Tensor
+        A symmetric kernel: ``(r, r)`` with ``r = N·C``, ``(N, N, C, C)``, or an FMatDense.
+
+    Returns
+    -------
+    evals : torch.Tensor
+        ``(r,)``, decreasing.
+    evecs : torch.Tensor
+        ``(r, r)``, eigenvectors as columns.
+    """
     Km = _matrix(K)
     evals, evecs = torch.linalg.eigh(0.5 * (Km + Km.T))
     return evals.flip(0), evecs.flip(1)
@@ -94,6 +137,16 @@ def effective_rank(eigs: torch.Tensor) -> float:
     """Roy–Vetterli effective rank ``exp(H(μ))``, ``μ_j = λ_j / Σλ`` (zero eigenvalues skipped).
 
     Lies in ``[1, rank K]``; an all-zero spectrum has effective rank 0.
+
+    Parameters
+    ----------
+    eigs : torch.Tensor
+        The eigenvalues ``(r,)`` (sorted here in decreasing order).
+
+    Returns
+    -------
+    float
+        The effective rank.
     """
     e = _eigs(eigs)
     total = e.sum()
@@ -108,6 +161,23 @@ def trace_ratios(eigs: torch.Tensor, ks: Any = None) -> torch.Tensor:
 
     The thesis writes ``Σ_{j<k}``; its code takes the top ``k+1``. Here ``T_k`` is the
     mass of the ``k`` largest eigenvalues, so ``T_r = 1``.
+
+    Parameters
+    ----------
+    eigs : torch.Tensor
+        The eigenvalues ``(r,)`` (sorted here in decreasing order).
+    ks : sequence of int, optional
+        Orders ``k`` in ``1..r`` (None: all).
+
+    Returns
+    -------
+    torch.Tensor
+        ``T_k``, ``(r,)`` or ``(len(ks),)``.
+
+    Raises
+    ------
+    InvalidInputError
+        For an order outside ``1..r``.
     """
     e = _eigs(eigs)
     total = e.sum()
@@ -122,7 +192,22 @@ def trace_ratios(eigs: torch.Tensor, ks: Any = None) -> torch.Tensor:
 
 def spectrum_stats(eigs: torch.Tensor, ks: Any = (), ratios: Any = ()) -> dict[str, float]:
     """``max``, ``mean``, ``median`` eigenvalue, ``erank``, ``trace``, then ``T_k`` for ``k`` in
-    ``ks`` and ``λ_k/λ_1`` for ``k`` in ``ratios`` (keys ``T{k}`` and ``ratio{k}``)."""
+    ``ks`` and ``λ_k/λ_1`` for ``k`` in ``ratios`` (keys ``T{k}`` and ``ratio{k}``).
+
+    Parameters
+    ----------
+    eigs : torch.Tensor
+        The eigenvalues ``(r,)`` (sorted here in decreasing order).
+    ks : sequence of int
+        Orders of the trace ratios (those above ``r`` are skipped).
+    ratios : sequence of int
+        Orders of the eigenvalue ratios (those outside ``1..r`` are skipped).
+
+    Returns
+    -------
+    dict of str to float
+        The statistics.
+    """
     e = _eigs(eigs)
     out = {"max": float(e[0]), "mean": float(e.mean()), "median": float(e.median()),
            "erank": effective_rank(e), "trace": float(e.sum())}
@@ -138,7 +223,23 @@ def spectrum_stats(eigs: torch.Tensor, ks: Any = (), ratios: Any = ()) -> dict[s
 
 
 def kernel_alignment(K1: Any, K2: Any) -> float:
-    """Uncentered kernel alignment ``KA = Tr[K1 K2] / (‖K1‖_F ‖K2‖_F)`` (Cristianini et al.)."""
+    """Uncentered kernel alignment ``KA = Tr[K1 K2] / (‖K1‖_F ‖K2‖_F)`` (Cristianini et al.).
+
+    Parameters
+    ----------
+    K1, K2 : FMatDense or torch.Tensor
+        Kernels of one shape, as in :func:`center`.
+
+    Returns
+    -------
+    float
+        The alignment (0 when a kernel is zero).
+
+    Raises
+    ------
+    InvalidInputError
+        For kernels of different shapes.
+    """
     A, B = _matrix(K1), _matrix(K2)
     if A.shape != B.shape:
         raise InvalidInputError(f"kernels of different shapes {tuple(A.shape)} and {tuple(B.shape)}")
@@ -147,12 +248,38 @@ def kernel_alignment(K1: Any, K2: Any) -> float:
 
 
 def kernel_distance(K0: Any, K1: Any) -> float:
-    """Kernel distance ``1 − KA(K0, K1)`` (0 for proportional kernels)."""
+    """Kernel distance ``1 − KA(K0, K1)`` (0 for proportional kernels).
+
+    Parameters
+    ----------
+    K0, K1 : FMatDense or torch.Tensor
+        Kernels of one shape.
+
+    Returns
+    -------
+    float
+        The distance.
+    """
     return 1.0 - kernel_alignment(K0, K1)
 
 
 def cka(K1: Any, K2: Any, centering: str | None = "examples", n_outputs: int | None = None) -> float:
-    """Centered kernel alignment ``Tr[K1_c K2_c] / (‖K1_c‖_F ‖K2_c‖_F)`` (Cortes et al.)."""
+    """Centered kernel alignment ``Tr[K1_c K2_c] / (‖K1_c‖_F ‖K2_c‖_F)`` (Cortes et al.).
+
+    Parameters
+    ----------
+    K1, K2 : FMatDense or torch.Tensor
+        Kernels of one shape.
+    centering : {"examples", "full", None}
+        The centering mode (see the module docstring).
+    n_outputs : int, optional
+        ``C`` (None: from a 4-D kernel, else 1).
+
+    Returns
+    -------
+    float
+        The CKA.
+    """
     c = _n_outputs(K1, n_outputs)
     return kernel_alignment(center(K1, centering, c), center(K2, centering, c))
 
@@ -163,6 +290,23 @@ def label_vector(y: torch.Tensor, num_classes: int | None = None) -> torch.Tenso
     Integer class labels give the concatenated one-hot vectors (length ``N·C``,
     example-major, matching the NTK's row order); float labels (±1 binary targets,
     regression targets ``(N,)`` or ``(N, C)``) are flattened as they are.
+
+    Parameters
+    ----------
+    y : torch.Tensor
+        ``(N,)`` integer labels, or float targets.
+    num_classes : int, optional
+        ``C`` for integer labels (None: ``max(y) + 1``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``Y``, float64, flat.
+
+    Raises
+    ------
+    InvalidInputError
+        For labels that are not 1-D or not in ``0..C−1``.
     """
     y = torch.as_tensor(y)
     if y.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool):
@@ -181,6 +325,27 @@ def cka_with_labels(K: Any, y: torch.Tensor, centering: str | None = "examples",
 
     ``y``: class labels (one-hot label kernel over the ``N·C`` rows) or float targets.
     The number of outputs is ``K``'s size divided by the number of examples.
+
+    Parameters
+    ----------
+    K : FMatDense or torch.Tensor
+        A symmetric kernel: ``(r, r)`` with ``r = N·C``, ``(N, N, C, C)``, or an FMatDense.
+    y : torch.Tensor
+        ``(N,)`` labels or float targets.
+    centering : {"examples", "full", None}
+        The centering mode (see the module docstring).
+    num_classes : int, optional
+        ``C`` for integer labels.
+
+    Returns
+    -------
+    float
+        The CKA with the label kernel.
+
+    Raises
+    ------
+    InvalidInputError
+        When the kernel's size does not match the labels.
     """
     Km = _matrix(K)
     Y = label_vector(y, num_classes)
@@ -201,6 +366,24 @@ def kernel_pca(K: Any, k: int, centering: str | None = "examples", n_outputs: in
 
     Returns ``(coords (r, k), eigenvalues (k,))`` with ``coords[:, j] = √λ_j u_j`` for the
     eigenpairs ``(λ_j, u_j)`` of the centered kernel.
+
+    Parameters
+    ----------
+    K : FMatDense or torch.Tensor
+        A symmetric kernel: ``(r, r)`` with ``r = N·C``, ``(N, N, C, C)``, or an FMatDense.
+    k : int
+        The number of components (at most ``r``).
+    centering : {"examples", "full", None}
+        The centering mode (see the module docstring).
+    n_outputs : int, optional
+        ``C`` (None: from a 4-D kernel, else 1).
+
+    Returns
+    -------
+    coords : torch.Tensor
+        ``(r, k)``.
+    evals : torch.Tensor
+        ``(k,)``, clipped at 0.
     """
     Kc = center(K, centering, _n_outputs(K, n_outputs))
     evals, evecs = eigh_desc(Kc)
@@ -214,6 +397,25 @@ def label_energy(evecs: torch.Tensor, y: torch.Tensor, num_classes: int | None =
 
     ``evecs`` are the eigenvectors (columns, decreasing eigenvalues) of a kernel on the
     same rows as :func:`label_vector` ``(y)``.
+
+    Parameters
+    ----------
+    evecs : torch.Tensor
+        ``(r, k)``, eigenvectors as columns.
+    y : torch.Tensor
+        ``(N,)`` labels or float targets.
+    num_classes : int, optional
+        ``C`` for integer labels.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(k,)``, non-decreasing, at most 1.
+
+    Raises
+    ------
+    InvalidInputError
+        When the eigenvectors' rows do not match the label vector.
     """
     Y = label_vector(y, num_classes)
     U = torch.as_tensor(evecs).to(torch.float64)

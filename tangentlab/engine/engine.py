@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -162,7 +162,7 @@ def math_attention():
 
 
 @contextlib.contextmanager
-def _requires_grad(params: list[torch.Tensor]):
+def _requires_grad(params: Sequence[torch.Tensor]) -> Iterator[None]:
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
@@ -178,21 +178,32 @@ class Engine:
 
     Parameters
     ----------
-    model: the network (not modified; BatchNorm must be in eval mode unless ``route='joint'``).
-    output: what matrix (see :func:`tangentlab.outputs.make_output`).
-    params: parameter selection or a :class:`ParamSpace` (default: all trainable parameters).
-    registry: layer rules (default :meth:`LayerRegistry.default`).
-    route: ``'auto'`` (hooks where a rule exists, ``torch.func`` elsewhere),
+    model : nn.Module
+        The network (not modified; BatchNorm must be in eval mode unless ``route='joint'``).
+    output : str or OutputFunction or callable
+        What matrix (see :func:`tangentlab.outputs.make_output`).
+    params : selector or ParamSpace, optional
+        Parameter selection (default: all trainable parameters).
+    registry : LayerRegistry, optional
+        Layer rules (default :meth:`LayerRegistry.default`).
+    route : {"auto", "generic", "joint"}
+        ``'auto'`` (hooks where a rule exists, ``torch.func`` elsewhere),
         ``'generic'`` (``torch.func`` for everything), or ``'joint'`` (Jacobian of
         the whole batch function; for batch-coupled models such as BatchNorm in
         train mode).
-    seed: seed of the per-batch random generators (Monte-Carlo Fisher).
-    memory_budget: see :class:`tangentlab.memory.MemoryBudget`.
-    distributed: ``None``/``False`` (one process), ``True`` (the default
+    seed : int
+        Seed of the per-batch random generators (Monte-Carlo Fisher).
+    memory_budget : Any
+        See :class:`tangentlab.memory.MemoryBudget`.
+    progress : bool, optional
+        Progress bars (None: after 2 s on a terminal).
+    distributed : bool or ProcessGroup, optional
+        ``None``/``False`` (one process), ``True`` (the default
         ``torch.distributed`` process group) or a process group: each rank passes its
         own shard of the data and the accumulated sums are all-reduced
         (:mod:`tangentlab.distributed`). A ``DistributedDataParallel`` model is unwrapped.
-    precision: mixed-precision policy (:class:`~tangentlab.engine.precision.Precision`):
+    precision : str or dict or Precision, optional
+        Mixed-precision policy (:class:`~tangentlab.engine.precision.Precision`):
         e.g. ``"bf16"`` (bf16 Jacobians under autocast, float32 accumulation),
         ``"bf16/fp64"``, ``"model/fp64"`` (float32 passes, float64 products and sums) or
         ``"tf32"`` (CUDA). ``engine.dtype`` is the accumulation dtype, ``engine.model_dtype``
@@ -296,6 +307,7 @@ class Engine:
             raise InvalidInputError(f"batch {index}: {why}") from e
 
     def plan(self, batch: Batch) -> RoutePlan:
+        """The route of every layer (hooks or ``torch.func``), probed on the first batch."""
         if self._plan is None:
             check_coupling(self.model, self.route == "joint")
 
@@ -372,6 +384,7 @@ class Engine:
         return plan
 
     def check_outputs(self, s: torch.Tensor, n: int, index: int) -> None:
+        """Refuse pseudo-outputs ``s`` of batch ``index`` not shaped ``(n, C)`` or not finite."""
         if s.dim() != 2 or s.shape[0] != n:
             raise InvalidInputError(
                 f"batch {index}: outputs have shape {tuple(s.shape)}, expected ({n}, C): one row "
@@ -461,8 +474,8 @@ class Engine:
                 aux = self.output.prepare(z.detach(), batch, self.generator(index))
                 s = self.output.head(z, aux, batch)
         finally:
-            for h in handles:
-                h.remove()
+            for handle in handles:
+                handle.remove()
         self.check_outputs(s, batch[0].shape[0], index)
         for h in plan.hooked:
             k = len(records[id(h.module)])
@@ -482,13 +495,13 @@ class Engine:
         out_numel = sum(_prod(r[3]) for r in records)
         # vectorize over output coordinates in chunks that fit the budget (x3 for backward temporaries)
         chunk = max(1, min(c, self.budget.max_elements(s.dtype) // max(1, 3 * out_numel)))
-        results: list[list[torch.Tensor]] = [[] for _ in edges]
+        results: list[list[torch.Tensor | None]] = [[] for _ in edges]
         eye = torch.eye(c, dtype=s.dtype, device=s.device)
         for start in range(first, stop, chunk):
             end = min(stop, start + chunk)
             last = end == stop and not retain
             cot = eye[start:end, None, :].expand(end - start, n, c)
-            grads = None
+            grads: tuple[torch.Tensor | None, ...] | None = None
             if end - start > 1:
                 try:
                     grads = torch.autograd.grad(s, edges, grad_outputs=cot, is_grads_batched=True,
@@ -512,7 +525,8 @@ class Engine:
             if any(p is None for p in parts):  # layer output does not reach the outputs
                 out.append(s.new_zeros(stop - first, *r[3]))
             else:
-                out.append(torch.cat(parts, 0) if len(parts) > 1 else parts[0])
+                done = cast(list[torch.Tensor], parts)
+                out.append(torch.cat(done, 0) if len(done) > 1 else done[0])
         return out
 
     def _generic_pass(self, plan: RoutePlan, batch: Batch, aux: Aux) -> dict[str, torch.Tensor]:

@@ -80,7 +80,7 @@ def _jvp(engine: Engine, batch: Batch, index: int, f: Any, names: list[str], pri
                 fwd_tang[n][row] = 0
 
             try:
-                s, jv = func_jvp(f, (primals,), (fwd_tang,))
+                s, jv = func_jvp(f, (primals,), (fwd_tang,))  # type: ignore[misc]  # torch's stub types jvp as has_aux
                 engine.check_outputs(s, n_ex, index)
                 return jv
             except (NotImplementedError, RuntimeError) as e:

@@ -78,7 +78,8 @@ def gram_tiles(engine: Engine, rows: CaptureCache, cols: CaptureCache | None = N
             row0 = starts1[i]
         r = slice(row0, row0 + c1.n)
         col0 = 0
-        inner = src2.captures(None if keep is None else (lambda j, i=i: keep(i, j)), stop=i if symmetric else None)
+        keep_row: Callable[[int], bool] | None = None if keep is None else (lambda j, i=i: keep(i, j))
+        inner = src2.captures(keep_row, stop=i if symmetric else None)
         if symmetric and (keep is None or keep(i, i)):  # the diagonal tile, with the row capture itself
             inner = _chain(inner, i, c1)
         for j, c2 in inner:
@@ -118,7 +119,24 @@ def _center(blk: Any, c1: Capture, c2: Capture, mean: torch.Tensor, space: Param
 
 
 def gram_sq_frobenius(engine: Engine, data: Any, mean: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """``‖Φ Φᵀ‖_F²`` tile by tile (without storing the kernel) and the number of examples."""
+    """``‖Φ Φᵀ‖_F²`` tile by tile (without storing the kernel) and the number of examples.
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine of the model, its outputs and parameters.
+    data : Any
+        The ``N`` examples (rows ``Φ`` of ``N·C`` tangent features).
+    mean : torch.Tensor, optional
+        Mean features to subtract first (centering).
+
+    Returns
+    -------
+    total : torch.Tensor
+        ``‖Φ Φᵀ‖_F²``, a 0-d tensor (not normalized).
+    n : int
+        The number ``N`` of examples.
+    """
     total = torch.zeros((), dtype=engine.dtype, device=engine.device)
     n = 0
     for t in gram_tiles(engine, CaptureCache.of(engine, data, "NTK rows"), mean=mean):

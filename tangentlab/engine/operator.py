@@ -69,14 +69,17 @@ class MatrixFreeOperator:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the results (the engine's accumulation dtype)."""
         return self.engine.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the results (the model's)."""
         return self.engine.device
 
     @property
     def reducer(self) -> Reducer:
+        """The reduction over ranks of the engine (inactive in one process)."""
         return self.engine.reducer
 
     def _input(self, t: torch.Tensor) -> torch.Tensor:

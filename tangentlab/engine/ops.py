@@ -9,6 +9,8 @@ selected ones are materialized instead.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from ..layers.base import sym_gram_into
@@ -58,7 +60,7 @@ def per_example(cap: Capture, space: ParamSpace, c: slice = slice(None),
 def diag(cap: Capture, space: ParamSpace) -> torch.Tensor:
     """``Σ_{c,n} φ_{c,n}²``: ``(P,)``."""
     hooked = _hooked(cap)
-    parts = []
+    parts: list[torch.Tensor] = []
     for lay in space.layers:
         lc = hooked.get(lay.module)
         if lc is not None:
@@ -72,7 +74,7 @@ def diag(cap: Capture, space: ParamSpace) -> torch.Tensor:
 def grad_sum(cap: Capture, space: ParamSpace) -> torch.Tensor:
     """``Σ_n φ_{c,n}``: ``(C, P)``."""
     hooked = _hooked(cap)
-    parts = []
+    parts: list[torch.Tensor] = []
     for lay in space.layers:
         lc = hooked.get(lay.module)
         if lc is not None:
@@ -116,7 +118,7 @@ def gram(cap1: Capture, cap2: Capture, space: ParamSpace, per_layer: bool = Fals
         out = zeros()
     for lay in space.layers:
         l1, l2 = h1.get(lay.module), h2.get(lay.module)
-        target = blocks.setdefault(lay.module, zeros()) if per_layer else out
+        target = blocks.setdefault(lay.module, zeros()) if per_layer else cast(torch.Tensor, out)
         if l1 is not None and l2 is not None and _full(l1):
             l1.rule.gram_into(l1.module, l1.feat, l1.g, l1.feat if same else l2.feat, l1.g if same else l2.g, target)
         elif same:  # generic route or partial selection: materialized rows n·C + c
@@ -126,7 +128,7 @@ def gram(cap1: Capture, cap2: Capture, space: ParamSpace, per_layer: bool = Fals
             target += torch.einsum("cnp,dmp->nmcd", layer_per_example(cap1, lay), layer_per_example(cap2, lay))
     if per_layer:
         return blocks
-    return out
+    return cast(torch.Tensor, out)
 
 
 def dot(cap: Capture, space: ParamSpace, v: dict[str, torch.Tensor]) -> torch.Tensor:

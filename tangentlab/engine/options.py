@@ -43,7 +43,30 @@ ROUTES = ("auto", "generic", "joint")
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How an engine computes (see the module docstring); validated on construction."""
+    """How an engine computes (see the module docstring); validated on construction.
+
+    Attributes
+    ----------
+    route : str
+        ``"auto"``, ``"generic"`` or ``"joint"``.
+    registry : LayerRegistry or None
+        The layer rules (None: the built-in rules).
+    seed : int
+        Seed of the per-batch random generators.
+    memory_budget : Any
+        Bytes, or a string such as ``"2GB"`` (None: half the free memory).
+    progress : bool or None
+        Progress bars (None: after 2 s on a terminal).
+    distributed : Any
+        None/False, True (the default process group) or a process group.
+    precision : Any
+        The mixed-precision policy (a string, a dict or a Precision).
+
+    Raises
+    ------
+    InvalidInputError
+        For a value outside those listed.
+    """
 
     route: str = "auto"
     registry: LayerRegistry | None = None
@@ -71,7 +94,25 @@ class EngineOptions:
     @classmethod
     def merge(cls, options: EngineOptions | None, **keywords: Any) -> EngineOptions:
         """The options of an entry point: ``options`` when given (then every engine keyword
-        must keep its default), else the keywords."""
+        must keep its default), else the keywords.
+
+        Parameters
+        ----------
+        options : EngineOptions or None
+            The options passed as ``options=``.
+        **keywords
+            The entry point's engine keywords (``route`` ... ``precision``).
+
+        Returns
+        -------
+        EngineOptions
+            The merged options.
+
+        Raises
+        ------
+        InvalidInputError
+            When ``options`` is given together with a non-default keyword.
+        """
         if options is None:
             return cls(**keywords)
         if not isinstance(options, EngineOptions):

@@ -53,7 +53,8 @@ class CaptureCache:
     """
 
     def __init__(self, limit: int, engine: Engine | None = None, data: Any = None, desc: str = "captures"):
-        self.limit, self.nbytes, self.caps = int(limit), 0, []
+        self.caps: list[Any] = []
+        self.limit, self.nbytes = int(limit), 0
         self.ok = self.limit > 0
         self.engine, self.desc = engine, desc
         self.data = None if data is None else (data if isinstance(data, Batches) else Batches(data))

@@ -4,6 +4,7 @@ route (a registered layer rule) and which the generic ``torch.func`` route."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -43,7 +44,7 @@ class RoutePlan:
     unfuse: bool = False
 
 
-def check_params(params: dict[str, torch.Tensor]) -> tuple[torch.dtype, torch.device]:
+def check_params(params: Mapping[str, torch.Tensor]) -> tuple[torch.dtype, torch.device]:
     """All selected parameters must share one dtype and one device."""
     items = list(params.items())
     name0, p0 = items[0]
@@ -165,9 +166,9 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
     for lay in space.layers:
         mod = modules[lay.module]
         rule, klass = None, None
-        for k in type(mod).__mro__:
-            if k in registry:
-                rule, klass = registry.lookup(mod), k
+        for kls in type(mod).__mro__:
+            if kls in registry:
+                rule, klass = registry.lookup(mod), kls
                 break
         reason = None
         if rule is None:

@@ -63,7 +63,7 @@ class Precision:
             p = cls(**spec)
         elif isinstance(spec, str):
             comp, _, acc = spec.partition("/")
-            acc_dtype = {"": None, "fp32": torch.float32, "float32": torch.float32, "fp64": torch.float64,
+            acc_dtype: Any = {"": None, "fp32": torch.float32, "float32": torch.float32, "fp64": torch.float64,
                          "float64": torch.float64}.get(acc.strip().lower(), "bad")
             if acc_dtype == "bad":
                 raise InvalidInputError(f"precision {spec!r}: accumulate dtype {acc!r} is not fp32 or fp64")
@@ -75,11 +75,11 @@ class Precision:
         if comp not in COMPUTE:
             raise InvalidInputError(f"precision compute={p.compute!r}: accepted values are "
                                     f"{', '.join(COMPUTE)} (bf16/fp16: torch.autocast; tf32: CUDA only)")
-        acc = p.accumulate
-        if acc is None and comp in ("bf16", "fp16"):
-            acc = torch.float32 if model_dtype != torch.float64 else torch.float64
-        if acc is not None and acc not in ACCUMULATE:
-            raise InvalidInputError(f"precision accumulate={acc}: accepted values are torch.float32 and "
+        acc_out = p.accumulate
+        if acc_out is None and comp in ("bf16", "fp16"):
+            acc_out = torch.float32 if model_dtype != torch.float64 else torch.float64
+        if acc_out is not None and acc_out not in ACCUMULATE:
+            raise InvalidInputError(f"precision accumulate={acc_out}: accepted values are torch.float32 and "
                                     "torch.float64 (or None: the model's dtype)")
         if comp != "model" and model_dtype != torch.float32:
             raise InvalidInputError(f"precision compute={comp!r} needs a float32 model (autocast/TF32 act on "
@@ -89,7 +89,7 @@ class Precision:
                                     f"{device.type} use 'bf16' or 'model'")
         if comp == "fp16" and device.type == "cpu" and not _cpu_fp16_autocast():
             raise InvalidInputError("this torch build has no float16 CPU autocast; use 'bf16'")
-        return cls(comp, acc)
+        return cls(comp, acc_out)
 
     @property
     def low(self) -> torch.dtype | None:

@@ -10,6 +10,7 @@ written ``None`` so that no rotation is done on that side.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 
@@ -57,7 +58,8 @@ def sym_fn(m: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch
     """Apply ``fn`` to the eigenvalues of a batch of symmetric matrices (or a diagonal)."""
     if m.dim() == 2:
         return fn(m)
-    e, u = sym_eigh(m)
+    e, u_ = sym_eigh(m)
+    u = cast(torch.Tensor, u_)  # a batch of matrices has eigenvectors
     return (u * fn(e)[:, None, :]) @ u.transpose(1, 2)
 
 

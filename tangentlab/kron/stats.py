@@ -38,15 +38,16 @@ def kron_layouts(cap: Capture, space: ParamSpace, cache: dict[str, Layout] | Non
     hooked = {lc.layer.module: lc for lc in cap.layers}
     if cache is not None and cache and all(lay.module in cache and lay.module in hooked for lay in space.layers):
         return [(hooked[lay.module], *cache[lay.module]) for lay in space.layers]
-    out, bad = [], []
+    out: list[tuple[LayerCapture, torch.Tensor, torch.Tensor]] = []
+    bad: list[str] = []
     for lay in space.layers:
         lc = hooked.get(lay.module)
         layout = lc.rule.kron_layout(lc.module) if lc is not None else None
-        if layout is None:
+        if lc is None or layout is None:
             bad.append(f"{lay.module or '<root>'} ({lay.module_type})")
             continue
         device = lc.g.device
-        glob = None
+        glob: Any = None
         for p in lay.params:
             idx = layout.index.get(p.local)
             if idx is None:

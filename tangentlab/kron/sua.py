@@ -10,6 +10,8 @@ block ``(1, O, 1)`` with input factor ``T_out``.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 
 from ..layers.base import CHUNK_ELEMENTS
@@ -40,7 +42,8 @@ def sua_second_moments(a: torch.Tensor, g: torch.Tensor, k: int, has_bias: bool,
     cin = (a.shape[-1] - int(has_bias)) // k
     per = max(1, chunk // max(1, o * a.shape[-1]))
     a2 = a[:, :, 0]  # (N, T, I)
-    sw = sb = None
+    sw: Any = None
+    sb: Any = None
     for ci in range(c):
         gg = g[ci, :, :, 0]  # (N, T, O)
         if bias_basis is not None:
@@ -56,8 +59,8 @@ def sua_second_moments(a: torch.Tensor, g: torch.Tensor, k: int, has_bias: bool,
             r = torch.matmul(torch.matmul(ub.transpose(0, 1), w), ua)
             s = r.square().sum(0)
             sw = s if sw is None else sw.add_(s)
-    if sb is not None:
-        sb = (sb * bias_basis[0][0, 0, 0] ** 2)[None, :, None]
+    if sb is not None:  # only accumulated when bias_basis is given
+        sb = (sb * cast(tuple[torch.Tensor, torch.Tensor], bias_basis)[0][0, 0, 0] ** 2)[None, :, None]
     return sw, sb
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -27,32 +27,65 @@ CHUNK_ELEMENTS = 1 << 24
 
 
 class LayerRule:
-    """Maths of one layer type. Subclass and register with :meth:`LayerRegistry.register`."""
+    """Maths of one layer type. Subclass and register with :meth:`LayerRegistry.register`.
+
+    The ``module`` argument of the methods is the layer the rule handles, typed ``Any`` here:
+    each rule narrows it to its own module type.
+    """
 
     def params(self, module: nn.Module) -> tuple[str, ...]:
-        """Local names of the parameters this rule handles (default: weight and bias if present)."""
+        """Local names of the parameters this rule handles (default: weight and bias if present).
+
+        Parameters
+        ----------
+        module : nn.Module
+        """
         return tuple(n for n in ("weight", "bias") if getattr(module, n, None) is not None)
 
-    def check(self, module: nn.Module) -> str | None:
+    def check(self, module: Any) -> str | None:
         """Return a reason why this module must take the generic route, or None.
 
         Raise :class:`~tangentlab.errors.UnsupportedLayerError` for configurations
         that no route can handle correctly.
+
+        Parameters
+        ----------
+        module : nn.Module
         """
         return None
 
-    def features(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
-        """What the rule needs from the module's inputs (computed once per batch)."""
+    def features(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """What the rule needs from the module's inputs (computed once per batch).
+
+        Parameters
+        ----------
+        module : nn.Module
+        args, kwargs
+            The module's forward inputs.
+        """
         raise NotImplementedError
 
     def per_example(self, module: nn.Module, feat: Any, g: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-example gradients ``φ_{c,n}``: ``{local name: (C, N, *param_shape)}``."""
+        """Per-example gradients ``φ_{c,n}``: ``{local name: (C, N, *param_shape)}``.
+
+        Parameters
+        ----------
+        module, feat, g
+            The module, its :meth:`features` of the batch and ``g`` ``(C, N, *output_shape)``.
+        """
         raise NotImplementedError
 
     def per_example_into(self, module: nn.Module, feat: Any, g: torch.Tensor,
                          outs: dict[str, torch.Tensor]) -> None:
-        """Write per-example gradients into ``outs[name]`` (views of shape ``(C, N, *shape)``,
-        for the parameters wanted); saves the intermediate copies of :meth:`per_example`."""
+        """Write per-example gradients into ``outs[name]``, without :meth:`per_example`'s copies.
+
+        Parameters
+        ----------
+        module, feat, g
+            The module, its :meth:`features` of the batch and ``g`` ``(C, N, *output_shape)``.
+        outs : dict of str to torch.Tensor
+            Views of shape ``(C, N, *param_shape)``, for the parameters wanted.
+        """
         pe = self.per_example(module, feat, g)
         for k, dst in outs.items():
             dst.copy_(pe[k])
@@ -66,13 +99,25 @@ class LayerRule:
             yield slice(i, min(c, i + step))
 
     def flat_per_example(self, module: nn.Module, feat: Any, g: torch.Tensor) -> torch.Tensor:
-        """Per-example gradients flattened and concatenated: ``(C, N, P_layer)``."""
+        """Per-example gradients flattened and concatenated: ``(C, N, P_layer)``.
+
+        Parameters
+        ----------
+        module, feat, g
+            The module, its :meth:`features` of the batch and ``g`` ``(C, N, *output_shape)``.
+        """
         pe = self.per_example(module, feat, g)
         c, n = g.shape[0], g.shape[1]
         return torch.cat([pe[p].reshape(c, n, -1) for p in self.params(module)], dim=2)
 
     def grad_sum(self, module: nn.Module, feat: Any, g: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``Σ_n φ_{c,n}``: ``{local name: (C, *param_shape)}``."""
+        """``Σ_n φ_{c,n}``: ``{local name: (C, *param_shape)}``.
+
+        Parameters
+        ----------
+        module, feat, g
+            The module, its :meth:`features` of the batch and ``g`` ``(C, N, *output_shape)``.
+        """
         parts: dict[str, list[torch.Tensor]] = {}
         for sl in self._chunks(module, g):
             for k, v in self.per_example(module, feat, g[sl]).items():
@@ -80,7 +125,13 @@ class LayerRule:
         return {k: torch.cat(v, 0) for k, v in parts.items()}
 
     def diag(self, module: nn.Module, feat: Any, g: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``Σ_{c,n} φ_{c,n}²`` (entrywise): ``{local name: param_shape}``."""
+        """``Σ_{c,n} φ_{c,n}²`` (entrywise): ``{local name: param_shape}``.
+
+        Parameters
+        ----------
+        module, feat, g
+            The module, its :meth:`features` of the batch and ``g`` ``(C, N, *output_shape)``.
+        """
         out: dict[str, torch.Tensor] = {}
         for sl in self._chunks(module, g):
             for k, v in self.per_example(module, feat, g[sl]).items():
@@ -89,7 +140,13 @@ class LayerRule:
         return out
 
     def sq_norms(self, module: nn.Module, feat: Any, g: torch.Tensor) -> torch.Tensor:
-        """``‖φ_{c,n}‖²``: ``(C, N)``."""
+        """``‖φ_{c,n}‖²``: ``(C, N)``.
+
+        Parameters
+        ----------
+        module, feat, g
+            The module, its :meth:`features` of the batch and ``g`` ``(C, N, *output_shape)``.
+        """
         parts = []
         for sl in self._chunks(module, g):
             pe = self.flat_per_example(module, feat, g[sl])
@@ -98,7 +155,14 @@ class LayerRule:
 
     def gram(self, module: nn.Module, feat1: Any, g1: torch.Tensor,
              feat2: Any, g2: torch.Tensor) -> torch.Tensor:
-        """Layer contribution to the NTK: ``K[n, m, c, d] = ⟨φ¹_{c,n}, φ²_{d,m}⟩``, shape ``(N1, N2, C, D)``."""
+        """Layer contribution to the NTK: ``K[n, m, c, d] = ⟨φ¹_{c,n}, φ²_{d,m}⟩``, shape ``(N1, N2, C, D)``.
+
+        Parameters
+        ----------
+        module : nn.Module
+        feat1, g1, feat2, g2
+            Features and ``g`` of the two batches (the same objects for one set with itself).
+        """
         p1 = self.flat_per_example(module, feat1, g1)
         if g2 is g1 and feat2 is feat1:
             return per_example_gram(p1)
@@ -108,12 +172,26 @@ class LayerRule:
     def gram_into(self, module: nn.Module, feat1: Any, g1: torch.Tensor, feat2: Any, g2: torch.Tensor,
                   out: torch.Tensor) -> None:
         """``out += gram(...)``: rules with a structured Gram accumulate in place (no
-        per-layer ``(N1, N2, C, D)`` temporaries)."""
+        per-layer ``(N1, N2, C, D)`` temporaries).
+
+        Parameters
+        ----------
+        module : nn.Module
+        feat1, g1, feat2, g2
+            Features and ``g`` of the two batches (the same objects for one set with itself).
+        out : torch.Tensor
+            ``(N1, N2, C, D)``, any strides.
+        """
         out += self.gram(module, feat1, g1, feat2, g2)
 
     # ---- Kronecker factors (optional: layers that define them support KFAC/EKFAC) ----------
-    def kron_layout(self, module: nn.Module) -> KronLayout | None:
-        """The matrix layout of the parameters for KFAC/EKFAC, or None if not defined."""
+    def kron_layout(self, module: Any) -> KronLayout | None:
+        """The matrix layout of the parameters for KFAC/EKFAC, or None if not defined.
+
+        Parameters
+        ----------
+        module : nn.Module
+        """
         return None
 
     def kfac_factors(self, module: nn.Module, feat: Any, g: torch.Tensor, cols: torch.Tensor,
@@ -121,22 +199,50 @@ class LayerRule:
         """Sums over the batch of the KFAC factors restricted to input columns ``cols``:
         ``A = Σ_n Σ_t ã ãᵀ`` (``(G, I, I)``, or ``(G, I)`` if diagonal) and
         ``B = Σ_n Σ_c (1/T) Σ_t g gᵀ`` (``(G, O, O)``). ``input_factor=False``: ``A`` is not
-        computed (``None``; later output blocks of a batch already counted)."""
+        computed (``None``; later output blocks of a batch already counted).
+
+        Parameters
+        ----------
+        module, feat, g
+            The module, its :meth:`features` of the batch and ``g`` ``(C, N, *output_shape)``.
+        cols : torch.Tensor
+            The selected input columns (indices).
+        input_factor : bool
+            Compute ``A``.
+        """
         raise NotImplementedError
 
     def kfe_diag(self, module: nn.Module, feat: Any, g: torch.Tensor, cols: torch.Tensor,
                  ua: torch.Tensor | None, ub: torch.Tensor) -> torch.Tensor:
         """``Σ_n Σ_c (U_Bᵀ G_{c,n} U_A)²`` entrywise (``(G, O, I)``): the squared per-example
-        gradients in the Kronecker-factored eigenbasis (``ua=None``: identity)."""
+        gradients in the Kronecker-factored eigenbasis (``ua=None``: identity).
+
+        Parameters
+        ----------
+        module, feat, g
+            The module, its :meth:`features` of the batch and ``g`` ``(C, N, *output_shape)``.
+        cols : torch.Tensor
+            The selected input columns.
+        ua, ub : torch.Tensor
+            The eigenbases ``U_A`` ``(G, I, I)`` (or None) and ``U_B`` ``(G, O, O)``.
+        """
         raise NotImplementedError
 
     def dot(self, module: nn.Module, feat: Any, g: torch.Tensor,
             v: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``⟨φ_{c,n}, v⟩`` for a parameter-space vector ``v`` of this layer: ``(C, N)``."""
+        """``⟨φ_{c,n}, v⟩`` for a parameter-space vector ``v`` of this layer: ``(C, N)``.
+
+        Parameters
+        ----------
+        module, feat, g
+            The module, its :meth:`features` of the batch and ``g`` ``(C, N, *output_shape)``.
+        v : dict of str to torch.Tensor
+            ``{local name: param_shape}``.
+        """
         parts = []
         for sl in self._chunks(module, g):
             pe = self.per_example(module, feat, g[sl])
-            parts.append(sum(torch.einsum("cn...,...->cn", pe[k], v[k]) for k in pe))
+            parts.append(cast(torch.Tensor, sum(torch.einsum("cn...,...->cn", pe[k], v[k]) for k in pe)))
         return torch.cat(parts, 0)
 
 

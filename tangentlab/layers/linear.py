@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -109,9 +110,10 @@ class ConvRule(PatchRule):
         if not self._grouped_route(feat, g):
             return super().per_example_into(module, feat, g, outs)
         c, n, o = g.shape[0], g.shape[1], g.shape[2]
-        g4 = g.reshape(c, n, o, *feat.conv.out_hw)
+        conv = cast(ConvSource, feat.conv)  # the grouped route is taken for convolutions only
+        g4 = g.reshape(c, n, o, *conv.out_hw)
         if "weight" in outs:
-            w = conv_weight_rows(feat.conv, g4).view(n, c, -1)
+            w = conv_weight_rows(conv, g4).view(n, c, -1)
             outs["weight"].view(c, n, -1).copy_(w.transpose(0, 1))
         if "bias" in outs:
             outs["bias"].view(c, n, o).copy_(g4.sum((3, 4)))
@@ -122,12 +124,13 @@ class ConvRule(PatchRule):
         # one output coordinate: per-example weight gradients of a chunk of examples by one
         # grouped convolution backward, straight from the input (the patches are never unfolded)
         n, o = g.shape[1], g.shape[2]
-        g4 = g.reshape(1, n, o, *feat.conv.out_hw)
+        conv = cast(ConvSource, feat.conv)
+        g4 = g.reshape(1, n, o, *conv.out_hw)
         out = torch.empty(1, n, dtype=g.dtype, device=g.device)
         per = max(1, CHUNK_ELEMENTS // max(1, o * i))
         for st in range(0, n, per):
             sl = slice(st, st + per)
-            w = conv_weight_rows(replace(feat.conv, x=feat.conv.x[sl]), g4[:, sl])
+            w = conv_weight_rows(replace(conv, x=conv.x[sl]), g4[:, sl])
             out[0, sl] = w.pow(2).sum((1, 2))
             if feat.has_bias:
                 out[0, sl] += g4[0, sl].sum((2, 3)).pow(2).sum(-1)
@@ -137,8 +140,9 @@ class ConvRule(PatchRule):
         if not self._grouped_route(feat, g):
             return super().per_example_rows(module, feat, g)
         c, n, o = g.shape[0], g.shape[1], g.shape[2]
-        g4 = g.reshape(c, n, o, *feat.conv.out_hw)
-        w = conv_weight_rows(feat.conv, g4).view(n * c, -1)
+        conv = cast(ConvSource, feat.conv)
+        g4 = g.reshape(c, n, o, *conv.out_hw)
+        w = conv_weight_rows(conv, g4).view(n * c, -1)
         if not feat.has_bias:
             return w
         return torch.cat([w, g4.sum((3, 4)).transpose(0, 1).reshape(n * c, o)], 1)

@@ -16,6 +16,7 @@ Fast paths (chosen per layer from a flop count):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -57,23 +58,23 @@ class Patches:
     @property
     def a(self) -> torch.Tensor:
         if self.a_ is None:
-            self.a_ = unfold_patches(self.conv, self.has_bias)
+            self.a_ = unfold_patches(cast(ConvSource, self.conv), self.has_bias)
         return self.a_
 
     @property
     def n(self) -> int:
-        return self.a_.shape[0] if self.a_ is not None else self.conv.x.shape[0]
+        return self.a_.shape[0] if self.a_ is not None else cast(ConvSource, self.conv).x.shape[0]
 
     @property
     def t(self) -> int:
         if self.a_ is not None:
             return self.a_.shape[1]
-        ho, wo = self.conv.out_hw
+        ho, wo = cast(ConvSource, self.conv).out_hw
         return ho * wo
 
     @property
     def groups(self) -> int:
-        return self.a_.shape[2] if self.a_ is not None else self.conv.groups
+        return self.a_.shape[2] if self.a_ is not None else cast(ConvSource, self.conv).groups
 
 
 class PatchRule(LayerRule):
@@ -249,7 +250,7 @@ class PatchRule(LayerRule):
         return pe.reshape(n * c, -1)
 
     # ---- Kronecker factors (KFAC for Linear, KFC for convolutions) --------------------------
-    def geometry(self, module: nn.Module) -> tuple[int, int, int, bool]:
+    def geometry(self, module: Any) -> tuple[int, int, int, bool]:
         """``(G, O, I_w, has_bias)``: groups, outputs and weight inputs per group."""
         raise NotImplementedError
 
@@ -322,12 +323,12 @@ def kfe_second_moment(a: torch.Tensor, g: torch.Tensor, ua: torch.Tensor | None,
     rot_a_first = ua is not None and t < o  # N T I² < N O I²
     rot_g_first = t < i  # N T O² < N O² I
     per = max(1, chunk // max(1, grp * o * i))
-    out = None
+    out: Any = None
     for gi in range(grp):
         ag = a[:, :, gi]  # (N, T, I)
         if rot_a_first:
-            ag = torch.matmul(ag, ua[gi])
-        acc = None
+            ag = torch.matmul(ag, cast(torch.Tensor, ua)[gi])
+        acc: Any = None
         for ci in range(c):
             gt = g[ci, :, :, gi].transpose(1, 2)  # (N, O, T): contiguous for a convolution's gradient
             if rot_g_first:

@@ -38,6 +38,11 @@ class LayerRegistry:
         reg = LayerRegistry.default()
         reg.register(MyLayer, MyLayerRule())
         F = tangentlab.fim(model, data, registry=reg)
+
+    Parameters
+    ----------
+    rules : dict of type to LayerRule, optional
+        The initial ``{module type: rule}`` (copied; default empty).
     """
 
     def __init__(self, rules: dict[type, LayerRule] | None = None):
@@ -45,9 +50,24 @@ class LayerRegistry:
 
     @classmethod
     def default(cls) -> LayerRegistry:
+        """A new registry with the built-in rules."""
         return cls(builtin_rules())
 
     def register(self, module_type: type, rule: LayerRule) -> LayerRegistry:
+        """Handle ``module_type`` (and its subclasses) with ``rule``; returns ``self``.
+
+        Parameters
+        ----------
+        module_type : type
+            An ``nn.Module`` subclass.
+        rule : LayerRule
+            Its rule (replacing any previous one).
+
+        Raises
+        ------
+        TypeError
+            For a type that is not a module, or a rule that is not a LayerRule.
+        """
         if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
             raise TypeError(f"{module_type!r} is not an nn.Module subclass")
         if not isinstance(rule, LayerRule):
@@ -56,9 +76,21 @@ class LayerRegistry:
         return self
 
     def copy(self) -> LayerRegistry:
+        """A new registry with the same rules."""
         return LayerRegistry(self._rules)
 
     def lookup(self, module: nn.Module) -> LayerRule | None:
+        """The rule of the module's class or of its nearest registered base class.
+
+        Parameters
+        ----------
+        module : nn.Module
+
+        Returns
+        -------
+        LayerRule or None
+            None when no class in the module's hierarchy is registered.
+        """
         for klass in type(module).__mro__:
             if klass in self._rules:
                 return self._rules[klass]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.grad  # noqa: F401  (the stubs of torch.nn do not expose the submodule)
 
 if TYPE_CHECKING:  # patch.py builds on this module
     from .patch import ConvSource

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class ParamBlock:
     rule: LayerRule
     part: str
     index: dict[str, torch.Tensor]
-    params: dict[str, nn.Parameter]
+    params: dict[str, torch.Tensor]
     diagonal_a: bool = False
     shape: tuple[int, int, int] = (0, 0, 0)
 
@@ -67,7 +68,7 @@ class ParamBlock:
             self.structured = False
 
     @property
-    def key(self) -> nn.Parameter:
+    def key(self) -> torch.Tensor:
         """The parameter whose optimizer state holds this block's state."""
         return self.params["bias"] if self.part == "sua_b" else self.params["weight"]
 
@@ -106,7 +107,7 @@ class ParamBlock:
     @property
     def kernel_size(self) -> int:
         k = 1
-        for d in self.module.kernel_size:
+        for d in cast(tuple[int, ...], self.module.kernel_size):
             k *= d
         return k
 

@@ -11,7 +11,7 @@ kept by the optimizer) and the damped denominator ``D`` (:mod:`tangentlab.kron.d
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -21,6 +21,9 @@ from ..kron.sua import sua_input_factor, sua_second_moments
 from .blocks import ParamBlock
 from .ranks import mean_over_ranks, shared_eigh
 from .statistics import Stats
+
+if TYPE_CHECKING:
+    from ..layers.patch import PatchRule
 
 
 class Curvature:
@@ -47,14 +50,15 @@ class Curvature:
         if b.part == "kron":
             cols = torch.arange(b.shape[2], device=g.device)
             a, bb = b.rule.kfac_factors(b.module, feat, g, cols)
-            return a / n, bb / n
+            return cast(torch.Tensor, a) / n, bb / n  # input_factor=True: A is computed
         # SUA: B from the rule, A over input channels
         _, bb = b.rule.kfac_factors(b.module, feat, g, torch.zeros(1, dtype=torch.long, device=g.device),
                                     input_factor=False)
         if b.part == "sua_b":
             a = torch.full((1, 1, 1), float(feat.t), dtype=bb.dtype, device=bb.device)
             return a, bb / n
-        return sua_input_factor(raw_input, feat.t) / n, bb / n  # the same for all K kernel positions
+        x = cast(torch.Tensor, raw_input)  # given for SUA weight blocks
+        return sua_input_factor(x, feat.t) / n, bb / n  # the same for all K kernel positions
 
     def recompute(self, b: ParamBlock, stats: Stats, raw_input: torch.Tensor | None = None) -> None:
         """New factors and eigenbasis of ``b`` (EKFAC-ra: ``s`` reset to ``s_B ⊗ s_A``)."""
@@ -65,7 +69,8 @@ class Curvature:
         ea, eb = ea.clamp_min(0), eb.clamp_min(0)
         if b.part == "sua_w":  # one decomposition shared by the K kernel positions
             k = b.shape[0]
-            ea, ua, eb, ub = (t.expand(k, *t.shape[1:]).contiguous() for t in (ea, ua, eb, ub))
+            ea, ua, eb, ub = (cast(torch.Tensor, t).expand(k, *cast(torch.Tensor, t).shape[1:]).contiguous()
+                              for t in (ea, ua, eb, ub))  # a convolution's factors are matrices
         st.update(ua=ua, ea=ea, ub=ub, eb=eb)
         self._den_cache.pop(self.index[id(b)], None)
         if self.scaling == "running":
@@ -91,14 +96,16 @@ class Curvature:
             feat, g, n = stats[name]
             some = self.blocks[next(iter(parts.values()))]
             wi, bi = parts.get("sua_w"), parts.get("sua_b")
+            basis: dict[int | None, tuple[torch.Tensor, torch.Tensor]]
             basis = {i: (self.state(self.blocks[i])["ua"], self.state(self.blocks[i])["ub"])
                      for i in (wi, bi) if i is not None}
-            sw, sb = sua_second_moments(feat.a, some.rule.shape_g(some.module, feat, g), some.kernel_size,
+            rule = cast("PatchRule", some.rule)  # SUA blocks are convolutions
+            sw, sb = sua_second_moments(feat.a, rule.shape_g(some.module, feat, g), some.kernel_size,
                                         feat.has_bias, basis.get(wi), basis.get(bi))
             if wi is not None:
-                out[wi] = sw / n
+                out[wi] = cast(torch.Tensor, sw) / n
             if bi is not None:
-                out[bi] = sb / n
+                out[bi] = cast(torch.Tensor, sb) / n
         if self.reducer.active:
             n = stats[blocks[0].name][2]
             keys = list(out)
@@ -112,7 +119,7 @@ class Curvature:
         block and ``ε``."""
         factored = self.damping_scheme == "factored"
         if not factored and self.scaling != "kfac":
-            return s + eps
+            return cast(torch.Tensor, s) + eps  # EKFAC passes its scaling s
         idx = self.index[id(b)]
         hit = self._den_cache.get(idx)
         if hit is None or hit[0] != eps:
@@ -124,7 +131,7 @@ class Curvature:
                 fixed = ekfac_shift(ea, eb, eps)
             hit = (eps, fixed)
             self._den_cache[idx] = hit
-        return hit[1] if self.scaling == "kfac" else s + hit[1]
+        return hit[1] if self.scaling == "kfac" else cast(torch.Tensor, s) + hit[1]
 
 
 __all__ = ["Curvature"]

@@ -72,7 +72,7 @@ front of any other ``torch.optim`` optimizer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -106,25 +106,56 @@ class KronOptimizer(torch.optim.Optimizer):
 
     Parameters
     ----------
-    model: the network; its Kronecker-factorable layers (Linear, Conv, Embedding, ...) whose
-        parameters all require gradients are preconditioned (``layers``: restrict to these
-        module paths).
-    lr: learning rate ``η``. damping: ``ε > 0``. period: eigenbasis / factor recomputation
-        period ``n`` (Algorithm 1). damping_scheme: ``"plain"`` or ``"factored"``.
-    fisher, likelihood, n_samples, seed: statistics (``"empirical"`` or ``"true"``).
-    loss_reduction: ``"mean"`` or ``"sum"``: how the user's loss reduces over the batch
-        (empirical Fisher only: per-example gradients are rebuilt from the backward pass).
-    conv: ``"kfc"`` or ``"sua"``. momentum, weight_decay: of the update.
-    fallback: ``callable(list of parameters) -> torch.optim.Optimizer`` for the parameters of
+    model : nn.Module
+        The network; its Kronecker-factorable layers (Linear, Conv, Embedding, ...) whose
+        parameters all require gradients are preconditioned.
+    lr : float
+        The learning rate ``η``.
+    damping : float
+        ``ε > 0``.
+    period : int
+        The eigenbasis / factor recomputation period ``n`` (Algorithm 1).
+    damping_scheme : {"plain", "factored"}
+        The damped denominator (see the module docstring).
+    fisher : {"empirical", "true"}
+        The statistics (see the module docstring).
+    likelihood : {"softmax", "gaussian", "bernoulli"}
+        The model's likelihood (``fisher="true"``).
+    n_samples : int
+        Sampled labels per example (``fisher="true"``, ``"softmax"``).
+    loss_reduction : {"mean", "sum"}
+        How the user's loss reduces over the batch (empirical Fisher only: per-example
+        gradients are rebuilt from the backward pass).
+    conv : {"kfc", "sua"}
+        The factors of convolutions.
+    momentum, weight_decay : float
+        Of the update.
+    fallback : callable, optional
+        ``callable(list of parameters) -> torch.optim.Optimizer`` for the parameters of
         other modules (default SGD with ``lr`` and ``momentum``).
-    distributed: ``True`` (default process group) or a group: data-parallel training (wrap the
+    layers : iterable of str, optional
+        Restrict the preconditioned layers to these module paths.
+    seed : int
+        Seed of the sampled labels.
+    registry : LayerRegistry, optional
+        The layer rules.
+    distributed : bool or ProcessGroup, optional
+        ``True`` (default process group) or a group: data-parallel training (wrap the
         model in ``DistributedDataParallel`` so gradients are averaged). The factors and ``s*``
         are averaged over the ranks weighted by their batch sizes, and the eigendecompositions
         are dealt round-robin to the ranks (block ``k`` on rank ``k mod world``) and broadcast,
         so every rank applies the same preconditioner.
+    options : EngineOptions, optional
+        The engine settings of the true-Fisher statistics, as in :func:`tangentlab.fim`.
+
+    Raises
+    ------
+    InvalidInputError
+        For a value outside those listed, or a model without a covered layer.
     """
 
     scaling: str = "kfac"
+    decay: float  # the running average's α, set by EKFACRA (scaling "running")
 
     def __init__(self, model: nn.Module, lr: float = 1e-2, damping: float = 1e-3, *, period: int = 100,
                  damping_scheme: str = "factored", fisher: str = "empirical", likelihood: str = "softmax",
@@ -217,7 +248,7 @@ class KronOptimizer(torch.optim.Optimizer):
         return b.gather(grads)
 
     # ---- the step ----------------------------------------------------------------------
-    def _preconditioned(self) -> dict[nn.Parameter, torch.Tensor]:
+    def _preconditioned(self) -> dict[torch.Tensor, torch.Tensor]:
         """``{parameter: preconditioned gradient}`` for the covered parameters (advances the
         statistics: one call per optimization step).
 
@@ -230,7 +261,7 @@ class KronOptimizer(torch.optim.Optimizer):
         curv = self.curvature
         grads = {id(b.key): self._block_grad(b, group) for b in self.blocks}
         todo = [b for b in self.blocks if grads[id(b.key)] is not None]
-        out: dict[nn.Parameter, torch.Tensor] = {}
+        out: dict[torch.Tensor, torch.Tensor] = {}
         if todo:
             recompute = self.n_steps % self.period == 0
             stale = [b for b in todo if recompute or "ua" not in self._state(b)]
@@ -253,9 +284,9 @@ class KronOptimizer(torch.optim.Optimizer):
             for b in todo:
                 st = self._state(b)
                 ua, ub = st["ua"], st["ub"]
-                grad = grads[id(b.key)]
+                grad = cast(torch.Tensor, grads[id(b.key)])  # todo: the blocks with a gradient
                 rot = rotate(grad, ua, ub)  # G̃ = U_Bᵀ G U_A
-                s = None
+                s: torch.Tensor | None = None
                 if self.scaling == "batch":
                     s = st["s"] = s_batch[curv.index[id(b)]]
                 elif self.scaling == "running":
@@ -279,13 +310,24 @@ class KronOptimizer(torch.optim.Optimizer):
         ``Δ = F̂_damped⁻¹ ∇`` (the statistics advance as in :meth:`step`); other parameters are
         untouched. Use it in front of any optimizer: ``opt.precondition(); adam.step()``."""
         for p, d in self._preconditioned().items():
-            p.grad.copy_(d)
+            cast(torch.Tensor, p.grad).copy_(d)  # covered parameters have gradients
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """One step ``θ ← θ − η Δ`` (with momentum ``μ`` when set: ``m ← μ m + Δ``,
-        ``θ ← θ − η m``) on the covered parameters, and one step of the fallback optimizer on
-        the others. ``closure`` re-evaluates the loss (forward and backward) first."""
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]  # torch's overloads require a float closure
+        """One step ``θ ← θ − η Δ`` on the covered parameters, one fallback step on the others.
+
+        With momentum ``μ``: ``m ← μ m + Δ``, ``θ ← θ − η m``.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the loss (forward and backward) first.
+
+        Returns
+        -------
+        torch.Tensor or None
+            The closure's loss.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -313,18 +355,38 @@ class KronOptimizer(torch.optim.Optimizer):
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients of every parameter, the fallback optimizer's included.
+
+        Parameters
+        ----------
+        set_to_none : bool
+            Set ``.grad`` to None instead of zeros.
+        """
         super().zero_grad(set_to_none)
         if self.fallback is not None:
             self.fallback.zero_grad(set_to_none)
 
     # ---- persistence -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The optimizer state (factors, eigenbases, scalings), the step count and the fallback's."""
         sd = super().state_dict()
         sd["n_steps"] = self.n_steps
         sd["fallback"] = self.fallback.state_dict() if self.fallback is not None else None
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state_dict : dict
+            What :meth:`state_dict` returned.
+
+        Raises
+        ------
+        InvalidInputError
+            For a dict of another optimizer, or a fallback present on one side only.
+        """
         sd = dict(state_dict)
         n_steps = sd.pop("n_steps", None)
         fb = sd.pop("fallback", None)
@@ -352,7 +414,21 @@ class EKFAC(KronOptimizer):
     minibatch from per-example gradients (``running=False``) or, for EKFAC-ra
     (``running=True``), as a running average of the minibatch gradient's squared KFE
     coordinates with ``decay`` α (default 0.75, the reference implementation's).
-    ``damping_scheme``: ``"plain"`` (``s + ε``, default) or ``"factored"`` (appendix A.4)."""
+    ``damping_scheme``: ``"plain"`` (``s + ε``, default) or ``"factored"`` (appendix A.4).
+
+    Parameters
+    ----------
+    model, lr, damping
+        As in :class:`KronOptimizer`.
+    running : bool
+        EKFAC-ra's running average instead of the minibatch ``s*``.
+    decay : float
+        ``α ∈ [0, 1)``, with ``running``.
+    damping_scheme : {"plain", "factored"}
+        The damped denominator.
+    **kwargs
+        The other keywords of :class:`KronOptimizer`.
+    """
 
     def __init__(self, model: nn.Module, lr: float = 1e-2, damping: float = 1e-3, *, running: bool = False,
                  decay: float = 0.75, damping_scheme: str = "plain", **kwargs: Any):
@@ -364,7 +440,13 @@ class EKFAC(KronOptimizer):
 
 
 def EKFACRA(model: nn.Module, lr: float = 1e-2, damping: float = 1e-3, **kwargs: Any) -> EKFAC:  # noqa: N802
-    """EKFAC-ra: :class:`EKFAC` with ``running=True``."""
+    """EKFAC-ra: :class:`EKFAC` with ``running=True``.
+
+    Parameters
+    ----------
+    model, lr, damping, **kwargs
+        As in :class:`EKFAC`.
+    """
     return EKFAC(model, lr, damping, running=True, **kwargs)
 
 

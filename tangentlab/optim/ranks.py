@@ -4,6 +4,8 @@ so that every rank applies the same preconditioner."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from ..distributed import Reducer
@@ -35,7 +37,7 @@ def shared_eigh(reducer: Reducer, a: torch.Tensor, b: torch.Tensor, owner: int,
         reducer.broadcast_(eb, ub, src=owner)
     else:
         reducer.broadcast_(ea, ua, eb, ub, src=owner)
-    return ea, ua, eb, ub
+    return ea, ua, eb, cast(torch.Tensor, ub)  # b is a matrix: it has eigenvectors
 
 
 __all__ = ["mean_over_ranks", "shared_eigh"]

@@ -22,7 +22,19 @@ from ..vectors import PVector
 class FisherPenalty:
     """``(strength/2) · F.vTMv(θ − θ*)`` with ``θ*`` the parameters when it was made (or
     ``anchor``). ``F`` may be any representation built on the model's parameters (its
-    space selects which parameters are penalized)."""
+    space selects which parameters are penalized).
+
+    Parameters
+    ----------
+    fisher : PMat
+        ``F``.
+    model : nn.Module
+        The network whose parameters give ``θ*`` (unless ``anchor``).
+    strength : float
+        ``λ ≥ 0``.
+    anchor : PVector, optional
+        ``θ*`` (copied).
+    """
 
     def __init__(self, fisher: PMat, model: nn.Module, strength: float = 1.0, anchor: PVector | None = None):
         if not isinstance(fisher, PMat):
@@ -33,6 +45,7 @@ class FisherPenalty:
         self.anchor = (anchor if anchor is not None else PVector.from_model(model, fisher.space)).detach().clone()
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
+        """The penalty at the model's current parameters (a differentiable 0-d tensor)."""
         delta = PVector.from_model(model, self.fisher.space) - self.anchor
         return 0.5 * self.strength * self.fisher.vTMv(delta)
 
@@ -40,7 +53,28 @@ class FisherPenalty:
 def natural_gradient_step(model: nn.Module, fisher: PMat, lr: float, damping: float,
                           grad: PVector | None = None, **solve_options: Any) -> PVector:
     """``θ ← θ − lr · F.solve(∇L, damping)`` on the parameters of ``fisher.space`` (``grad``:
-    default the model's ``.grad``). Returns the step direction ``F.solve(∇L, damping)``."""
+    default the model's ``.grad``). Returns the step direction ``F.solve(∇L, damping)``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network, updated in place.
+    fisher : PMat
+        ``F``.
+    lr : float
+        ``η``.
+    damping : float
+        ``ε ≥ 0``.
+    grad : PVector, optional
+        ``∇L`` (default: the model's ``.grad``).
+    **solve_options
+        Passed to ``fisher.solve`` (e.g. ``method``, ``rtol``).
+
+    Returns
+    -------
+    PVector
+        The direction ``(F + εI)⁻¹ ∇L``.
+    """
     g = grad if grad is not None else PVector.from_grad(model, fisher.space)
     direction = fisher.solve(g, damping, **solve_options)
     with torch.no_grad():

@@ -12,7 +12,7 @@ sample every step, reproducible from ``seed``; ``"gaussian"``: the exact Fisher 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ Stats = dict[str, tuple[Any, torch.Tensor, int]]  # module path -> (features, g 
 OUTPUTS = {"softmax": ("mc", "n_samples"), "gaussian": ("regression", None), "bernoulli": ("binary", None)}
 
 
-def make_engine(model: nn.Module, params: list[nn.Parameter], likelihood: str, n_samples: int,
+def make_engine(model: nn.Module, params: list[torch.Tensor], likelihood: str, n_samples: int,
                 options: EngineOptions) -> Engine:
     """The engine of the true-Fisher statistics: the model's ``likelihood`` over ``params``,
     built from the optimizer's engine ``options`` like every other engine."""
@@ -93,7 +93,7 @@ def raw_inputs(model: nn.Module, blocks: list[ParamBlock], recorder: Recorder) -
     recorder.recording = False
     try:
         with torch.no_grad():
-            args, kwargs = recorder.inputs
+            args, kwargs = cast(tuple[tuple, dict], recorder.inputs)  # set by the forward pass
             model(*args, **kwargs)
     finally:
         recorder.recording = True
@@ -105,7 +105,7 @@ def raw_inputs(model: nn.Module, blocks: list[ParamBlock], recorder: Recorder) -
 def batch_size(fisher: str, recorder: Recorder) -> int:
     """``N``, the number of examples of the current minibatch on this rank."""
     if fisher == "true":
-        return int(recorder.inputs[0][0].shape[0])
+        return int(cast(tuple[tuple, dict], recorder.inputs)[0][0].shape[0])
     return int(recorder.records[recorder.names[0]]["gout"].shape[0])
 
 

@@ -12,7 +12,7 @@ Normalization: a matrix built from data is ``F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(
 from __future__ import annotations
 
 from numbers import Number
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
@@ -21,6 +21,9 @@ from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
 from . import registry
+
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
 
 
 class PMat:
@@ -31,41 +34,142 @@ class PMat:
 
     # ---- required verbs (overridden) -------------------------------------------
     def mv(self, v: PVector) -> PVector:
-        """``M v``."""
+        """The matrix-vector product ``M v``.
+
+        Parameters
+        ----------
+        v : PVector
+            A vector on this matrix's parameter space (``P`` entries).
+
+        Returns
+        -------
+        PVector
+            ``M v`` on the same space.
+        """
         raise self._unsupported("mv", "PMatDense")
 
     def trace(self) -> torch.Tensor:
-        """``tr M`` (0-d tensor)."""
+        """The trace ``tr M = Σ_p M_pp``.
+
+        Returns
+        -------
+        torch.Tensor
+            A 0-d tensor.
+        """
         raise self._unsupported("trace", "PMatDense")
 
     def diag(self) -> PVector:
-        """The diagonal ``M_pp`` as a PVector."""
+        """The diagonal ``M_pp``.
+
+        Returns
+        -------
+        PVector
+            The ``P`` diagonal entries on this matrix's space.
+        """
         raise self._unsupported("diag", "PMatDense")
 
     def to_dense(self) -> torch.Tensor:
-        """The ``P × P`` matrix (checked against the memory budget)."""
+        """The ``P × P`` matrix (checked against the memory budget).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(P, P)``, rows and columns in the order of ``space``.
+
+        Raises
+        ------
+        MemoryBudgetError
+            When ``P²`` entries exceed the memory budget.
+        """
         raise self._unsupported("to_dense", "PMatDense")
 
     def solve(self, v: PVector, damping: float = 0.0) -> PVector:
-        """``x`` with ``(M + damping·I) x = v``."""
+        """The solution ``x`` of ``(M + damping·I) x = v``.
+
+        Parameters
+        ----------
+        v : PVector
+            The right-hand side, on this matrix's space.
+        damping : float
+            ``λ ≥ 0`` added to the diagonal.
+
+        Returns
+        -------
+        PVector
+            ``x = (M + λI)⁻¹ v``.
+
+        Raises
+        ------
+        InvalidInputError
+            When ``damping`` is negative or NaN, or ``v`` lives on another space.
+        """
         raise self._unsupported("solve", "PMatDense")
 
     def inverse(self, damping: float = 0.0) -> PMat:
-        """``(M + damping·I)⁻¹`` in the same representation."""
+        """The inverse ``(M + damping·I)⁻¹`` in the same representation.
+
+        Parameters
+        ----------
+        damping : float
+            ``λ ≥ 0`` added to the diagonal before inverting.
+
+        Returns
+        -------
+        PMat
+            ``(M + λI)⁻¹``, of this matrix's type.
+        """
         raise self._unsupported("inverse", "PMatDense")
 
     def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top eigenpairs: eigenvalues in *descending* order ``(k,)`` and orthonormal
-        eigenvectors as the columns of a ``(P, k)`` tensor (all ``P`` when ``k`` is None)."""
+        """The top eigenpairs of the symmetric matrix.
+
+        Parameters
+        ----------
+        k : int or None
+            How many eigenpairs, ``1 ≤ k ≤ P``; None: all ``P``.
+
+        Returns
+        -------
+        evals : torch.Tensor
+            ``(k,)``, in *descending* order.
+        evecs : torch.Tensor
+            ``(P, k)``, orthonormal eigenvectors as columns.
+        """
         raise self._unsupported("eigh", "PMatDense")
 
     def norm(self, ord: str | int = "fro") -> torch.Tensor:
-        """Frobenius norm (``ord='fro'``) or spectral norm (``ord=2``)."""
+        """A matrix norm of ``M``.
+
+        Parameters
+        ----------
+        ord : {"fro", 2}
+            ``"fro"``: the Frobenius norm ``‖M‖_F``; ``2``: the spectral norm ``λ_max``.
+
+        Returns
+        -------
+        torch.Tensor
+            A 0-d tensor.
+        """
         raise self._unsupported(f"norm({ord!r})", "PMatDense")
 
     def select(self, params: Any) -> PMat:
-        """This matrix restricted to a subset of its parameters (names or module prefixes,
-        or a sub-:class:`ParamSpace`): the sub-block ``M[S, S]``, in the same representation."""
+        """This matrix restricted to a subset ``S`` of its parameters.
+
+        Parameters
+        ----------
+        params : str, list of str or ParamSpace
+            Parameter names or module prefixes, or a sub-:class:`ParamSpace`.
+
+        Returns
+        -------
+        PMat
+            The sub-block ``M[S, S]``, in the same representation.
+
+        Raises
+        ------
+        InvalidInputError
+            When a selected parameter is not in this matrix's space.
+        """
         sub = params if isinstance(params, ParamSpace) else self.space.select(
             [params] if isinstance(params, str) else params)
         missing = [n for n in sub.names if n not in self.space]
@@ -80,25 +184,46 @@ class PMat:
 
     # ---- derived verbs ------------------------------------------------------------
     def vTMv(self, v: PVector) -> torch.Tensor:
-        """``vᵀ M v`` (0-d tensor, differentiable in ``v``)."""
+        """The quadratic form ``vᵀ M v``.
+
+        Parameters
+        ----------
+        v : PVector
+            A vector on this matrix's space.
+
+        Returns
+        -------
+        torch.Tensor
+            A 0-d tensor, differentiable in ``v``.
+        """
         return v.dot(self.mv(v))
 
     def size(self) -> tuple[int, int]:
+        """The shape ``(P, P)`` of the matrix.
+
+        Returns
+        -------
+        tuple of int
+            ``(P, P)``.
+        """
         return (self.space.numel, self.space.numel)
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(P, P)``, as :meth:`size`."""
         return self.size()
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         raise NotImplementedError
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         raise NotImplementedError
 
-    def to_scipy(self):
+    def to_scipy(self) -> LinearOperator:
         """This matrix as a ``scipy.sparse.linalg.LinearOperator`` (float64 numpy vectors)."""
         from ..linop import pmat_to_scipy
 
@@ -108,13 +233,13 @@ class PMat:
     def _same(self, other: PMat) -> bool:
         return type(other) is type(self) and other.space == self.space
 
-    def _add(self, other: PMat) -> PMat:  # same type; overridden
+    def _add(self, other: Self) -> PMat:  # same type; overridden
         raise NotImplementedError
 
     def _scale(self, s: float) -> PMat:
         raise NotImplementedError
 
-    def _matmul(self, other: PMat) -> PMat:
+    def _matmul(self, other: Self) -> PMat:
         raise NotImplementedError
 
     def __add__(self, other: Any) -> PMat:
@@ -142,10 +267,11 @@ class PMat:
             s = float(s)
         if not isinstance(s, Number):
             return NotImplemented
+        a = float(s)  # type: ignore[arg-type]  # typeshed's numbers.Number has no __float__
         try:
-            return self._scale(float(s))
+            return self._scale(a)
         except NotImplementedError:
-            return PMatSum([self], [float(s)])
+            return PMatSum([self], [a])
 
     __rmul__ = __mul__
 
@@ -206,7 +332,13 @@ class PMat:
 
     # ---- persistence -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and metadata to rebuild this matrix with :func:`tangentlab.pmat.load`."""
+        """Tensors and metadata to rebuild this matrix with :func:`tangentlab.pmat.load`.
+
+        Returns
+        -------
+        dict
+            Tensors and plain Python metadata (``torch.save``-able).
+        """
         raise self._unsupported("state_dict", "PMatDense or PMatLowRank")
 
     def _meta(self) -> dict[str, Any]:
@@ -222,7 +354,15 @@ def check_damping(damping: float) -> float:
 
 # ---- lazy combinations of matrices of any representations ------------------------------
 class PMatSum(PMat):
-    """``Σ_i a_i M_i`` evaluated lazily (``mv``, ``vTMv``, ``trace``, ``diag``, ``to_dense``)."""
+    """``Σ_i a_i M_i`` evaluated lazily (``mv``, ``vTMv``, ``trace``, ``diag``, ``to_dense``).
+
+    Parameters
+    ----------
+    terms : list of PMat
+        The matrices ``M_i``, on one space (nested sums are flattened).
+    coefs : list of float or None
+        The coefficients ``a_i`` (None: ones).
+    """
 
     def __init__(self, terms: list[PMat], coefs: list[float] | None = None):
         flat_terms: list[PMat] = []
@@ -234,16 +374,19 @@ class PMatSum(PMat):
             else:
                 flat_terms.append(t)
                 flat_coefs.append(a)
-        self.terms, self.coefs = flat_terms, flat_coefs
+        self.terms: list[PMat] = flat_terms
+        self.coefs: list[float] = flat_coefs
         self.space = flat_terms[0].space
         self.budget = flat_terms[0].budget
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.terms[0].dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.terms[0].device
 
     def mv(self, v: PVector) -> PVector:
@@ -271,7 +414,13 @@ class PMatSum(PMat):
 
 
 class PMatProduct(PMat):
-    """``M_1 M_2 ⋯`` evaluated lazily (``mv`` and ``to_dense``)."""
+    """``M_1 M_2 ⋯`` evaluated lazily (``mv`` and ``to_dense``).
+
+    Parameters
+    ----------
+    factors : list of PMat
+        The matrices ``M_1, M_2, …``, on one space.
+    """
 
     def __init__(self, factors: list[PMat]):
         self.factors = factors
@@ -280,10 +429,12 @@ class PMatProduct(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.factors[0].dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.factors[0].device
 
     def mv(self, v: PVector) -> PVector:

@@ -117,7 +117,20 @@ def build_lowrank(engine: Engine, data: Any, centering: bool = False) -> PMatLow
 
 
 def mean_features(engine: Engine, data: Any) -> list[PVector]:
-    """``m_c = (1/N) Σ_n φ_c(x_n)`` for each output coordinate ``c``."""
+    """The mean tangent features ``m_c = (1/N) Σ_n φ_c(x_n)`` for each output coordinate ``c``.
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine of the model, its outputs and parameters.
+    data : Batches
+        The ``N`` examples.
+
+    Returns
+    -------
+    list of PVector
+        ``C`` vectors, one per output coordinate.
+    """
     _, mean = one_pass(engine, data, "mean features", lambda cap: None, centering=True, reduce=[])
     assert mean is not None
     return [PVector.from_flat(engine.space, row) for row in mean]

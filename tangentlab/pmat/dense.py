@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -49,10 +49,12 @@ class _TensorPMat(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.data.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.data.device
 
     def _add(self, other):
@@ -65,7 +67,13 @@ class _TensorPMat(PMat):
         return {**self._meta(), "data": self.data}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]):
+    def from_state_dict(cls, state: dict[str, Any]) -> Self:
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
@@ -73,7 +81,17 @@ class _TensorPMat(PMat):
           summary="everything exact; Cholesky solves", keeps="all", light=False, distributed=True,
           footprint=dense_entries)
 class PMatDense(_TensorPMat):
-    """The full ``P × P`` matrix. Memory ``P²``; ``solve``/``inverse`` cost ``O(P³)``."""
+    """The full ``P × P`` matrix. Memory ``P²``; ``solve``/``inverse`` cost ``O(P³)``.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    data : torch.Tensor
+        ``(P, P)``, the symmetric matrix.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
+    """
 
     @staticmethod
     def _data_shape(p: int) -> tuple[int, ...]:
@@ -108,7 +126,7 @@ class PMatDense(_TensorPMat):
         a = self.data + lam * torch.eye(self.space.numel, dtype=self.dtype, device=self.device)
         return PMatDense(self.space, _spd_inverse(a), self.budget)
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         evals, evecs = torch.linalg.eigh(self.data)
         return self._topk(evals, evecs, k)
 
@@ -136,6 +154,12 @@ class PMatDense(_TensorPMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatDense:
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
@@ -143,7 +167,17 @@ class PMatDense(_TensorPMat):
           memory="`P`", summary="from squared-activation matmuls", keeps="diagonal", distributed=True,
           footprint=vector_entries)
 class PMatDiag(PMat):
-    """Only the diagonal ``F_pp = (1/N) Σ_{n,c} φ_{c,n,p}²``. Memory ``P``."""
+    """Only the diagonal ``F_pp = (1/N) Σ_{n,c} φ_{c,n,p}²``. Memory ``P``.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    data : torch.Tensor
+        ``(P,)``, the diagonal.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
+    """
 
     def __init__(self, space: ParamSpace, data: torch.Tensor, budget: MemoryBudget | None = None):
         if data.shape != (space.numel,):
@@ -153,10 +187,12 @@ class PMatDiag(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.data.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.data.device
 
     def mv(self, v: PVector) -> PVector:
@@ -193,7 +229,7 @@ class PMatDiag(PMat):
     def inverse(self, damping: float = 0.0) -> PMatDiag:
         return PMatDiag(self.space, 1.0 / self._shifted(damping), self.budget)
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.space.numel
         kk = p if k is None else k
         if not 1 <= kk <= p:
@@ -229,6 +265,12 @@ class PMatDiag(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatDiag:
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
         return cls(ParamSpace.from_state(state["space"]), state["data"])
 
 
@@ -237,7 +279,17 @@ class PMatDiag(PMat):
           footprint=block_entries)
 class PMatBlockDiag(PMat):
     """One dense block per layer (the parameters owned by one module); cross-layer
-    terms are zero. Memory ``Σ_l P_l²``."""
+    terms are zero. Memory ``Σ_l P_l²``.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    blocks : dict of str to torch.Tensor
+        ``{module path: (P_l, P_l)}``, one dense block per layer of ``space``.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
+    """
 
     def __init__(self, space: ParamSpace, blocks: dict[str, torch.Tensor],
                  budget: MemoryBudget | None = None):
@@ -252,10 +304,12 @@ class PMatBlockDiag(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return next(iter(self.blocks.values())).dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return next(iter(self.blocks.values())).device
 
     def _per_block(self, flat: torch.Tensor, fn) -> torch.Tensor:
@@ -293,12 +347,13 @@ class PMatBlockDiag(PMat):
             out[m] = _spd_inverse(b + lam * torch.eye(b.shape[0], dtype=b.dtype, device=b.device))
         return PMatBlockDiag(self.space, out, self.budget)
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.space.numel
         kk = p if k is None else k
         self.budget.check(f"{kk} eigenvectors of length {p}", p * kk, self.dtype,
                           "Ask for fewer eigenpairs with `k=`.")
-        vals, owners = [], []
+        vals: list[torch.Tensor] = []
+        owners: list[Any] = []
         decomp = {}
         for lay in self.space.layers:
             e, u = torch.linalg.eigh(self.blocks[lay.module])
@@ -346,4 +401,10 @@ class PMatBlockDiag(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatBlockDiag:
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
         return cls(ParamSpace.from_state(state["space"]), state["blocks"])

@@ -38,6 +38,15 @@ class PMatImplicit(MatrixFreeOperator, PMat):
     fixed matrix as long as the data order is fixed: for them a shuffling loader is
     refused. The batch loop, the reduction over ranks (each rank passes its shard) and
     the precision policy are :class:`~tangentlab.engine.operator.MatrixFreeOperator`'s.
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine of the model, its outputs and parameters.
+    data : Any
+        The examples (anything :class:`~tangentlab.data.Batches` accepts).
+    centering : bool
+        Subtract the mean over examples of the pseudo-outputs' gradients first (a covariance).
     """
 
     def __init__(self, engine: Engine, data: Any, centering: bool = False):
@@ -133,6 +142,26 @@ class PMatImplicit(MatrixFreeOperator, PMat):
         ``preconditioner`` is any PMat with ``solve`` (e.g. a PMatDiag or
         PMatBlockDiag of the same Fisher), applied as ``P⁻¹ r =
         preconditioner.solve(r, damping)``. Stops when ``‖r‖ ≤ rtol·‖v‖``.
+
+        Parameters
+        ----------
+        v : PVector
+            The right-hand side.
+        damping : float
+            ``λ ≥ 0``.
+        preconditioner : PMat, optional
+            A matrix with ``solve`` approximating ``F``.
+        x0 : PVector, optional
+            The starting point (default zero).
+        rtol : float
+            The relative tolerance on the residual.
+        maxiter : int, optional
+            The most iterations (default ``10 P``).
+
+        Returns
+        -------
+        PVector
+            ``x``.
         """
         self._check_vec(v)
         lam = check_damping(damping)
@@ -168,7 +197,7 @@ class PMatImplicit(MatrixFreeOperator, PMat):
         self.last_residual = float(r.norm() / bnorm)
         return self._vec(x)
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` eigenpairs by Lanczos (``k`` is required and must be < P)."""
         p = self.space.numel
         if k is None or not 1 <= k < p:

@@ -138,7 +138,7 @@ class _KronBase(PMat):
         """Per block: (block, eigenvalues (G, O, I), U_A or None, U_B)."""
         raise NotImplementedError
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigenpairs from the factors: eigenvectors ``u_B ⊗ u_A`` (descending eigenvalues)."""
         p = self.space.numel
         kk = p if k is None else k
@@ -204,6 +204,13 @@ class PMatKFAC(_KronBase):
     * ``method="factored"``: Martens & Grosse's factored Tikhonov damping with π:
       ``(A + π√λ I)⁻¹ ⊗ (B + √λ/π I)⁻¹``, ``π = sqrt((tr A / dim A) / (tr B / dim B))`` —
       *not* ``(A⊗B + λI)⁻¹``, but Kronecker-factored and cheap.
+
+    Parameters
+    ----------
+    space, budget
+        As in :class:`~tangentlab.pmat.PMatDense`.
+    blocks : list of KronBlock
+        Factors ``A`` ``(G, I, I)`` (``(G, I)`` if diagonal), ``B`` ``(G, O, O)``, covering ``space``.
     """
 
     def __init__(self, space: ParamSpace, blocks: list[KronBlock], budget: MemoryBudget | None = None):
@@ -223,11 +230,11 @@ class PMatKFAC(_KronBase):
         return self._apply(v, lambda blk, x: blk.b @ right_mul(x, blk.a))
 
     def trace(self) -> torch.Tensor:
-        tot = 0
+        tot: Any = 0
         for blk in self.blocks:
             ta = blk.a.sum(-1) if blk.diagonal_a else torch.diagonal(blk.a, dim1=1, dim2=2).sum(-1)
             tot = tot + (ta * torch.diagonal(blk.b, dim1=1, dim2=2).sum(-1)).sum()
-        return tot  # type: ignore[return-value]
+        return tot
 
     def diag(self) -> PVector:
         out = torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
@@ -264,6 +271,12 @@ class PMatKFAC(_KronBase):
         return parts
 
     def solve(self, v: PVector, damping: float = 0.0, method: str = "exact") -> PVector:
+        """``(M + λI)⁻¹ v`` (see the class docstring for ``method``).
+
+        Parameters
+        ----------
+        method : {"exact", "factored"}
+        """
         lam = check_damping(damping)
         if _method(method) == "factored":
             if lam == 0:
@@ -288,7 +301,12 @@ class PMatKFAC(_KronBase):
     def inverse(self, damping: float = 0.0, method: str = "exact") -> PMat:
         """``(A⊗B + λI)⁻¹``: for ``λ = 0`` the KFAC ``A⁻¹ ⊗ B⁻¹``; for ``λ > 0`` an
         :class:`PMatEKFAC` (the damped inverse is diagonal in the eigenbasis, not a Kronecker
-        product). ``method="factored"``: the KFAC of the π-damped factors."""
+        product). ``method="factored"``: the KFAC of the π-damped factors.
+
+        Parameters
+        ----------
+        method : {"exact", "factored"}
+        """
         lam = check_damping(damping)
         if _method(method) == "factored" and lam > 0:
             out = []
@@ -313,7 +331,13 @@ class PMatKFAC(_KronBase):
         return e.inverse(lam)
 
     def pow(self, p: float) -> PMatKFAC:
-        """``(A ⊗ B)^p = A^p ⊗ B^p`` (eigenvalues below 0 are clipped for fractional powers)."""
+        """``(A ⊗ B)^p = A^p ⊗ B^p`` (eigenvalues below 0 are clipped for fractional powers; a
+        negative ``p`` needs positive definite factors, else InvalidInputError).
+
+        Parameters
+        ----------
+        p : float
+        """
         def f(e):
             if p < 0 and (e <= 0).any():
                 raise InvalidInputError("negative power of a singular KFAC factor; add damping first")
@@ -346,6 +370,12 @@ class PMatKFAC(_KronBase):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatKFAC:
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
         return cls(ParamSpace.from_state(state["space"]), [KronBlock(**b) for b in state["blocks"]])
 
 
@@ -364,6 +394,15 @@ class PMatEKFAC(_KronBase):
 
     Damped solves: ``method="exact"`` divides by ``s* + λ``; ``method="factored"`` by
     ``s* + λ + √λ (λ_A + λ_B)`` (thesis appendix A.4: ε added to both factors' eigenvalues).
+
+    Parameters
+    ----------
+    space, budget
+        As in :class:`~tangentlab.pmat.PMatDense`.
+    blocks : list of KfeBlock
+        Eigenbases ``U_A``, ``U_B`` and scalings ``s``; their indices cover ``space`` exactly once.
+    engine : Engine, optional
+        The engine :meth:`update_diag` uses by default.
     """
 
     def __init__(self, space: ParamSpace, blocks: list[KfeBlock], budget: MemoryBudget | None = None,
@@ -383,7 +422,12 @@ class PMatEKFAC(_KronBase):
 
     @classmethod
     def from_kfac(cls, kfac: PMatKFAC) -> PMatEKFAC:
-        """The EKFAC with KFAC's eigenbasis and diagonal ``s_B ⊗ s_A`` (equal to ``kfac``)."""
+        """The EKFAC with KFAC's eigenbasis and diagonal ``s_B ⊗ s_A`` (equal to ``kfac``).
+
+        Parameters
+        ----------
+        kfac : PMatKFAC
+        """
         blocks = []
         for blk, e, ua, ub in kfac._eig_parts():
             ea, _ = sym_eigh(blk.a)
@@ -401,10 +445,10 @@ class PMatEKFAC(_KronBase):
         self._check_vec(v)
         flat = v.flat()
         return sum((blk.s * rotate(_gather(flat, blk.index), blk.ua, blk.ub).pow(2)).sum()
-                   for blk in self.blocks)  # type: ignore[return-value]
+                   for blk in self.blocks)
 
     def trace(self) -> torch.Tensor:
-        return sum(blk.s.sum() for blk in self.blocks)  # type: ignore[return-value]
+        return sum(blk.s.sum() for blk in self.blocks)
 
     def diag(self) -> PVector:
         """Exact diagonal ``(U_B∘U_B) S (U_A∘U_A)ᵀ``."""
@@ -426,7 +470,7 @@ class PMatEKFAC(_KronBase):
 
     def norm(self, ord: str | int = "fro") -> torch.Tensor:
         if ord == "fro":
-            return torch.sqrt(sum(blk.s.pow(2).sum() for blk in self.blocks))  # type: ignore[arg-type]
+            return torch.sqrt(sum(blk.s.pow(2).sum() for blk in self.blocks))
         if ord == 2:
             return torch.stack([blk.s.abs().max() for blk in self.blocks]).max()
         raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
@@ -438,15 +482,33 @@ class PMatEKFAC(_KronBase):
         return den
 
     def solve(self, v: PVector, damping: float = 0.0, method: str = "exact") -> PVector:
+        """``(M + λI)⁻¹ v`` (see the class docstring for ``method``).
+
+        Parameters
+        ----------
+        method : {"exact", "factored"}
+        """
         lam = check_damping(damping)
         return self._apply(v, lambda blk, x: solve_in_basis(x, blk.ua, blk.ub, self._denominator(blk, lam, method)))
 
     def inverse(self, damping: float = 0.0, method: str = "exact") -> PMatEKFAC:
+        """``(M + λI)⁻¹``, diagonal in the same eigenbasis (``method``: see the class docstring).
+
+        Parameters
+        ----------
+        method : {"exact", "factored"}
+        """
         lam = check_damping(damping)
         return self._with_s([1.0 / self._denominator(b, lam, method) for b in self.blocks])
 
     def pow(self, p: float) -> PMatEKFAC:
-        """``S^p`` in the fixed eigenbasis (negative entries clipped for fractional powers)."""
+        """``S^p`` in the fixed eigenbasis (negative entries clipped for fractional powers; a
+        negative ``p`` needs a positive ``s``, else InvalidInputError).
+
+        Parameters
+        ----------
+        p : float
+        """
         out = []
         for b in self.blocks:
             if p < 0 and (b.s <= 0).any():
@@ -486,7 +548,15 @@ class PMatEKFAC(_KronBase):
 
     def update_diag(self, data: Any, engine: Any = None) -> PMatEKFAC:
         """Re-estimate ``s*`` on ``data`` at the model's current parameters, keeping the
-        eigenbasis (in place; returns ``self``). ``engine`` is needed after unpickling."""
+        eigenbasis (in place; returns ``self``). ``engine`` is needed after unpickling.
+
+        Parameters
+        ----------
+        data : Any
+            The examples, as in :func:`tangentlab.fim`.
+        engine : Engine, optional
+            Default: the one this EKFAC was built with (InvalidInputError when there is none).
+        """
         eng = engine or self.engine
         if eng is None:
             raise InvalidInputError("this EKFAC has no engine (it was unpickled): pass "
@@ -500,6 +570,12 @@ class PMatEKFAC(_KronBase):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatEKFAC:
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
         return cls(ParamSpace.from_state(state["space"]), [KfeBlock(**b) for b in state["blocks"]])
 
 

@@ -8,7 +8,9 @@ statistics are those of the Kronecker pipeline (:mod:`tangentlab.kron.stats`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+
+import torch
 
 from ..engine import Engine, OutputBlocks
 from ..engine.passes import CaptureCache, one_pass
@@ -38,7 +40,8 @@ def build_ekfac(engine: Engine, data: Any, centering: bool = False) -> PMatEKFAC
         eb, ub = sym_eigh(blk.b)
         # one basis for all ranks: eigenvector signs may differ between machines
         engine.reducer.broadcast_(ea, ua, eb, ub)
-        blocks.append(KfeBlock(blk.module, blk.index, ua, ub, eb[:, :, None] * ea[:, None, :], ea, eb))
+        ub_ = cast(torch.Tensor, ub)  # B is a matrix: it has eigenvectors
+        blocks.append(KfeBlock(blk.module, blk.index, ua, ub_, eb[:, :, None] * ea[:, None, :], ea, eb))
     ss = kfe_diagonals(engine, data, engine.space, blocks, centering, replay=stash)
     stash.caps = []
     blocks = [KfeBlock(b.module, b.index, b.ua, b.ub, s, b.ea, b.eb) for b, s in zip(blocks, ss)]

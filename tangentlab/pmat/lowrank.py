@@ -29,6 +29,19 @@ class PMatLowRank(PMat):
     outside the row space of ``U`` (which is divided by ``shift + λ``). ``eigh``
     returns the ``R`` eigenpairs on the row space of ``U``; the other ``P − R``
     eigenvalues all equal ``shift`` (0 for a Fisher built from data).
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    factor : torch.Tensor
+        ``U``, ``(R, P)``.
+    weights : torch.Tensor or None
+        ``w``, ``(R,)`` (None: ones).
+    shift : float
+        The multiple of the identity added.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
     """
 
     def __init__(self, space: ParamSpace, factor: torch.Tensor, weights: torch.Tensor | None = None,
@@ -50,14 +63,17 @@ class PMatLowRank(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.factor.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.factor.device
 
     @property
     def rank(self) -> int:
+        """The number ``R`` of rows of ``U``."""
         return self.factor.shape[0]
 
     def _w(self) -> torch.Tensor:
@@ -125,7 +141,7 @@ class PMatLowRank(PMat):
         out._eig = (1.0 / (s + e) - 1.0 / s, q)
         return out
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         e, q = self._core()
         return self._topk(e + self.shift, q, k)
 
@@ -158,4 +174,10 @@ class PMatLowRank(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatLowRank:
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
         return cls(ParamSpace.from_state(state["space"]), state["factor"], state["weights"], state["shift"])

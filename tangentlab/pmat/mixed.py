@@ -33,6 +33,15 @@ class PMatMixed(PMat):
 
     ``parts`` are matrices on sub-spaces whose layers partition ``space``. Every verb is
     applied part by part; a verb a part cannot do raises that part's error.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    parts : list of PMat
+        Matrices on sub-spaces whose layers partition ``space``.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
     """
 
     def __init__(self, space: ParamSpace, parts: list[PMat], budget: MemoryBudget | None = None):
@@ -44,10 +53,12 @@ class PMatMixed(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.parts[0].dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.parts[0].device
 
     @property
@@ -99,7 +110,7 @@ class PMatMixed(PMat):
         lam = check_damping(damping)
         return PMatMixed(self.space, [p.inverse(lam) for p in self.parts], self.budget)
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.space.numel
         kk = p if k is None else k
         if not 1 <= kk <= p:
@@ -122,7 +133,23 @@ class PMatMixed(PMat):
         raise InvalidInputError(f"unsupported norm {ord!r}; use 'fro' or 2")
 
     def pow(self, p: float) -> PMatMixed:
-        """Power of every part (parts without ``pow``: only integer powers via products)."""
+        """The power ``M^p``, part by part.
+
+        Parameters
+        ----------
+        p : float
+            The exponent.
+
+        Returns
+        -------
+        PMatMixed
+            The power of every part.
+
+        Raises
+        ------
+        UnsupportedOperationError
+            When a part has no ``pow``.
+        """
         out = []
         for part in self.parts:
             if not hasattr(part, "pow"):
@@ -132,7 +159,18 @@ class PMatMixed(PMat):
         return PMatMixed(self.space, out, self.budget)
 
     def update_diag(self, data: Any) -> PMatMixed:
-        """Re-estimate the EKFAC diagonals of the EKFAC parts (see :meth:`PMatEKFAC.update_diag`)."""
+        """Re-estimate the EKFAC diagonals of the EKFAC parts (see :meth:`PMatEKFAC.update_diag`).
+
+        Parameters
+        ----------
+        data : Any
+            The examples, as in :func:`tangentlab.fim`.
+
+        Returns
+        -------
+        PMatMixed
+            ``self``.
+        """
         for part in self.parts:
             if hasattr(part, "update_diag"):
                 part.update_diag(data)
@@ -162,6 +200,12 @@ class PMatMixed(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatMixed:
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
         return cls(ParamSpace.from_state(state["space"]), [load(s) for s in state["parts"]])
 
 

@@ -110,6 +110,17 @@ class PMatQuasiDiag(PMat):
     Schur complement of each arrowhead block; ``eigh`` by batched eigendecompositions of the
     ``(K+1) × (K+1)`` blocks (chunked to fit the memory budget). ``inverse`` is not
     quasi-diagonal (the inverse of an arrowhead block is dense) and is refused.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The parameter space (``P`` entries, in its flat order).
+    diag : torch.Tensor
+        ``(P,)``, the diagonal.
+    cross : dict of str to torch.Tensor
+        ``{module path: tensor of the weight's shape}``, the bias–row cross terms.
+    budget : MemoryBudget or None
+        The memory budget that dense conversions are checked against (None: the device's).
     """
 
     def __init__(self, space: ParamSpace, diag: torch.Tensor, cross: dict[str, torch.Tensor],
@@ -136,10 +147,12 @@ class PMatQuasiDiag(PMat):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the stored tensors."""
         return self.data.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the stored tensors."""
         return self.data.device
 
     def __repr__(self) -> str:
@@ -148,7 +161,20 @@ class PMatQuasiDiag(PMat):
     @staticmethod
     def mask(space: ParamSpace, device: torch.device | None = None) -> torch.Tensor:
         """Boolean ``(P, P)`` pattern of the entries a quasi-diagonal matrix on ``space`` keeps
-        (the diagonal and the bias–row couplings). Meant for tests and small spaces."""
+        (the diagonal and the bias–row couplings). Meant for tests and small spaces.
+
+        Parameters
+        ----------
+        space : ParamSpace
+            The parameter space.
+        device : torch.device, optional
+            Where to allocate the mask.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(P, P)`` booleans.
+        """
         p = space.numel
         m = torch.eye(p, dtype=torch.bool, device=device)
         for pair in coupled_layers(space):
@@ -176,8 +202,11 @@ class PMatQuasiDiag(PMat):
 
     # ---- verbs -------------------------------------------------------------------------
     def mv(self, v: PVector) -> PVector:
-        """``(M v)_W = d_W ∘ v_W + c · v_b`` (broadcast along each row),
-        ``(M v)_b = d_b ∘ v_b + Σ_j c_{·j} v_{W·j}``."""
+        """The product ``M v``.
+
+        ``(M v)_W = d_W ∘ v_W + c · v_b`` (broadcast along each row) and
+        ``(M v)_b = d_b ∘ v_b + Σ_j c_{·j} v_{W·j}``.
+        """
         self._check_vec(v)
         f = v.flat()
         dv = self.data * f
@@ -294,7 +323,7 @@ class PMatQuasiDiag(PMat):
         return torch.cat([self.data[self._singles()]]
                          + [self._pair_eigvals(p).reshape(-1) for p in self.pairs])
 
-    def eigh(self, k: int | None = None):
+    def eigh(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top ``k`` eigenpairs (descending), from the ``1 × 1`` blocks and the batched
         eigendecompositions of the arrowhead blocks."""
         p = self.space.numel
@@ -366,6 +395,12 @@ class PMatQuasiDiag(PMat):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PMatQuasiDiag:
+        """Rebuild the matrix from ``state``, what its :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
         return cls(ParamSpace.from_state(state["space"]), state["diag"], dict(state["cross"]))
 
 
@@ -429,7 +464,7 @@ def build_quasidiag(engine: Engine, data: Any, centering: bool = False, *,
     materialized per-example path for patch layers too (for testing)."""
     space = engine.space
     pairs = coupled_layers(space)
-    kw = {"dtype": engine.dtype, "device": engine.device}
+    kw: dict[str, Any] = {"dtype": engine.dtype, "device": engine.device}
     diag = torch.zeros(space.numel, **kw)
     cross = {p.module: torch.zeros(p.weight.shape, **kw) for p in pairs}
 

@@ -47,7 +47,33 @@ if TYPE_CHECKING:  # the registry sits below the classes: pmat.base asks it for 
 
 @dataclass(frozen=True)
 class Representation:
-    """One registered representation (see the module docstring for the fields)."""
+    """One registered representation (see the module docstring for the fields).
+
+    Attributes
+    ----------
+    name : str
+        The canonical name (lower case, without ``pmat`` and underscores).
+    cls : type
+        The :class:`PMat` subclass.
+    build_ref : callable or str or None
+        The builder, or the ``"package.module:function"`` of one (None: the class itself).
+    stores : str
+        What it stores, for people.
+    memory : str
+        A formula of its memory, for people.
+    summary : str
+        A one-line summary.
+    aliases : tuple of str
+        Other accepted names.
+    keeps : str or None
+        The part of the Fisher it holds exactly (None: an approximation).
+    light : bool
+        Whether building it never allocates a ``P × P`` matrix.
+    distributed : bool
+        Whether its builder sums over ranks.
+    footprint : callable or None
+        ``footprint(space) -> entries`` stored (None: depends on the data).
+    """
 
     name: str
     cls: type
@@ -91,7 +117,23 @@ def register(name: str, *, build: Callable[..., PMat] | str | None = None, store
              footprint: Callable[[Any], int] | None = None) -> Callable[[type], type]:
     """Class decorator registering a :class:`PMat` subclass under ``name`` (see the module
     docstring). ``build=None``: the class itself is the builder (its constructor takes
-    ``(engine, data, centering)``). Registering a name again replaces the previous entry."""
+    ``(engine, data, centering)``). Registering a name again replaces the previous entry.
+
+    Parameters
+    ----------
+    name : str
+        The name ``fim(..., representation=name)`` accepts.
+    build : callable or str or None
+        The builder ``build(engine, data, centering=False, **options) -> PMat``, or the
+        ``"package.module:function"`` of one.
+    stores, memory, summary, aliases, keeps, light, distributed, footprint
+        The metadata, as the attributes of :class:`Representation`.
+
+    Returns
+    -------
+    callable
+        The decorator, which returns the class unchanged.
+    """
 
     def deco(cls: type) -> type:
         if not (isinstance(cls, type) and callable(getattr(cls, "mv", None))):
@@ -106,7 +148,13 @@ def register(name: str, *, build: Callable[..., PMat] | str | None = None, store
 
 
 def unregister(name_or_cls: str | type) -> None:
-    """Remove a representation (by name or class); unknown ones are ignored."""
+    """Remove a representation (by name or class); unknown ones are ignored.
+
+    Parameters
+    ----------
+    name_or_cls : str or type
+        A name accepted by :func:`tangentlab.fim`, or the registered class.
+    """
     for key, rep in list(_BY_NAME.items()):
         if rep.cls is name_or_cls or (isinstance(name_or_cls, str) and key == _key(name_or_cls)):
             del _BY_NAME[key]
@@ -142,7 +190,23 @@ def lookup(representation: Any) -> Representation:
 
 
 def resolve(representation: Any) -> type:
-    """The class of a representation name (or of a registered class)."""
+    """The class of a representation name (or of a registered class).
+
+    Parameters
+    ----------
+    representation : str or type
+        A canonical name, alias or class name (any case), or a registered class.
+
+    Returns
+    -------
+    type
+        The :class:`PMat` subclass.
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown representation.
+    """
     return lookup(representation).cls
 
 
@@ -152,7 +216,23 @@ def build(representation: Any, engine: Any, data: Any, centering: bool = False, 
 
 
 def load(state: dict[str, Any]) -> PMat:
-    """Rebuild a matrix from its :meth:`PMat.state_dict`."""
+    """Rebuild a matrix from its :meth:`PMat.state_dict`.
+
+    Parameters
+    ----------
+    state : dict
+        What :meth:`PMat.state_dict` returned (its ``"type"`` names the class).
+
+    Returns
+    -------
+    PMat
+        The matrix.
+
+    Raises
+    ------
+    InvalidInputError
+        When the type is not a loadable registered representation.
+    """
     kind = state.get("type")
     for rep in _BY_NAME.values():
         if rep.cls.__name__ == kind and rep.loadable:

@@ -134,7 +134,7 @@ def recurrent_reason(mod: nn.Module, path: str) -> str | None:
             "torch.func cannot vectorize over examples; pass route='joint' (Jacobian of the "
             "whole batch function, correct for independent examples)"
         )
-    if mod.training and getattr(mod, "dropout", 0) > 0 and mod.num_layers > 1:
+    if mod.training and float(getattr(mod, "dropout", 0.0)) > 0 and int(getattr(mod, "num_layers", 1)) > 1:
         raise UnsupportedLayerError(
             f"{where} is in training mode with dropout={mod.dropout} between its layers: "
             "outputs are random and the per-example route cannot reproduce its dropout. Call "

@@ -3,6 +3,16 @@
 
 The per-example weight gradient is ``Σ g ⊙ x̂`` and the bias gradient ``Σ g``,
 summed over the output dimensions the parameters are broadcast along.
+
+Kronecker representations (KFAC/EKFAC, their optimizers): the ``D`` affine features
+(``D = weight.numel()``) are ``D`` groups, each a ``(R × 1)`` matrix ``[w_d; b_d]`` (``R = 2``
+rows, or 1 when only one of weight/bias exists) with the constant input 1. The factors are
+``A_d = Σ_n 1 = N`` (diagonal) and ``B_d = Σ_n Σ_c ψ_{c,n,d} ψ_{c,n,d}ᵀ`` with
+``ψ_{c,n,d} = (Σ_t g x̂, Σ_t g)_d`` the per-example gradient of feature ``d``'s parameters
+(``t``: the positions the parameters are broadcast over), so ``A_d ⊗ B_d / N`` is the exact
+``R × R`` Fisher block of feature ``d``: only the blocks between different features are
+dropped. Both ``approx="expand"`` and ``"reduce"`` give this block (there is nothing to
+approximate inside it); EKFAC's eigenbasis diagonalizes it, so EKFAC equals KFAC here.
 """
 
 from __future__ import annotations
@@ -14,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedLayerError
-from .base import LayerRule
+from .base import KronLayout, LayerRule
+from .patch import check_approx
 
 
 @dataclass
@@ -36,7 +47,9 @@ def batchnorm_coupling(module: nn.Module) -> str | None:
     return None
 
 
-class _AffineNormRule(LayerRule):
+class AffineNormRule(LayerRule):
+    """Shared maths of the elementwise-affine normalization layers (see the module docstring)."""
+
     def _reduce(self, feat: Normalized, x: torch.Tensor) -> torch.Tensor:
         """Sum a ``(C, N, *out)`` tensor over the non-parameter output dims."""
         keep = {0, 1} | {d + 1 for d in feat.param_dims}
@@ -53,8 +66,43 @@ class _AffineNormRule(LayerRule):
             out["bias"] = b.reshape(g.shape[0], g.shape[1], *module.bias.shape)
         return out
 
+    # ---- Kronecker blocks: the exact (R × R) block of each affine feature ---------------------
+    def kron_layout(self, module: nn.Module) -> KronLayout | None:
+        names = self.params(module)
+        if not names:
+            return None
+        d = getattr(module, names[0]).numel()
+        rows = len(names)
+        index = {}
+        for r, k in enumerate(names):
+            idx = torch.full((d, rows, 1), -1, dtype=torch.long)
+            idx[:, r, 0] = torch.arange(d)
+            index[k] = idx
+        return KronLayout(d, rows, 1, index, diagonal_a=True)
 
-class BatchNormRule(_AffineNormRule):
+    def _psi(self, module: nn.Module, feat: Normalized, g: torch.Tensor) -> torch.Tensor:
+        """The per-example gradients ``ψ`` as ``(C, N, D, R)`` (rows: weight then bias)."""
+        pe = self.per_example(module, feat, g)
+        c, n = g.shape[0], g.shape[1]
+        return torch.stack([pe[k].reshape(c, n, -1) for k in self.params(module)], -1)
+
+    def kfac_factors(self, module, feat: Normalized, g, cols, input_factor=True, approx="expand"):
+        """``A = N`` (``(D, 1)``, diagonal) and ``B_d = Σ_{n,c} ψ ψᵀ`` (``(D, R, R)``) for either
+        ``approx``: the exact per-feature blocks (module docstring)."""
+        check_approx(approx)
+        psi = self._psi(module, feat, g)
+        big_b = torch.einsum("cndr,cnds->drs", psi, psi)
+        if not input_factor:
+            return None, big_b
+        return g.new_full((big_b.shape[0], 1), float(g.shape[1]))[:, cols], big_b
+
+    def kfe_diag(self, module, feat: Normalized, g, cols, ua, ub):
+        """``Σ_{n,c} (U_Bᵀ ψ)²`` (``(D, R, 1)``; ``U_A = 1``)."""
+        rot = torch.einsum("cndr,drs->cnds", self._psi(module, feat, g), ub)
+        return rot.square().sum((0, 1))[:, :, None]
+
+
+class BatchNormRule(AffineNormRule):
     """BatchNorm1d/2d/3d in eval mode (running statistics)."""
 
     def check(self, module):
@@ -76,7 +124,7 @@ class BatchNormRule(_AffineNormRule):
         return Normalized(xhat, (1,))
 
 
-class LayerNormRule(_AffineNormRule):
+class LayerNormRule(AffineNormRule):
     def features(self, module: nn.LayerNorm, args, kwargs):
         x = args[0] if args else kwargs["input"]
         xhat = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
@@ -84,13 +132,13 @@ class LayerNormRule(_AffineNormRule):
         return Normalized(xhat, tuple(range(x.dim() - k, x.dim())))
 
 
-class GroupNormRule(_AffineNormRule):
+class GroupNormRule(AffineNormRule):
     def features(self, module: nn.GroupNorm, args, kwargs):
         x = args[0] if args else kwargs["input"]
         return Normalized(F.group_norm(x, module.num_groups, None, None, module.eps), (1,))
 
 
-class RMSNormRule(_AffineNormRule):
+class RMSNormRule(AffineNormRule):
     def features(self, module, args, kwargs):
         x = args[0] if args else kwargs["input"]
         xhat = F.rms_norm(x, module.normalized_shape, None, module.eps)

@@ -1,17 +1,21 @@
 """Kronecker-factored natural-gradient optimizers: KFAC, EKFAC and EKFAC-ra (thesis ch. 4, Algorithm 1).
 
 Every covered layer — each module whose layer rule defines a Kronecker layout
-(``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d``, ``nn.Embedding``, any registered rule that supports
-``representation="kfac"`` in :func:`tangentlab.fim`) — arranges its parameters as ``G``
-matrices ``V_γ`` of shape ``(O, I)``: the rule's :class:`~tangentlab.layers.base.KronLayout`
-(for Linear/Conv the bias as a trailing input column, the homogeneous form ``s = W ã``; for
-an Embedding the transposed table, with a diagonal input factor of token counts). With
+(``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d``, ``nn.Embedding``, LayerNorm/RMSNorm/GroupNorm and
+BatchNorm in eval mode, any registered rule that supports ``representation="kfac"`` in
+:func:`tangentlab.fim`) — arranges its parameters as ``G`` matrices ``V_γ`` of shape ``(O, I)``:
+the rule's :class:`~tangentlab.layers.base.KronLayout` (for Linear/Conv the bias as a trailing
+input column, the homogeneous form ``s = W ã``; for an Embedding the transposed table, with a
+diagonal input factor of token counts; for a normalization layer one ``[w_d; b_d]`` column per
+feature, whose factors are its exact per-feature block). With
 ``ã_{n,t}`` the homogeneous inputs and ``g_{n,t}`` the gradients of the per-example statistic
 with respect to the layer's output (``T`` positions: 1 for a plain Linear):
 
 * factors on the current minibatch of ``N`` examples (Algorithm 1's COMPUTEEIGENBASIS):
-  ``A = (1/N) Σ_n Σ_t ã ãᵀ`` and ``B = (1/N) Σ_n (1/T) Σ_t g gᵀ`` (KFC for convolutions;
-  exactly :meth:`LayerRule.kfac_factors`), eigenbases ``A = U_A S_A U_Aᵀ``,
+  ``A = (1/N) Σ_n Σ_t ã ãᵀ`` and ``B = (1/N) Σ_n (1/T) Σ_t g gᵀ`` (KFAC-expand, KFC for
+  convolutions) or, with ``kfac_approx="reduce"``, ``A = (1/N) Σ_n â âᵀ``, ``â = (1/T) Σ_t ã``,
+  and ``B = (1/N) Σ_n ĝ ĝᵀ``, ``ĝ = Σ_t g`` (KFAC-reduce, Eschenhagen et al., 2023; exactly
+  :meth:`LayerRule.kfac_factors`), eigenbases ``A = U_A S_A U_Aᵀ``,
   ``B = U_B S_B U_Bᵀ``, recomputed every ``period`` steps (``period=1``: the "recompute
   every step" KFAC baseline);
 * scalings in the Kronecker-factored eigenbasis (KFE), for ``G̃ = U_Bᵀ G U_A``:
@@ -80,7 +84,7 @@ from torch import nn
 from ..distributed import Reducer
 from ..engine import Engine, EngineOptions
 from ..errors import InvalidInputError
-from ..kron import rotate, unrotate
+from ..kron import check_approx, rotate, unrotate
 from ..layers.registry import LayerRegistry
 from .blocks import ParamBlock, find_blocks
 from .curvature import Curvature
@@ -115,6 +119,9 @@ class KronOptimizer(torch.optim.Optimizer):
     loss_reduction: ``"mean"`` or ``"sum"``: how the user's loss reduces over the batch
         (empirical Fisher only: per-example gradients are rebuilt from the backward pass).
     conv: ``"kfc"`` or ``"sua"``. momentum, weight_decay: of the update.
+    kfac_approx: ``"expand"`` (default; KFC's factors, exact when the outputs keep the
+        positions) or ``"reduce"`` (cheaper; exact when the positions are pooled before a linear
+        read-out): the factors of a weight shared over positions, as in :func:`tangentlab.fim`.
     fallback: ``callable(list of parameters) -> torch.optim.Optimizer`` for the parameters of
         other modules (default SGD with ``lr`` and ``momentum``).
     distributed: ``True`` (default process group) or a group: data-parallel training (wrap the
@@ -132,7 +139,7 @@ class KronOptimizer(torch.optim.Optimizer):
                  weight_decay: float = 0.0, fallback: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None
                  = None, layers: Iterable[str] | None = None, seed: int = 0,
                  registry: LayerRegistry | None = None, distributed: Any = None,
-                 options: EngineOptions | None = None):
+                 options: EngineOptions | None = None, kfac_approx: str = "expand"):
         opts = EngineOptions.merge(options, seed=seed, registry=registry, distributed=distributed)
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -149,6 +156,9 @@ class KronOptimizer(torch.optim.Optimizer):
         _choice("likelihood", likelihood, LIKELIHOODS)
         _choice("loss_reduction", loss_reduction, REDUCTIONS)
         _choice("conv", conv, CONV_MODES)
+        check_approx(kfac_approx)
+        if conv == "sua" and kfac_approx == "reduce":
+            raise InvalidInputError("conv='sua' has its own input factor; it combines with kfac_approx='expand' only")
         self.model = model
         self.reducer = Reducer.resolve(opts.distributed)
         if self.reducer.active and loss_reduction != "mean":
@@ -175,7 +185,8 @@ class KronOptimizer(torch.optim.Optimizer):
         else:
             self.fallback = None
         self.n_steps = 0
-        self.curvature = Curvature(self.blocks, self._state, self.reducer, self.scaling, damping_scheme)
+        self.kfac_approx = kfac_approx
+        self.curvature = Curvature(self.blocks, self._state, self.reducer, self.scaling, damping_scheme, kfac_approx)
         self.recorder = Recorder(model, {b.name: b.module for b in self.blocks})
         self._engine: Engine | None = None
 

@@ -18,5 +18,5 @@ from .eigen import eye_like, right_mul, rotate, solve_in_basis, sym_eigh, sym_fn
 from .stats import KFAC_APPROXIMATIONS, FactorSums, KfeSums, check_approx, kron_layouts
 
 __all__ = ["KFAC_APPROXIMATIONS", "FactorSums", "KfeSums", "check_approx", "ekfac_shift", "eye_like",
-           "factored_inverses", "kfac_denominator", "kron_layouts", "right_mul", "rotate", "solve_in_basis", "sym_eigh", "sym_fn", "tikhonov_pi",
-           "unrotate"]
+           "factored_inverses", "kfac_denominator", "kron_layouts", "right_mul", "rotate", "solve_in_basis",
+           "sym_eigh", "sym_fn", "tikhonov_pi", "unrotate"]

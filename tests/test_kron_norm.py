@@ -1,0 +1,191 @@
+"""Normalization layers in the Kronecker representations, in float64 against the torch.func oracle.
+
+LayerNorm, RMSNorm, BatchNorm (eval) and GroupNorm: feature ``d``'s affine parameters
+``[w_d; b_d]`` form one ``(R × 1)`` matrix with ``A_d = 1`` and ``B_d = (1/N) Σ_{n,c} ψ ψᵀ``
+(``ψ`` the per-example gradient of ``(w_d, b_d)``), so KFAC's and EKFAC's norm blocks are the
+exact per-feature ``R × R`` blocks of the Fisher, and zero between features.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tangentlab as tl
+from tangentlab.errors import InvalidInputError
+
+from . import oracle
+from .cases import arch_case
+
+
+class GPTBlock(nn.Module):
+    """Embedding, pre-LayerNorm attention written the GPT way (Linear q/k/v/out projections
+    around ``F.scaled_dot_product_attention``), an RMSNorm'd feed-forward, mean pooling, head."""
+
+    def __init__(self, vocab: int = 9, d: int = 8, heads: int = 2, classes: int = 3):
+        super().__init__()
+        self.heads = heads
+        self.emb = nn.Embedding(vocab, d)
+        self.ln1 = nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln2 = nn.LayerNorm(d, bias=False)
+        self.ff1 = nn.Linear(d, 2 * d)
+        self.ff2 = nn.Linear(2 * d, d)
+        self.rms = nn.RMSNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def _split(self, h: torch.Tensor) -> torch.Tensor:
+        n, t, d = h.shape
+        return h.reshape(n, t, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x)
+        a = self.ln1(h)
+        att = F.scaled_dot_product_attention(self._split(self.q(a)), self._split(self.k(a)), self._split(self.v(a)))
+        h = h + self.o(att.transpose(1, 2).reshape(h.shape))
+        h = h + self.ff2(torch.tanh(self.ff1(self.ln2(h))))
+        return self.head(self.rms(h).mean(1))
+
+
+def gpt(seed: int = 0, n: int = 7, t: int = 5):
+    torch.manual_seed(seed)
+    model = GPTBlock().double()
+    with torch.no_grad():  # affine parameters away from their (1, 0) initialization
+        for m in (model.ln1, model.ln2, model.rms):
+            m.weight.uniform_(0.5, 1.5)
+        model.ln1.bias.uniform_(-0.5, 0.5)
+    g = torch.Generator().manual_seed(seed + 1)
+    return model, torch.randint(0, 9, (n, t), generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
+
+
+def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(k, m) for k, m in model.named_modules() if isinstance(m, NORM_TYPES)]
+
+
+def feature_indices(space: tl.ParamSpace, path: str, module: nn.Module) -> torch.Tensor:
+    """``(D, R)``: flat positions of ``(w_d, b_d)`` (weight first) for every feature ``d``."""
+    cols = [torch.arange(space.info(f"{path}.{k}").offset, space.info(f"{path}.{k}").offset
+                         + getattr(module, k).numel())
+            for k in ("weight", "bias") if getattr(module, k, None) is not None]
+    return torch.stack(cols, 1)
+
+
+def cases():
+    model, x, y, fisher = arch_case("norms")
+    yield "norms", model, x, fisher
+    model, x, _ = gpt()
+    yield "gpt", model, x, oracle.fisher_exact(model, x)
+
+
+CASES = {name: (model, x, fisher) for name, model, x, fisher in cases()}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("rep", ["kfac", "ekfac"])
+def test_norm_blocks_are_the_exact_per_feature_blocks(name, rep):
+    """Each feature's ``R × R`` block is the oracle's; the rest of the layer block is zero."""
+    model, x, fisher = CASES[name]
+    M = tl.fim(model, x, "exact", rep, batch_size=3)
+    dense = M.to_dense()
+    layers = norm_layers(model)
+    assert len(layers) >= 3
+    for path, mod in layers:
+        idx = feature_indices(M.space, path, mod)
+        for d in range(idx.shape[0]):
+            i = idx[d]
+            assert oracle.rel_err(dense[i[:, None], i[None, :]], fisher[i[:, None], i[None, :]]) < 1e-10
+        sl = M.space.layer(path).slice
+        mask = torch.zeros_like(dense[sl, sl], dtype=torch.bool)
+        local = idx - sl.start
+        for d in range(idx.shape[0]):
+            mask[local[d][:, None], local[d][None, :]] = True
+        assert float(dense[sl, sl][~mask].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_norm_factors_by_formula_and_ekfac_diagonal(name):
+    """``A_d = 1``, ``B_d = (1/N) Σ_n J_{n,d}ᵀ S_n J_{n,d}`` from the oracle's per-example
+    Jacobians (``S_n`` the softmax Fisher of the logits), and EKFAC's ``s*`` is the diagonal of
+    that block in EKFAC's eigenbasis (here: its eigenvalues)."""
+    model, x, _ = CASES[name]
+    K = tl.fim(model, x, "exact", "kfac")
+    E = tl.fim(model, x, "exact", "ekfac")
+    jac = oracle.jacobian(model, x)
+    with torch.no_grad():
+        p = torch.softmax(model(x), -1)
+    s = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    kb = {b.module: b for b in K.blocks}
+    eb = {b.module: b for b in E.blocks}
+    for path, mod in norm_layers(model):
+        idx = feature_indices(K.space, path, mod)  # (D, R)
+        j = jac[:, :, idx]  # (N, C, D, R)
+        want_b = torch.einsum("ncdr,nce,neds->drs", j, s, j) / x.shape[0]
+        blk = kb[path]
+        assert blk.diagonal_a and torch.equal(blk.a, torch.ones_like(blk.a))
+        assert oracle.rel_err(blk.b, want_b) < 1e-10
+        e = eb[path]
+        assert e.ua is None
+        rot = torch.einsum("dro,drs,dsp->dop", e.ub, want_b, e.ub)  # U_Bᵀ B U_B per feature
+        assert oracle.rel_err(e.s[:, :, 0], torch.diagonal(rot, dim1=1, dim2=2)) < 1e-9
+        assert oracle.rel_err(e.s[:, :, 0].sort(-1).values, torch.linalg.eigvalsh(want_b)) < 1e-9
+
+
+@pytest.mark.parametrize("rep", ["kfac", "ekfac"])
+def test_whole_transformer_consistency(rep):
+    """A whole GPT-style model in one Kronecker representation: trace (EKFAC's the exact one),
+    mv and damped solve against the representation's dense form."""
+    model, x, fisher = CASES["gpt"]
+    M = tl.fim(model, x, "exact", rep)
+    D = M.to_dense()
+    v = tl.PVector.randn(M.space, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    f = v.flat()
+    assert abs(float(M.trace()) - float(D.trace())) < 1e-10 * float(D.trace())
+    if rep == "ekfac":
+        assert abs(float(M.trace()) - float(fisher.trace())) < 1e-10 * float(fisher.trace())
+    assert oracle.rel_err(M.mv(v).flat(), D @ f) < 1e-10
+    lam = 0.05
+    assert oracle.rel_err(M.solve(v, lam).flat(), torch.linalg.solve(D + lam * torch.eye(len(f)), f)) < 1e-8
+    other = tl.fim(model, x, "exact", "ekfac" if rep == "kfac" else "kfac").to_dense()
+    for path, _ in norm_layers(model):  # the norm blocks are exact: KFAC's equal EKFAC's
+        sl = M.space.layer(path).slice
+        assert oracle.rel_err(D[sl, sl], other[sl, sl]) < 1e-10
+
+
+def test_reduce_leaves_norm_blocks_exact():
+    """The norm blocks do not depend on ``kfac_approx`` (nothing is approximated inside them)."""
+    model, x, _ = gpt(3, t=4)
+    model.emb.requires_grad_(False)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    e = tl.fim(model, x, "exact", "kfac", params=names)
+    r = tl.fim(model, x, "exact", "kfac", params=names, kfac_approx="reduce")
+    eb, rb = {b.module: b for b in e.blocks}, {b.module: b for b in r.blocks}
+    for path in ("ln1", "ln2", "rms"):
+        assert torch.equal(eb[path].a, rb[path].a) and torch.equal(eb[path].b, rb[path].b)
+    assert oracle.rel_err(rb["q"].a, eb["q"].a) > 1e-3  # a projection shared over positions: they differ
+
+
+def test_part_of_a_norm_layer_is_refused():
+    model, x, _ = gpt()
+    with pytest.raises(InvalidInputError, match="whole parameters"):
+        tl.fim(model, x, "exact", "kfac", params=["ln1.weight", "head.weight", "head.bias"])
+
+
+def test_norm_layout_index_covers_parameters_once():
+    """The layout: ``D`` groups of ``(R, 1)``, weight in row 0 and bias in row 1."""
+    from tangentlab.layers.norm import LayerNormRule
+
+    ln = nn.LayerNorm((2, 3))
+    lay = LayerNormRule().kron_layout(ln)
+    assert (lay.groups, lay.out, lay.inputs, lay.diagonal_a) == (6, 2, 1, True)
+    assert torch.equal(lay.index["weight"][:, 0, 0], torch.arange(6))
+    assert torch.equal(lay.index["bias"][:, 1, 0], torch.arange(6))
+    assert (lay.index["weight"][:, 1] == -1).all() and (lay.index["bias"][:, 0] == -1).all()
+    assert LayerNormRule().kron_layout(nn.LayerNorm(4, elementwise_affine=False)) is None
+    assert math.prod(LayerNormRule().kron_layout(nn.LayerNorm(4, bias=False)).index["weight"].shape) == 4

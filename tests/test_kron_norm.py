@@ -262,3 +262,22 @@ def test_small_transformer_trains(make):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_optimizer_refuses_a_batchnorm_switched_to_training_mode():
+    """A BatchNorm preconditioned from eval mode and then trained with batch statistics: refused
+    (its block would silently use the running statistics); built in training mode it falls back."""
+    from tangentlab.optim import KFAC
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    opt = KFAC(model.eval(), damping=0.1)
+    assert opt.fallback is None
+    model.train()
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(InvalidInputError, match="training mode"):
+        opt.step()
+    opt2 = KFAC(model, damping=0.1)
+    assert opt2.fallback is not None and "1" not in {b.name for b in opt2.blocks}

@@ -89,7 +89,16 @@ from ..layers.registry import LayerRegistry
 from .blocks import ParamBlock, find_blocks
 from .curvature import Curvature
 from .recording import Recorder
-from .statistics import Stats, batch_size, empirical_statistics, make_engine, model_input, raw_inputs, true_statistics
+from .statistics import (
+    Stats,
+    batch_size,
+    check_modes,
+    empirical_statistics,
+    make_engine,
+    model_input,
+    raw_inputs,
+    true_statistics,
+)
 
 FISHERS = ("empirical", "true")
 LIKELIHOODS = ("softmax", "gaussian", "bernoulli")
@@ -200,6 +209,7 @@ class KronOptimizer(torch.optim.Optimizer):
     # ---- statistics --------------------------------------------------------------------
     def _statistics(self) -> Stats:
         """Per module: (rule features, ``g`` of shape ``(C, N, *out)``, ``N``)."""
+        check_modes(self.blocks)
         if self.fisher == "empirical":
             return empirical_statistics(self.blocks, self.recorder, self.loss_reduction)
         if self._engine is None:

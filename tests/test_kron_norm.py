@@ -1,7 +1,7 @@
 """Normalization layers in the Kronecker representations, in float64 against the torch.func oracle.
 
 LayerNorm, RMSNorm, BatchNorm (eval) and GroupNorm: feature ``d``'s affine parameters
-``[w_d; b_d]`` form one ``(R × 1)`` matrix with ``A_d = 1`` and ``B_d = (1/N) Σ_{n,c} ψ ψᵀ``
+``[w_d, b_d]`` form one ``(1 × R)`` matrix with ``A_d = (1/N) Σ_{n,c} ψ ψᵀ`` and ``B_d = 1``
 (``ψ`` the per-example gradient of ``(w_d, b_d)``), so KFAC's and EKFAC's norm blocks are the
 exact per-feature ``R × R`` blocks of the Fisher, and zero between features.
 """
@@ -111,12 +111,12 @@ def test_norm_blocks_are_the_exact_per_feature_blocks(name, rep):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_norm_factors_by_formula_and_ekfac_diagonal(name):
-    """``A_d = 1``, ``B_d = (1/N) Σ_n J_{n,d}ᵀ S_n J_{n,d}`` from the oracle's per-example
-    Jacobians (``S_n`` the softmax Fisher of the logits), and EKFAC's ``s*`` is the diagonal of
-    that block in EKFAC's eigenbasis (here: its eigenvalues)."""
+    """``A_d = (1/N) Σ_n J_{n,d}ᵀ S_n J_{n,d}`` from the oracle's per-example Jacobians (``S_n``
+    the softmax Fisher of the logits), ``B_d = 1``, and EKFAC's ``s*`` is the diagonal of that
+    block in EKFAC's eigenbasis (here: its eigenvalues)."""
     model, x, _ = CASES[name]
-    K = tl.fim(model, x, "exact", "kfac")
-    E = tl.fim(model, x, "exact", "ekfac")
+    K = tl.fim(model, x, "exact", "kfac", batch_size=3)
+    E = tl.fim(model, x, "exact", "ekfac", batch_size=3)
     jac = oracle.jacobian(model, x)
     with torch.no_grad():
         p = torch.softmax(model(x), -1)
@@ -126,15 +126,14 @@ def test_norm_factors_by_formula_and_ekfac_diagonal(name):
     for path, mod in norm_layers(model):
         idx = feature_indices(K.space, path, mod)  # (D, R)
         j = jac[:, :, idx]  # (N, C, D, R)
-        want_b = torch.einsum("ncdr,nce,neds->drs", j, s, j) / x.shape[0]
+        want = torch.einsum("ncdr,nce,neds->drs", j, s, j) / x.shape[0]
         blk = kb[path]
-        assert blk.diagonal_a and torch.equal(blk.a, torch.ones_like(blk.a))
-        assert oracle.rel_err(blk.b, want_b) < 1e-10
+        assert oracle.rel_err(blk.a, want) < 1e-10
+        assert oracle.rel_err(blk.b, torch.ones_like(blk.b)) < 1e-14
         e = eb[path]
-        assert e.ua is None
-        rot = torch.einsum("dro,drs,dsp->dop", e.ub, want_b, e.ub)  # U_Bᵀ B U_B per feature
-        assert oracle.rel_err(e.s[:, :, 0], torch.diagonal(rot, dim1=1, dim2=2)) < 1e-9
-        assert oracle.rel_err(e.s[:, :, 0].sort(-1).values, torch.linalg.eigvalsh(want_b)) < 1e-9
+        rot = torch.einsum("dro,drs,dsp->dop", e.ua, want, e.ua)  # U_Aᵀ A U_A per feature
+        assert oracle.rel_err(e.s[:, 0, :], torch.diagonal(rot, dim1=1, dim2=2)) < 1e-9
+        assert oracle.rel_err(e.s[:, 0, :].sort(-1).values, torch.linalg.eigvalsh(want)) < 1e-9
 
 
 @pytest.mark.parametrize("rep", ["kfac", "ekfac"])
@@ -171,22 +170,27 @@ def test_reduce_leaves_norm_blocks_exact():
     assert oracle.rel_err(rb["q"].a, eb["q"].a) > 1e-3  # a projection shared over positions: they differ
 
 
-def test_part_of_a_norm_layer_is_refused():
+def test_part_of_a_norm_layer():
+    """Bias-only training (the LayerNorm weights frozen): the kept column's exact 1 x 1 blocks."""
     model, x, _ = gpt()
-    with pytest.raises(InvalidInputError, match="whole parameters"):
-        tl.fim(model, x, "exact", "kfac", params=["ln1.weight", "head.weight", "head.bias"])
+    names = ["ln1.bias", "head.weight", "head.bias"]
+    fisher = oracle.fisher_exact(model, x, names)
+    for rep in ("kfac", "ekfac"):
+        M = tl.fim(model, x, "exact", rep, params=names)
+        sl = M.space.layer("ln1").slice
+        assert oracle.rel_err(M.to_dense()[sl, sl], torch.diag(torch.diagonal(fisher[sl, sl]))) < 1e-10
 
 
 def test_norm_layout_index_covers_parameters_once():
-    """The layout: ``D`` groups of ``(R, 1)``, weight in row 0 and bias in row 1."""
+    """The layout: ``D`` groups of ``(1, R)``, weight in column 0 and bias in column 1."""
     from tangentlab.layers.norm import LayerNormRule
 
     ln = nn.LayerNorm((2, 3))
     lay = LayerNormRule().kron_layout(ln)
-    assert (lay.groups, lay.out, lay.inputs, lay.diagonal_a) == (6, 2, 1, True)
+    assert (lay.groups, lay.out, lay.inputs, lay.diagonal_a) == (6, 1, 2, False)
     assert torch.equal(lay.index["weight"][:, 0, 0], torch.arange(6))
-    assert torch.equal(lay.index["bias"][:, 1, 0], torch.arange(6))
-    assert (lay.index["weight"][:, 1] == -1).all() and (lay.index["bias"][:, 0] == -1).all()
+    assert torch.equal(lay.index["bias"][:, 0, 1], torch.arange(6))
+    assert (lay.index["weight"][..., 1] == -1).all() and (lay.index["bias"][..., 0] == -1).all()
     assert LayerNormRule().kron_layout(nn.LayerNorm(4, elementwise_affine=False)) is None
     assert math.prod(LayerNormRule().kron_layout(nn.LayerNorm(4, bias=False)).index["weight"].shape) == 4
 

@@ -129,7 +129,9 @@ class LayerRule:
 
         Both are the same for ``T = 1``. ``input_factor=False``: ``A`` is not computed
         (``None``; later output blocks of a batch already counted). Rules whose factors do not
-        depend on the positions' treatment ignore ``approx`` (after checking it)."""
+        depend on the positions' treatment ignore ``approx`` (after checking it). The callers
+        add up what is returned over a batch's output blocks: a rule whose ``A`` depends on the
+        output gradients returns it for every block (and its ``B`` accordingly)."""
         raise NotImplementedError
 
     def kfe_diag(self, module: nn.Module, feat: Any, g: torch.Tensor, cols: torch.Tensor,

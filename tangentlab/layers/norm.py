@@ -5,14 +5,16 @@ The per-example weight gradient is ``Σ g ⊙ x̂`` and the bias gradient ``Σ g
 summed over the output dimensions the parameters are broadcast along.
 
 Kronecker representations (KFAC/EKFAC, their optimizers): the ``D`` affine features
-(``D = weight.numel()``) are ``D`` groups, each a ``(R × 1)`` matrix ``[w_d; b_d]`` (``R = 2``
-rows, or 1 when only one of weight/bias exists) with the constant input 1. The factors are
-``A_d = Σ_n 1 = N`` (diagonal) and ``B_d = Σ_n Σ_c ψ_{c,n,d} ψ_{c,n,d}ᵀ`` with
-``ψ_{c,n,d} = (Σ_t g x̂, Σ_t g)_d`` the per-example gradient of feature ``d``'s parameters
-(``t``: the positions the parameters are broadcast over), so ``A_d ⊗ B_d / N`` is the exact
-``R × R`` Fisher block of feature ``d``: only the blocks between different features are
-dropped. Both ``approx="expand"`` and ``"reduce"`` give this block (there is nothing to
-approximate inside it); EKFAC's eigenbasis diagonalizes it, so EKFAC equals KFAC here.
+(``D = weight.numel()``) are ``D`` groups, each a ``(1 × R)`` matrix ``[w_d, b_d]`` (``R = 2``
+columns, or 1 when only one of weight/bias exists). Their factors hold feature ``d``'s exact
+Fisher block rather than a product of input and output statistics: ``A_d = Σ_n Σ_c ψ ψᵀ``
+(``R × R``) with ``ψ_{c,n,d} = (Σ_t g x̂, Σ_t g)_d`` the per-example gradient of
+``(w_d, b_d)`` (``t``: the positions the parameters are broadcast over) and ``B_d = Σ_n 1 = N``;
+once the builders divide each factor by ``N``, ``A_d ⊗ B_d = (1/N) Σ_{n,c} ψ ψᵀ`` is that block
+itself: only the blocks between different features are dropped. Both ``approx="expand"`` and
+``"reduce"`` give it (nothing is approximated inside it); EKFAC's eigenbasis diagonalizes it, so
+EKFAC equals KFAC here. As ``A`` depends on the output gradients, it is returned for every
+output block of a batch and ``B`` (the count) for the first one only.
 """
 
 from __future__ import annotations
@@ -72,34 +74,35 @@ class AffineNormRule(LayerRule):
         if not names:
             return None
         d = getattr(module, names[0]).numel()
-        rows = len(names)
         index = {}
-        for r, k in enumerate(names):
-            idx = torch.full((d, rows, 1), -1, dtype=torch.long)
-            idx[:, r, 0] = torch.arange(d)
+        for col, k in enumerate(names):
+            idx = torch.full((d, 1, len(names)), -1, dtype=torch.long)
+            idx[:, 0, col] = torch.arange(d)
             index[k] = idx
-        return KronLayout(d, rows, 1, index, diagonal_a=True)
+        return KronLayout(d, 1, len(names), index)
 
-    def _psi(self, module: nn.Module, feat: Normalized, g: torch.Tensor) -> torch.Tensor:
-        """The per-example gradients ``ψ`` as ``(C, N, D, R)`` (rows: weight then bias)."""
+    def _psi(self, module: nn.Module, feat: Normalized, g: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The per-example gradients ``ψ`` as ``(C, N, D, R)`` (columns: weight then bias), kept
+        columns ``cols`` only."""
         pe = self.per_example(module, feat, g)
         c, n = g.shape[0], g.shape[1]
-        return torch.stack([pe[k].reshape(c, n, -1) for k in self.params(module)], -1)
+        names = self.params(module)
+        return torch.stack([pe[names[int(k)]].reshape(c, n, -1) for k in cols], -1)
 
     def kfac_factors(self, module, feat: Normalized, g, cols, input_factor=True, approx="expand"):
-        """``A = N`` (``(D, 1)``, diagonal) and ``B_d = Σ_{n,c} ψ ψᵀ`` (``(D, R, R)``) for either
-        ``approx``: the exact per-feature blocks (module docstring)."""
+        """``A_d = Σ_{n,c} ψ ψᵀ`` (``(D, R, R)``, every output block) and ``B = N``
+        (``(D, 1, 1)``; 0 for a batch's later output blocks), for either ``approx``: the exact
+        per-feature blocks (module docstring)."""
         check_approx(approx)
-        psi = self._psi(module, feat, g)
-        big_b = torch.einsum("cndr,cnds->drs", psi, psi)
-        if not input_factor:
-            return None, big_b
-        return g.new_full((big_b.shape[0], 1), float(g.shape[1]))[:, cols], big_b
+        psi = self._psi(module, feat, g, cols)
+        big_a = torch.einsum("cndr,cnds->drs", psi, psi)
+        big_b = g.new_full((psi.shape[2], 1, 1), float(g.shape[1]) if input_factor else 0.0)
+        return big_a, big_b
 
     def kfe_diag(self, module, feat: Normalized, g, cols, ua, ub):
-        """``Σ_{n,c} (U_Bᵀ ψ)²`` (``(D, R, 1)``; ``U_A = 1``)."""
-        rot = torch.einsum("cndr,drs->cnds", self._psi(module, feat, g), ub)
-        return rot.square().sum((0, 1))[:, :, None]
+        """``Σ_{n,c} (U_Bᵀ ψᵀ U_A)²`` (``(D, 1, R)``; ``U_B`` is ``±1``)."""
+        rot = torch.einsum("cndr,drs->cnds", self._psi(module, feat, g, cols), ua)
+        return (rot.square().sum((0, 1)) * ub[:, 0, :].square())[:, None, :]
 
 
 class BatchNormRule(AffineNormRule):

@@ -33,6 +33,7 @@ from .data import Batches
 from .engine import EngineOptions, make_engine
 from .errors import InvalidInputError
 from .fmat import FMatDense, build_ntk
+from .kron import check_approx
 from .layers.registry import LayerRegistry
 from .maps import PushForwardDense, PushForwardImplicit
 from .outputs import EmpiricalFisher, MonteCarloFisher, OutputFunction, Regression, make_output
@@ -66,7 +67,8 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
         variance: float | None = None, centering: bool = False, batch_size: int | None = None,
         route: str = "auto", registry: LayerRegistry | None = None, seed: int = 0,
         memory_budget: Any = None, progress: bool | None = None, mixed: dict | None = None,
-        distributed: Any = None, precision: Any = None, options: EngineOptions | None = None) -> PMat:
+        kfac_approx: str = "expand", distributed: Any = None, precision: Any = None,
+        options: EngineOptions | None = None) -> PMat:
     """Fisher information matrix (or GGN / empirical Fisher) of ``model`` on ``data``.
 
     ``F = (1/N) Σ_n Σ_c φ_c(x_n) φ_c(x_n)ᵀ`` where the pseudo-outputs ``s_c``
@@ -97,6 +99,16 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
     representation names, overriding the default (EKFAC for Linear/Conv/Embedding,
     BlockDiag elsewhere). ``params`` restricts the parameter space; ``centering=True``
     centers the tangent features (``φ − E φ``).
+
+    ``kfac_approx`` (``representation="kfac"``/``"ekfac"`` only): how the Kronecker factors
+    treat a weight shared over ``T`` positions (sequence Linear, Conv; Eschenhagen et al.,
+    2023): ``"expand"`` (positions as extra examples) or ``"reduce"`` (inputs averaged and
+    output gradients summed over the positions first; cheaper, ``N·I²`` instead of ``N·T·I²``
+    for ``A``). The default ``"expand"`` is KFC's classic normalization for convolutions and
+    is exact when the outputs keep the positions (per-token or per-pixel outputs); ``"reduce"``
+    is exact when the positions are pooled before a linear read-out (sequence or image
+    classifiers). They coincide for ``T = 1``. EKFAC's ``s*`` uses the per-example gradients
+    with either.
 
     ``distributed=True`` (or a process group): ``data`` is this rank's shard; the sums
     are all-reduced so every rank gets the Fisher of the union of the shards
@@ -172,11 +184,16 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
     output = _fisher_output(kind, n_samples, loss, variance)
     engine = make_engine(model, opts, output, params)
     rep = lookup_representation(representation)
+    extra = {}
+    if rep.name in ("kfac", "ekfac"):
+        extra["kfac_approx"] = check_approx(kfac_approx)
+    elif kfac_approx != "expand":
+        raise InvalidInputError("kfac_approx= applies to representation='kfac' or 'ekfac' only")
     if mixed is not None:
         if rep.name != "mixed":
             raise InvalidInputError("mixed= applies to representation='mixed' only")
         return rep.build(engine, Batches(data, batch_size), centering=centering, assign=mixed)
-    return rep.build(engine, Batches(data, batch_size), centering=centering)
+    return rep.build(engine, Batches(data, batch_size), centering=centering, **extra)
 
 
 def ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: Any = "raw",

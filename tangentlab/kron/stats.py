@@ -4,9 +4,17 @@ For a layer whose per-example gradient of group ``γ`` is ``G_{c,n} = Σ_t g_{c,
 (rows: outputs, columns: homogeneous inputs; the rule's
 :class:`~tangentlab.layers.base.KronLayout`), over ``N`` examples:
 
-* KFAC / KFC factors (Martens & Grosse, 2015; Grosse & Martens, 2016):
-  ``A = (1/N) Σ_n Σ_t ã ãᵀ`` and ``B = (1/N) Σ_n Σ_c (1/T) Σ_t g gᵀ``
-  (the rule's ``kfac_factors``);
+* KFAC / KFC factors (Martens & Grosse, 2015; Grosse & Martens, 2016), for a weight shared
+  over ``T`` positions in one of the two treatments of Eschenhagen et al. (2023) (the rule's
+  ``kfac_factors`` with ``approx``):
+
+  - ``"expand"`` (positions as extra examples): ``A = (1/N) Σ_n Σ_t ã ãᵀ`` and
+    ``B = (1/N) Σ_n Σ_c (1/T) Σ_t g gᵀ``; exact for deep linear networks whose outputs keep
+    the positions (a loss per position), for the Gaussian likelihood;
+  - ``"reduce"`` (positions reduced first): ``A = (1/N) Σ_n â âᵀ``, ``â = (1/T) Σ_t ã``, and
+    ``B = (1/N) Σ_n Σ_c ĝ ĝᵀ``, ``ĝ = Σ_t g``; exact for deep linear networks whose positions
+    are mean- or sum-pooled before a linear read-out (the output gradients are then the same
+    at every position);
 * EKFAC's diagonal in the Kronecker-factored eigenbasis (George et al., 2018, eq. 10):
   ``s* = (1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` (the rule's ``kfe_diag``).
 
@@ -22,6 +30,7 @@ import torch
 
 from ..engine import Capture, LayerCapture
 from ..errors import InvalidInputError, UnsupportedLayerError
+from ..layers.patch import KFAC_APPROXIMATIONS, check_approx
 from ..space import ParamSpace
 
 Layout = tuple[torch.Tensor, torch.Tensor]  # (kept homogeneous columns, flat index (G, O, I_kept))
@@ -75,17 +84,20 @@ def kron_layouts(cap: Capture, space: ParamSpace, cache: dict[str, Layout] | Non
 
 class FactorSums:
     """``Σ A`` and ``Σ B`` per layer of ``space`` over the captures given to :meth:`add`
-    (``A`` only from a batch's first output block: it depends on the inputs only)."""
+    (``A`` only from a batch's first output block: it depends on the inputs only);
+    ``approx``: ``"expand"`` or ``"reduce"`` (the module docstring)."""
 
-    def __init__(self, space: ParamSpace):
+    def __init__(self, space: ParamSpace, approx: str = "expand"):
         self.space = space
+        self.approx = check_approx(approx)
         self.sums: dict[str, list[Any]] = {}
         self.index: dict[str, torch.Tensor] = {}
         self._layouts: dict[str, Layout] = {}
 
     def add(self, cap: Capture) -> None:
         for lc, cols, idx in kron_layouts(cap, self.space, self._layouts):
-            a, b = lc.rule.kfac_factors(lc.module, lc.feat, lc.g, cols, input_factor=cap.first)
+            a, b = lc.rule.kfac_factors(lc.module, lc.feat, lc.g, cols, input_factor=cap.first,
+                                        approx=self.approx)
             m = lc.layer.module
             if m in self.sums:
                 if a is not None:
@@ -125,4 +137,4 @@ class KfeSums:
         return [self.sums[lay.module] for lay in self.space.layers]
 
 
-__all__ = ["FactorSums", "KfeSums", "kron_layouts"]
+__all__ = ["KFAC_APPROXIMATIONS", "FactorSums", "KfeSums", "check_approx", "kron_layouts"]

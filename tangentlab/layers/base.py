@@ -195,11 +195,21 @@ class LayerRule:
         return None
 
     def kfac_factors(self, module: nn.Module, feat: Any, g: torch.Tensor, cols: torch.Tensor,
-                     input_factor: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Sums over the batch of the KFAC factors restricted to input columns ``cols``:
-        ``A = Σ_n Σ_t ã ãᵀ`` (``(G, I, I)``, or ``(G, I)`` if diagonal) and
-        ``B = Σ_n Σ_c (1/T) Σ_t g gᵀ`` (``(G, O, O)``). ``input_factor=False``: ``A`` is not
-        computed (``None``; later output blocks of a batch already counted).
+                     input_factor: bool = True, approx: str = "expand") -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Sums over the batch of the KFAC factors restricted to input columns ``cols``
+        (``A``: ``(G, I, I)``, or ``(G, I)`` if diagonal; ``B``: ``(G, O, O)``). For a layer whose
+        weight is shared over ``T`` positions (Eschenhagen et al., 2023, sec. 3):
+
+        * ``approx="expand"`` (positions as extra examples; KFC's normalization):
+          ``A = Σ_n Σ_t ã ãᵀ``, ``B = Σ_n Σ_c (1/T) Σ_t g gᵀ``;
+        * ``approx="reduce"`` (positions reduced first): ``A = Σ_n â âᵀ`` with
+          ``â = (1/T) Σ_t ã``, ``B = Σ_n Σ_c ĝ ĝᵀ`` with ``ĝ = Σ_t g``.
+
+        Both are the same for ``T = 1``. ``input_factor=False``: ``A`` is not computed
+        (``None``; later output blocks of a batch already counted). Rules whose factors do not
+        depend on the positions' treatment ignore ``approx`` (after checking it). The callers
+        add up what is returned over a batch's output blocks: a rule whose ``A`` depends on the
+        output gradients returns it for every block (and its ``B`` accordingly).
 
         Parameters
         ----------
@@ -209,6 +219,8 @@ class LayerRule:
             The selected input columns (indices).
         input_factor : bool
             Compute ``A``.
+        approx : {"expand", "reduce"}
+            The treatment of the positions a weight is shared over.
         """
         raise NotImplementedError
 

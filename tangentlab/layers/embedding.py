@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import UnsupportedLayerError
 from .base import CHUNK_ELEMENTS, KronLayout, LayerRule
+from .patch import check_approx
 
 
 @dataclass
@@ -104,8 +105,15 @@ class EmbeddingRule(LayerRule):
         idx = (torch.arange(v).reshape(1, 1, v) * d + torch.arange(d).reshape(1, d, 1))
         return KronLayout(1, d, v, {"weight": idx}, diagonal_a=True)
 
-    def kfac_factors(self, module, feat: Tokens, g, cols, input_factor=True):
+    def kfac_factors(self, module, feat: Tokens, g, cols, input_factor=True, approx="expand"):
+        """KFAC-expand: ``A = diag(token counts)``, ``B = Σ_n Σ_c (1/T) Σ_t g gᵀ``. KFAC-reduce is
+        refused for sequences (its input factor, of the token frequencies, is a dense ``V × V``)."""
         t = feat.idx.shape[1]
+        if check_approx(approx) == "reduce" and t != 1:
+            raise UnsupportedLayerError("kfac_approx='reduce' is not defined for nn.Embedding on sequences "
+                                        "(its input factor would be a dense vocabulary x vocabulary matrix); "
+                                        "use kfac_approx='expand', or leave the Embedding out (`params=` of "
+                                        "tangentlab.fim, `layers=` of the optimizers)")
         gg = self._g(feat, g)  # masked (C, N, T, D)
         big_b = torch.einsum("cntd,cnte->de", gg, gg) / t
         if not input_factor:

@@ -21,6 +21,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
 from .base import CHUNK_ELEMENTS, KronLayout, LayerRule, sym_gram_into
 from .unfold import unfold_patches
 
@@ -265,12 +266,23 @@ class PatchRule(LayerRule):
         return KronLayout(grp, o, iw + 1, {"weight": torch.cat([w, neg], 2),
                                             "bias": torch.cat([torch.full_like(w, -1), oo], 2)})
 
-    def kfac_factors(self, module, feat: Patches, g, cols, input_factor=True):
+    def kfac_factors(self, module, feat: Patches, g, cols, input_factor=True, approx="expand"):
+        """KFAC-expand (KFC for convolutions) or KFAC-reduce factors, see
+        :meth:`LayerRule.kfac_factors`. Reduce averages the homogeneous inputs over the
+        positions (the ones column stays 1) and sums the output gradients over them."""
+        reduce = check_approx(approx) == "reduce" and feat.t != 1
         big_a = None
         if input_factor:
             a = _kept(feat.a, cols)
-            big_a = torch.einsum("ntgi,ntgj->gij", a, a)
+            if reduce:
+                a = a.mean(1)
+                big_a = torch.einsum("ngi,ngj->gij", a, a)
+            else:
+                big_a = torch.einsum("ntgi,ntgj->gij", a, a)
         gg = self.shape_g(module, feat, g)
+        if reduce:
+            gs = gg.sum(2)
+            return big_a, torch.einsum("cngo,cngp->gop", gs, gs)
         big_b = torch.einsum("cntgo,cntgp->gop", gg, gg)
         if feat.t != 1:
             big_b /= feat.t
@@ -343,6 +355,19 @@ def kfe_second_moment(a: torch.Tensor, g: torch.Tensor, ua: torch.Tensor | None,
                 acc = s if acc is None else acc.add_(s)
         out = acc[None] if out is None else torch.cat([out, acc[None]], 0)
     return out
+
+
+#: The treatments of a weight shared over positions by the Kronecker factors (Eschenhagen et al.,
+#: 2023): ``"expand"`` (positions as extra examples) and ``"reduce"`` (positions reduced first).
+KFAC_APPROXIMATIONS = ("expand", "reduce")
+
+
+def check_approx(approx: str) -> str:
+    """``approx`` if it is one of :data:`KFAC_APPROXIMATIONS`; otherwise a clear error."""
+    if approx not in KFAC_APPROXIMATIONS:
+        raise InvalidInputError(f"kfac_approx must be 'expand' or 'reduce' (Eschenhagen et al., 2023); "
+                                f"got {approx!r}")
+    return approx
 
 
 def _kept(a: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

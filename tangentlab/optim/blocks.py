@@ -1,9 +1,9 @@
 """Which parameters the Kronecker-factored optimizers precondition, arranged as matrices.
 
 Every module whose layer rule defines a Kronecker layout
-(:meth:`~tangentlab.layers.base.LayerRule.kron_layout`: Linear, Conv, Embedding, and any
-registered rule that supports ``representation="kfac"`` in :func:`tangentlab.fim`) and whose
-parameters all require gradients becomes one :class:`ParamBlock` of ``G`` matrices
+(:meth:`~tangentlab.layers.base.LayerRule.kron_layout`: Linear, Conv, Embedding, normalization
+layers, and any registered rule that supports ``representation="kfac"`` in
+:func:`tangentlab.fim`) and whose parameters all require gradients becomes one :class:`ParamBlock` of ``G`` matrices
 ``(O, I)``; an SUA convolution (``conv="sua"``) becomes two: its weight as ``K`` matrices
 ``(O, C_in)`` and its bias.
 """
@@ -64,7 +64,7 @@ class ParamBlock:
             start += n
         try:
             self.structured = torch.equal(self._gather_structured(probe), self.perm.reshape(self.shape))
-        except RuntimeError:  # a layout of another shape
+        except (RuntimeError, KeyError):  # a layout of another shape or parameters
             self.structured = False
 
     @property

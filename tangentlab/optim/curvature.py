@@ -2,7 +2,7 @@
 with the Kronecker pipeline (:mod:`tangentlab.kron`).
 
 Per block, on recomputation steps: the factors ``A``, ``B`` on the current minibatch (the
-rule's ``kfac_factors``; SUA for ``conv="sua"``), averaged over ranks, and their eigenbases
+rule's ``kfac_factors``, KFAC-expand or KFAC-reduce; SUA for ``conv="sua"``), averaged over ranks, and their eigenbases
 (eigenvalues clamped at 0). Per step: the scaling ``s`` in the Kronecker-factored eigenbasis
 (KFAC: ``s_B ⊗ s_A``; EKFAC: ``s*`` from the rule's ``kfe_diag``; EKFAC-ra: a running average
 kept by the optimizer) and the damped denominator ``D`` (:mod:`tangentlab.kron.damping`).
@@ -29,12 +29,13 @@ if TYPE_CHECKING:
 class Curvature:
     """Factors, eigenbases, scalings and damped denominators of ``blocks``; per-block tensors
     live in the optimizer state ``state(block)`` (``ua``, ``ea``, ``ub``, ``eb`` and, for
-    EKFAC, ``s``). ``scaling``: ``"kfac"``, ``"batch"`` (EKFAC) or ``"running"`` (EKFAC-ra)."""
+    EKFAC, ``s``). ``scaling``: ``"kfac"``, ``"batch"`` (EKFAC) or ``"running"`` (EKFAC-ra);
+    ``approx``: the factors' ``"expand"`` or ``"reduce"`` (:meth:`LayerRule.kfac_factors`)."""
 
     def __init__(self, blocks: list[ParamBlock], state: Callable[[ParamBlock], dict[str, Any]],
-                 reducer: Reducer, scaling: str, damping_scheme: str):
+                 reducer: Reducer, scaling: str, damping_scheme: str, approx: str = "expand"):
         self.blocks, self.state, self.reducer = blocks, state, reducer
-        self.scaling, self.damping_scheme = scaling, damping_scheme
+        self.scaling, self.damping_scheme, self.approx = scaling, damping_scheme, approx
         self.index = {id(b): i for i, b in enumerate(blocks)}
         self._den_cache: dict[int, tuple[float, torch.Tensor]] = {}
 
@@ -49,7 +50,7 @@ class Curvature:
         feat, g, n = stats[b.name]
         if b.part == "kron":
             cols = torch.arange(b.shape[2], device=g.device)
-            a, bb = b.rule.kfac_factors(b.module, feat, g, cols)
+            a, bb = b.rule.kfac_factors(b.module, feat, g, cols, approx=self.approx)
             return cast(torch.Tensor, a) / n, bb / n  # input_factor=True: A is computed
         # SUA: B from the rule, A over input channels
         _, bb = b.rule.kfac_factors(b.module, feat, g, torch.zeros(1, dtype=torch.long, device=g.device),

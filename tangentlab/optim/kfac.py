@@ -1,17 +1,21 @@
 """Kronecker-factored natural-gradient optimizers: KFAC, EKFAC and EKFAC-ra (thesis ch. 4, Algorithm 1).
 
 Every covered layer — each module whose layer rule defines a Kronecker layout
-(``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d``, ``nn.Embedding``, any registered rule that supports
-``representation="kfac"`` in :func:`tangentlab.fim`) — arranges its parameters as ``G``
-matrices ``V_γ`` of shape ``(O, I)``: the rule's :class:`~tangentlab.layers.base.KronLayout`
-(for Linear/Conv the bias as a trailing input column, the homogeneous form ``s = W ã``; for
-an Embedding the transposed table, with a diagonal input factor of token counts). With
+(``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d``, ``nn.Embedding``, LayerNorm/RMSNorm/GroupNorm and
+BatchNorm in eval mode, any registered rule that supports ``representation="kfac"`` in
+:func:`tangentlab.fim`) — arranges its parameters as ``G`` matrices ``V_γ`` of shape ``(O, I)``:
+the rule's :class:`~tangentlab.layers.base.KronLayout` (for Linear/Conv the bias as a trailing
+input column, the homogeneous form ``s = W ã``; for an Embedding the transposed table, with a
+diagonal input factor of token counts; for a normalization layer one ``[w_d; b_d]`` column per
+feature, whose factors are its exact per-feature block). With
 ``ã_{n,t}`` the homogeneous inputs and ``g_{n,t}`` the gradients of the per-example statistic
 with respect to the layer's output (``T`` positions: 1 for a plain Linear):
 
 * factors on the current minibatch of ``N`` examples (Algorithm 1's COMPUTEEIGENBASIS):
-  ``A = (1/N) Σ_n Σ_t ã ãᵀ`` and ``B = (1/N) Σ_n (1/T) Σ_t g gᵀ`` (KFC for convolutions;
-  exactly :meth:`LayerRule.kfac_factors`), eigenbases ``A = U_A S_A U_Aᵀ``,
+  ``A = (1/N) Σ_n Σ_t ã ãᵀ`` and ``B = (1/N) Σ_n (1/T) Σ_t g gᵀ`` (KFAC-expand, KFC for
+  convolutions) or, with ``kfac_approx="reduce"``, ``A = (1/N) Σ_n â âᵀ``, ``â = (1/T) Σ_t ã``,
+  and ``B = (1/N) Σ_n ĝ ĝᵀ``, ``ĝ = Σ_t g`` (KFAC-reduce, Eschenhagen et al., 2023; exactly
+  :meth:`LayerRule.kfac_factors`), eigenbases ``A = U_A S_A U_Aᵀ``,
   ``B = U_B S_B U_Bᵀ``, recomputed every ``period`` steps (``period=1``: the "recompute
   every step" KFAC baseline);
 * scalings in the Kronecker-factored eigenbasis (KFE), for ``G̃ = U_Bᵀ G U_A``:
@@ -80,12 +84,21 @@ from torch import nn
 from ..distributed import Reducer
 from ..engine import Engine, EngineOptions
 from ..errors import InvalidInputError
-from ..kron import rotate, unrotate
+from ..kron import check_approx, rotate, unrotate
 from ..layers.registry import LayerRegistry
 from .blocks import ParamBlock, find_blocks
 from .curvature import Curvature
 from .recording import Recorder
-from .statistics import Stats, batch_size, empirical_statistics, make_engine, model_input, raw_inputs, true_statistics
+from .statistics import (
+    Stats,
+    batch_size,
+    check_modes,
+    empirical_statistics,
+    make_engine,
+    model_input,
+    raw_inputs,
+    true_statistics,
+)
 
 FISHERS = ("empirical", "true")
 LIKELIHOODS = ("softmax", "gaussian", "bernoulli")
@@ -128,6 +141,10 @@ class KronOptimizer(torch.optim.Optimizer):
         gradients are rebuilt from the backward pass).
     conv : {"kfc", "sua"}
         The factors of convolutions.
+    kfac_approx : {"expand", "reduce"}
+        The factors of a weight shared over positions, as in :func:`tangentlab.fim`:
+        ``"expand"`` (default; KFC's factors, exact when the outputs keep the positions) or
+        ``"reduce"`` (cheaper; exact when the positions are pooled before a linear read-out).
     momentum, weight_decay : float
         Of the update.
     fallback : callable, optional
@@ -163,7 +180,7 @@ class KronOptimizer(torch.optim.Optimizer):
                  weight_decay: float = 0.0, fallback: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None
                  = None, layers: Iterable[str] | None = None, seed: int = 0,
                  registry: LayerRegistry | None = None, distributed: Any = None,
-                 options: EngineOptions | None = None):
+                 options: EngineOptions | None = None, kfac_approx: str = "expand"):
         opts = EngineOptions.merge(options, seed=seed, registry=registry, distributed=distributed)
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -180,6 +197,9 @@ class KronOptimizer(torch.optim.Optimizer):
         _choice("likelihood", likelihood, LIKELIHOODS)
         _choice("loss_reduction", loss_reduction, REDUCTIONS)
         _choice("conv", conv, CONV_MODES)
+        check_approx(kfac_approx)
+        if conv == "sua" and kfac_approx == "reduce":
+            raise InvalidInputError("conv='sua' has its own input factor; it combines with kfac_approx='expand' only")
         self.model = model
         self.reducer = Reducer.resolve(opts.distributed)
         if self.reducer.active and loss_reduction != "mean":
@@ -206,7 +226,8 @@ class KronOptimizer(torch.optim.Optimizer):
         else:
             self.fallback = None
         self.n_steps = 0
-        self.curvature = Curvature(self.blocks, self._state, self.reducer, self.scaling, damping_scheme)
+        self.kfac_approx = kfac_approx
+        self.curvature = Curvature(self.blocks, self._state, self.reducer, self.scaling, damping_scheme, kfac_approx)
         self.recorder = Recorder(model, {b.name: b.module for b in self.blocks})
         self._engine: Engine | None = None
 
@@ -220,6 +241,7 @@ class KronOptimizer(torch.optim.Optimizer):
     # ---- statistics --------------------------------------------------------------------
     def _statistics(self) -> Stats:
         """Per module: (rule features, ``g`` of shape ``(C, N, *out)``, ``N``)."""
+        check_modes(self.blocks)
         if self.fisher == "empirical":
             return empirical_statistics(self.blocks, self.recorder, self.loss_reduction)
         if self._engine is None:

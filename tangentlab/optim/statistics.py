@@ -20,6 +20,7 @@ from torch import nn
 from ..engine import Engine, EngineOptions
 from ..engine import make_engine as engine_from_options
 from ..errors import InvalidInputError
+from ..layers.norm import batchnorm_coupling
 from ..outputs import make_output
 from ..space import ParamSpace
 from .blocks import ParamBlock
@@ -38,6 +39,18 @@ def make_engine(model: nn.Module, params: list[torch.Tensor], likelihood: str, n
     output = make_output(kind, **({opt: n_samples} if opt else {}))
     names = [n for n, p in model.named_parameters() if any(p is q for q in params)]
     return engine_from_options(model, options, output, ParamSpace.from_model(model, names))
+
+
+def check_modes(blocks: list[ParamBlock]) -> None:
+    """Refuse a BatchNorm that has been switched to training mode after its block was set up in
+    eval mode (the block's statistics use the running statistics, the forward pass would not)."""
+    for b in blocks:
+        coupled = batchnorm_coupling(b.module)
+        if coupled:
+            raise InvalidInputError(
+                f"layer {b.name!r} ({type(b.module).__name__}) {coupled}, but the optimizer preconditions it "
+                "with running statistics: keep it in eval mode, or build the optimizer with the model in "
+                "training mode (the BatchNorm then goes to the fallback optimizer)")
 
 
 def empirical_statistics(blocks: list[ParamBlock], recorder: Recorder, loss_reduction: str) -> Stats:
@@ -109,4 +122,4 @@ def batch_size(fisher: str, recorder: Recorder) -> int:
     return int(recorder.records[recorder.names[0]]["gout"].shape[0])
 
 
-__all__ = ["Stats", "batch_size", "empirical_statistics", "make_engine", "raw_inputs", "true_statistics"]
+__all__ = ["Stats", "batch_size", "check_modes", "empirical_statistics", "make_engine", "raw_inputs", "true_statistics"]

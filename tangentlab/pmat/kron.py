@@ -5,13 +5,23 @@ Each layer's parameters are arranged as ``G`` matrices ``V_γ`` of shape ``(O, I
 bias — the homogeneous form ``s = W ã``; see :class:`~tangentlab.layers.base.KronLayout`).
 With per-example gradients ``G_{c,n} = Σ_t g_{c,n,t} ã_{n,t}ᵀ``:
 
-* **KFAC**: ``F_γ ≈ A_γ ⊗ B_γ`` acting as ``V ↦ B V A`` with
-  ``A = (1/N) Σ_n Σ_t ã ãᵀ`` and ``B = (1/N) Σ_n Σ_c (1/T) Σ_t g gᵀ`` (``T`` positions:
-  1 for a plain Linear; for convolutions and sequences this is KFC's normalization —
-  activations summed over positions, output gradients averaged). Exact for one
-  example with ``T = 1`` and for deep linear networks with raw outputs.
-* **EKFAC**: the Kronecker-factored eigenbasis ``U_A ⊗ U_B`` of the KFAC factors with
-  the Frobenius-optimal diagonal ``s* = (1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` in it, so
+* **KFAC**: ``F_γ ≈ A_γ ⊗ B_γ`` acting as ``V ↦ B V A`` with, for ``T`` positions sharing the
+  weight (1 for a plain Linear), one of the two approximations of Eschenhagen et al. (2023)
+  (``kfac_approx`` of :func:`tangentlab.fim`):
+
+  - ``"expand"`` (default; KFC's normalization for convolutions): ``A = (1/N) Σ_n Σ_t ã ãᵀ``
+    and ``B = (1/N) Σ_n Σ_c (1/T) Σ_t g gᵀ`` — exact for deep linear networks whose outputs
+    keep the positions (the expand setting);
+  - ``"reduce"``: ``A = (1/N) Σ_n â âᵀ`` with ``â = (1/T) Σ_t ã`` and
+    ``B = (1/N) Σ_n Σ_c ĝ ĝᵀ`` with ``ĝ = Σ_t g`` — exact for deep linear networks that pool
+    the positions before a linear read-out (the reduce setting).
+
+  Both coincide for ``T = 1``, where KFAC is exact for one example and for deep linear
+  networks with raw outputs. Normalization layers' blocks are their exact per-feature blocks
+  (:mod:`tangentlab.layers.norm`).
+* **EKFAC**: the Kronecker-factored eigenbasis ``U_A ⊗ U_B`` of the KFAC factors (expand or
+  reduce) with the Frobenius-optimal diagonal ``s* = (1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` of the
+  per-example gradients in it, so
   ``trace(EKFAC) = trace(F)`` and ``‖F_l − EKFAC_l‖_F ≤ ‖F_l − KFAC_l‖_F`` per layer.
 
 Cross-layer (and cross-group) blocks are zero. The factor statistics, eigenbases, ``s*`` and

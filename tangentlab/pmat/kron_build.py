@@ -15,25 +15,32 @@ import torch
 from ..engine import Engine, OutputBlocks
 from ..engine.passes import CaptureCache, one_pass
 from ..errors import InvalidInputError
-from ..kron import FactorSums, kron_layouts, sym_eigh
+from ..kron import FactorSums, check_approx, kron_layouts, sym_eigh
 from .kron import KfeBlock, KronBlock, PMatEKFAC, PMatKFAC, kfe_diagonals
 
 
-def build_kfac(engine: Engine, data: Any, centering: bool = False, stash: CaptureCache | None = None) -> PMatKFAC:
+def build_kfac(engine: Engine, data: Any, centering: bool = False, stash: CaptureCache | None = None,
+               kfac_approx: str = "expand") -> PMatKFAC:
+    """KFAC from one pass; ``kfac_approx``: ``"expand"`` or ``"reduce"`` for weights shared over
+    positions (:mod:`tangentlab.kron.stats`)."""
+    check_approx(kfac_approx)
     if centering:
         raise InvalidInputError("KFAC of centered tangent features is not defined; use "
                                 "representation='ekfac' (exact centered s*) or 'dense'")
-    sums = FactorSums(engine.space)
+    sums = FactorSums(engine.space, kfac_approx)
     n, _ = one_pass(engine, data, "KFAC factors", sums.add, stash=stash, output_blocks=OutputBlocks.auto(),
                     reduce=sums.accumulators)
     blocks = [KronBlock(*layer) for layer in sums.means(n)]
     return PMatKFAC(engine.space, blocks, engine.budget)
 
 
-def build_ekfac(engine: Engine, data: Any, centering: bool = False) -> PMatEKFAC:
+def build_ekfac(engine: Engine, data: Any, centering: bool = False, kfac_approx: str = "expand") -> PMatEKFAC:
+    """EKFAC: the eigenbasis of the ``kfac_approx`` factors, ``s*`` from the per-example
+    gradients (whatever the factors' approximation)."""
+    check_approx(kfac_approx)
     # the s* pass reuses the factor pass's captures when they fit a quarter of the budget
     stash = CaptureCache(engine.budget.nbytes // 4)
-    kfac = build_kfac(engine, data, stash=stash)
+    kfac = build_kfac(engine, data, stash=stash, kfac_approx=kfac_approx)
     blocks = []
     for blk in kfac.blocks:
         ea, ua = sym_eigh(blk.a)

@@ -16,6 +16,7 @@ from torch import nn
 from ..data import Batches
 from ..engine import Engine
 from ..errors import InvalidInputError
+from ..layers.norm import AffineNormRule
 from ..memory import MemoryBudget
 from ..space import ParamSpace
 from ..vectors import PVector
@@ -210,10 +211,12 @@ class PMatMixed(PMat):
 
 
 def default_assignment(engine: Engine, data: Batches) -> dict[str, str]:
-    """``{module path: "ekfac" | "blockdiag"}``: EKFAC where a Kronecker layout exists."""
+    """``{module path: "ekfac" | "blockdiag"}``: EKFAC where a Kronecker layout exists, except for
+    normalization layers (their whole-layer block, not only its per-feature blocks)."""
     index, batch = next(engine.batches(data))
     plan = engine.plan(batch)
-    kron = {h.layer.module for h in plan.hooked if h.rule.kron_layout(h.module) is not None}
+    kron = {h.layer.module for h in plan.hooked
+            if h.rule.kron_layout(h.module) is not None and not isinstance(h.rule, AffineNormRule)}
     return {lay.module: ("ekfac" if lay.module in kron else "blockdiag") for lay in engine.space.layers}
 
 

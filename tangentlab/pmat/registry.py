@@ -5,7 +5,8 @@ A representation is a :class:`~tangentlab.pmat.base.PMat` subclass plus
 * the names accepted by ``fim(..., representation=...)`` (its canonical ``name``, any
   ``aliases``, and the class name, with or without the ``PMat`` prefix, in any case);
 * a *builder* ``build(engine, data, centering=False, **options) -> PMat`` that fills it
-  from the engine in one or more passes over ``data`` (a callable, or the string
+  from the engine in one or more passes over ``data`` (``options``: ``assign`` for ``mixed``,
+  ``kfac_approx`` for ``kfac``/``ekfac``, passed on by :func:`tangentlab.fim`; a callable, or the string
   ``"package.module:function"`` of one, imported on first use so that a class module
   need not import the engine-facing module that builds it; none: the class's own
   constructor, called as ``cls(engine, data, centering)``);

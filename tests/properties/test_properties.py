@@ -5,7 +5,7 @@ float64 oracle (:mod:`.reference`) and against each other.
   (all, layer blocks, diagonal, quasi-diagonal) in ``mv``, ``vTMv``, ``trace``, ``diag`` and
   ``to_dense``; their traces and diagonals agree with each other;
 * KFAC/EKFAC (George et al., 2018) build exactly when every trainable layer is a hooked
-  Linear/Conv/Embedding, else refuse pointing at ``mixed``; EKFAC's diagonal ``s*`` is the
+  Linear/Conv/Embedding or normalization layer, else refuse pointing at ``mixed``; EKFAC's diagonal ``s*`` is the
   diagonal of the oracle's layer block in its Kronecker-factored eigenbasis (so its trace
   is exact) and it is at least as close to each block as KFAC in Frobenius norm (Theorem 2);
   ``mixed`` keeps the exact trace and the oracle's blocks in its BlockDiag parts;
@@ -42,7 +42,8 @@ from .grammar import cases
 pytestmark = [pytest.mark.filterwarnings("ignore::tangentlab.engine.plan.GenericRouteWarning"),
               pytest.mark.filterwarnings("ignore:Using padding='same'")]
 
-KRON_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+KRON_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm,
+              nn.BatchNorm1d, nn.BatchNorm2d)  # normalization layers: exact per-feature blocks
 #: Absolute scale added to every reference norm (so, with the relative tolerance of 1e-8, an
 #: absolute 1e-12): a matrix that vanishes analytically (the only trainable weight feeds a
 #: normalization that makes the output invariant to it, a LayerNorm over one feature) is

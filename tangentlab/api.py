@@ -155,6 +155,9 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
         Show progress bars (None: after 2 s on a terminal).
     mixed : dict, optional
         Module paths or types to representation names (``representation="mixed"``).
+    kfac_approx : {"expand", "reduce"}
+        The Kronecker factors of a weight shared over positions (``"kfac"``/``"ekfac"``), as
+        described above.
     distributed : bool or process group, optional
         Sum over the ranks' shards, as described above.
     precision : str or dict or Precision, optional

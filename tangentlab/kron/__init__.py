@@ -15,8 +15,8 @@ Data flow: the layer rules' Kronecker layouts and per-layer kernels
 
 from .damping import ekfac_shift, factored_inverses, kfac_denominator, tikhonov_pi
 from .eigen import eye_like, right_mul, rotate, solve_in_basis, sym_eigh, sym_fn, unrotate
-from .stats import KFAC_APPROXIMATIONS, FactorSums, KfeSums, check_approx, kron_layouts
+from .stats import KFAC_APPROXIMATIONS, FactorSums, KfeSums, check_approx, kfe_diagonals, kron_layouts
 
-__all__ = ["KFAC_APPROXIMATIONS", "FactorSums", "KfeSums", "check_approx", "ekfac_shift", "eye_like",
+__all__ = ["KFAC_APPROXIMATIONS", "FactorSums", "KfeSums", "check_approx", "kfe_diagonals", "ekfac_shift", "eye_like",
            "factored_inverses", "kfac_denominator", "kron_layouts", "right_mul", "rotate", "solve_in_basis",
            "sym_eigh", "sym_fn", "tikhonov_pi", "unrotate"]

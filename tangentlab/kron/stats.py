@@ -28,10 +28,12 @@ from typing import Any
 
 import torch
 
-from ..engine import Capture, LayerCapture
+from ..engine import Capture, Engine, LayerCapture, OutputBlocks
+from ..engine.passes import CaptureCache, one_pass
 from ..errors import InvalidInputError, UnsupportedLayerError
 from ..layers.patch import KFAC_APPROXIMATIONS, check_approx
 from ..space import ParamSpace
+from .eigen import rotate
 
 Layout = tuple[torch.Tensor, torch.Tensor]  # (kept homogeneous columns, flat index (G, O, I_kept))
 
@@ -135,6 +137,25 @@ class KfeSums:
 
     def accumulators(self) -> list[torch.Tensor]:
         return [self.sums[lay.module] for lay in self.space.layers]
+
+
+def kfe_diagonals(engine: Engine, data: Any, space: ParamSpace, blocks: list[Any],
+                  centering: bool = False, replay: CaptureCache | None = None) -> list[torch.Tensor]:
+    """``s* = (1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` per block, in the blocks' fixed eigenbases;
+    with ``centering``, of the centered features (``− Σ_c (U_Bᵀ M_c U_A)²``)."""
+    if space != engine.space:
+        raise InvalidInputError("the engine's parameter space differs from the matrix's")
+    sums = KfeSums(space, {b.module: (b.ua, b.ub) for b in blocks})
+    n, mean = one_pass(engine, data, "EKFAC diagonal", sums.add, centering, output_blocks=OutputBlocks.auto(),
+                       reduce=sums.accumulators, replay=replay)
+    out = []
+    for blk, total in zip(blocks, sums.accumulators()):
+        s = total / n
+        if mean is not None:
+            for c in range(mean.shape[0]):
+                s = s - rotate(mean[c][blk.index], blk.ua, blk.ub).pow(2)
+        out.append(s)
+    return out
 
 
 __all__ = ["KFAC_APPROXIMATIONS", "FactorSums", "KfeSums", "check_approx", "kron_layouts"]

@@ -36,13 +36,11 @@ from typing import Any
 
 import torch
 
-from ..engine import Engine, OutputBlocks
-from ..engine.passes import CaptureCache, one_pass
 from ..errors import InvalidInputError
 from ..kron import (
-    KfeSums,
     ekfac_shift,
     factored_inverses,
+    kfe_diagonals,
     right_mul,
     rotate,
     solve_in_basis,
@@ -587,22 +585,3 @@ class PMatEKFAC(_KronBase):
         state : dict
         """
         return cls(ParamSpace.from_state(state["space"]), [KfeBlock(**b) for b in state["blocks"]])
-
-
-def kfe_diagonals(engine: Engine, data: Any, space: ParamSpace, blocks: list[KfeBlock],
-                  centering: bool = False, replay: CaptureCache | None = None) -> list[torch.Tensor]:
-    """``s* = (1/N) Σ_{n,c} (U_Bᵀ G_{c,n} U_A)²`` per block, in the blocks' fixed eigenbases;
-    with ``centering``, of the centered features (``− Σ_c (U_Bᵀ M_c U_A)²``)."""
-    if space != engine.space:
-        raise InvalidInputError("the engine's parameter space differs from the matrix's")
-    sums = KfeSums(space, {b.module: (b.ua, b.ub) for b in blocks})
-    n, mean = one_pass(engine, data, "EKFAC diagonal", sums.add, centering, output_blocks=OutputBlocks.auto(),
-                       reduce=sums.accumulators, replay=replay)
-    out = []
-    for blk, total in zip(blocks, sums.accumulators()):
-        s = total / n
-        if mean is not None:
-            for c in range(mean.shape[0]):
-                s = s - rotate(mean[c][blk.index], blk.ua, blk.ub).pow(2)
-        out.append(s)
-    return out

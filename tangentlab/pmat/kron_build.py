@@ -15,8 +15,8 @@ import torch
 from ..engine import Engine, OutputBlocks
 from ..engine.passes import CaptureCache, one_pass
 from ..errors import InvalidInputError
-from ..kron import FactorSums, check_approx, kron_layouts, sym_eigh
-from .kron import KfeBlock, KronBlock, PMatEKFAC, PMatKFAC, kfe_diagonals
+from ..kron import FactorSums, check_approx, kfe_diagonals, kron_layouts, sym_eigh
+from .kron import KfeBlock, KronBlock, PMatEKFAC, PMatKFAC
 
 
 def build_kfac(engine: Engine, data: Any, centering: bool = False, stash: CaptureCache | None = None,

@@ -126,6 +126,8 @@ class Linearized(nn.Module):
         checkpoint: module, :class:`~tangentlab.PVector`, or ``state_dict`` — buffers such as
         BatchNorm running statistics are taken from it too).
 
+    Notes
+    -----
     Each call computes ``(f_{θ₀}(x), J_{θ₀}(x) δ)`` with ``δ = θ − θ₀`` by one
     ``torch.func.jvp`` through ``functional_call``; gradients with respect to ``θ`` are
     ``J_{θ₀}(x)ᵀ g`` (reverse mode through the tangent), so the model is exactly linear in

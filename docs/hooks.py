@@ -159,12 +159,13 @@ def toplevel_section() -> str:
     return markdown_table(rows)
 
 
-_ROLE = re.compile(r":(?:mod|func|class|meth|data|attr|obj):`~?\.?([^`]+)`")
+_ROLE = re.compile(r":(?:mod|func|class|meth|data|attr|obj|exc):`(~?)\.?([^`]+)`")
 
 
 def plain_docstring(doc: str) -> str:
-    """A reST-flavoured docstring as Markdown: ``:role:`x``` becomes ```x```."""
-    return _ROLE.sub(r"`\1`", doc)
+    """A reST-flavoured docstring as Markdown: a Sphinx cross-reference ``:role:`a.b``` becomes
+    the code span ```a.b``` (```b``` for ``:role:`~a.b```, as Sphinx shows it)."""
+    return _ROLE.sub(lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", doc)
 
 
 def _literal(node: ast.AST) -> str | None:

@@ -259,6 +259,13 @@ def test_includes_and_directives():
                 assert (ROOT / arg).is_file(), f"{page}: {arg} does not exist"
 
 
+def test_sphinx_roles_become_code_spans():
+    text = "See :func:`tangentlab.fim`, :class:`~tangentlab.pmat.PMatDiag` and :mod:`.config`; ``x``."
+    assert hooks.plain_docstring(text) == "See `tangentlab.fim`, `PMatDiag` and `config`; ``x``."
+    python = next(p for p in _config()["plugins"] if isinstance(p, dict))["mkdocstrings"]["handlers"]["python"]
+    assert python["options"]["extensions"] == ["docs/griffe_roles.py"] and (DOCS / "griffe_roles.py").is_file()
+
+
 def test_toplevel_section_covers_all():
     import tangentlab
 

@@ -86,6 +86,13 @@ def test_config_is_offline_with_numpy_docstrings():
     assert "site/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
+def test_ci_builds_the_docs_strictly_after_the_tests():
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "mkdocs build --strict" in script
+    assert script.index("pytest") < script.index("mkdocs build --strict")
+    assert '-e ".[docs]"' in script and "-c constraints.txt" in script
+
+
 def test_api_pages_name_importable_modules():
     identifiers = []
     for page in sorted((DOCS / "api").glob("*.md")):

@@ -70,8 +70,8 @@ def _mlp_space(sizes: tuple[int, ...]) -> Any:
 
 def representation_rows() -> list[dict[str, str]]:
     """One row per registered representation, in registration order: its name, class,
-    what it stores, its memory formula, the part of ``F`` it keeps exactly, whether its
-    builder sums over ranks, and the float32 bytes it stores for each of
+    what it stores, its memory formula, the part of ``F`` it keeps exactly, and the
+    float32 bytes it stores for each of
     :data:`EXAMPLE_MLPS` (``N·C·P``-type footprints depend on the data: "data")."""
     from tangentlab.errors import format_bytes
     from tangentlab.pmat import representations
@@ -80,8 +80,7 @@ def representation_rows() -> list[dict[str, str]]:
     rows = []
     for rep in representations():
         row = {"name": f"`{rep.name}`", "class": f"`{rep.cls.__name__}`", "stores": rep.stores,
-               "memory": rep.memory, "exact part": rep.keeps or "approximation",
-               "distributed": "yes" if rep.distributed else "no"}
+               "memory": rep.memory, "exact part": rep.keeps or "approximation"}
         for label, space in spaces:
             row[f"{label} (P = {space.numel:,})"] = (
                 "depends on N·C" if rep.footprint is None else format_bytes(4 * rep.footprint(space)))

@@ -15,6 +15,7 @@ the ratio of each peer's median to tangentlab's. Writes ``LAPLACE.md`` to ``--ou
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
         f"`python -m benchmarks.laplace_fit --repeats {args.repeats} --n {args.n}`: median seconds of "
         f"`Laplace(model, \"classification\", ...).fit(loader)` over {args.repeats} interleaved runs "
         f"({args.n} examples, batches of 100, float32, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}); in parentheses each peer's time over tangentlab's.",
+        f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at the end of the run); in "
+        "parentheses each peer's time over tangentlab's. laplace-torch's curvlinops backend has no "
+        "diagonal of its own: its `diag` is laplace-torch's generic one from torch.func Jacobians.",
         "",
         "| model (P) | weights | Hessian | tangentlab s | curvlinops s | BackPACK s |",
         "|---|---|---|---:|---:|---:|",

@@ -144,7 +144,8 @@ class TangentlabGGN(_TangentlabCurvature, GGNInterface):
     ``diag``/``full``/``kron`` are ``factor · M ·`` :func:`tangentlab.fim` with
     ``kind="exact"`` (softmax GGN ``Σ_n J_nᵀ (diag p − ppᵀ) J_n``) or ``kind="regression"``,
     ``variance=½`` (``Σ_n J_nᵀ J_n`` after the factor ``½``); ``jacobians`` is
-    :func:`tangentlab.jacobian`, ``(M, C, P)``. ``stochastic=True`` (Monte-Carlo Fisher) is
+    :func:`tangentlab.jacobian`, ``(M, C, P)`` (with ``last_layer=True`` laplace-torch's
+    closed form ``∂f/∂W = I ⊗ φ(x)ᵀ`` from the features is kept). ``stochastic=True`` (Monte-Carlo Fisher) is
     not offered: laplace-torch draws its own samples, which tangentlab's ``kind="mc"``
     would not reproduce.
     """

@@ -37,7 +37,7 @@ Only layers with a Kronecker layout of one group (``Linear``, ``Conv*`` with
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as Fn
@@ -45,6 +45,7 @@ from torch import nn
 
 from ..api import fim, jacobian
 from ..errors import InvalidInputError
+from ..maps import PushForwardDense
 from ..space import ParamSpace
 
 try:
@@ -174,7 +175,8 @@ class TangentlabGGN(_TangentlabCurvature, GGNInterface):
         """
         if enable_backprop:
             return CurvatureInterface.jacobians(self, x, enable_backprop=True)
-        js = jacobian(self.model, x, params=self.params, batch_size=x.shape[0], progress=False).data
+        js = cast(PushForwardDense, jacobian(self.model, x, params=self.params, batch_size=x.shape[0],
+                                             progress=False)).data
         with torch.no_grad():
             f = self.model(x)
         return js, f
@@ -211,8 +213,8 @@ class TangentlabEF(_TangentlabCurvature, EFInterface):
         def per_example(model: nn.Module, batch: tuple) -> torch.Tensor:
             return loss(model(batch[0]), batch[1])[:, None]
 
-        g = jacobian(self.model, (x, y), output=per_example, params=self.params,
-                     batch_size=x.shape[0], progress=False).data[:, 0]
+        g = cast(PushForwardDense, jacobian(self.model, (x, y), output=per_example, params=self.params,
+                                            batch_size=x.shape[0], progress=False)).data[:, 0]
         with torch.no_grad():
             return g, self.lossfunc(self.model(x), y)
 

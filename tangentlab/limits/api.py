@@ -42,7 +42,7 @@ when no pooling layer occurs. Pairs of inputs are processed in ``block × block`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -75,12 +75,10 @@ def _fan_in(mod: nn.Module) -> int:
     return int(w.shape[1] * math.prod(w.shape[2:]))
 
 
-def _pick(given: Variance, path: str, read: float) -> float:
-    if given is None:
-        return read
+def _pick(given: Variance, path: str, read: Callable[[], float]) -> float:
     if isinstance(given, Mapping):
-        return float(given[path]) if path in given else read
-    return float(given)
+        return float(given[path]) if path in given else read()
+    return read() if given is None else float(given)
 
 
 def read_variances(model: nn.Module, weight_var: Variance = None, bias_var: Variance = None
@@ -93,9 +91,12 @@ def read_variances(model: nn.Module, weight_var: Variance = None, bias_var: Vari
     out: dict[str, tuple[float, float]] = {}
     for path, mod in model.named_modules():
         if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            with torch.no_grad():
-                sw = _fan_in(mod) * float(mod.weight.double().pow(2).mean())
-                sb = float(mod.bias.double().pow(2).mean()) if mod.bias is not None else 0.0
+            def sw(mod: nn.Module = mod) -> float:
+                return _fan_in(mod) * float(mod.weight.detach().double().pow(2).mean())
+
+            def sb(mod: nn.Module = mod) -> float:
+                return float(mod.bias.detach().double().pow(2).mean()) if mod.bias is not None else 0.0
+
             out[path] = (_pick(weight_var, path, sw), _pick(bias_var, path, sb))
     for given, what in ((weight_var, "weight_var"), (bias_var, "bias_var")):
         if isinstance(given, Mapping):

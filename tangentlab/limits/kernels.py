@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 __all__ = ["Dual", "relu_dual", "leaky_relu_dual", "erf_dual", "identity_dual", "quadrature_dual",
-           "hermite_rule", "dual_for", "Erf", "QUADRATURE_ORDER"]
+           "hermite_rule", "dual_for", "Erf", "QUADRATURE_ORDER", "scaled_slope_dual"]
 
 QUADRATURE_ORDER = 64
 _CHUNK = 1 << 22  # quadrature evaluations held at once (entries × order²)
@@ -57,12 +57,16 @@ class Dual:
     """An activation's dual map ``(k11, k12, k22) ↦ (T, Ṫ)``.
 
     ``odd``: ``φ(−u) = −φ(u)``, so features keep a zero mean across units (what a
-    following LayerNorm needs). ``derivative=False`` skips ``Ṫ`` (returned as ``None``).
+    following LayerNorm needs); ``act``: ``φ`` itself, elementwise; ``homogeneous``:
+    ``φ(λu) = λφ(u)`` for ``λ > 0``, hence ``u φ'(u) = φ(u)``. ``derivative=False`` skips
+    ``Ṫ`` (returned as ``None``).
     """
 
     name: str
     fn: Callable[[Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor | None]]
     odd: bool
+    act: Callable[[Tensor], Tensor]
+    homogeneous: bool = False
 
     def __call__(self, k11: Tensor, k12: Tensor, k22: Tensor, derivative: bool = True
                  ) -> tuple[Tensor, Tensor | None]:
@@ -99,9 +103,9 @@ def _identity(k11: Tensor, k12: Tensor, k22: Tensor, derivative: bool) -> tuple[
     return t, (torch.ones_like(t) if derivative else None)
 
 
-relu_dual = Dual("relu", _relu, odd=False)
-erf_dual = Dual("erf", _erf, odd=True)
-identity_dual = Dual("identity", _identity, odd=True)
+relu_dual = Dual("relu", _relu, odd=False, act=torch.relu, homogeneous=True)
+erf_dual = Dual("erf", _erf, odd=True, act=torch.erf)
+identity_dual = Dual("identity", _identity, odd=True, act=lambda u: u, homogeneous=True)
 
 
 def leaky_relu_dual(alpha: float) -> Dual:
@@ -115,7 +119,8 @@ def leaky_relu_dual(alpha: float) -> Dual:
             dt = (1 - a) ** 2 * dt + a * (1 - a) + a * a
         return t, dt
 
-    return Dual(f"leaky_relu({a:g})", fn, odd=a == -1.0)
+    return Dual(f"leaky_relu({a:g})", fn, odd=a == -1.0, act=lambda u: nn.functional.leaky_relu(u, a),
+                homogeneous=True)
 
 
 def hermite_rule(order: int, dtype: torch.dtype = torch.float64, device: torch.device | None = None
@@ -179,7 +184,29 @@ def quadrature_dual(fn: Callable[[Tensor], Tensor], name: str, order: int = QUAD
                 dt[sl] = torch.einsum("i,mi,j,mij->m", w, du, w, dv)
         return t.reshape(shape), (dt.reshape(shape) if derivative else None)
 
-    return Dual(name, dual, odd)
+    return Dual(name, dual, odd, act=fn)
+
+
+def scaled_slope_dual(dual: Dual, shift: float, scale: float, order: int = QUADRATURE_ORDER
+                      ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``(k11, k12, k22) ↦ E[ψ(u) ψ(v)]`` with ``ψ(u) = (u − shift)/scale · φ'(u)``.
+
+    The NTK term of a per-unit gain ``γ`` feeding ``φ`` (``y = γ n + β``, ``∂y/∂γ = n =
+    (y − β)/γ``), in which the forward feature and the backward slope are correlated. For a
+    homogeneous ``φ`` and ``shift = 0`` it is ``T/scale²`` (``u φ'(u) = φ(u)``); otherwise
+    ``ψ`` is integrated by Gauss–Hermite quadrature (a homogeneous ``φ`` has a kink there,
+    which quadrature does not resolve, so that case is refused by the caller).
+    """
+    if dual.homogeneous and shift == 0:
+        return lambda k11, k12, k22: dual(k11, k12, k22, False)[0] / scale ** 2
+
+    def psi(u: Tensor) -> Tensor:
+        slope = _values_and_slopes(dual.act, u, True)[1]
+        assert slope is not None
+        return (u - shift) / scale * slope
+
+    q = quadrature_dual(psi, f"(u - b) {dual.name}'(u)", order)
+    return lambda k11, k12, k22: q(k11, k12, k22, False)[0]
 
 
 _QUADRATURE_TYPES: tuple[type[nn.Module], ...] = (nn.Tanh, nn.GELU, nn.Sigmoid, nn.SiLU, nn.Softplus, nn.ELU)

@@ -26,7 +26,9 @@ Rules (``A`` averages a kernel over a layer's receptive field; ``σ_w² = fan_in
   ``A(K)[p, q] = mean_δ K[s·p + d·δ − pad, s·q + d·δ − pad]`` over the kernel offsets ``δ``
   (the same offset on both sides: the weight is shared), zero outside the image; ``A`` maps
   the diagonal ``p = q`` to itself, so the diagonal form is closed under convolutions.
-* activation ``φ``: ``K ↦ T(K)``, ``Θ ↦ Θ ⊙ Ṫ(K)``.
+* activation ``φ``: ``K ↦ T(K)``, ``Θ ↦ Θ ⊙ Ṫ(K)``. The dual needs Gaussian
+  pre-activations: the input must come from a Linear/Conv layer (through pooling, flatten,
+  LayerNorm or Gaussian residual sums), not from another activation.
 * average pooling: ``K[p, q] ↦ mean_{a, b} K[s·p + a − pad, s·q + b − pad]`` (independent
   offsets: it mixes positions, so it needs the full form), ``Θ`` alike; global average
   pooling ``K ↦ mean_{p, q} K[p, q]``.
@@ -34,10 +36,14 @@ Rules (``A`` averages a kernel over a layer's receptive field; ``σ_w² = fan_in
 * LayerNorm over the features of zero-mean units (after a Linear layer or an odd
   activation): ``K ↦ γ² K(x, x') / √(K(x, x) K(x', x')) + β²``,
   ``Θ ↦ γ² Θ / √(K(x, x) K(x', x')) + [γ] K(x, x') / √(K(x, x) K(x', x')) + [β]``
-  (``γ²``, ``β²``: the mean squares of the module's affine parameters).
+  (``γ²``, ``β²``: the mean squares of the module's affine parameters). The gain's term
+  ``n(x)·n(x')`` (``n`` the normalized unit) is correlated with the slope of an activation
+  that follows directly, where it becomes ``E[ψ(u)ψ(v)]``, ``ψ(u) = (u − β)/γ · φ'(u)``, in
+  place of ``n·n' ⊙ Ṫ``.
 * :class:`Residual` ``x + f(x)`` with ``f`` ending in a Linear or Conv layer (fresh
   zero-mean weights, so ``x`` and ``f(x)`` are uncorrelated): ``K ↦ K + f(K)``,
-  ``Θ ↦ Θ + f(Θ)``.
+  ``Θ ↦ Θ + f(Θ)``; the sum is Gaussian (an activation may follow) when ``x`` is, i.e. on a
+  stream of pre-activations.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, UnsupportedLayerError
-from .kernels import QUADRATURE_ORDER, Dual, dual_for
+from .kernels import QUADRATURE_ORDER, Dual, dual_for, scaled_slope_dual
 
 __all__ = ["State", "Step", "Affine", "Activation", "Pool", "Flatten", "Norm", "Skip", "Residual",
            "plan", "initial_state", "run", "WidthWarning", "uses_pooling"]
@@ -87,11 +93,13 @@ class State:
     spatial: tuple[int, ...]
     full: bool
     zero_mean: bool
+    gain: tuple[Tensor, float, float] | None = None
+    gaussian: bool = True
 
     def map(self, f: Callable[[Tensor, int], Tensor], **changes: Any) -> State:
         """Apply the linear map ``f(tensor, n_batch_dims)`` to every kernel of the state."""
         return replace(self, cross=f(self.cross, 2), ntk=None if self.ntk is None else f(self.ntk, 2),
-                       self1=f(self.self1, 1), self2=f(self.self2, 1), **changes)
+                       self1=f(self.self1, 1), self2=f(self.self2, 1), gain=None, **changes)
 
     def variances(self) -> tuple[Tensor, Tensor]:
         """``K[n, n, p, p]`` of each block, ``(B, *S)``."""
@@ -220,14 +228,28 @@ class Activation(Step):
 
     name: str
     dual: Dual
+    order: int = QUADRATURE_ORDER
 
     def apply(self, st: State, parameterization: str) -> State:
+        if not st.gaussian and self.dual.name != "identity":
+            raise UnsupportedLayerError(
+                f"layer {self.name!r}: its input is not a Gaussian process in the limit (an activation of "
+                "activations, or a residual sum of them); put a Linear or Conv layer before it")
         v1, v2 = st.variances()
-        cross, dot = self.dual(_spread(v1, st, 1, 2), st.cross, _spread(v2, st, 2, 2), st.ntk is not None)
+        a, b = _spread(v1, st, 1, 2), _spread(v2, st, 2, 2)
+        cross, dot = self.dual(a, st.cross, b, st.ntk is not None)
         s1, _ = self.dual(_spread(v1, st, 1, 1), st.self1, _spread(v1, st, 2, 1), False)
         s2, _ = self.dual(_spread(v2, st, 1, 1), st.self2, _spread(v2, st, 2, 1), False)
         ntk = None if st.ntk is None else st.ntk * dot
-        return replace(st, cross=cross, ntk=ntk, self1=s1, self2=s2, zero_mean=st.zero_mean and self.dual.odd)
+        if ntk is not None and st.gain is not None:  # a LayerNorm gain's term: forward and slope correlated
+            term, shift, scale = st.gain
+            if self.dual.homogeneous and shift != 0:
+                raise UnsupportedLayerError(
+                    f"layer {self.name!r}: a LayerNorm with a non-zero bias followed by {self.dual.name} has no NTK "
+                    "limit rule here (LayerNorm's default initialization, bias 0, has one)")
+            ntk = ntk - term * dot + scaled_slope_dual(self.dual, shift, scale, self.order)(a, st.cross, b)
+        return replace(st, cross=cross, ntk=ntk, self1=s1, self2=s2, zero_mean=st.zero_mean and self.dual.odd,
+                       gain=None, gaussian=self.dual.name == "identity")
 
 
 @dataclass
@@ -307,8 +329,9 @@ class Norm(Step):
         if self.gamma or self.beta:
             ntk = grads if ntk is None else ntk + grads
         ones1, ones2 = torch.ones_like(v1), torch.ones_like(v2)
+        gain = (normed, math.sqrt(self.beta2), math.sqrt(self.gamma2)) if self.gamma else None
         return replace(st, cross=cross, ntk=ntk, self1=self.gamma2 * ones1 + self.beta2,
-                       self2=self.gamma2 * ones2 + self.beta2, zero_mean=self.beta2 == 0)
+                       self2=self.gamma2 * ones2 + self.beta2, zero_mean=self.beta2 == 0, gain=gain)
 
 
 @dataclass
@@ -329,13 +352,17 @@ class ResidualStep(Step):
     steps: list[Step]
 
     def apply(self, st: State, parameterization: str) -> State:
+        if st.gain is not None and st.ntk is not None:
+            raise UnsupportedLayerError(f"layer {self.name!r}: a residual block right after a LayerNorm with a gain "
+                                        "has no NTK limit rule here; put a Linear layer in between")
         out = run(self.steps, st, parameterization)
         if out.cross.shape != st.cross.shape:
             raise InvalidInputError(f"layer {self.name!r}: the residual branch changes the feature shape "
                                     f"{st.spatial} -> {out.spatial}")
         ntk = st.ntk if out.ntk is None else (out.ntk if st.ntk is None else st.ntk + out.ntk)
         return replace(st, cross=st.cross + out.cross, ntk=ntk, self1=st.self1 + out.self1,
-                       self2=st.self2 + out.self2, zero_mean=st.zero_mean and out.zero_mean)
+                       self2=st.self2 + out.self2, zero_mean=st.zero_mean and out.zero_mean,
+                       gaussian=st.gaussian and out.gaussian)
 
 
 def run(steps: Sequence[Step], st: State, parameterization: str) -> State:
@@ -482,6 +509,6 @@ def _steps(mod: nn.Module, name: str, variances: Callable[[str, nn.Module], tupl
         return [Norm(label, g2, b2, gamma, beta)]
     dual = dual_for(mod, order)
     if dual is not None:
-        return [Activation(label, dual)]
+        return [Activation(label, dual, order)]
     raise UnsupportedLayerError(f"layer {label!r} ({type(mod).__name__}) has no known infinite-width limit; "
                                 f"supported: {_SUPPORTED}")

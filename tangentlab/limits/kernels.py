@@ -9,7 +9,8 @@ broadcast shape, in the dtype of the inputs.
 
 Closed forms:
 
-* ReLU (Cho & Saul 2009, arc-cosine kernel of order 1): with ``ρ = k12/√(k11 k22)``,
+* ReLU (Cho & Saul 2009, arc-cosine kernel of order 1): with ``ρ = k12/√(k11 k22)``
+  (``ρ = 0`` and ``T = Ṫ = 0`` where a variance is zero),
   ``θ = arccos ρ``, ``T = √(k11 k22) (sin θ + (π − θ) cos θ) / (2π)`` and
   ``Ṫ = (π − θ) / (2π)``.
 * leaky ReLU of slope ``α``: ``φ(u) = (1 − α) relu(u) + α u``, hence (using
@@ -73,21 +74,21 @@ class Dual:
         return self.fn(k11, k12, k22, derivative)
 
 
-def _arccos_parts(k11: Tensor, k12: Tensor, k22: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(√(k11 k22), ρ, θ)`` with ``ρ`` clipped to ``[−1, 1]`` (``ρ = 0`` where a variance is 0)."""
-    norm = torch.sqrt(k11 * k22)
-    pos = norm > 0
-    rho = torch.where(pos, k12 / torch.where(pos, norm, torch.ones_like(norm)), torch.zeros_like(norm))
-    rho = rho.clamp(-1.0, 1.0)
-    return norm, rho, torch.arccos(rho)
+def _inv_sqrt(k: Tensor) -> Tensor:
+    """``1/√k`` where ``k > 0``, else 0 (computed on the variances before broadcasting)."""
+    return torch.where(k > 0, k.clamp_min(torch.finfo(k.dtype).tiny).rsqrt(), torch.zeros_like(k))
 
 
 def _relu(k11: Tensor, k12: Tensor, k22: Tensor, derivative: bool) -> tuple[Tensor, Tensor | None]:
-    norm, rho, theta = _arccos_parts(k11, k12, k22)
-    t = norm * (torch.sqrt(1 - rho * rho) + (math.pi - theta) * rho) / (2 * math.pi)
+    # ρ = k12/√(k11 k22), clipped; a zero variance gives ρ = 0 and √(k11 k22) = 0, hence T = 0
+    r1, r2 = _inv_sqrt(k11), _inv_sqrt(k22)
+    rho = (k12 * r1 * r2).clamp_(-1.0, 1.0)
+    theta = torch.arccos(rho)
+    t = torch.sqrt(1 - rho * rho).add_((math.pi - theta).mul_(rho)).mul_(torch.sqrt(k11 * k22) / (2 * math.pi))
     if not derivative:
         return t, None
-    return t, torch.where(norm > 0, (math.pi - theta) / (2 * math.pi), torch.zeros_like(norm))
+    alive = (k11 > 0).to(k12.dtype) * (k22 > 0).to(k12.dtype)
+    return t, (math.pi - theta).mul_(alive / (2 * math.pi))
 
 
 def _erf(k11: Tensor, k12: Tensor, k22: Tensor, derivative: bool) -> tuple[Tensor, Tensor | None]:

@@ -48,7 +48,6 @@ Rules (``A`` averages a kernel over a layer's receptive field; ``σ_w² = fan_in
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -125,6 +124,29 @@ def _spread(v: Tensor, st: State, side: int, n_batch: int) -> Tensor:
     return v
 
 
+def _along(k: Tensor, dims: Sequence[int], kernel: int, stride: int, padding: int, dilation: int) -> Tensor:
+    """Mean over ``a < kernel`` of ``k`` shifted by ``dilation·a`` jointly along ``dims`` (the same
+    offset on every axis of ``dims``), zero-padded by ``padding`` and strided by ``stride``."""
+    nd = k.dim()
+    dims = [d % nd for d in dims]
+    size = k.shape[dims[0]]
+    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    if padding:
+        pad = [0] * (2 * nd)
+        for d in dims:
+            pad[2 * (nd - 1 - d)] = pad[2 * (nd - 1 - d) + 1] = padding
+        k = nn.functional.pad(k, pad)
+    total: Tensor | None = None
+    for a in range(kernel):
+        idx = [slice(None)] * nd
+        for d in dims:
+            idx[d] = slice(dilation * a, dilation * a + stride * (out - 1) + 1, stride)
+        piece = k[tuple(idx)]
+        total = piece.clone() if total is None else total.add_(piece)
+    assert total is not None
+    return total.div_(kernel)
+
+
 def _window_mean(k: Tensor, n_batch: int, sizes: Sequence[tuple[int, ...]], which: Sequence[int],
                  kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
                  dilation: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
@@ -132,34 +154,17 @@ def _window_mean(k: Tensor, n_batch: int, sizes: Sequence[tuple[int, ...]], whic
 
     ``k`` has ``n_batch`` batch dims then one group of spatial dims per copy (sizes
     ``sizes[c]``); the copies in ``which`` are zero-padded, shifted by ``d·δ`` and strided by
-    ``s``, the others left alone. Returns the averaged kernel and the new spatial size.
+    ``s``, the others left alone. The window is a product over spatial axes, so the mean is
+    taken one axis at a time (:func:`_along`). Returns the averaged kernel and the new size.
     """
     d = len(kernel)
     out = tuple((sizes[which[0]][i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1
                 for i in range(d))
     if any(o < 1 for o in out):
         raise InvalidInputError(f"a window of size {kernel} does not fit the input of spatial size {sizes[which[0]]}")
-    pad: list[int] = []
-    for c in reversed(range(len(sizes))):
-        for i in reversed(range(d)):
-            p = padding[i] if c in which else 0
-            pad += [p, p]
-    if any(pad):
-        k = nn.functional.pad(k, pad)
-    total: Tensor | None = None
-    for offs in itertools.product(*[range(n) for n in kernel]):
-        idx: list[slice] = [slice(None)] * n_batch
-        for c in range(len(sizes)):
-            for i in range(d):
-                if c in which:
-                    a = offs[i] * dilation[i]
-                    idx.append(slice(a, a + stride[i] * (out[i] - 1) + 1, stride[i]))
-                else:
-                    idx.append(slice(None))
-        piece = k[tuple(idx)]
-        total = piece.clone() if total is None else total.add_(piece)
-    assert total is not None
-    return total / math.prod(kernel), out
+    for i in range(d):
+        k = _along(k, [n_batch + c * d + i for c in which], kernel[i], stride[i], padding[i], dilation[i])
+    return k, out
 
 
 class Step:

@@ -381,6 +381,8 @@ class KernelPredictor:
         infinite-width NTK ``lambda a, b: tangentlab.limits.ntk(model, a, b)``; ``f0(x)`` the
         outputs ``(N, C)`` at ``t = 0`` (``None``: the zero function, the mean prediction of
         the infinite-width network, whose outputs at initialization are a zero-mean process).
+        Both are called again by :meth:`predict`: pass a frozen copy (:func:`model_at`) of a
+        network that is trained meanwhile.
         """
         self = cls.__new__(cls)
         self.model, self.params, self.batch_size, self.progress = None, None, None, None

@@ -198,6 +198,9 @@ def test_layout_symmetry_and_tiles():
     K12 = limits.ntk(model, x1, x2)
     assert torch.allclose(K12.data, both.data[:5, 5:], rtol=1e-13, atol=1e-14)
     assert torch.allclose(limits.ntk(model, x1, block=2).data, K.data, rtol=1e-13, atol=1e-14)
+    both_kernels = limits.kernels(model, x1)
+    assert torch.equal(both_kernels.ntk.data, K.data)
+    assert torch.allclose(both_kernels.nngp.data, limits.nngp(model, x1, block=3).data, rtol=1e-13, atol=1e-14)
     assert torch.allclose(K.data[:, :, 1, 1], K.data[:, :, 0, 0]) and float(K.data[:, :, 0, 2].abs().max()) == 0
     assert torch.allclose(K.data, K.data.permute(1, 0, 3, 2))
     assert float(torch.linalg.eigvalsh(K.as_matrix()).min()) > -1e-10

@@ -162,7 +162,7 @@ def _limit(model: nn.Module, x1: Any, x2: Any, want_ntk: bool, parameterization:
         for j in range(0, n2, block):
             if symmetric and j + block <= i:
                 continue  # filled from the mirrored tile
-            st = run(steps, initial_state(a[i:i + block], b[j:j + block], full), parameterization)
+            st = run(steps, initial_state(a[i:i + block], b[j:j + block], full, want_ntk), parameterization)
             if st.spatial:
                 raise InvalidInputError(f"the model's output has spatial shape {st.spatial}; end it with a pooling "
                                         "or Flatten and a Linear layer")

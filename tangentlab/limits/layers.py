@@ -94,6 +94,7 @@ class State:
     zero_mean: bool
     gain: tuple[Tensor, float, float] | None = None
     gaussian: bool = True
+    track_ntk: bool = True
 
     def map(self, f: Callable[[Tensor, int], Tensor], **changes: Any) -> State:
         """Apply the linear map ``f(tensor, n_batch_dims)`` to every kernel of the state."""
@@ -218,13 +219,16 @@ class Affine(Step):
         a_cross = avg(st.cross, 2)
         sw, sb = self.weight_var, (self.bias_var if self.bias else 0.0)
         cross = sw * a_cross + sb
-        if parameterization == "ntk":
+        if not st.track_ntk:
+            ntk = None
+        elif parameterization == "ntk":
             ntk = cross if st.ntk is None else cross + sw * avg(st.ntk, 2)
         else:
             ntk = self.fan_in * a_cross + (1.0 if self.bias else 0.0)
             if st.ntk is not None:
                 ntk = ntk + sw * avg(st.ntk, 2)
-        return State(cross, ntk, sw * avg(st.self1, 1) + sb, sw * avg(st.self2, 1) + sb, spatial, st.full, True)
+        return State(cross, ntk, sw * avg(st.self1, 1) + sb, sw * avg(st.self2, 1) + sb, spatial, st.full, True,
+                     track_ntk=st.track_ntk)
 
 
 @dataclass
@@ -331,7 +335,7 @@ class Norm(Step):
         cross = self.gamma2 * normed + self.beta2
         ntk = None if st.ntk is None else self.gamma2 * st.ntk / scale
         grads = (normed if self.gamma else 0) + (1.0 if self.beta else 0.0)  # ∂/∂γ_i = LN_i(x), ∂/∂β_i = 1
-        if self.gamma or self.beta:
+        if (self.gamma or self.beta) and st.track_ntk:
             ntk = grads if ntk is None else ntk + grads
         ones1, ones2 = torch.ones_like(v1), torch.ones_like(v2)
         gain = (normed, math.sqrt(self.beta2), math.sqrt(self.gamma2)) if self.gamma else None
@@ -377,14 +381,16 @@ def run(steps: Sequence[Step], st: State, parameterization: str) -> State:
     return st
 
 
-def initial_state(x1: Tensor, x2: Tensor, full: bool) -> State:
-    """The input kernels: channel averages of products, ``(N, C, *S)`` or ``(N, d)`` inputs."""
+def initial_state(x1: Tensor, x2: Tensor, full: bool, track_ntk: bool = True) -> State:
+    """The input kernels: channel averages of products, ``(N, C, *S)`` or ``(N, d)`` inputs
+    (``track_ntk=False``: the NNGP only, ``ntk`` stays ``None``)."""
     if x1.dim() < 2 or x1.shape[1:] != x2.shape[1:]:
         raise InvalidInputError(f"inputs of shapes {tuple(x1.shape)} and {tuple(x2.shape)}: expected (N, d) or "
                                 "(N, C, *spatial) with equal trailing shapes")
     if x1.dim() == 2:
         d = x1.shape[1]
-        return State(x1 @ x2.T / d, None, (x1 * x1).sum(1) / d, (x2 * x2).sum(1) / d, (), full, True)
+        return State(x1 @ x2.T / d, None, (x1 * x1).sum(1) / d, (x2 * x2).sum(1) / d, (), full, True,
+                     track_ntk=track_ntk)
     spatial = tuple(x1.shape[2:])
     c = x1.shape[1]
     a, b = x1.reshape(*x1.shape[:2], -1), x2.reshape(*x2.shape[:2], -1)
@@ -397,7 +403,7 @@ def initial_state(x1: Tensor, x2: Tensor, full: bool) -> State:
         s1, s2 = (a * a).sum(1) / c, (b * b).sum(1) / c
         shape = spatial
     return State(cross.reshape(*cross.shape[:2], *shape), None, s1.reshape(-1, *shape), s2.reshape(-1, *shape),
-                 spatial, full, True)
+                 spatial, full, True, track_ntk=track_ntk)
 
 
 # --- from modules to steps -------------------------------------------------------------

@@ -13,7 +13,7 @@ Quick start::
     K = tl.ntk(model, x)              # (N, N, C, C)
 """
 
-from . import optim
+from . import limits, optim
 from .api import fim, jacobian, ntk
 from .engine import Engine, EngineOptions, GenericRouteWarning
 from .errors import (
@@ -47,7 +47,7 @@ from .vectors import FVector, PVector
 __version__ = "0.1.0"
 
 __all__ = [
-    "fim", "ntk", "jacobian", "optim", "Engine", "EngineOptions", "PVector", "FVector", "ParamSpace",
+    "fim", "ntk", "jacobian", "optim", "limits", "Engine", "EngineOptions", "PVector", "FVector", "ParamSpace",
     "PMat", "PMatDense", "PMatDiag", "PMatBlockDiag", "PMatLowRank", "PMatImplicit", "FMatDense",
     "PMatKFAC", "PMatEKFAC", "PMatQuasiDiag", "PMatMixed",
     "PushForwardDense", "PushForwardImplicit", "PullBackDense", "PullBackImplicit",

@@ -379,6 +379,14 @@ def half_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * (out - target.reshape(out.shape)).pow(2).reshape(out.shape[0], -1).sum(1).mean()
 
 
+def _as_matrix(K: Any) -> torch.Tensor:
+    """An ``(N1, N2, C, D)`` kernel (``FMatDense`` or tensor) as the ``(N1·C, N2·D)`` matrix."""
+    if hasattr(K, "as_matrix"):
+        return K.as_matrix()
+    n1, n2, c, d = K.shape
+    return K.permute(0, 2, 1, 3).reshape(n1 * c, n2 * d)
+
+
 class KernelPredictor:
     """Closed-form training of the linearized model on the squared loss, from the NTK at ``θ₀``.
 
@@ -399,6 +407,8 @@ class KernelPredictor:
     On the training inputs ``K(X, X) = K``, so ``f_t(X) = Y + V diag(1 − λ g(λ)) Vᵀ r₀ `` (for ``ρ = 0``).
     ``at`` selects the checkpoint whose NTK is used; ``offset=False`` drops ``f_{θ₀}``
     (kernel regression from a zero function). Integer labels become one-hot targets.
+    :meth:`from_kernel` runs the same closed forms with any other kernel, such as the
+    infinite-width NTK of :mod:`tangentlab.limits` (the infinite-width model's mean prediction).
 
     Parameters
     ----------
@@ -434,19 +444,64 @@ class KernelPredictor:
         self.y = targets_matrix(y_train, self.c, dtype)
         if self.y.shape != f0.shape:
             raise InvalidInputError(f"y_train: targets have shape {tuple(self.y.shape)}, outputs {tuple(f0.shape)}")
+        self._fit(f0, self._ntk(x_train, None).as_matrix())
+
+    @classmethod
+    def from_kernel(cls, kernel: Callable[[torch.Tensor, torch.Tensor | None], Any], x_train: torch.Tensor,
+                    y_train: torch.Tensor, *, n_outputs: int | None = None,
+                    f0: Callable[[torch.Tensor], torch.Tensor] | None = None) -> KernelPredictor:
+        """The same closed forms with any kernel in place of the network's NTK.
+
+        ``kernel(x1, x2)`` returns an ``(N1, N2, C, C)`` kernel (an
+        :class:`~tangentlab.FMatDense` or a tensor; ``x2=None``: ``x1`` with itself), e.g. an
+        infinite-width NTK ``lambda a, b: tangentlab.limits.ntk(model, a, b)``; ``f0(x)`` the
+        outputs ``(N, C)`` at ``t = 0`` (``None``: the zero function, the mean prediction of
+        the infinite-width network, whose outputs at initialization are a zero-mean process).
+        Both are called again by :meth:`predict`: pass a frozen copy (:func:`model_at`) of a
+        network that is trained meanwhile.
+        """
+        self = cls.__new__(cls)
+        self.model, self.params, self.batch_size, self.progress = None, None, None, None
+        self.offset, self.x_train = f0 is not None, x_train
+        self._kernel, self._f0_fn = kernel, f0
+        K = self._ntk(x_train, None)
+        shape = K.shape
+        self.n, self.c = int(shape[0]), int(shape[2])
+        if n_outputs is not None and int(n_outputs) != self.c:
+            raise InvalidInputError(f"n_outputs={n_outputs}, but the kernel has {self.c} outputs")
+        Km = _as_matrix(K)
+        self.dtype = Km.dtype
+        with torch.no_grad():
+            f = self._f0(x_train)
+        self.y = targets_matrix(y_train, self.c, self.dtype)
+        if self.y.shape != f.shape:
+            raise InvalidInputError(f"y_train: targets have shape {tuple(self.y.shape)}, outputs {tuple(f.shape)}")
+        self._fit(f, Km)
+        return self
+
+    def _fit(self, f0: torch.Tensor, K: torch.Tensor) -> None:
+        """Eigendecompose the training kernel ``K`` ``(NC, NC)`` and project ``r₀ = f0 − Y``."""
         self.f0_train = f0
-        K = self._ntk(x_train, None).as_matrix()
         lam, V = torch.linalg.eigh(K)
         self.eigenvalues = lam.clamp_min(0).flip(0)
         self.eigenvectors = V.flip(1)
         self.residual0 = (f0 - self.y).reshape(-1)
         self._proj = self.eigenvectors.T @ self.residual0  # Vᵀ r₀
 
+    _kernel: Callable[[torch.Tensor, torch.Tensor | None], Any] | None = None
+    _f0_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
     def _f0(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model is None:  # from_kernel
+            if self._f0_fn is None:
+                return torch.zeros(x.shape[0], self.c, dtype=self.dtype, device=x.device)
+            return self._f0_fn(x).reshape(x.shape[0], self.c).to(self.dtype)
         out = self.model(x).reshape(x.shape[0], -1)
         return out if self.offset else torch.zeros_like(out)
 
     def _ntk(self, x1: torch.Tensor, x2: torch.Tensor | None):
+        if self._kernel is not None:
+            return self._kernel(x1, x2)
         from .api import ntk
         return ntk(self.model, x1, x2, params=self.params, batch_size=self.batch_size, progress=self.progress)
 
@@ -513,7 +568,7 @@ class KernelPredictor:
             return self.f0_train + Ka.reshape(self.n, self.c)
         with torch.no_grad():
             f0 = self._f0(x)
-        Kx = self._ntk(x, self.x_train).as_matrix()
+        Kx = _as_matrix(self._ntk(x, self.x_train))
         return f0 + (Kx @ a).reshape(x.shape[0], self.c)
 
 

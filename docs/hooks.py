@@ -48,6 +48,7 @@ TOPLEVEL_PAGES = {
     "maps.md": ("tangentlab.maps", ["PushForwardDense", "PushForwardImplicit", "PullBackDense",
                                     "PullBackImplicit"]),
     "optim.md": ("tangentlab.optim", ["optim"]),
+    "limits.md": ("tangentlab.limits", ["limits"]),
     "engine-options.md": ("tangentlab.engine.options", ["EngineOptions"]),
     "errors.md": ("tangentlab.errors", ["TangentlabError", "UnsupportedOperationError", "MemoryBudgetError",
                                         "InvalidInputError", "NonFiniteError", "UnsupportedLayerError",

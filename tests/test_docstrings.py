@@ -33,7 +33,7 @@ PUBLIC_MODULES = [
     "tangentlab.linearize", "tangentlab.optim", "tangentlab.pmat", "tangentlab.analysis",
     "tangentlab.engine.options", "tangentlab.errors", "tangentlab.training", "tangentlab.data",
     "tangentlab.distributed", "tangentlab.fmat", "tangentlab.space", "tangentlab.outputs",
-    "tangentlab.limits",
+    "tangentlab.limits", "tangentlab.kernel_predictor",
 ]
 
 # Classes whose methods need a docstring but no Parameters section: the Engine's methods are

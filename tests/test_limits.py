@@ -27,8 +27,9 @@ import tangentlab as tl
 from tangentlab import limits
 from tangentlab.analysis.limits import distance_to_limit, limit_probe
 from tangentlab.errors import InvalidInputError, UnsupportedLayerError
+from tangentlab.kernel_predictor import KernelPredictor
 from tangentlab.limits.kernels import erf_dual, leaky_relu_dual, quadrature_dual, relu_dual
-from tangentlab.linearize import KernelPredictor, half_mse, model_at
+from tangentlab.linearize import half_mse, model_at
 
 COVS = [(1.0, 0.3, 2.0), (0.5, -0.45, 0.7), (2.0, 1.999, 2.0), (1.3, -1.29, 1.3), (0.2, 0.0, 3.0)]
 

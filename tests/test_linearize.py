@@ -10,9 +10,9 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 from tangentlab.errors import InvalidInputError
+from tangentlab.kernel_predictor import KernelPredictor
 from tangentlab.linearize import (
     AlphaScaled,
-    KernelPredictor,
     Linearized,
     half_mse,
     model_at,

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -71,7 +71,7 @@ class LimitKernels(NamedTuple):
 
 
 def _fan_in(mod: nn.Module) -> int:
-    w = mod.weight
+    w = cast(torch.Tensor, mod.weight)
     return int(w.shape[1] * math.prod(w.shape[2:]))
 
 
@@ -87,14 +87,32 @@ def read_variances(model: nn.Module, weight_var: Variance = None, bias_var: Vari
 
     Read from the parameters as ``σ_w² = fan_in · mean(W²)``, ``σ_b² = mean(b²)`` (0 without
     bias) unless given: a number for every layer or a mapping ``path -> number``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network.
+    weight_var, bias_var : float or mapping, optional
+        ``σ_w²`` / ``σ_b²``: one number for every layer or ``{module path: number}``; None:
+        read from the module's parameters.
+
+    Returns
+    -------
+    dict
+        ``{module path: (σ_w², σ_b²)}``.
+
+    Raises
+    ------
+    InvalidInputError
+        A mapping names a module that is not a Linear/Conv layer of the model.
     """
     out: dict[str, tuple[float, float]] = {}
     for path, mod in model.named_modules():
         if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            def sw(mod: nn.Module = mod) -> float:
+            def sw(mod: Any = mod) -> float:
                 return _fan_in(mod) * float(mod.weight.detach().double().pow(2).mean())
 
-            def sb(mod: nn.Module = mod) -> float:
+            def sb(mod: Any = mod) -> float:
                 return float(mod.bias.detach().double().pow(2).mean()) if mod.bias is not None else 0.0
 
             out[path] = (_pick(weight_var, path, sw), _pick(bias_var, path, sb))
@@ -192,6 +210,37 @@ def nngp(model: nn.Module, x1: Any, x2: Any = None, *, weight_var: Variance = No
     ``spatial``: ``"auto"``, ``"full"`` or ``"diagonal"`` covariance over positions; ``order``:
     Gauss–Hermite nodes per axis for activations without a closed form; ``block``: tile size
     (pairs of examples per side). Returns an ``(N1, N2, C, C)`` :class:`~tangentlab.FMatDense`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        An ``nn.Sequential``-style network of Linear/Conv layers, activations, pooling, Flatten,
+        LayerNorm and :class:`Residual` blocks.
+    x1 : torch.Tensor
+        ``(N1, d)`` or ``(N1, C_in, *spatial)``.
+    x2 : torch.Tensor, optional
+        ``(N2, ...)``; None: ``x1`` with itself (symmetric).
+    weight_var, bias_var : float or mapping, optional
+        ``σ_w²`` / ``σ_b²``: one number for every layer or ``{module path: number}``; None:
+        read from the module's parameters.
+    spatial : {"auto", "full", "diagonal"}
+        The covariance over positions of convolutional features.
+    order : int
+        Gauss–Hermite nodes per axis for activations without a closed form.
+    block : int, optional
+        Tile size (examples per side of a tile of input pairs).
+
+    Returns
+    -------
+    FMatDense
+        ``K ⊗ I_C``, ``(N1, N2, C, C)``.
+
+    Raises
+    ------
+    UnsupportedLayerError
+        A layer without a known limit (named).
+    InvalidInputError
+        Bad inputs or options.
     """
     K, _, c, sym = _limit(model, x1, x2, False, "ntk", weight_var, bias_var, spatial, order, block)
     return _expand(K, c, sym)
@@ -206,6 +255,39 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, parameterization: str = "n
     NTK-parameterized weights (compare with :func:`empirical_ntk`); ``"standard"``: the
     limit in the module's own parameters, widths explicit (compare with ``tl.ntk``). Other
     arguments as in :func:`nngp`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        An ``nn.Sequential``-style network of Linear/Conv layers, activations, pooling, Flatten,
+        LayerNorm and :class:`Residual` blocks.
+    x1 : torch.Tensor
+        ``(N1, d)`` or ``(N1, C_in, *spatial)``.
+    x2 : torch.Tensor, optional
+        ``(N2, ...)``; None: ``x1`` with itself (symmetric).
+    parameterization : {"ntk", "standard"}
+        The parameters the NTK is taken with respect to (see the module docstring).
+    weight_var, bias_var : float or mapping, optional
+        ``σ_w²`` / ``σ_b²``: one number for every layer or ``{module path: number}``; None:
+        read from the module's parameters.
+    spatial : {"auto", "full", "diagonal"}
+        The covariance over positions of convolutional features.
+    order : int
+        Gauss–Hermite nodes per axis for activations without a closed form.
+    block : int, optional
+        Tile size (examples per side of a tile of input pairs).
+
+    Returns
+    -------
+    FMatDense
+        ``Θ ⊗ I_C``, ``(N1, N2, C, C)``.
+
+    Raises
+    ------
+    UnsupportedLayerError
+        A layer without a known limit (named).
+    InvalidInputError
+        Bad inputs or options.
     """
     _, T, c, sym = _limit(model, x1, x2, True, parameterization, weight_var, bias_var, spatial, order, block)
     assert T is not None
@@ -215,7 +297,34 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, parameterization: str = "n
 def kernels(model: nn.Module, x1: Any, x2: Any = None, *, parameterization: str = "ntk",
             weight_var: Variance = None, bias_var: Variance = None, spatial: str = "auto",
             order: int = QUADRATURE_ORDER, block: int | None = None) -> LimitKernels:
-    """Both limits in one propagation: ``LimitKernels(nngp, ntk)`` (arguments as :func:`ntk`)."""
+    """Both limits in one propagation: ``LimitKernels(nngp, ntk)`` (arguments as :func:`ntk`).
+
+    Parameters
+    ----------
+    model : nn.Module
+        An ``nn.Sequential``-style network of Linear/Conv layers, activations, pooling, Flatten,
+        LayerNorm and :class:`Residual` blocks.
+    x1 : torch.Tensor
+        ``(N1, d)`` or ``(N1, C_in, *spatial)``.
+    x2 : torch.Tensor, optional
+        ``(N2, ...)``; None: ``x1`` with itself (symmetric).
+    parameterization : {"ntk", "standard"}
+        The parameters the NTK is taken with respect to (see the module docstring).
+    weight_var, bias_var : float or mapping, optional
+        ``σ_w²`` / ``σ_b²``: one number for every layer or ``{module path: number}``; None:
+        read from the module's parameters.
+    spatial : {"auto", "full", "diagonal"}
+        The covariance over positions of convolutional features.
+    order : int
+        Gauss–Hermite nodes per axis for activations without a closed form.
+    block : int, optional
+        Tile size (examples per side of a tile of input pairs).
+
+    Returns
+    -------
+    LimitKernels
+        ``(nngp, ntk)``, each ``(N1, N2, C, C)``.
+    """
     K, T, c, sym = _limit(model, x1, x2, True, parameterization, weight_var, bias_var, spatial, order, block)
     assert T is not None
     return LimitKernels(_expand(K, c, sym), _expand(T, c, sym))
@@ -230,6 +339,27 @@ def empirical_ntk(model: nn.Module, x1: Any, x2: Any = None, *, parameterization
     ``Θ = Σ_l (σ_w²/fan_in) J_{W_l} J_{W_l}ᵀ + σ_b² J_{b_l} J_{b_l}ᵀ`` plus the other parameters'
     blocks unscaled, from two ``tl.ntk`` calls with per-layer blocks (weights; the rest).
     ``ntk_kwargs`` go to ``tl.ntk``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The finite network.
+    x1 : torch.Tensor
+        ``(N1, d)`` or ``(N1, C_in, *spatial)``.
+    x2 : torch.Tensor, optional
+        ``(N2, ...)``; None: ``x1`` with itself (symmetric).
+    parameterization : {"ntk", "standard"}
+        The parameters the NTK is taken with respect to (see the module docstring).
+    weight_var, bias_var : float or mapping, optional
+        ``σ_w²`` / ``σ_b²``: one number for every layer or ``{module path: number}``; None:
+        read from the module's parameters.
+    **ntk_kwargs
+        Passed to ``tl.ntk``.
+
+    Returns
+    -------
+    FMatDense
+        ``(N1, N2, C, C)``, as ``tl.ntk``.
     """
     if parameterization not in PARAMETERIZATIONS:
         raise InvalidInputError(f"parameterization={parameterization!r}; accepted: 'ntk', 'standard'")

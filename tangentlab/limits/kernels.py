@@ -50,6 +50,13 @@ class Erf(nn.Module):
     """The activation ``erf(x)`` as a module (its dual kernel is Williams' closed form)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """``erf(x)`` elementwise.
+
+        Parameters
+        ----------
+        x : Tensor
+            Any shape.
+        """
         return torch.erf(x)
 
 
@@ -131,6 +138,20 @@ def hermite_rule(order: int, dtype: torch.dtype = torch.float64, device: torch.d
     Golub–Welsch: the nodes are the eigenvalues of the Jacobi matrix of the probabilists'
     Hermite polynomials (zero diagonal, off-diagonal ``√k``, ``k = 1..order−1``); the
     weights are the squared first components of its eigenvectors (they sum to 1).
+
+    Parameters
+    ----------
+    order : int
+        Number of nodes.
+    dtype : torch.dtype
+        Of the returned tensors (computed in float64).
+    device : torch.device, optional
+        Of the returned tensors.
+
+    Returns
+    -------
+    tuple of Tensor
+        ``(nodes, weights)``, each ``(order,)``.
     """
     k = torch.arange(1, order, dtype=torch.float64)
     jac = torch.diag(k.sqrt(), 1) + torch.diag(k.sqrt(), -1)
@@ -181,9 +202,9 @@ def quadrature_dual(fn: Callable[[Tensor], Tensor], name: str, order: int = QUAD
             fu, du = _values_and_slopes(fn, u, derivative)
             fv, dv = _values_and_slopes(fn, v, derivative)
             t[sl] = torch.einsum("i,mi,j,mij->m", w, fu, w, fv)
-            if derivative:
+            if dt is not None:
                 dt[sl] = torch.einsum("i,mi,j,mij->m", w, du, w, dv)
-        return t.reshape(shape), (dt.reshape(shape) if derivative else None)
+        return t.reshape(shape), (dt.reshape(shape) if dt is not None else None)
 
     return Dual(name, dual, odd, act=fn)
 
@@ -220,6 +241,17 @@ def dual_for(module: nn.Module, order: int = QUADRATURE_ORDER) -> Dual | None:
     ``ReLU``, ``LeakyReLU``, :class:`Erf` and ``Identity`` in closed form; ``Tanh``,
     ``GELU`` (either approximation), ``Sigmoid``, ``SiLU``, ``Softplus`` and ``ELU`` by
     quadrature of the module's own function.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The activation.
+    order : int
+        Gauss–Hermite nodes per axis for the quadrature.
+
+    Returns
+    -------
+    Dual or None
     """
     if isinstance(module, nn.ReLU):
         return relu_dual

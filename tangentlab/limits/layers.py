@@ -52,7 +52,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -71,13 +71,26 @@ class WidthWarning(UserWarning):
 
 
 class Residual(nn.Module):
-    """``x ↦ x + block(x)``: a residual block whose infinite-width kernel is ``K + f(K)``."""
+    """``x ↦ x + block(x)``: a residual block whose infinite-width kernel is ``K + f(K)``.
+
+    Parameters
+    ----------
+    block : nn.Module
+        The residual branch ``f`` (same input and output shape).
+    """
 
     def __init__(self, block: nn.Module):
         super().__init__()
         self.block = block
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x + block(x)``.
+
+        Parameters
+        ----------
+        x : Tensor
+            The block's input.
+        """
         return x + self.block(x)
 
 
@@ -249,14 +262,15 @@ class Activation(Step):
         cross, dot = self.dual(a, st.cross, b, st.ntk is not None)
         s1, _ = self.dual(_spread(v1, st, 1, 1), st.self1, _spread(v1, st, 2, 1), False)
         s2, _ = self.dual(_spread(v2, st, 1, 1), st.self2, _spread(v2, st, 2, 1), False)
-        ntk = None if st.ntk is None else st.ntk * dot
+        ntk = None if st.ntk is None or dot is None else st.ntk * dot
         if ntk is not None and st.gain is not None:  # a LayerNorm gain's term: forward and slope correlated
             term, shift, scale = st.gain
             if self.dual.homogeneous and shift != 0:
                 raise UnsupportedLayerError(
                     f"layer {self.name!r}: a LayerNorm with a non-zero bias followed by {self.dual.name} has no NTK "
                     "limit rule here (LayerNorm's default initialization, bias 0, has one)")
-            ntk = ntk - term * dot + scaled_slope_dual(self.dual, shift, scale, self.order)(a, st.cross, b)
+            slope = scaled_slope_dual(self.dual, shift, scale, self.order)
+            ntk = ntk - term * cast(Tensor, dot) + slope(a, st.cross, b)
         return replace(st, cross=cross, ntk=ntk, self1=s1, self2=s2, zero_mean=st.zero_mean and self.dual.odd,
                        gain=None, gaussian=self.dual.name == "identity")
 
@@ -333,7 +347,7 @@ class Norm(Step):
         scale = torch.sqrt(v1[:, None] * v2[None])
         normed = st.cross / scale
         cross = self.gamma2 * normed + self.beta2
-        ntk = None if st.ntk is None else self.gamma2 * st.ntk / scale
+        ntk: Any = None if st.ntk is None else self.gamma2 * st.ntk / scale
         grads = (normed if self.gamma else 0) + (1.0 if self.beta else 0.0)  # ∂/∂γ_i = LN_i(x), ∂/∂β_i = 1
         if (self.gamma or self.beta) and st.track_ntk:
             ntk = grads if ntk is None else ntk + grads
@@ -416,7 +430,7 @@ def _tuple(v: Any, d: int) -> tuple[int, ...]:
     return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v),) * d
 
 
-def _affine(name: str, mod: nn.Module, variances: Callable[[str, nn.Module], tuple[float, float]]) -> Affine:
+def _affine(name: str, mod: Any, variances: Callable[[str, nn.Module], tuple[float, float]]) -> Affine:
     sw, sb = variances(name, mod)
     if isinstance(mod, nn.Linear):
         return Affine(name, 0, mod.in_features, mod.out_features, sw, sb, mod.bias is not None)
@@ -444,7 +458,8 @@ def _pool(name: str, mod: nn.Module) -> Pool:
         out = mod.output_size
         if out is None or (isinstance(out, (tuple, list)) and None in out):
             raise UnsupportedLayerError(f"layer {name!r}: adaptive pooling needs an explicit output size")
-        return Pool(name, output=_tuple(out, 1) if not isinstance(out, (tuple, list)) else tuple(out))
+        sizes = _tuple(out, 1) if not isinstance(out, (tuple, list)) else tuple(cast(Sequence[int], out))
+        return Pool(name, output=sizes)
     d = 1 if isinstance(mod, nn.AvgPool1d) else 2
     if mod.ceil_mode or not mod.count_include_pad or getattr(mod, "divisor_override", None):
         raise UnsupportedLayerError(f"layer {name!r}: average pooling with ceil_mode, count_include_pad=False or "

@@ -37,7 +37,7 @@ from torch.func import functional_call, jacrev, vmap
 from ..data import Batch, Batches, to_device
 from ..distributed import Reducer, unwrap
 from ..errors import InvalidInputError, NonFiniteError, TangentlabError
-from ..layers.base import LayerRule
+from ..layers.base import LayerRule, Tap
 from ..layers.registry import LayerRegistry
 from ..memory import MemoryBudget
 from ..outputs import Aux, OutputFunction, make_output
@@ -45,7 +45,7 @@ from ..progress import progress
 from ..space import Layer, ParamSpace, Selector
 from .blocks import ALL_OUTPUTS, AUTO_BLOCKS, OutputBlocks
 from .options import EngineOptions
-from .plan import RoutePlan, check_coupling, check_params, input_mismatch, make_plan
+from .plan import RoutePlan, check_coupling, check_params, input_mismatch, make_plan, patched_forwards
 from .precision import Precision
 
 #: target size (entries) of one output block's ``g`` under ``OutputBlocks.auto()``
@@ -420,9 +420,9 @@ class Engine:
                 records = []
             generic = self._generic_pass(plan, batch, aux) if plan.generic else {}
         c = s.shape[1]
-        out_numel = sum(_prod(r[3]) for r in records)
+        out_numel = sum(_prod(sh) for r in records for sh in _record_shapes(r))
         block = OutputBlocks.resolve(blocks).width(c, out_numel, OUTPUT_BLOCK_ELEMENTS)
-        edges = [r[2] for r in records]
+        edges = [e for r in records for e in (r[2] if len(r) > 4 else (r[2],))]
         feats = None
         for start in range(0, c, block):
             stop = min(c, start + block)
@@ -430,7 +430,8 @@ class Engine:
                 gs = self._backward(s, edges, records, start, stop, retain=stop < c) if records else []
                 if feats is None:  # after the first backward: e.g. padded conv inputs are not alive during it
                     with torch.no_grad():  # shared by the blocks of this batch
-                        feats = [h.rule.features(h.module, *self._detached(r)) for h, r in zip(plan.hooked, records)]
+                        feats = [h.rule.tap_features(h.module, r[4]) if len(r) > 4 else
+                                 h.rule.features(h.module, *self._detached(r)) for h, r in zip(plan.hooked, records)]
                     outputs = s.detach()
                     if not prec.is_default:  # rounded to the compute dtype, then to the accumulation dtype
                         feats, outputs, generic = (prec.cast(t, self.dtype) for t in (feats, outputs, generic))
@@ -452,10 +453,20 @@ class Engine:
         def hook(mod, args, kwargs, out):
             records[id(mod)].append((args, kwargs, get_gradient_edge(out), tuple(out.shape)))
 
+        def tapped(h):  # the rule's tapped forward records the layer itself (layers/base.py)
+            def forward(*args, **kwargs):
+                tap = Tap(h.layer.module)
+                out = h.rule.tapped_forward(h.module, tap, *args, **kwargs)
+                records[id(h.module)].append((args, kwargs, tap.edges, tap.shapes, tap))
+                return out
+            return h.module, forward
+
         hooked_params = [self.params[p.name] for h in plan.hooked for p in h.layer.params]
-        handles = [h.module.register_forward_hook(hook, with_kwargs=True) for h in plan.hooked]
+        taps = [tapped(h) for h in plan.hooked if h.rule.tapped(h.module)]
+        handles = [h.module.register_forward_hook(hook, with_kwargs=True) for h in plan.hooked
+                   if not (taps and h.rule.tapped(h.module))]
         try:
-            with torch.enable_grad(), _requires_grad(hooked_params), math_attention():
+            with torch.enable_grad(), _requires_grad(hooked_params), math_attention(), patched_forwards(taps):
                 z = self.output.forward(self.model, batch)
                 aux = self.output.prepare(z.detach(), batch, self.generator(index))
                 s = self.output.head(z, aux, batch)
@@ -478,7 +489,8 @@ class Engine:
         with respect to the layer outputs, ``(stop − first, N, *out_shape)`` per layer.
         ``retain``: keep the graph for later blocks."""
         n, c = s.shape
-        out_numel = sum(_prod(r[3]) for r in records)
+        shapes = [sh for r in records for sh in _record_shapes(r)]
+        out_numel = sum(_prod(sh) for sh in shapes)
         # vectorize over output coordinates in chunks that fit the budget (x3 for backward temporaries)
         chunk = max(1, min(c, self.budget.max_elements(s.dtype) // max(1, 3 * out_numel)))
         results: list[list[torch.Tensor]] = [[] for _ in edges]
@@ -505,13 +517,20 @@ class Engine:
                 )
             for j, gj in enumerate(grads):
                 results[j].append(gj)
-        out = []
-        for j, r in enumerate(records):
+        per_edge = []
+        for j, sh in enumerate(shapes):
             parts = results[j]
             if any(p is None for p in parts):  # layer output does not reach the outputs
-                out.append(s.new_zeros(stop - first, *r[3]))
+                per_edge.append(s.new_zeros(stop - first, *sh))
             else:
-                out.append(torch.cat(parts, 0) if len(parts) > 1 else parts[0])
+                per_edge.append(torch.cat(parts, 0) if len(parts) > 1 else parts[0])
+        if len(per_edge) == len(records):  # no tapped layers (or one tap each)
+            return [_tapped_g(g, n) if len(r) > 4 else g for g, r in zip(per_edge, records)]
+        out, j = [], 0
+        for r in records:
+            k = len(r[2]) if len(r) > 4 else 1
+            out.append(_tapped_g(per_edge[j:j + k], n) if len(r) > 4 else per_edge[j])
+            j += k
         return out
 
     def _generic_pass(self, plan: RoutePlan, batch: Batch, aux: Aux) -> dict[str, torch.Tensor]:
@@ -542,6 +561,21 @@ class Engine:
         with math_attention():
             jac = vmap(jacrev(f_one), in_dims=in_dims, randomness="different")(pg, *ins)
         return {k: v.transpose(0, 1) for k, v in jac.items()}  # (C, N, *shape)
+
+
+def _record_shapes(record: tuple) -> list[tuple[int, ...]]:
+    """Output shapes of a hook record ``(args, kwargs, edge, shape)``, or the tapped shapes of a
+    tapped record ``(args, kwargs, edges, shapes, tap)``."""
+    return list(record[3]) if len(record) > 4 else [record[3]]
+
+
+def _tapped_g(gs: torch.Tensor | list[torch.Tensor], n: int) -> torch.Tensor:
+    """A tapped layer's ``g``: its taps' gradients ``(C, N, *shape)`` flattened after the example
+    dimension and concatenated, ``(C, N, F)`` (a view when there is one tap)."""
+    if isinstance(gs, torch.Tensor):
+        gs = [gs]
+    flat = [t.reshape(t.shape[0], n, -1) for t in gs]
+    return flat[0] if len(flat) == 1 else torch.cat(flat, 2)
 
 
 def _head(batch: Batch, k: int) -> Batch:

@@ -3,15 +3,17 @@ route (a registered layer rule) and which the generic ``torch.func`` route."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import InvalidInputError, MixedDeviceDtypeError, UnsupportedLayerError
-from ..layers.base import LayerRule
+from ..layers.base import LayerRule, Tap
 from ..layers.norm import batchnorm_coupling
 from ..layers.registry import LayerRegistry
 from ..space import Layer, ParamSpace
@@ -89,7 +91,9 @@ def check_coupling(model: nn.Module, joint: bool) -> None:
                 f"undefined. {fix} `route='joint'` for the Jacobian of the whole batch "
                 "(examples coupled)."
             )
-        if mod.training and isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
+        rate = (mod.p if isinstance(mod, nn.modules.dropout._DropoutNd) else
+                mod.dropout if isinstance(mod, nn.MultiheadAttention) else 0.0)
+        if mod.training and rate > 0:
             warnings.warn(
                 f"{type(mod).__name__} at {path!r} is in training mode: outputs are random, so "
                 "Fishers and NTKs are too. Call `model.eval()` for deterministic results.",
@@ -188,8 +192,12 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
         counts = {id(h.module): 0 for h in candidates}
         bad: dict[int, str] = {}
 
+        tapped = {id(h.module) for h in candidates if h.rule.tapped(h.module)}
+
         def hook(mod, args, kwargs, out):
             counts[id(mod)] += 1
+            if id(mod) in tapped:  # features and g come from its tapped forward
+                return
             if not args or not isinstance(args[0], torch.Tensor):
                 bad[id(mod)] = "is not called with a tensor as first argument"
             if not isinstance(out, torch.Tensor):
@@ -206,8 +214,10 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
 
         handles = [h.module.register_forward_pre_hook(enter, prepend=True) for h in candidates]
         handles += [h.module.register_forward_hook(leave) for h in candidates]
+        dry = [(h.module, tap_forward(h.module, h.rule, Tap(h.layer.module, active=False)))
+               for h in candidates if id(h.module) in tapped]
         try:
-            with uses:
+            with uses, patched_forwards(dry):
                 probe([(h.module, hook) for h in candidates])
         finally:
             for handle in handles:
@@ -225,6 +235,14 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
                 plan.generic.extend(p.name for p in h.layer.params)
             else:
                 plan.hooked.append(h)
+        # a tapped module on the generic route runs its own forward, which may not call the
+        # submodules its tapped forward called (MultiheadAttention.out_proj): those follow it
+        for t in [h for h in candidates if id(h.module) in tapped and h.layer.module in plan.reasons]:
+            inside = [h for h in plan.hooked if h.layer.module.startswith(t.layer.module + ".")]
+            for h in inside:
+                plan.hooked.remove(h)
+                plan.reasons[h.layer.module] = f"inside {t.layer.module!r}, which takes the generic route"
+                plan.generic.extend(p.name for p in h.layer.params)
     if plan.reasons:
         lines = "; ".join(f"{m or '<root>'} ({r})" for m, r in plan.reasons.items())
         warnings.warn(
@@ -234,6 +252,30 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
     order = {n: i for i, n in enumerate(space.names)}
     plan.generic.sort(key=order.__getitem__)
     return plan
+
+
+def tap_forward(module: nn.Module, rule: LayerRule, tap: Tap):
+    """``module``'s forward computed by ``rule.tapped_forward`` reporting to ``tap``."""
+    def forward(*args, **kwargs):
+        return rule.tapped_forward(module, tap, *args, **kwargs)
+    return forward
+
+
+@contextlib.contextmanager
+def patched_forwards(items: list[tuple[nn.Module, Any]]):
+    """Replace each module's ``forward`` by the given callable (an instance attribute, so that
+    ``module(...)`` still runs its hooks) for the duration of the block; restored on exit."""
+    saved = [(m, m.__dict__.get("forward")) for m, _ in items]
+    try:
+        for m, f in items:
+            m.__dict__["forward"] = f
+        yield
+    finally:
+        for m, old in saved:
+            if old is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.__dict__["forward"] = old
 
 
 class _MismatchError(Exception):

@@ -45,7 +45,7 @@ from ..progress import progress
 from ..space import Layer, ParamSpace, Selector
 from .blocks import ALL_OUTPUTS, AUTO_BLOCKS, OutputBlocks
 from .options import EngineOptions
-from .plan import RoutePlan, check_coupling, check_params, input_mismatch, make_plan, patched_forwards
+from .plan import RoutePlan, check_coupling, check_params, input_mismatch, make_plan, patched_forwards, tap_forward
 from .precision import Precision
 
 #: target size (entries) of one output block's ``g`` under ``OutputBlocks.auto()``
@@ -463,6 +463,7 @@ class Engine:
 
         hooked_params = [self.params[p.name] for h in plan.hooked for p in h.layer.params]
         taps = [tapped(h) for h in plan.hooked if h.rule.tapped(h.module)]
+        taps += [(mod, tap_forward(mod, rule, Tap(path, active=False))) for path, mod, rule in plan.passive]
         handles = [h.module.register_forward_hook(hook, with_kwargs=True) for h in plan.hooked
                    if not (taps and h.rule.tapped(h.module))]
         try:

@@ -40,6 +40,9 @@ class RoutePlan:
     generic: list[str] = field(default_factory=list)  # parameter names
     reasons: dict[str, str] = field(default_factory=dict)  # module path -> reason
     joint: bool = False
+    #: tapped modules (layers/base.py) with no selected parameter: run by their tapped forward
+    #: all the same, so that the submodules it calls (an attention's out_proj) are hooked
+    passive: list[tuple[str, nn.Module, LayerRule]] = field(default_factory=list)
 
 
 def check_params(params: dict[str, torch.Tensor]) -> tuple[torch.dtype, torch.device]:
@@ -214,8 +217,16 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
 
         handles = [h.module.register_forward_pre_hook(enter, prepend=True) for h in candidates]
         handles += [h.module.register_forward_hook(leave) for h in candidates]
+        selected = {lay.module for lay in space.layers}
+        for path, mod in model.named_modules():
+            rule = registry.lookup(mod)
+            klass = next((k for k in type(mod).__mro__ if k in registry), None)
+            if (path not in selected and rule is not None and rule.tapped(mod) and path not in shared
+                    and type(mod).forward is klass.forward and rule.check(mod) is None):
+                plan.passive.append((path, mod, rule))
         dry = [(h.module, tap_forward(h.module, h.rule, Tap(h.layer.module, active=False)))
                for h in candidates if id(h.module) in tapped]
+        dry += [(mod, tap_forward(mod, rule, Tap(path, active=False))) for path, mod, rule in plan.passive]
         try:
             with uses, patched_forwards(dry):
                 probe([(h.module, hook) for h in candidates])

@@ -27,7 +27,10 @@ packed ``in_proj_weight`` or separate ``q/k/v_proj_weight`` (``kdim``/``vdim`` �
 or additive ``attn_mask`` (``(L, S)`` or ``(N·H, L, S)``) and ``key_padding_mask``
 (``(N, S)``), ``need_weights`` (averaged or per head), ``is_causal`` and dropout in
 training mode (random: the engine warns). Inputs must be batched (3-D): unbatched
-inputs would make the examples of the batch attend to each other.
+inputs would make the examples of the batch attend to each other. Sequences of
+different lengths in one batch must be padded to one length with the padding masked
+by ``key_padding_mask``: an unmasked padding position is attended like any token
+(that is the model's function, and what every route differentiates).
 
 Kronecker factors (packed weights without ``bias_k``/``bias_v``): three groups
 ``γ ∈ {q, k, v}`` of shape ``(E, E+1)``, each with its own input factor (Eschenhagen et
@@ -127,7 +130,8 @@ class MultiheadAttentionRule(LayerRule):
         if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
             raise InvalidInputError(
                 f"{where} got unbatched inputs (query {tuple(query.shape)}): attention would mix the "
-                "examples of the batch; pass batched (3-D) query, key and value")
+                "examples of the batch; pass batched (3-D) query, key and value (sequences of different "
+                "lengths: pad them to one length and mask the padding with key_padding_mask)")
         bf = module.batch_first
 
         def first(x: torch.Tensor) -> torch.Tensor:

@@ -525,9 +525,7 @@ class Engine:
                 per_edge.append(s.new_zeros(stop - first, *sh))
             else:
                 per_edge.append(torch.cat(parts, 0) if len(parts) > 1 else parts[0])
-        if len(per_edge) == len(records):  # no tapped layers (or one tap each)
-            return [_tapped_g(g, n) if len(r) > 4 else g for g, r in zip(per_edge, records)]
-        out, j = [], 0
+        out, j = [], 0  # tapped records own several consecutive edges
         for r in records:
             k = len(r[2]) if len(r) > 4 else 1
             out.append(_tapped_g(per_edge[j:j + k], n) if len(r) > 4 else per_edge[j])
@@ -570,11 +568,9 @@ def _record_shapes(record: tuple) -> list[tuple[int, ...]]:
     return list(record[3]) if len(record) > 4 else [record[3]]
 
 
-def _tapped_g(gs: torch.Tensor | list[torch.Tensor], n: int) -> torch.Tensor:
+def _tapped_g(gs: list[torch.Tensor], n: int) -> torch.Tensor:
     """A tapped layer's ``g``: its taps' gradients ``(C, N, *shape)`` flattened after the example
     dimension and concatenated, ``(C, N, F)`` (a view when there is one tap)."""
-    if isinstance(gs, torch.Tensor):
-        gs = [gs]
     flat = [t.reshape(t.shape[0], n, -1) for t in gs]
     return flat[0] if len(flat) == 1 else torch.cat(flat, 2)
 

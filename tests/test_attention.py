@@ -446,3 +446,53 @@ def test_padding_is_masked_not_attended():
     wrapped = Pooled(model)
     K, Kp = _quiet(tl.ntk, wrapped, x), _quiet(tl.ntk, wrapped, xp)
     assert oracle.rel_err(Kp.to_dense(), K.to_dense()) < TOL
+
+
+@pytest.mark.parametrize("length", [4, 5])
+def test_sequence_first_layers_take_the_generic_route(length):
+    """nn.TransformerEncoderLayer's default layout (batch_first=False): its Linear and LayerNorm
+    layers see (L, N, E) tensors, whose first dimension is not the examples' (with L = N too: no
+    silently wrong kernel). They take the generic route with a warning that says why; the
+    attention itself takes its rule either way."""
+
+    class SeqFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(VOCAB, 8)
+            self.enc = nn.TransformerEncoderLayer(8, 2, 12, dropout=0.0)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.enc(self.emb(x).transpose(0, 1)).transpose(0, 1).mean(1))
+
+    torch.manual_seed(6)
+    model, x = SeqFirst().double().eval(), _tokens(4, length)
+    with pytest.warns(GenericRouteWarning, match=r"enc\.linear1 \(its output's first dimension"):
+        cap = Engine(model, "raw").capture((x,), 0)
+    assert {lc.layer.module for lc in cap.layers} == {"emb", "enc.self_attn", "enc.self_attn.out_proj", "head"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GenericRouteWarning)
+        K = tl.ntk(model, x)
+    assert oracle.rel_err(K.to_dense(), oracle.ntk(model, x)) < TOL
+
+
+def test_examples_merged_with_positions_take_the_generic_route():
+    """A Linear applied to (N·T, E) rows (examples merged with positions) is not per-example."""
+
+    class Merged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(VOCAB, 8)
+            self.mix = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.emb(x)
+            h = torch.tanh(self.mix(h.reshape(-1, 8))).reshape(h.shape)
+            return self.head(h.mean(1))
+
+    torch.manual_seed(7)
+    model, x = Merged().double().eval(), _tokens()
+    with pytest.warns(GenericRouteWarning, match=r"mix \(its output's first dimension \(8\)"):
+        K = tl.ntk(model, x)
+    assert oracle.rel_err(K.to_dense(), oracle.ntk(model, x)) < TOL

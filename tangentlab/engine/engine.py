@@ -37,7 +37,7 @@ from torch.func import functional_call, jacrev, vmap
 from ..data import Batch, Batches, to_device
 from ..distributed import Reducer, unwrap
 from ..errors import InvalidInputError, NonFiniteError, TangentlabError
-from ..layers.base import LayerRule, Tap
+from ..layers.base import LayerRule, Tap, join_taps
 from ..layers.registry import LayerRegistry
 from ..memory import MemoryBudget
 from ..outputs import Aux, OutputFunction, make_output
@@ -307,6 +307,7 @@ class Engine:
                     finally:
                         for h in handles:
                             h.remove()
+                probe.batch_size = b[0].shape[0]
                 return probe
 
             # The probe only counts module calls: two examples show the same structure as
@@ -482,6 +483,11 @@ class Engine:
                     f"batch {index}: module {h.layer.module!r} was called {k} times, but once on the "
                     "first batch (data-dependent control flow); pass route='generic'"
                 )
+            shape = records[id(h.module)][0][3]
+            if not isinstance(shape, list) and (not shape or shape[0] != batch[0].shape[0]):
+                raise InvalidInputError(
+                    f"batch {index}: the output of module {h.layer.module!r} has shape {shape}, not the "
+                    f"{batch[0].shape[0]} examples first (e.g. a sequence-first layout); pass route='generic'")
         return s, aux, [records[id(h.module)][0] for h in plan.hooked]
 
     def _backward(self, s: torch.Tensor, edges: list, records: list, first: int, stop: int,
@@ -528,7 +534,7 @@ class Engine:
         out, j = [], 0  # tapped records own several consecutive edges
         for r in records:
             k = len(r[2]) if len(r) > 4 else 1
-            out.append(_tapped_g(per_edge[j:j + k], n) if len(r) > 4 else per_edge[j])
+            out.append(join_taps(per_edge[j:j + k], n) if len(r) > 4 else per_edge[j])
             j += k
         return out
 
@@ -566,13 +572,6 @@ def _record_shapes(record: tuple) -> list[tuple[int, ...]]:
     """Output shapes of a hook record ``(args, kwargs, edge, shape)``, or the tapped shapes of a
     tapped record ``(args, kwargs, edges, shapes, tap)``."""
     return list(record[3]) if len(record) > 4 else [record[3]]
-
-
-def _tapped_g(gs: list[torch.Tensor], n: int) -> torch.Tensor:
-    """A tapped layer's ``g``: its taps' gradients ``(C, N, *shape)`` flattened after the example
-    dimension and concatenated, ``(C, N, F)`` (a view when there is one tap)."""
-    flat = [t.reshape(t.shape[0], n, -1) for t in gs]
-    return flat[0] if len(flat) == 1 else torch.cat(flat, 2)
 
 
 def _head(batch: Batch, k: int) -> Batch:

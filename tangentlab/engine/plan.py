@@ -154,7 +154,10 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
     """Assign each layer of ``space`` to a route.
 
     ``probe(hooks)`` runs one forward pass with the given forward hooks installed;
-    it is used to count how often each candidate module is called.
+    it is used to count how often each candidate module is called and, when it has a
+    ``batch_size`` attribute (the examples of the probed batch), to check that each hooked
+    layer's output has the examples along its first dimension (the hook route reads
+    them there).
     """
     plan = RoutePlan(joint=route == "joint")
     if not isinstance(registry, LayerRegistry):
@@ -197,6 +200,8 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
 
         tapped = {id(h.module) for h in candidates if h.rule.tapped(h.module)}
 
+        n_probe = getattr(probe, "batch_size", None)
+
         def hook(mod, args, kwargs, out):
             counts[id(mod)] += 1
             if id(mod) in tapped:  # features and g come from its tapped forward
@@ -205,6 +210,10 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
                 bad[id(mod)] = "is not called with a tensor as first argument"
             if not isinstance(out, torch.Tensor):
                 bad[id(mod)] = "does not return a single tensor"
+            elif n_probe is not None and (out.dim() == 0 or out.shape[0] != n_probe):
+                bad[id(mod)] = (f"its output's first dimension ({out.shape[0] if out.dim() else 'none'}) is not "
+                                f"the example dimension ({n_probe} examples probed): e.g. a sequence-first "
+                                "layout (batch_first=False) or examples merged with positions")
 
         uses = _OutsideUse({id(p): id(h.module) for h in candidates
                             for p in h.module.parameters(recurse=False)})

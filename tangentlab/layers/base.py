@@ -93,6 +93,13 @@ class Tap:
         return [(n, s[1:]) for n, s in zip(self.names, self.shapes)]
 
 
+def join_taps(gs: list[torch.Tensor], n: int) -> torch.Tensor:
+    """A tapped rule's ``g`` from its taps' gradients ``(C, N, *shape)``: each flattened after the
+    example dimension, concatenated, ``(C, N, F)`` (a view when there is one tap)."""
+    flat = [t.reshape(t.shape[0], n, -1) for t in gs]
+    return flat[0] if len(flat) == 1 else torch.cat(flat, 2)
+
+
 def split_taps(g: torch.Tensor, layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
     """Cut a tapped rule's ``g`` (``(C, N, F)``, see the module docstring) into
     ``{name: (C, N, *shape)}`` views, following ``layout`` (:meth:`Tap.layout`)."""

@@ -496,3 +496,12 @@ def test_examples_merged_with_positions_take_the_generic_route():
     with pytest.warns(GenericRouteWarning, match=r"mix \(its output's first dimension \(8\)"):
         K = tl.ntk(model, x)
     assert oracle.rel_err(K.to_dense(), oracle.ntk(model, x)) < TOL
+
+
+def test_mixed_precision_features():
+    """A float32 attention model with float64 sums (precision='model/fp64'): the tapped features and
+    gradients are cast like any layer's, and the kernel matches the float64 oracle to float32 precision."""
+    model, x = _model("bias_kv")
+    K = _quiet(tl.ntk, model.float(), x, precision="model/fp64")
+    assert K.to_dense().dtype == torch.float64
+    assert oracle.rel_err(K.to_dense(), oracle.ntk(model.double(), x)) < 1e-5

@@ -466,7 +466,7 @@ class Engine:
         taps = [tapped(h) for h in plan.hooked if h.rule.tapped(h.module)]
         taps += [(mod, tap_forward(mod, rule, Tap(path, active=False))) for path, mod, rule in plan.passive]
         handles = [h.module.register_forward_hook(hook, with_kwargs=True) for h in plan.hooked
-                   if not (taps and h.rule.tapped(h.module))]
+                   if not h.rule.tapped(h.module)]
         try:
             with torch.enable_grad(), _requires_grad(hooked_params), math_attention(), patched_forwards(taps):
                 z = self.output.forward(self.model, batch)

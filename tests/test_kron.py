@@ -358,10 +358,10 @@ def test_mixed_parts_against_oracle(arch):
     kinds = M.representations
     modules = dict(model.named_modules())
     for path, kind in kinds.items():
-        want = "PMatEKFAC" if isinstance(modules[path], (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)) else \
-            "PMatBlockDiag"
-        if arch == "tied_attention" and path in ("emb", "att.out_proj"):
-            want = "PMatBlockDiag"  # tied / never called: generic route, no Kronecker structure
+        want = "PMatEKFAC" if isinstance(modules[path], (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding,
+                                                         nn.MultiheadAttention)) else "PMatBlockDiag"
+        if arch == "tied_attention" and path == "emb":
+            want = "PMatBlockDiag"  # tied: generic route, no Kronecker structure
         assert kind == want, (path, kind)
 
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from ..engine.engine import keep_tensors, shared_modules
+from ..engine.contexts import keep_tensors, shared_modules
 from ..errors import InvalidInputError
 from .kernels import _matrix, eigh_desc, label_energy
 

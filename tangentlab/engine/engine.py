@@ -37,15 +37,16 @@ from torch.func import functional_call, jacrev, vmap
 from ..data import Batch, Batches, to_device
 from ..distributed import Reducer, unwrap
 from ..errors import InvalidInputError, NonFiniteError, TangentlabError
-from ..layers.base import LayerRule
+from ..layers.base import LayerRule, Tap, join_taps
 from ..layers.registry import LayerRegistry
 from ..memory import MemoryBudget
 from ..outputs import Aux, OutputFunction, make_output
 from ..progress import progress
 from ..space import Layer, ParamSpace, Selector
 from .blocks import ALL_OUTPUTS, AUTO_BLOCKS, OutputBlocks
+from .contexts import keep_tensors, math_attention, shared_modules
 from .options import EngineOptions
-from .plan import RoutePlan, check_coupling, check_params, input_mismatch, make_plan
+from .plan import RoutePlan, check_coupling, check_params, input_mismatch, make_plan, patched_forwards, tap_forward
 from .precision import Precision
 from .recurrent import unfused_recurrent
 
@@ -106,59 +107,6 @@ class _FnModule(nn.Module):
 
     def forward(self, batch: tuple) -> torch.Tensor:
         return self._output.forward(self.model, batch)
-
-
-def shared_modules(module: nn.Module) -> list[nn.Module]:
-    """The submodules reachable under several paths (one instance used at several places)."""
-    seen: set[int] = set()
-    shared: dict[int, nn.Module] = {}
-    for _, m in module.named_modules(remove_duplicate=False):
-        if id(m) in seen:
-            shared[id(m)] = m
-        seen.add(id(m))
-    return list(shared.values())
-
-
-@contextlib.contextmanager
-def keep_tensors(modules: list[nn.Module]):
-    """Puts the parameters and buffers of ``modules`` back after a ``functional_call``.
-
-    ``torch.func.functional_call`` swaps the tensors of every path of a module in turn and
-    swaps them back in the same order, so a module used at several places would keep the
-    replacement tensors: the user's ``Parameter`` objects would be gone from the model.
-    """
-    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in modules]
-    try:
-        yield
-    finally:
-        for m, params, buffers in saved:
-            m._parameters.update(params)
-            m._buffers.update(buffers)
-
-
-@contextlib.contextmanager
-def math_attention():
-    """Use the composite (math) attention path: it has forward-mode and vmap rules.
-
-    Selects the math SDPA kernel and, for the duration of the block, turns off the fused
-    ``nn.MultiheadAttention`` fast path (which has no forward-mode rule); the previous
-    setting is restored on exit.
-    """
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    mha = getattr(torch.backends, "mha", None)
-    before = mha.get_fastpath_enabled() if mha is not None else None
-    try:
-        if mha is not None:
-            mha.set_fastpath_enabled(False)
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    finally:
-        if mha is not None:
-            mha.set_fastpath_enabled(before)
 
 
 @contextlib.contextmanager
@@ -320,6 +268,7 @@ class Engine:
                     finally:
                         for h in handles:
                             h.remove()
+                probe.batch_size = b[0].shape[0]  # type: ignore[attr-defined]  # read by make_plan
                 return probe
 
             # The probe only counts module calls: two examples show the same structure as
@@ -434,9 +383,9 @@ class Engine:
                 records = []
             generic = self._generic_pass(plan, batch, aux) if plan.generic else {}
         c = s.shape[1]
-        out_numel = sum(_prod(r[3]) for r in records)
+        out_numel = sum(_prod(sh) for r in records for sh in _record_shapes(r))
         block = OutputBlocks.resolve(blocks).width(c, out_numel, OUTPUT_BLOCK_ELEMENTS)
-        edges = [r[2] for r in records]
+        edges = [e for r in records for e in (r[2] if len(r) > 4 else (r[2],))]
         feats = None
         for start in range(0, c, block):
             stop = min(c, start + block)
@@ -444,7 +393,8 @@ class Engine:
                 gs = self._backward(s, edges, records, start, stop, retain=stop < c) if records else []
                 if feats is None:  # after the first backward: e.g. padded conv inputs are not alive during it
                     with torch.no_grad():  # shared by the blocks of this batch
-                        feats = [h.rule.features(h.module, *self._detached(r)) for h, r in zip(plan.hooked, records)]
+                        feats = [h.rule.tap_features(h.module, r[4]) if len(r) > 4 else
+                                 h.rule.features(h.module, *self._detached(r)) for h, r in zip(plan.hooked, records)]
                     outputs = s.detach()
                     if not prec.is_default:  # rounded to the compute dtype, then to the accumulation dtype
                         feats, outputs, generic = (prec.cast(t, self.dtype) for t in (feats, outputs, generic))
@@ -466,10 +416,21 @@ class Engine:
         def hook(mod, args, kwargs, out):
             records[id(mod)].append((args, kwargs, get_gradient_edge(out), tuple(out.shape)))
 
+        def tapped(h):  # the rule's tapped forward records the layer itself (layers/base.py)
+            def forward(*args, **kwargs):
+                tap = Tap(h.layer.module)
+                out = h.rule.tapped_forward(h.module, tap, *args, **kwargs)
+                records[id(h.module)].append((args, kwargs, tap.edges, tap.shapes, tap))
+                return out
+            return h.module, forward
+
         hooked_params = [self.params[p.name] for h in plan.hooked for p in h.layer.params]
-        handles = [h.module.register_forward_hook(hook, with_kwargs=True) for h in plan.hooked]
+        taps = [tapped(h) for h in plan.hooked if h.rule.tapped(h.module)]
+        taps += [(mod, tap_forward(mod, rule, Tap(path, active=False))) for path, mod, rule in plan.passive]
+        handles = [h.module.register_forward_hook(hook, with_kwargs=True) for h in plan.hooked
+                   if not h.rule.tapped(h.module)]
         try:
-            with torch.enable_grad(), _requires_grad(hooked_params), math_attention():
+            with torch.enable_grad(), _requires_grad(hooked_params), math_attention(), patched_forwards(taps):
                 z = self.output.forward(self.model, batch)
                 aux = self.output.prepare(z.detach(), batch, self.generator(index))
                 s = self.output.head(z, aux, batch)
@@ -484,6 +445,11 @@ class Engine:
                     f"batch {index}: module {h.layer.module!r} was called {k} times, but once on the "
                     "first batch (data-dependent control flow); pass route='generic'"
                 )
+            shape = records[id(h.module)][0][3]
+            if not isinstance(shape, list) and (not shape or shape[0] != batch[0].shape[0]):
+                raise InvalidInputError(
+                    f"batch {index}: the output of module {h.layer.module!r} has shape {shape}, not the "
+                    f"{batch[0].shape[0]} examples first (e.g. a sequence-first layout); pass route='generic'")
         return s, aux, [records[id(h.module)][0] for h in plan.hooked]
 
     def _backward(self, s: torch.Tensor, edges: list, records: list, first: int, stop: int,
@@ -492,7 +458,8 @@ class Engine:
         with respect to the layer outputs, ``(stop − first, N, *out_shape)`` per layer.
         ``retain``: keep the graph for later blocks."""
         n, c = s.shape
-        out_numel = sum(_prod(r[3]) for r in records)
+        shapes = [sh for r in records for sh in _record_shapes(r)]
+        out_numel = sum(_prod(sh) for sh in shapes)
         # vectorize over output coordinates in chunks that fit the budget (x3 for backward temporaries)
         chunk = max(1, min(c, self.budget.max_elements(s.dtype) // max(1, 3 * out_numel)))
         results: list[list[torch.Tensor | None]] = [[] for _ in edges]
@@ -519,14 +486,19 @@ class Engine:
                 )
             for j, gj in enumerate(grads):
                 results[j].append(gj)
-        out = []
-        for j, r in enumerate(records):
+        per_edge = []
+        for j, sh in enumerate(shapes):
             parts = results[j]
             if any(p is None for p in parts):  # layer output does not reach the outputs
-                out.append(s.new_zeros(stop - first, *r[3]))
+                per_edge.append(s.new_zeros(stop - first, *sh))
             else:
                 done = cast(list[torch.Tensor], parts)
-                out.append(torch.cat(done, 0) if len(done) > 1 else done[0])
+                per_edge.append(torch.cat(done, 0) if len(done) > 1 else done[0])
+        out, j = [], 0  # tapped records own several consecutive edges
+        for r in records:
+            k = len(r[2]) if len(r) > 4 else 1
+            out.append(join_taps(per_edge[j:j + k], n) if len(r) > 4 else per_edge[j])
+            j += k
         return out
 
     def _generic_pass(self, plan: RoutePlan, batch: Batch, aux: Aux) -> dict[str, torch.Tensor]:
@@ -557,6 +529,12 @@ class Engine:
         with math_attention(), unfused_recurrent(plan.unfuse):
             jac = vmap(jacrev(f_one), in_dims=in_dims, randomness="different")(pg, *ins)
         return {k: v.transpose(0, 1) for k, v in jac.items()}  # (C, N, *shape)
+
+
+def _record_shapes(record: tuple) -> list[tuple[int, ...]]:
+    """Output shapes of a hook record ``(args, kwargs, edge, shape)``, or the tapped shapes of a
+    tapped record ``(args, kwargs, edges, shapes, tap)``."""
+    return list(record[3]) if len(record) > 4 else [record[3]]
 
 
 def _head(batch: Batch, k: int) -> Batch:

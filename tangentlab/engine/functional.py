@@ -17,7 +17,8 @@ from torch.func import jvp as func_jvp
 
 from ..data import Batch
 from ..errors import InvalidInputError
-from .engine import Engine, math_attention
+from .contexts import math_attention
+from .engine import Engine
 
 
 class ForwardADWarning(UserWarning):

@@ -3,16 +3,18 @@ route (a registered layer rule) and which the generic ``torch.func`` route."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import InvalidInputError, MixedDeviceDtypeError, UnsupportedLayerError
-from ..layers.base import LayerRule
+from ..layers.base import LayerRule, Tap
 from ..layers.norm import batchnorm_coupling
 from ..layers.registry import LayerRegistry
 from ..space import Layer, ParamSpace
@@ -42,6 +44,9 @@ class RoutePlan:
     joint: bool = False
     #: the vectorized generic pass runs fused recurrent kernels unfused (:mod:`.recurrent`)
     unfuse: bool = False
+    #: tapped modules (layers/base.py) with no selected parameter: run by their tapped forward
+    #: all the same, so that the submodules it calls (an attention's out_proj) are hooked
+    passive: list[tuple[str, nn.Module, LayerRule]] = field(default_factory=list)
 
 
 def check_params(params: Mapping[str, torch.Tensor]) -> tuple[torch.dtype, torch.device]:
@@ -93,7 +98,9 @@ def check_coupling(model: nn.Module, joint: bool) -> None:
                 f"undefined. {fix} `route='joint'` for the Jacobian of the whole batch "
                 "(examples coupled)."
             )
-        if mod.training and isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
+        rate = (mod.p if isinstance(mod, nn.modules.dropout._DropoutNd) else
+                mod.dropout if isinstance(mod, nn.MultiheadAttention) else 0.0)
+        if mod.training and rate > 0:
             warnings.warn(
                 f"{type(mod).__name__} at {path!r} is in training mode: outputs are random, so "
                 "Fishers and NTKs are too. Call `model.eval()` for deterministic results.",
@@ -151,7 +158,10 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
     """Assign each layer of ``space`` to a route.
 
     ``probe(hooks)`` runs one forward pass with the given forward hooks installed;
-    it is used to count how often each candidate module is called.
+    it is used to count how often each candidate module is called and, when it has a
+    ``batch_size`` attribute (the examples of the probed batch), to check that each hooked
+    layer's output has the examples along its first dimension (the hook route reads
+    them there).
     """
     plan = RoutePlan(joint=route == "joint")
     if not isinstance(registry, LayerRegistry):
@@ -193,12 +203,22 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
         counts = {id(h.module): 0 for h in candidates}
         bad: dict[int, str] = {}
 
+        tapped = {id(h.module) for h in candidates if h.rule.tapped(h.module)}
+
+        n_probe = getattr(probe, "batch_size", None)
+
         def hook(mod, args, kwargs, out):
             counts[id(mod)] += 1
+            if id(mod) in tapped:  # features and g come from its tapped forward
+                return
             if not args or not isinstance(args[0], torch.Tensor):
                 bad[id(mod)] = "is not called with a tensor as first argument"
             if not isinstance(out, torch.Tensor):
                 bad[id(mod)] = "does not return a single tensor"
+            elif n_probe is not None and (out.dim() == 0 or out.shape[0] != n_probe):
+                bad[id(mod)] = (f"its output's first dimension ({out.shape[0] if out.dim() else 'none'}) is not "
+                                f"the example dimension ({n_probe} examples probed): e.g. a sequence-first "
+                                "layout (batch_first=False) or examples merged with positions")
 
         uses = _OutsideUse({id(p): id(h.module) for h in candidates
                             for p in h.module.parameters(recurse=False)})
@@ -211,8 +231,18 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
 
         handles = [h.module.register_forward_pre_hook(enter, prepend=True) for h in candidates]
         handles += [h.module.register_forward_hook(leave) for h in candidates]
+        selected = {lay.module for lay in space.layers}
+        for path, mod in model.named_modules():
+            rule = registry.lookup(mod)
+            klass = next((k for k in type(mod).__mro__ if k in registry), None)
+            if (path not in selected and rule is not None and rule.tapped(mod) and path not in shared
+                    and type(mod).forward is getattr(klass, "forward", None) and rule.check(mod) is None):
+                plan.passive.append((path, mod, rule))
+        dry = [(h.module, tap_forward(h.module, h.rule, Tap(h.layer.module, active=False)))
+               for h in candidates if id(h.module) in tapped]
+        dry += [(mod, tap_forward(mod, rule, Tap(path, active=False))) for path, mod, rule in plan.passive]
         try:
-            with uses:
+            with uses, patched_forwards(dry):
                 probe([(h.module, hook) for h in candidates])
         finally:
             for handle in handles:
@@ -230,6 +260,14 @@ def make_plan(model: nn.Module, space: ParamSpace, registry: LayerRegistry, rout
                 plan.generic.extend(p.name for p in h.layer.params)
             else:
                 plan.hooked.append(h)
+        # a tapped module on the generic route runs its own forward, which may not call the
+        # submodules its tapped forward called (MultiheadAttention.out_proj): those follow it
+        for t in [h for h in candidates if id(h.module) in tapped and h.layer.module in plan.reasons]:
+            inside = [h for h in plan.hooked if h.layer.module.startswith(t.layer.module + ".")]
+            for h in inside:
+                plan.hooked.remove(h)
+                plan.reasons[h.layer.module] = f"inside {t.layer.module!r}, which takes the generic route"
+                plan.generic.extend(p.name for p in h.layer.params)
     plan.unfuse = bool(plan.generic) and _unfuse(model, probe)  # may refuse: before the warning
     if plan.reasons:
         lines = "; ".join(f"{m or '<root>'} ({r})" for m, r in plan.reasons.items())
@@ -251,6 +289,30 @@ def _unfuse(model: nn.Module, probe) -> bool:
     if paths:
         probe([(m, packed_input(paths[id(m)])) for m in model.modules() if id(m) in paths])
     return bool(paths)
+
+
+def tap_forward(module: nn.Module, rule: LayerRule, tap: Tap):
+    """``module``'s forward computed by ``rule.tapped_forward`` reporting to ``tap``."""
+    def forward(*args, **kwargs):
+        return rule.tapped_forward(module, tap, *args, **kwargs)
+    return forward
+
+
+@contextlib.contextmanager
+def patched_forwards(items: list[tuple[nn.Module, Any]]):
+    """Replace each module's ``forward`` by the given callable (an instance attribute, so that
+    ``module(...)`` still runs its hooks) for the duration of the block; restored on exit."""
+    saved = [(m, m.__dict__.get("forward")) for m, _ in items]
+    try:
+        for m, f in items:
+            m.__dict__["forward"] = f
+        yield
+    finally:
+        for m, old in saved:
+            if old is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.__dict__["forward"] = old
 
 
 class _MismatchError(Exception):

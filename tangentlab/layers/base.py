@@ -11,6 +11,33 @@ materializing) defaults that fast rules override.
 
 Notation used in docstrings: ``φ_{c,n} = ∂s_c(x_n)/∂θ_layer`` is the tangent
 feature (per-example gradient) of output ``c`` at example ``n``.
+
+**Taps: gradients of tensors inside a module.** Some layers apply their parameters
+somewhere inside their forward (``nn.MultiheadAttention``'s input projections act on
+the tokens before the softmax; an RNN cell's weights act at every step), so the
+gradient of the module's output is not what their maths needs. Such a rule returns
+``True`` from :meth:`LayerRule.tapped` and provides :meth:`LayerRule.tapped_forward`,
+a functional forward with the module's own signature that computes the same outputs
+and, along the way, reports to a :class:`Tap`:
+
+* ``tap.save(name, x)``: a tensor the features need (stored detached), e.g. the
+  token inputs of a projection;
+* ``y = tap.grad(name, y)``: an internal tensor whose gradients are wanted, its
+  leading dimension the example (the returned tensor must be used downstream in
+  place of ``y``).
+
+While capturing, the engine calls ``tapped_forward`` in place of the module's forward
+(hooked modules only; ordinary layers are untouched), records the autograd edge of
+every ``tap.grad`` tensor like a layer output, and hands the rule
+``g = (C, N, F)``: the gradients of the tapped tensors, each flattened after the
+example dimension and concatenated in the order of the ``tap.grad`` calls
+(``F = Σ_taps numel / N``; :meth:`Tap.split` cuts it back into ``{name: (C, N,
+*shape)}`` views). The features come from :meth:`LayerRule.tap_features` (the tap,
+with its saved tensors and the tapped shapes) instead of :meth:`LayerRule.features`.
+Submodules called by ``tapped_forward`` (e.g. an output projection called as a
+module) are hooked by their own rules as usual. The route planner runs the tapped
+forward in its probe too, so that a submodule the module's own forward never calls
+(``MultiheadAttention.out_proj``) is seen called once.
 """
 
 from __future__ import annotations
@@ -21,9 +48,71 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
 # Per-example tensors are materialized in chunks of at most this many elements.
 CHUNK_ELEMENTS = 1 << 24
+
+
+class Tap:
+    """What a tapped forward (:meth:`LayerRule.tapped_forward`) reports to the engine.
+
+    ``path``: the module's path in the model (for error messages). ``active=False``
+    (the route planner's probe, without autograd): nothing is recorded and
+    :meth:`grad` returns its argument.
+    """
+
+    def __init__(self, path: str = "", active: bool = True):
+        self.path = path
+        self.active = active
+        self.saved: dict[str, torch.Tensor] = {}
+        self.names: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self.edges: list[Any] = []
+
+    def save(self, name: str, x: torch.Tensor) -> None:
+        """Keep ``x`` (detached) for the features."""
+        if self.active:
+            self.saved[name] = x.detach()
+
+    def grad(self, name: str, y: torch.Tensor) -> torch.Tensor:
+        """Record the autograd edge of ``y`` (example dimension first); use the returned
+        tensor in place of ``y``. A tensor outside autograd (its parameters not differentiated)
+        is made a leaf that requires grad, so that its gradient is defined all the same."""
+        if not self.active:
+            return y
+        if y.grad_fn is None and not y.requires_grad:
+            y = y.detach().requires_grad_(True)
+        self.names.append(name)
+        self.shapes.append(tuple(y.shape))
+        self.edges.append(get_gradient_edge(y))
+        return y
+
+    def layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        """``[(name, shape of one example's tensor)]`` in the order of the ``grad`` calls."""
+        return [(n, s[1:]) for n, s in zip(self.names, self.shapes)]
+
+
+def join_taps(gs: list[torch.Tensor], n: int) -> torch.Tensor:
+    """A tapped rule's ``g`` from its taps' gradients ``(C, N, *shape)``: each flattened after the
+    example dimension, concatenated, ``(C, N, F)`` (a view when there is one tap)."""
+    flat = [t.reshape(t.shape[0], n, -1) for t in gs]
+    return flat[0] if len(flat) == 1 else torch.cat(flat, 2)
+
+
+def split_taps(g: torch.Tensor, layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
+    """Cut a tapped rule's ``g`` (``(C, N, F)``, see the module docstring) into
+    ``{name: (C, N, *shape)}`` views, following ``layout`` (:meth:`Tap.layout`)."""
+    sizes = [_numel(s) for _, s in layout]
+    parts = g.split(sizes, dim=2) if len(sizes) > 1 else (g,)
+    return {n: p.reshape(g.shape[0], g.shape[1], *s) for (n, s), p in zip(layout, parts)}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    k = 1
+    for d in shape:
+        k *= d
+    return k
 
 
 class LayerRule:
@@ -33,7 +122,7 @@ class LayerRule:
     each rule narrows it to its own module type.
     """
 
-    def params(self, module: nn.Module) -> tuple[str, ...]:
+    def params(self, module: Any) -> tuple[str, ...]:
         """Local names of the parameters this rule handles (default: weight and bias if present).
 
         Parameters
@@ -63,6 +152,19 @@ class LayerRule:
         args, kwargs
             The module's forward inputs.
         """
+        raise NotImplementedError
+
+    # ---- taps (optional: rules whose parameters act inside the module's forward) ----------
+    def tapped(self, module: nn.Module) -> bool:
+        """Whether the engine captures this module through :meth:`tapped_forward` (module docstring)."""
+        return False
+
+    def tapped_forward(self, module: Any, tap: Tap, *args: Any, **kwargs: Any) -> Any:
+        """The module's forward, reporting its internal tensors to ``tap`` (module docstring)."""
+        raise NotImplementedError
+
+    def tap_features(self, module: Any, tap: Tap) -> Any:
+        """The features of a tapped rule, from the tensors ``tap`` saved and its tap layout."""
         raise NotImplementedError
 
     def per_example(self, module: nn.Module, feat: Any, g: torch.Tensor) -> dict[str, torch.Tensor]:

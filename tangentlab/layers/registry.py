@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .attention import MultiheadAttentionRule
 from .base import LayerRule
 from .embedding import EmbeddingRule
 from .linear import ConvRule, LinearRule
@@ -23,6 +24,7 @@ def builtin_rules() -> dict[type, LayerRule]:
         nn.BatchNorm2d: bn,
         nn.LayerNorm: LayerNormRule(),
         nn.GroupNorm: GroupNormRule(),
+        nn.MultiheadAttention: MultiheadAttentionRule(),
     }
     if hasattr(nn, "RMSNorm"):
         rules[nn.RMSNorm] = RMSNormRule()

@@ -122,7 +122,7 @@ def blocks_of(name: str, mod: nn.Module, registry: LayerRegistry, conv: str) -> 
     except UnsupportedLayerError:  # no exact statistics for this module: the fallback optimizer's
         return []
     layout = rule.kron_layout(mod)
-    if layout is None:
+    if layout is None or rule.tapped(mod):  # tapped rules need the engine's tapped forward
         return []
     params = {k: getattr(mod, k) for k in rule.params(mod)}
     if not params or not all(p.requires_grad for p in params.values()):

@@ -42,8 +42,8 @@ from .grammar import cases
 pytestmark = [pytest.mark.filterwarnings("ignore::tangentlab.engine.plan.GenericRouteWarning"),
               pytest.mark.filterwarnings("ignore:Using padding='same'")]
 
-KRON_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm,
-              nn.BatchNorm1d, nn.BatchNorm2d)  # normalization layers: exact per-feature blocks
+KRON_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.MultiheadAttention, nn.LayerNorm, nn.RMSNorm,
+              nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)  # normalization layers: exact per-feature blocks
 #: Absolute scale added to every reference norm (so, with the relative tolerance of 1e-8, an
 #: absolute 1e-12): a matrix that vanishes analytically (the only trainable weight feeds a
 #: normalization that makes the output invariant to it, a LayerNorm over one feature) is

@@ -155,16 +155,37 @@ class LayerRule:
         raise NotImplementedError
 
     # ---- taps (optional: rules whose parameters act inside the module's forward) ----------
-    def tapped(self, module: nn.Module) -> bool:
-        """Whether the engine captures this module through :meth:`tapped_forward` (module docstring)."""
+    def tapped(self, module: Any) -> bool:
+        """Whether the engine captures this module through :meth:`tapped_forward` (module docstring).
+
+        Parameters
+        ----------
+        module : nn.Module
+        """
         return False
 
     def tapped_forward(self, module: Any, tap: Tap, *args: Any, **kwargs: Any) -> Any:
-        """The module's forward, reporting its internal tensors to ``tap`` (module docstring)."""
+        """The module's forward, reporting its internal tensors to ``tap`` (module docstring).
+
+        Parameters
+        ----------
+        module : nn.Module
+        tap : Tap
+            Receives the internal tensors whose output gradients the rule needs.
+        *args, **kwargs
+            The module's own forward arguments.
+        """
         raise NotImplementedError
 
     def tap_features(self, module: Any, tap: Tap) -> Any:
-        """The features of a tapped rule, from the tensors ``tap`` saved and its tap layout."""
+        """The features of a tapped rule, from the tensors ``tap`` saved and its tap layout.
+
+        Parameters
+        ----------
+        module : nn.Module
+        tap : Tap
+            The tap of the batch's forward.
+        """
         raise NotImplementedError
 
     def per_example(self, module: nn.Module, feat: Any, g: torch.Tensor) -> dict[str, torch.Tensor]:

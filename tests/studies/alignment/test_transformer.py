@@ -63,7 +63,8 @@ def test_gpt_block_is_the_torch_encoder_layer():
     (pre-norm, GELU, no dropout) give the same function."""
     gpt, ref = _vit("gpt"), _vit("torch", seed=1)
     for b_gpt, b_ref in zip(gpt.blocks, ref.blocks):
-        pairs = [(b_ref.self_attn.in_proj_weight, b_gpt.attn.qkv.weight), (b_ref.self_attn.in_proj_bias, b_gpt.attn.qkv.bias),
+        pairs = [(b_ref.self_attn.in_proj_weight, b_gpt.attn.qkv.weight),
+                 (b_ref.self_attn.in_proj_bias, b_gpt.attn.qkv.bias),
                  (b_ref.self_attn.out_proj.weight, b_gpt.attn.out.weight),
                  (b_ref.self_attn.out_proj.bias, b_gpt.attn.out.bias),
                  (b_ref.linear1.weight, b_gpt.ff[0].weight), (b_ref.linear1.bias, b_gpt.ff[0].bias),

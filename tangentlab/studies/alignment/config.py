@@ -73,11 +73,11 @@ class AlignmentConfig(StudyConfig):
             "supernat_n_train": 20, "supernat_dim": 5, "supernat_steps": 50}),
         "transformer": Preset("items 2-3 with a small ViT (2x2 patches of the 8x8 digits, 2 GPT-style encoder "
                                "blocks of width 32, 4 heads) instead of the MLP: spectra, effective rank, CKA with "
-                               "the labels, per-layer and per-block (attention, feed-forward) CKA; a few minutes on "
-                               "2 cores", {
+                               "the labels, per-layer and per-block (attention, feed-forward) CKA; a few minutes, "
+                               "one torch thread", {
             "items": (2, 3), "model": "vit", "width": 32, "vit_patch": 2, "vit_blocks": 2, "vit_heads": 4,
             "vit_hidden": 64, "lr": 0.02, "train_steps": 1000, "schedule_base": 1.4, "n_probe": 100,
-            "noise": (0.0, 0.5)}),
+            "noise": (0.0, 0.5), "threads": 1}),
         "transformer-tiny": Preset("seconds-long smoke run of the transformer preset (tests)", {
             "items": (2, 3), "model": "vit", "width": 8, "vit_patch": 4, "vit_blocks": 1, "vit_heads": 2,
             "vit_hidden": 16, "lr": 0.05, "train_steps": 30, "batch_size": 50, "schedule_base": 1.6,

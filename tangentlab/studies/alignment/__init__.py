@@ -29,6 +29,18 @@ Items (``items``; default ``1,2,3,4,7``):
    :mod:`tangentlab.studies.alignment.supernat` and :mod:`tangentlab.studies.alignment.complexity`
    (tables ``supernat`` and ``complexity``), included in this report.
 
+Preset ``transformer``: items 2-3 with ``model = "vit"`` (:mod:`.vit`) instead of the MLP: the
+8×8 digits cut into ``vit_patch × vit_patch`` patches, a linear patch embedding plus a learned
+position embedding, ``vit_blocks`` pre-norm encoder blocks (self-attention with ``vit_heads`` heads,
+feed-forward of width ``vit_hidden``, LayerNorm), mean pooling and a linear head. The blocks are
+written GPT-style (``nn.Linear`` query/key/value and output projections around
+``scaled_dot_product_attention``), so every parameter is in a Linear, LayerNorm or Embedding layer and
+the NTK takes the per-layer fast path; ``vit_block = "torch"`` uses ``nn.TransformerEncoderLayer``
+(same maths, attention on the generic route). Same probes and claim code as the MLP; the layer-wise
+CKA covers every layer and, in rows ``"blocks.k:attention"`` / ``"blocks.k:feed-forward"``, the
+kernel of each block's attention and feed-forward parts (sums of their layers' kernels).
+``transformer-tiny`` is its smoke run.
+
 Conventions: NTK ``K[n, m, c, d] = ⟨∂f_c(x_n)/∂θ, ∂f_d(x_m)/∂θ⟩`` unnormalized, rows
 ``n·C + c``; centering ``"examples"`` = tangent features centered over the probe examples per
 output (thesis ch. 6); ``T_k`` = mass of the ``k`` largest eigenvalues. See
@@ -41,8 +53,8 @@ eigenvalue lists), ``tables/eigenfunctions.csv`` (disk grid eigenvectors), ``tab
 examples). Each training run checkpoints after every probe and a killed study resumes from
 the last checkpoint of the unfinished run.
 
-Modules: :mod:`.config` (options, presets, table schemas), :mod:`.data` and :mod:`.models`
-(items 2-5), :mod:`.run` (the :class:`Alignment` study), :mod:`.claims` and :mod:`.figures`
+Modules: :mod:`.config` (options, presets, table schemas), :mod:`.data`, :mod:`.models` and
+:mod:`.vit` (items 2-5), :mod:`.run` (the :class:`Alignment` study), :mod:`.claims` and :mod:`.figures`
 (the report, from the stored tables only), :mod:`.supernat` (item 6), :mod:`.complexity` (item 7).
 """
 

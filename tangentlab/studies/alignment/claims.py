@@ -58,10 +58,19 @@ class Results:
         """``(steps, values)`` of one training metric."""
         return self._arrays(self.t.get((run, metric), []))
 
+    def _layer_names(self, run: str, probe: str) -> list[str]:
+        """The ``layer`` values of the per-layer CKA rows of ``probe``, in stored order (the probe
+        writes them in network order)."""
+        return [k[3] for k in self.p if k[0] == run and k[1] == probe and k[2] == "cka" and k[3]]
+
     def layers(self, run: str, probe: str) -> list[str]:
         """The layers with a per-layer CKA on ``probe``, in network order (module paths)."""
-        names = {k[3] for k in self.p if k[0] == run and k[1] == probe and k[2] == "cka" and k[3]}
-        return sorted(names, key=lambda s: [int(t) if t.isdigit() else t for t in s.split(".")])
+        return [name for name in self._layer_names(run, probe) if ":" not in name]
+
+    def blocks(self, run: str, probe: str) -> list[str]:
+        """The block parts with a CKA on ``probe`` (``"<block>:attention"``, ``"<block>:feed-forward"``:
+        sums of layer kernels, see :mod:`.vit`), in network order."""
+        return [name for name in self._layer_names(run, probe) if ":" in name]
 
     def has(self, run: str) -> bool:
         return run in self.runs
@@ -129,7 +138,7 @@ def spectrum_claims(cfg: AlignmentConfig, R: Results) -> list[Claim]:
             claims.append(Claim(f"Fig. 2: erank < {round(100 * paper)}% ({round(100 * p)}% random labels)",
                                 f"the minimum erank is below {round(100 * paper)}% of its initial value "
                                 "(VGG19/CIFAR-10)", f"measured minimum {100 * ratio:.1f}% of initial "
-                                f"(MLP {cfg.depth}x{cfg.width} on {cfg.dataset}, N·C = {cfg.n_probe * 10})",
+                                f"({cfg.model_label} on {cfg.dataset}, N·C = {cfg.n_probe * 10})",
                                 bool(ratio < paper)))
         ks = [k for k in cfg.ks if R.series(run, "train", f"T{k}")[1].size]
         if ks:

@@ -16,6 +16,7 @@ from ..framework.config import Preset, StudyConfig, option
 from ..framework.data import check_dataset
 from ..framework.models import MODELS, VGG_CONFIGS
 from .models import model_layout
+from .vit import VIT_BLOCKS
 
 TITLE = "Neural feature alignment during training (paper 000 / thesis ch. 6)"
 ITEMS = (1, 2, 3, 4, 5, 6, 7)
@@ -70,6 +71,17 @@ class AlignmentConfig(StudyConfig):
             "complexity_widths": (8, 16), "complexity_noise": (0.0, 0.5), "complexity_seeds": 1,
             "complexity_target_loss": 0.3, "complexity_max_epochs": 3, "complexity_n_train": 200,
             "supernat_n_train": 20, "supernat_dim": 5, "supernat_steps": 50}),
+        "transformer": Preset("items 2-3 with a small ViT (2x2 patches of the 8x8 digits, 2 GPT-style encoder "
+                               "blocks of width 32, 4 heads) instead of the MLP: spectra, effective rank, CKA with "
+                               "the labels, per-layer and per-block (attention, feed-forward) CKA; a few minutes, "
+                               "one torch thread", {
+            "items": (2, 3), "model": "vit", "width": 32, "vit_patch": 2, "vit_blocks": 2, "vit_heads": 4,
+            "vit_hidden": 64, "lr": 0.02, "train_steps": 1000, "schedule_base": 1.4, "n_probe": 100,
+            "noise": (0.0, 0.5), "threads": 1}),
+        "transformer-tiny": Preset("seconds-long smoke run of the transformer preset (tests)", {
+            "items": (2, 3), "model": "vit", "width": 8, "vit_patch": 4, "vit_blocks": 1, "vit_heads": 2,
+            "vit_hidden": 16, "lr": 0.05, "train_steps": 30, "batch_size": 50, "schedule_base": 1.6,
+            "n_probe": 10, "ks": (2, 5), "n_pca": 2, "noise": (0.0, 0.5)}),
         "ablation": Preset("item 5: depth and learning-rate ablations (Figs. 13, 14), 3 seeds, CPU, about 8 CPU-"
                            "minutes", {
             "items": (5,), "ablation_seeds": 3}),
@@ -99,10 +111,16 @@ class AlignmentConfig(StudyConfig):
     dataset: str = option("digits", "dataset of items 2-5", choices=DATASETS)
     data_dir: str = option("", "folder with the MNIST IDX files / CIFAR-10 python batches (nothing is downloaded)")
     max_per_class: int = option(0, "training examples per class to keep (0: all; mnist, cifar10)", min=0)
-    model: str = option("mlp", "model of items 2-5 (vgg11/vgg19: BN-free VGG for 32x32 CIFAR-10)",
-                        choices=lambda: [*MODELS, *VGG_CONFIGS])
-    width: int = option(80, "hidden width of the MLP (base width of a CNN/ResNet)", min=1)
+    model: str = option("mlp", "model of items 2-5 (vgg11/vgg19: BN-free VGG for 32x32 CIFAR-10; vit: small "
+                        "vision transformer, options vit_*)", choices=lambda: [*MODELS, *VGG_CONFIGS, "vit"])
+    width: int = option(80, "hidden width of the MLP (base width of a CNN/ResNet; token width of the ViT)", min=1)
     depth: int = option(6, "Linear layers of the MLP (hidden layers = depth - 1)", min=2)
+    vit_patch: int = option(2, "ViT: side of the square patches (divides the image side)", min=1)
+    vit_blocks: int = option(2, "ViT: encoder blocks", min=1)
+    vit_heads: int = option(4, "ViT: attention heads (divide width)", min=1)
+    vit_hidden: int = option(0, "ViT: feed-forward width (0: 2*width)", min=0)
+    vit_block: str = option("gpt", "ViT block: gpt (nn.Linear projections around scaled_dot_product_attention) "
+                            "or torch (nn.TransformerEncoderLayer)", choices=VIT_BLOCKS)
     lr: float = option(0.02, "SGD learning rate (items 2-4)", min=0.0)
     momentum: float = option(0.9, "SGD momentum", min=0.0, max=1.0)
     batch_size: int = option(100, "minibatch size", min=1)
@@ -184,10 +202,12 @@ class AlignmentConfig(StudyConfig):
             raise self.error("dataset", f"item 7 (complexity measure) runs on digits only, not {self.dataset!r}",
                              "digits, or items without 7")
         if self.dataset == "digits":
-            if layout != "flat" and self.model != "cnn":
-                raise self.error("model", f"model {self.model!r} does not fit 8x8 digits", "mlp, cnn")
+            if layout != "flat" and self.model not in ("cnn", "vit"):
+                raise self.error("model", f"model {self.model!r} does not fit 8x8 digits", "mlp, cnn, vit")
         else:
             check_dataset(self.dataset, layout, self.data_dir)
+        if self.model == "vit":
+            self.validate_vit()
         n_train = self.n_train_estimate()
         for name in ("n_probe", "batch_size"):
             if getattr(self, name) > n_train:
@@ -219,6 +239,39 @@ class AlignmentConfig(StudyConfig):
         r = self.n_probe * 10  # every dataset here has 10 classes
         if wants & {2, 3, 5} and max(self.ks) > r:
             raise self.error("ks", f"T_{max(self.ks)} needs more than the {r} = n_probe*10 kernel rows", f"1..{r}")
+
+    def validate_vit(self) -> None:
+        """The ViT's patches tile the image, its heads divide the width, and item 5 (whose depth
+        ablation varies the MLP's ``depth``) is not asked for."""
+        side = {"digits": 8, "mnist": 28, "cifar10": 32}[self.dataset]
+        if side % self.vit_patch:
+            divisors = [p for p in range(1, side + 1) if side % p == 0]
+            raise self.error("vit_patch", f"{self.vit_patch}x{self.vit_patch} patches do not tile the {side}x{side} "
+                             f"{self.dataset} images", ", ".join(map(str, divisors)))
+        if self.width % self.vit_heads:
+            raise self.error("vit_heads", f"{self.vit_heads} heads do not divide width={self.width}",
+                             "a divisor of width")
+        if 5 in self.items:
+            raise self.error("items", "item 5's depth ablation varies the MLP depth, which the vit does not have",
+                             "items without 5, or model=mlp")
+
+    def model_kwargs(self) -> dict[str, object]:
+        """The keyword arguments of :func:`.models.make_model` beyond the width and depth (the ViT's)."""
+        if self.model != "vit":
+            return {}
+        return {"patch": self.vit_patch, "blocks": self.vit_blocks, "heads": self.vit_heads,
+                "hidden": self.vit_hidden, "block": self.vit_block}
+
+    @property
+    def model_label(self) -> str:
+        """The model of items 2-5 in words, for the report (``MLP 6x80`` for the MLP)."""
+        if self.model == "mlp":
+            return f"MLP {self.depth}x{self.width}"
+        if self.model == "vit":
+            return (f"ViT ({self.vit_patch}x{self.vit_patch} patches, {self.vit_blocks} {self.vit_block} block"
+                    f"{'s' if self.vit_blocks > 1 else ''} of width {self.width}, {self.vit_heads} heads, "
+                    f"feed-forward {self.vit_hidden or 2 * self.width})")
+        return self.model
 
     def n_train_estimate(self) -> int:
         """Training examples of items 2-5 (exact for digits; per-class limit for the others)."""

@@ -154,13 +154,15 @@ def spectrum_figure(cfg: AlignmentConfig, R: Results) -> list[FigureSpec]:
 
 
 def cka_figure(cfg: AlignmentConfig, R: Results) -> list[FigureSpec]:
-    """Fig. 3: CKA with the labels, whole network and per layer, of each label-noise run."""
+    """Fig. 3: CKA with the labels, whole network and per layer, of each label-noise run (and per
+    block part, attention and feed-forward, for a transformer)."""
     runs = noise_runs(cfg, R)
     if not runs:
         return []
+    rows = 3 if any(R.blocks(run, "train") for _, run in runs) else 2
 
     def draw_cka(fig: Any) -> None:
-        axes, cmap = _run_columns(fig, 2, len(runs))
+        axes, cmap = _run_columns(fig, rows, len(runs))
         for j, (p, run) in enumerate(runs):
             ax = axes[0, j]
             for pr, ls in (("train", "-"), ("test", "--")):
@@ -178,15 +180,27 @@ def cka_figure(cfg: AlignmentConfig, R: Results) -> list[FigureSpec]:
                     ax.plot(s, v, ls, color=col, label=f"layer {la}" if pr == "train" else None)
             ax.set_ylabel("layer-wise CKA")
             ax.legend(fontsize=6)
-            for i in range(2):
+            parts = R.blocks(run, "train")
+            if rows == 3:
+                ax = axes[2, j]
+                for i, la in enumerate(parts):
+                    col = cmap(i / max(1, len(parts) - 1))
+                    for pr, ls in (("train", "-"), ("test", "--")):
+                        s, v = R.series(run, pr, "cka", la)
+                        ax.plot(s, v, ls, color=col, label=la if pr == "train" else None)
+                ax.set_ylabel("CKA per block part")
+                ax.legend(fontsize=6)
+            for i in range(rows):
                 s0, _ = R.series(run, "train", "cka")
                 if s0.size:
                     _xlog(axes[i, j], s0)
 
     return [FigureSpec("fig3_cka", "Fig. 3: alignment with the labels",
                        "CKA of the NTK with the one-hot label kernel, train probe (solid, training labels) "
-                       "and test probe (dashed); below, per layer (dark: input, light: output).", draw_cka,
-                       (4.2 * len(runs) + 1, 6.5))]
+                       "and test probe (dashed); below, per layer (dark: input, light: output)"
+                       + ("; bottom, per block part (the summed kernels of each encoder block's attention and "
+                          "feed-forward layers)." if rows == 3 else "."), draw_cka,
+                       (4.2 * len(runs) + 1, 3.25 * rows))]
 
 
 def kernel_pca_figure(cfg: AlignmentConfig, R: Results) -> list[FigureSpec]:
@@ -345,7 +359,29 @@ def alignment_tables(cfg: AlignmentConfig, R: Results) -> list[TableSpec]:
         rows.append(row)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     return [TableSpec("Per-run summary", cols, rows, link="tables/probes.csv",
-                      caption="From tables/probes.csv and tables/training.csv.")]
+                      caption="From tables/probes.csv and tables/training.csv."), *layer_table(cfg, R)]
+
+
+def layer_table(cfg: AlignmentConfig, R: Results) -> list[TableSpec]:
+    """For a model with block parts (a transformer): one row per layer and block part of the
+    label-noise runs, its CKA with the labels (initial / max / final) on the train and test probes."""
+    runs = [run for _, run in noise_runs(cfg, R) if R.blocks(run, "train")]
+    rows = []
+    for run in runs:
+        for la in [*R.layers(run, "train"), *R.blocks(run, "train")]:
+            row: dict[str, Any] = {"run": run, "layer or block part": la}
+            for pr in ("train", "test"):
+                _, c = R.series(run, pr, "cka", la)
+                if c.size:
+                    row[f"CKA {pr} (init/max/final)"] = f"{c[0]:.3f} / {c.max():.3f} / {c[-1]:.3f}"
+            rows.append(row)
+    if not rows:
+        return []
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return [TableSpec("Per-layer and per-block CKA", cols, rows, link="tables/probes.csv",
+                      caption="Layer-wise CKA(K^ℓ, YYᵀ) of each layer's NTK K^ℓ, then of each encoder block's "
+                              "attention (query/key/value and output projections) and feed-forward parts (the "
+                              "sums of their layers' kernels).")]
 
 
 def build_report(cfg: AlignmentConfig, store: Any) -> ReportContent:
@@ -365,7 +401,7 @@ def build_report(cfg: AlignmentConfig, store: Any) -> ReportContent:
         tables += complexity.complexity_tables(store, cfg)
     summary = [
         f"Items run: {', '.join(map(str, cfg.items))}. Items 2-5: {cfg.dataset}, "
-        + (f"ReLU MLP with {cfg.depth} Linear layers of width {cfg.width}" if cfg.model == "mlp" else cfg.model)
+        + (f"ReLU MLP with {cfg.depth} Linear layers of width {cfg.width}" if cfg.model == "mlp" else cfg.model_label)
         + f", SGD lr {cfg.lr}, momentum {cfg.momentum}, batch {cfg.batch_size}, {cfg.train_steps} steps; NTK probes "
         f"of {cfg.n_probe} train and {cfg.n_probe} test examples (all 10 outputs, so (N·C)² = "
         f"{(cfg.n_probe * 10) ** 2:,} entries), centering {cfg.centering}, at {cfg.schedule} log-spaced steps "

@@ -58,6 +58,7 @@ from .config import (
 from .data import load_alignment_split, subset, training_set
 from .figures import build_report
 from .models import make_model
+from .vit import GroupedProbe, layer_groups
 
 
 @dataclass
@@ -292,19 +293,22 @@ class Alignment(Study):
         x, y, is_hard = training_set(split, spec.kind, spec.noise, spec.difficult, spec.fraction, seed)
         x, y = x.to(dev), y.to(dev)
         xt, yt = split.x_test.to(dev), split.y_test.to(dev)
+        torch.manual_seed(seed + 31)
+        model = make_model(cfg.model, split.input_shape, split.n_classes, spec.width, spec.depth,
+                           **cfg.model_kwargs()).to(dev)
         g = torch.Generator().manual_seed(seed + 21)
         if spec.kind == "noise":
             tr = torch.randperm(x.shape[0], generator=g)[:cfg.n_probe]
             te = torch.randperm(xt.shape[0], generator=g)[:cfg.n_probe]
             sets = [ProbeSet("train", x[tr.to(dev)], y[tr.to(dev)]), ProbeSet("test", xt[te.to(dev)], yt[te.to(dev)])]
-            probe = Probe(sets, ks=cfg.ks, centering=cfg.centering_mode, n_pca=cfg.n_pca, keep_spectrum=True)
+            # per-layer CKA, and per block part (attention, feed-forward) for a transformer
+            probe = GroupedProbe(sets, groups=layer_groups(model), ks=cfg.ks, centering=cfg.centering_mode,
+                                 n_pca=cfg.n_pca, keep_spectrum=True)
         else:
             easy = subset(~is_hard, cfg.hier_subset, seed + 22).to(dev)
             hard = subset(is_hard, cfg.hier_subset, seed + 23).to(dev)
             sets = [ProbeSet("easy", x[easy], y[easy]), ProbeSet("difficult", x[hard], y[hard])]
             probe = Probe(sets, metrics=("cka", "loss"), centering=cfg.centering_mode)
-        torch.manual_seed(seed + 31)
-        model = make_model(cfg.model, split.input_shape, split.n_classes, spec.width, spec.depth).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=cfg.momentum)
         schedule = log_schedule(cfg.schedule, spec.steps, cfg.schedule_base)
         pca_at = pca_steps(schedule, cfg.pca_snapshots) if spec.item == 2 else set()

@@ -4,7 +4,9 @@ validation) and the schemas of its tables.
 Tables (tidy, append-only): ``probes`` (run × step × probe × metric × layer), ``training``
 (run × step × metric), ``spectra`` (full eigenvalue lists), ``eigenfunctions`` (disk grid
 eigenvectors), ``pca`` (kernel-PCA coordinates at a few steps), ``probe_labels`` (labels of the
-probe examples); ``supernat`` (item 6); ``complexity`` and ``complexity_trace`` (item 7).
+probe examples); ``supernat`` (item 6); ``complexity`` and ``complexity_trace`` (item 7);
+``limit_width`` (distance to the infinite-width NTK at initialization, :mod:`.limit`; its
+distances during training are ``probes`` rows) and ``limit_skipped`` (why that part did not run).
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class AlignmentConfig(StudyConfig):
             "ablation_lrs": (0.02, 0.05), "ablation_seeds": 1, "ablation_steps": 20,
             "complexity_widths": (8, 16), "complexity_noise": (0.0, 0.5), "complexity_seeds": 1,
             "complexity_target_loss": 0.3, "complexity_max_epochs": 3, "complexity_n_train": 200,
-            "supernat_n_train": 20, "supernat_dim": 5, "supernat_steps": 50}),
+            "supernat_n_train": 20, "supernat_dim": 5, "supernat_steps": 50, "limit_widths": (16, 64),
+            "limit_seeds": 2, "limit_n": 12}),
         "transformer": Preset("items 2-3 with a small ViT (2x2 patches of the 8x8 digits, 2 GPT-style encoder "
                                "blocks of width 32, 4 heads) instead of the MLP: spectra, effective rank, CKA with "
                                "the labels, per-layer and per-block (attention, feed-forward) CKA; a few minutes, "
@@ -157,6 +160,15 @@ class AlignmentConfig(StudyConfig):
     ablation_lrs: tuple[float, ...] = option((0.005, 0.02), "item 5: learning rates of the lr ablation", min=0.0)
     ablation_seeds: int = option(2, "item 5: seeds per setting", min=1)
     ablation_steps: int = option(1500, "item 5: SGD steps per run", min=1)
+    # distance to the infinite-width limit (tangentlab.studies.alignment.limit), with items 2-3
+    limit: bool = option(True, "distance of the NTK to its infinite-width limit (tangentlab.limits): at "
+                         "initialization across limit_widths, and at every probe step of the label-noise runs "
+                         "(runs with items 2-3; skipped for a model without a limit rule, e.g. the vit)")
+    limit_widths: tuple[int, ...] = option((64, 128, 256, 512, 1024), "limit: hidden widths of the model at "
+                                           "initialization (depth as the model's)", min=1)
+    limit_seeds: int = option(3, "limit: initializations per width", min=1)
+    limit_n: int = option(100, "limit: test examples of the kernels at initialization (kernel (N*C)^2)",
+                          min=2)
     # item 7 (tangentlab.studies.alignment.complexity). Defaults: the sweeps of paper 000 Fig. 6 (widths
     # 16-1024; noise 0-0.6 at width 256; cross-entropy target 0.01) on all 1347 digits training examples,
     # 3 seeds (the width sweep's gaps differ by less than the seed noise): 7 settings x 3 seeds = 21 runs
@@ -213,9 +225,10 @@ class AlignmentConfig(StudyConfig):
             if getattr(self, name) > n_train:
                 raise self.error(name, f"{getattr(self, name)} exceeds the {n_train} training examples",
                                  f"1..{n_train}")
-        if self.dataset == "digits" and self.n_probe > 1797 - DIGITS_TRAIN:
-            raise self.error("n_probe", f"{self.n_probe} exceeds the {1797 - DIGITS_TRAIN} test examples",
-                             f"2..{1797 - DIGITS_TRAIN}")
+        for name in ("n_probe", "limit_n"):
+            if self.dataset == "digits" and getattr(self, name) > 1797 - DIGITS_TRAIN:
+                raise self.error(name, f"{getattr(self, name)} exceeds the {1797 - DIGITS_TRAIN} test examples",
+                                 f"2..{1797 - DIGITS_TRAIN}")
         wants = set(self.items)
         if wants & {4, 5}:
             for name, frac in (("hier_random_fraction", self.hier_random_fraction),

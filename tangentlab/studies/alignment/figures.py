@@ -2,7 +2,8 @@
 the stored tables only (through :class:`~.claims.Results`). One function per figure; each
 returns its :class:`~tangentlab.studies.framework.report.FigureSpec` in a list, empty when the
 run holds none of the figure's data. :func:`build_report` assembles the report, items 6 and 7
-included (:mod:`.supernat`, :mod:`.complexity`)."""
+and the distance to the infinite-width limit included (:mod:`.supernat`, :mod:`.complexity`,
+:mod:`.limit`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import numpy as np
 
 from ..framework.datasets import DISK_RADIUS
 from ..framework.report import FigureSpec, ReportContent, TableSpec
-from . import complexity, supernat
-from .claims import Results, alignment_claims, noise_runs
+from . import complexity, limit, supernat
+from .claims import Results, alignment_claims, limit_claims, noise_runs
 from .config import TITLE, AlignmentConfig
 
 
@@ -390,7 +391,11 @@ def build_report(cfg: AlignmentConfig, store: Any) -> ReportContent:
     claims = alignment_claims(cfg, R)
     figures = alignment_figures(cfg, R)
     tables = alignment_tables(cfg, R) if R.runs else []
-    notes: list[str] = []
+    runs = noise_runs(cfg, R)
+    claims += limit_claims(store, R, runs)
+    figures += limit.limit_figures(store, R, runs)
+    tables += limit.limit_tables(store)
+    notes: list[str] = limit.skipped_notes(store)
     if 6 in cfg.items:
         claims += supernat.supernat_claims(store, cfg)
         figures += supernat.supernat_figures(store, cfg)

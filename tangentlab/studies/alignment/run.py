@@ -38,7 +38,7 @@ from ..framework.probes import (
 from ..framework.report import ReportContent
 from ..framework.runner import Study
 from ..framework.threads import blas_threads
-from . import complexity, supernat
+from . import complexity, limit, supernat
 from .config import (
     EIGEN_COLUMNS,
     EIGEN_KEY,
@@ -167,11 +167,17 @@ class Alignment(Study):
             units.append(("item 1 (disk)", self.run_disk))
         split: list[Split] = []
 
-        def training_run(spec: RunSpec) -> None:
+        def get_split() -> Split:
             if not split:
                 split.append(load_alignment_split(cfg))
-            self.run_training(spec, split[0])
+            return split[0]
 
+        def training_run(spec: RunSpec) -> None:
+            self.run_training(spec, get_split())
+
+        if limit.wanted(cfg):
+            units.append(("distance to the limit at initialization",
+                          lambda: limit.run_limit_widths(self.store, cfg, get_split(), self.log)))
         units += [(f"run {spec.name}", functools.partial(training_run, spec)) for spec in plan_runs(cfg)]
         if 6 in cfg.items:
             units.append(("item 6", functools.partial(supernat.run_supernat, self.store, cfg, self.log,
@@ -301,9 +307,12 @@ class Alignment(Study):
             tr = torch.randperm(x.shape[0], generator=g)[:cfg.n_probe]
             te = torch.randperm(xt.shape[0], generator=g)[:cfg.n_probe]
             sets = [ProbeSet("train", x[tr.to(dev)], y[tr.to(dev)]), ProbeSet("test", xt[te.to(dev)], yt[te.to(dev)])]
-            # per-layer CKA, and per block part (attention, feed-forward) for a transformer
-            probe = GroupedProbe(sets, groups=layer_groups(model), ks=cfg.ks, centering=cfg.centering_mode,
-                                 n_pca=cfg.n_pca, keep_spectrum=True)
+            # per-layer CKA, and per block part (attention, feed-forward) for a transformer; the
+            # distance to the infinite-width NTK for a model with a limit rule
+            with_limit = limit.wanted(cfg) and limit.limit_refusal(model, x[:2]) is None
+            probe = (limit.LimitProbe if with_limit else GroupedProbe)(
+                sets, groups=layer_groups(model), ks=cfg.ks, centering=cfg.centering_mode, n_pca=cfg.n_pca,
+                keep_spectrum=True)
         else:
             easy = subset(~is_hard, cfg.hier_subset, seed + 22).to(dev)
             hard = subset(is_hard, cfg.hier_subset, seed + 23).to(dev)

@@ -29,6 +29,13 @@ Items (``items``; default ``1,2,3,4,7``):
    :mod:`tangentlab.studies.alignment.supernat` and :mod:`tangentlab.studies.alignment.complexity`
    (tables ``supernat`` and ``complexity``), included in this report.
 
+**Distance to the infinite-width limit** (``limit``, with items 2-3; :mod:`.limit`): the relative
+Frobenius distance and the CKA between the empirical NTK and the infinite-width NTK of the same
+architecture (:func:`tangentlab.limits.ntk`, standard parameterization) at initialization for the
+hidden widths ``limit_widths`` (``limit_seeds`` draws each, ``limit_n`` test examples; expected
+log-log slope −1/2), and at every probe step of the label-noise runs against the limit of the
+initial network. Skipped, with a note in the report, for a model without a limit rule (the ViT).
+
 Preset ``transformer``: items 2-3 with ``model = "vit"`` (:mod:`.vit`) instead of the MLP: the
 8×8 digits cut into ``vit_patch × vit_patch`` patches, a linear patch embedding plus a learned
 position embedding, ``vit_blocks`` pre-norm encoder blocks (self-attention with ``vit_heads`` heads,
@@ -55,7 +62,8 @@ the last checkpoint of the unfinished run.
 
 Modules: :mod:`.config` (options, presets, table schemas), :mod:`.data`, :mod:`.models` and
 :mod:`.vit` (items 2-5), :mod:`.run` (the :class:`Alignment` study), :mod:`.claims` and :mod:`.figures`
-(the report, from the stored tables only), :mod:`.supernat` (item 6), :mod:`.complexity` (item 7).
+(the report, from the stored tables only), :mod:`.supernat` (item 6), :mod:`.complexity` (item 7),
+:mod:`.limit` (the distance to the infinite-width limit).
 """
 
 from .config import AlignmentConfig

@@ -1,4 +1,4 @@
-"""Distance to the infinite-width limit (issue 22): how far the study's network is from the
+"""Distance to the infinite-width limit: how far the study's network is from the
 kernel regime, at initialization across widths and during training.
 
 Both parts compare the empirical NTK ``K`` of the model of items 2-5 (``tl.ntk``: the standard

@@ -167,6 +167,9 @@ def test_transformer_tiny_run_tables_claims_and_resume(tmp_path, float32, monkey
     assert all(c.held in (True, False) for c in claims)
     page = (full / "report.html").read_text()
     assert "Per-layer and per-block CKA" in page and "blocks.0:feed-forward" in page
+    # no limit rule for attention: the distance to the infinite-width NTK is skipped, as the report says
+    assert "Distance to the infinite-width limit: skipped" in page
+    assert not {"rel_frobenius_limit", "cka_limit"} & {r["metric"] for r in probes}
 
     # killed half-way through its table appends, then resumed: the same rows, none twice
     reference = all_rows(full)

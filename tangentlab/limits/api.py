@@ -258,24 +258,10 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, parameterization: str = "n
 
     Parameters
     ----------
-    model : nn.Module
-        An ``nn.Sequential``-style network of Linear/Conv layers, activations, pooling, Flatten,
-        LayerNorm and :class:`Residual` blocks.
-    x1 : torch.Tensor
-        ``(N1, d)`` or ``(N1, C_in, *spatial)``.
-    x2 : torch.Tensor, optional
-        ``(N2, ...)``; None: ``x1`` with itself (symmetric).
+    model, x1, x2, weight_var, bias_var, spatial, order, block : as in :func:`nngp`
+        The network, the inputs and the options of the propagation.
     parameterization : {"ntk", "standard"}
         The parameters the NTK is taken with respect to (see the module docstring).
-    weight_var, bias_var : float or mapping, optional
-        ``σ_w²`` / ``σ_b²``: one number for every layer or ``{module path: number}``; None:
-        read from the module's parameters.
-    spatial : {"auto", "full", "diagonal"}
-        The covariance over positions of convolutional features.
-    order : int
-        Gauss–Hermite nodes per axis for activations without a closed form.
-    block : int, optional
-        Tile size (examples per side of a tile of input pairs).
 
     Returns
     -------
@@ -297,28 +283,12 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, parameterization: str = "n
 def kernels(model: nn.Module, x1: Any, x2: Any = None, *, parameterization: str = "ntk",
             weight_var: Variance = None, bias_var: Variance = None, spatial: str = "auto",
             order: int = QUADRATURE_ORDER, block: int | None = None) -> LimitKernels:
-    """Both limits in one propagation: ``LimitKernels(nngp, ntk)`` (arguments as :func:`ntk`).
+    """Both limits in one propagation: ``LimitKernels(nngp, ntk)``.
 
     Parameters
     ----------
-    model : nn.Module
-        An ``nn.Sequential``-style network of Linear/Conv layers, activations, pooling, Flatten,
-        LayerNorm and :class:`Residual` blocks.
-    x1 : torch.Tensor
-        ``(N1, d)`` or ``(N1, C_in, *spatial)``.
-    x2 : torch.Tensor, optional
-        ``(N2, ...)``; None: ``x1`` with itself (symmetric).
-    parameterization : {"ntk", "standard"}
-        The parameters the NTK is taken with respect to (see the module docstring).
-    weight_var, bias_var : float or mapping, optional
-        ``σ_w²`` / ``σ_b²``: one number for every layer or ``{module path: number}``; None:
-        read from the module's parameters.
-    spatial : {"auto", "full", "diagonal"}
-        The covariance over positions of convolutional features.
-    order : int
-        Gauss–Hermite nodes per axis for activations without a closed form.
-    block : int, optional
-        Tile size (examples per side of a tile of input pairs).
+    model, x1, x2, parameterization, weight_var, bias_var, spatial, order, block : as in :func:`ntk`
+        One propagation computes both kernels.
 
     Returns
     -------

@@ -109,8 +109,35 @@ def _report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claims(sub: Subparsers) -> None:
+    p = sub.add_parser("claims", help="the claims' outcomes of one or more runs (counts, Markdown, CSV)",
+                       description="Read RUN_DIR/tables/claims.csv of each run and print its counts (findings "
+                                   "and identities apart); --markdown writes the STUDIES.md page, --csv all "
+                                   "the runs' claims in one tidy table.")
+    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    p.add_argument("--markdown", metavar="FILE", help="write the outcomes as Markdown (STUDIES.md layout)")
+    p.add_argument("--title", default="Study outcomes", help="title of the Markdown page")
+    p.add_argument("--intro", default="", help="paragraph under the Markdown title")
+    p.add_argument("--csv", metavar="FILE", help="write all the runs' claims to one CSV file")
+    p.set_defaults(handler=_claims_command)
+
+
+def _claims_command(args: argparse.Namespace) -> int:
+    from .studies.framework.outcomes import outcomes_markdown, read_outcome, write_claims_csv
+    from .studies.framework.store import atomic_write_text
+
+    outcomes = [read_outcome(d) for d in args.run_dirs]
+    for o in outcomes:
+        print(f"{o.study} ({o.preset}, {o.run_dir}): {o.summary}; {o.wall_s:.0f} s; commit {o.commit}")
+    if args.markdown:
+        atomic_write_text(args.markdown, outcomes_markdown(outcomes, args.title, args.intro))
+    if args.csv:
+        write_claims_csv(outcomes, args.csv)
+    return 0
+
+
 #: Registered subcommands, in the order ``--help`` lists them.
-COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_demo, _run, _report)
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_demo, _run, _report, _claims)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -237,7 +237,7 @@ def supernat_claims(store: RunStore, cfg: Any) -> list[Claim]:
     claims.append(Claim("SuperNat bound term", "the rescaled bound term η Σ_j λ_j |u_jᵀg| is ≤ plain GD's "
                         "‖δw‖‖Φ‖_F (Prop. 3, Cauchy–Schwarz)", f"max over {len(rel)} recorded steps of "
                         f"(optimal − GD)/GD: {max(rel):.1e} (≤ 0 up to round-off)" if rel else "no step recorded",
-                        bool(rel) and max(rel) <= 1e-12, "deterministic"))
+                        bool(rel) and max(rel) <= 1e-12, "identity"))
     return claims
 
 

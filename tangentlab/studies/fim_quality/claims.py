@@ -126,13 +126,13 @@ def build_claims(cfg: FimQualityConfig, res: Results) -> list[Claim]:
                             "fluctuation remains (zero with the same samples)",
                             "max relative trace error over checkpoints and kinds: "
                             + ", ".join(f"{label(r, '')} {_fmt_e(v)}" for r, v in worst.items()),
-                            held, "deterministic"))
+                            held, "identity"))
     if "kfac" in reps:
         errs = [med(s, k, "kfac", "trace_rel_err") for s in steps for k in kinds]
         lo, hi = min(errs), max(errs)
         claims.append(Claim("Fig. 3.6 trace (KFAC)", "the KFAC trace tr(A)·tr(B) is less accurate",
                             f"KFAC relative trace error {_fmt_e(lo)} … {_fmt_e(hi)} over checkpoints and kinds",
-                            lo > 1e3 * EXACT_TOL, "deterministic"))
+                            lo > 1e3 * EXACT_TOL, "identity"))
     # --- Fig. 3.4 / 3.5: forward operations
     for metric, fig, what, best_is_max in (("mv_cos", "Fig. 3.4 Fv", "cos(Fv, F̂v)", True),
                                            ("vTMv_rel_err", "Fig. 3.5 vᵀFv", "relative error of vᵀF̂v", False)):
@@ -195,7 +195,7 @@ def build_claims(cfg: FimQualityConfig, res: Results) -> list[Claim]:
         claims.append(Claim("Thm 2 (checkpoints)", "‖F − F_EKFAC‖_F ≤ ‖F − F_KFAC‖_F",
                             "relative Frobenius errors EKFAC vs KFAC: "
                             + ", ".join(f"{e:.3f} ≤ {k_:.3f}" for e, k_ in pairs),
-                            all(e <= k_ + 1e-12 for e, k_ in pairs), "deterministic"))
+                            all(e <= k_ + 1e-12 for e, k_ in pairs), "identity"))
     # --- Fig. 4.2 right / Theorem 2 at recompute points / Fig. 4.4c
     if drift_rows:
         claims += _drift_claims(drift_rows)
@@ -213,7 +213,7 @@ def _drift_claims(drift_rows: list[dict[str, Any]]) -> list[Claim]:
         viol = [(st, la) for st, la in rec if by[(st, la, "ekfac")]["value"] > by[(st, la, "kfac")]["value"] + 1e-12]
         claims.append(Claim("Thm 2 (recompute points)", "per layer, ‖F_l − EKFAC_l‖_F ≤ ‖F_l − KFAC_l‖_F",
                             f"{len(rec) - len(viol)}/{len(rec)} (step, layer) pairs at recompute points hold",
-                            not viol, "deterministic"))
+                            not viol, "identity"))
     layers = list(dict.fromkeys(r["layer"] for r in fro))
     base = {(r["step"], r["layer"], r["a"]): r["value"] for r in fro if r["since"] == 0}
 

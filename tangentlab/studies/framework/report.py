@@ -1,8 +1,9 @@
 """HTML reports of studies.
 
 A study's :meth:`~tangentlab.studies.framework.runner.Study.report` returns a
-:class:`ReportContent` built from its stored tables only: a claims table ("the paper
-says / measured / held?"), figures (functions drawing on a matplotlib ``Figure``),
+:class:`ReportContent` built from its stored tables only: the claims (the paper's
+statement, the criterion tested, the measured value and interval, the verdict; see
+:mod:`.claims`), also written to ``tables/claims.csv``, figures (functions drawing on a matplotlib ``Figure``),
 tables and notes. :func:`write_report` saves the figures as PNG files under
 ``RUN_DIR/figures/`` (and embeds them in the page, so ``report.html`` is
 self-contained), writes ``RUN_DIR/report.html`` atomically and prints the claims.
@@ -11,6 +12,7 @@ self-contained), writes ``RUN_DIR/report.html`` atomically and prints the claims
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import json
@@ -22,29 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .store import RunStore, atomic_write_bytes, atomic_write_text
+from .claims import CLAIM_COLUMNS, Claim, claims_summary
+from .store import RunStore, atomic_write_bytes, atomic_write_text, cell
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .runner import Study
-
-
-@dataclass
-class Claim:
-    """One claim of the paper next to what the run measured. ``held``: ``True`` / ``False``,
-    ``None`` when the run could not measure it. ``kind``: ``deterministic`` (a theorem or an
-    identity: must hold to round-off) or ``statistical`` (an empirical finding)."""
-
-    topic: str
-    paper: str
-    measured: str
-    held: bool | None
-    kind: str = "statistical"
-
-    @property
-    def verdict(self) -> str:
-        return {True: "yes", False: "NO", None: "n/a"}[self.held]
 
 
 @dataclass
@@ -91,23 +77,38 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def claims_text(claims: Sequence[Claim], width: int = 120) -> str:
-    """The claims as a plain-text table (what ``tangentlab run`` / ``report`` print)."""
+    """The claims as plain text (what ``tangentlab run`` / ``report`` print): per claim its
+    verdict, topic and kind, then the paper's statement, the criterion tested and the measured
+    value with its interval; last, the counts of findings and identities apart."""
     if not claims:
         return "(no claims)"
-    wt, wp = 22, 44
-    wm = max(30, width - wt - wp - 12)
-    out = [f"{'topic':<{wt}}  {'paper says':<{wp}}  {'measured':<{wm}}  held?",
-           "-" * (wt + wp + wm + 11)]
+    out = []
     for c in claims:
-        t, p, m = _wrap(c.topic, wt), _wrap(c.paper, wp), _wrap(c.measured, wm)
-        n = max(len(t), len(p), len(m))
-        for i in range(n):
-            out.append(f"{t[i] if i < len(t) else '':<{wt}}  {p[i] if i < len(p) else '':<{wp}}  "
-                       f"{m[i] if i < len(m) else '':<{wm}}  {c.verdict if i == 0 else ''}")
-    held = sum(c.held is True for c in claims)
-    out.append(f"{held}/{len(claims)} claims held "
-               f"({sum(c.held is False for c in claims)} did not, {sum(c.held is None for c in claims)} n/a)")
+        out.append(f"[{c.verdict}] {c.topic}  ({c.kind}{', ' + c.part if c.part else ''})")
+        rows = [("paper says", c.paper), ("criterion", c.criterion),
+                ("measured", c.measured + (f"  interval {c.interval}" if c.interval else ""))]
+        for label, text in rows:
+            if not text:
+                continue
+            lines = _wrap(text, width - 16)
+            out += [f"    {label if i == 0 else '':<11} {line}" for i, line in enumerate(lines)]
+    out.append(claims_summary(claims))
     return "\n".join(out)
+
+
+def write_claims_table(store: RunStore, claims: Sequence[Claim]) -> Path:
+    """Write ``tables/claims.csv`` (columns :data:`~.claims.CLAIM_COLUMNS`) atomically, replacing
+    the previous one: the claims are recomputed from the stored tables at every report."""
+    study = str(store.meta.get("study", ""))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CLAIM_COLUMNS)
+    for c in claims:
+        r = c.row(study)
+        w.writerow([cell(r[k]) for k in CLAIM_COLUMNS])
+    path = store.tables_dir / "claims.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #d
 table{border-collapse:collapse;margin:.6em 0;font-size:.86em}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-family:ui-monospace,monospace}
-.yes{background:#e3f6e3}.no{background:#fbe1e1}.na{background:#f1f1f1}
+.yes{background:#e3f6e3}.no{background:#fbe1e1}.inc{background:#fdf3d0}.na{background:#f1f1f1}
 figure{margin:1.2em 0}figcaption{font-size:.9em;color:#444}img{max-width:100%}
 code,pre{font-family:ui-monospace,monospace;font-size:.85em}pre{background:#f7f7f7;padding:.6em;overflow:auto}
 """
@@ -195,12 +196,18 @@ def render_html(store: RunStore, content: ReportContent, figures: dict[str, byte
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}.</p>")
     parts += [f"<p>{html.escape(p)}</p>" for p in content.summary]
     if content.claims:
-        parts.append("<h2>The paper's claims and what was measured</h2><table><tr><th>topic</th>"
-                     "<th>the paper says</th><th>measured here</th><th>kind</th><th>held?</th></tr>")
+        parts.append("<h2>The paper's claims and what was measured</h2>"
+                     f"<p><b>{html.escape(claims_summary(content.claims))}</b>. <i>finding</i>: an empirical "
+                     "statement; <i>identity</i>: a theorem, closed form or solver property that must hold to "
+                     "the stated tolerance. <i>inconclusive</i>: the interval over seeds straddles the "
+                     "criterion's threshold.</p><table><tr><th>topic</th><th>the paper says</th>"
+                     "<th>criterion tested</th><th>measured here</th><th>interval</th><th>kind</th>"
+                     "<th>verdict</th></tr>")
         for c in content.claims:
-            cls = {True: "yes", False: "no", None: "na"}[c.held]
+            cls = {"yes": "yes", "NO": "no", "inconclusive": "inc"}.get(c.verdict, "na")
             parts.append(f"<tr class='{cls}'><td>{html.escape(c.topic)}</td><td>{html.escape(c.paper)}</td>"
-                         f"<td>{html.escape(c.measured)}</td><td>{html.escape(c.kind)}</td>"
+                         f"<td>{html.escape(c.criterion)}</td><td>{html.escape(c.measured)}</td>"
+                         f"<td>{html.escape(c.interval)}</td><td>{html.escape(c.kind)}</td>"
                          f"<td><b>{c.verdict}</b></td></tr>")
         parts.append("</table>")
     if content.figures:
@@ -233,6 +240,7 @@ def render_html(store: RunStore, content: ReportContent, figures: dict[str, byte
 def write_report(store: RunStore, study: Study, stream: TextIO | None = None) -> Path:
     """Render ``study.report()``: figures to ``figures/*.png``, ``report.html``; print the claims."""
     content = study.report()
+    write_claims_table(store, content.claims)
     figures: dict[str, bytes] = {}
     for f in content.figures:
         png = render_figure(f)
@@ -241,5 +249,6 @@ def write_report(store: RunStore, study: Study, stream: TextIO | None = None) ->
     path = store.dir / "report.html"
     atomic_write_text(path, render_html(store, content, figures))
     out = stream if stream is not None else sys.stdout
-    print(f"\n{content.title}\n\n{claims_text(content.claims)}\n\nreport: {path}", file=out, flush=True)
+    print(f"\n{content.title}\n\n{claims_text(content.claims)}\n\nreport: {path}\n"
+          f"{content.title}: {claims_summary(content.claims)}", file=out, flush=True)
     return path

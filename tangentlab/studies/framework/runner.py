@@ -171,12 +171,30 @@ def _open_store(cls: type[Study], name: str, cfg: StudyConfig, preset: str | Non
         store.begin_session()
     else:
         meta = {"study": name, "title": cls.title, "preset": preset, "config": cfg.to_dict(),
-                "tangentlab_version": __version__, "created": time.time(),
+                "tangentlab_version": __version__, "commit": source_commit(), "created": time.time(),
                 "environment": {"python": platform.python_version(), "torch": torch.__version__,
                                 "platform": platform.platform()}}
         store = RunStore.create(out, meta)
         finished = False
     return store, finished, len(store.state.get("sessions", [])) - 1
+
+
+def source_commit() -> str:
+    """The git commit of the tangentlab sources that run (``+dirty`` with uncommitted changes to
+    tracked files), or ``""`` outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def _clear_claims(store: RunStore, stream: TextIO | None) -> None:

@@ -263,7 +263,7 @@ def quadratic_claims(checks: list[dict[str, str]]) -> list[Claim]:
         claims.append(Claim("quadratic: closed forms (5.4.5)/(5.4.6) = gradient flow",
                             "Prop. 5.4.1 solves the gradient flow exactly (linear rate 2μθ⁰)",
                             f"max |θ_closed − θ_ODE| / max|θ*| = {max(errs):.2e} over {len(errs)} runs (DOP853, "
-                            f"rtol 1e-12); tolerance {ODE_TOL:g}", max(errs) <= ODE_TOL, kind="deterministic"))
+                            f"rtol 1e-12); tolerance {ODE_TOL:g}", max(errs) <= ODE_TOL, kind="identity"))
     for source, label in (("closed_form", "quadratic model"), ("two_layer", "2-layer linear network")):
         orders = {r["metric"]: str(int(float(r["value"]))).zfill(5) for r in checks
                   if r["example"] == "ex1" and r["source"] == source and r["metric"].startswith("order")}

@@ -235,7 +235,7 @@ def lemma_claims(cfg: LinGenConfig, R: Results) -> list[Claim]:
                             f"eigenvectors: max |ratio − 1| = {max(eq) if eq else math.nan:.2e}; sign(φ_j) ratios "
                             + ", ".join(f"{k}: {v['ratio']:.3f}" for k, v in lem.items() if k.startswith("sign_"))
                             + ".", bool(worst <= 1 + EXACT_TOL and (not eq or max(eq) <= EXACT_TOL)),
-                            kind="deterministic"))
+                            kind="identity"))
     ident = R.get(("lemma", "identity", "0", "kernel"))
     if ident:
         js = [k[len("lambda_"):] for k in ident if k.startswith("lambda_")]
@@ -244,7 +244,7 @@ def lemma_claims(cfg: LinGenConfig, R: Results) -> list[Claim]:
                             "product and no Gram matrix (eq. 10), equals its eigenvalue.",
                             "; ".join(f"j={j}: {ident[f'alpha_u{j}_backward']:.10g} vs {ident[f'lambda_{j}']:.10g}"
                                       for j in js) + f"; max relative error {max(rel):.1e}.",
-                            bool(max(rel) <= 1e-6), kind="deterministic"))
+                            bool(max(rel) <= 1e-6), kind="identity"))
     return claims
 
 

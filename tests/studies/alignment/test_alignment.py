@@ -143,7 +143,7 @@ def test_report_and_claims(tiny_run, capsys):
         assert text in page, text
     assert main(["report", str(tiny_run)]) == 0
     out = capsys.readouterr().out
-    assert "claims held" in out and "Fig. 2: erank" in out
+    assert "identities " in out and "Fig. 2: erank" in out
 
 
 def test_resume_after_kill(tmp_path, monkeypatch):

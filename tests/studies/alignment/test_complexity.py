@@ -236,7 +236,7 @@ def test_run_resume_claims_figures(tmp_path) -> None:
     topics = [c.topic for c in claims]
     assert {"complexity vs gap (all, rank)", "complexity vs gap (all, shape)", "complexity: Tr K"} <= set(topics)
     trk = next(c for c in claims if c.topic == "complexity: Tr K")
-    assert trk.held is True and trk.kind == "deterministic"
+    assert trk.held is True and trk.kind == "identity"
     assert next(c for c in claims if c.topic == "complexity vs gap (noise, rank)").held is None   # 2 settings
     corr = {r["measure"]: r for r in AC.correlations(store, more)}
     assert math.isnan(corr["params"]["tau_noise"])            # constant over the noise sweep

@@ -144,7 +144,7 @@ def test_run_resume_claims(tmp_path) -> None:
     SN.run_supernat(RunStore.open(tmp_path / "run"), cfg, logs.append, False)
     assert (tmp_path / "run/tables/supernat.csv").read_text() == before and "9 runs already done" in logs[-1]
     claims = {c.topic: c for c in SN.supernat_claims(store, cfg)}
-    assert claims["SuperNat bound term"].held is True and claims["SuperNat bound term"].kind == "deterministic"
+    assert claims["SuperNat bound term"].held is True and claims["SuperNat bound term"].kind == "identity"
     assert claims["SuperNat vs GD"].held in (True, False)
     assert SN.supernat_tables(store, cfg)[0].rows
     assert render_figure(SN.supernat_figures(store, cfg)[0])[:4] == b"\x89PNG"

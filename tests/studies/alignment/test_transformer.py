@@ -139,7 +139,7 @@ def test_transformer_tiny_run_tables_claims_and_resume(tmp_path, float32, monkey
     full = tmp_path / "full"
     assert main(["run", "alignment", "--preset", "transformer-tiny", *SETS, "--out", str(full)]) == 0
     out = capsys.readouterr().out
-    assert "claims held" in out and "ViT" in out
+    assert "identities " in out and "ViT" in out
     probes = read_table(os.path.join(full, "tables", "probes.csv"))
     sched = log_schedule(cfg.schedule, cfg.train_steps, cfg.schedule_base)
     want = {"embed.proj", "embed.pos", "blocks.0.attn.qkv", "blocks.0.attn.out", "blocks.0.ff.0", "blocks.0.ff.2",

@@ -127,10 +127,10 @@ def test_report_and_claims(tiny_run, capsys):
     assert {"median", "q1", "q3", "n"} <= set(summary[0])
     assert main(["report", str(tiny_run)]) == 0
     out = capsys.readouterr().out
-    lines = {line.split("  ")[0].strip(): line for line in out.splitlines()}
+    heads = [line for line in out.splitlines() if line.startswith("[")]  # "[verdict] topic  (kind)"
     for topic in ("Fig. 3.6 trace (Diag,", "Fig. 3.6 trace (KFAC)", "Thm 2 (checkpoints)", "Thm 2 (recompute"):
-        line = next(v for k, v in lines.items() if k.startswith(topic))
-        assert line.rstrip().endswith("yes"), line
+        line = next(h for h in heads if h.split("] ", 1)[1].startswith(topic))
+        assert line.startswith("[yes]"), line
     state = json.loads((tiny_run / "state.json").read_text())
     assert state["status"] == "finished"
 

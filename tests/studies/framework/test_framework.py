@@ -459,7 +459,10 @@ def test_report_command_regenerates_from_tables(toy, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["run", "toy-test", "--preset", "short", "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "paper says" in out and "1/1 claims held" in out
+    assert "paper says" in out and "findings 1/1 held; identities 0/0 held" in out
+    assert out.rstrip().splitlines()[-1].endswith("findings 1/1 held; identities 0/0 held")
+    claims_rows = list(csv.DictReader(open(run / "tables" / "claims.csv", newline="")))
+    assert [(r["study"], r["kind"], r["verdict"]) for r in claims_rows] == [("toy-test", "finding", "yes")]
     html_file = run / "report.html"
     html_file.unlink()
     (run / "figures" / "loss.png").unlink()
@@ -479,6 +482,6 @@ def test_report_command_regenerates_from_tables(toy, tmp_path, capsys):
 
 def test_claims_text_and_csv_helpers():
     text = claims_text([Claim("a", "x" * 80, "y", True), Claim("b", "p", "m", False), Claim("c", "p", "m", None)])
-    assert "1/3 claims held (1 did not, 1 n/a)" in text and "NO" in text
+    assert "findings 1/3 held, 1 did not, 1 n/a; identities 0/0 held" in text and "[NO] b" in text
     buf = io.StringIO("a,b\n1,2\n")
     assert list(csv.DictReader(buf)) == [{"a": "1", "b": "2"}]

@@ -81,7 +81,7 @@ def test_tables_are_tidy_and_complete(tiny_run):
 def test_deterministic_claims_hold_and_report(tiny_run, capsys):
     cfg = build_config(LinGenConfig, preset="tiny")
     content = build_report(cfg, RunStore.open(tiny_run))
-    det = [c for c in content.claims if c.kind == "deterministic"]
+    det = [c for c in content.claims if c.kind == "identity"]
     assert {c.topic for c in det} == {"Lemma 1", "α(u_j) = λ_j"}
     assert all(c.held for c in det), [(c.topic, c.measured) for c in det]
     topics = {c.topic for c in content.claims}
@@ -94,7 +94,7 @@ def test_deterministic_claims_hold_and_report(tiny_run, capsys):
                 "fig7_rotation", "fig8_9_late_linearization", "lemma1"):
         assert (tiny_run / "figures" / f"{fig}.png").exists(), fig
     assert main(["report", str(tiny_run)]) == 0
-    assert "claims held" in capsys.readouterr().out
+    assert "identities " in capsys.readouterr().out
 
 
 def test_lemma_rows_and_rotation_consistency(tiny_run):

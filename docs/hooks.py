@@ -177,16 +177,45 @@ def _literal(node: ast.AST) -> str | None:
     return None
 
 
+def _claim_call(node: ast.AST) -> str | None:
+    """``"Claim"``, ``"compare"`` or ``"identity"`` for a call building a claim, else ``None``."""
+    if not isinstance(node, ast.Call):
+        return None
+    f = node.func
+    if isinstance(f, ast.Name) and f.id == "Claim":
+        return "Claim"
+    if (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "Claim"
+            and f.attr in ("compare", "identity")):
+        return f.attr
+    return None
+
+
 def claim_rows(package: str, root: Path = ROOT) -> list[dict[str, str]]:
-    """The claims a study's report checks: one row per distinct ``Claim(topic, paper, ...)``
-    call of ``root/tangentlab/studies/<package>/claims.py``, in source order (``…`` marks the
-    parts filled in from the run: a noise level, a data model, a figure)."""
-    tree = ast.parse((root / "tangentlab" / "studies" / package / "claims.py").read_text(encoding="utf-8"))
+    """The claims a study's report checks: one row per distinct ``Claim(topic, paper, ...)``,
+    ``Claim.compare(topic, paper, criterion, ...)`` or ``Claim.identity(topic, paper, ...)``
+    call in the modules of ``root/tangentlab/studies/<package>/`` (``claims.py`` first, then
+    the others by name; source order within a module). ``…`` marks the parts filled in from
+    the run (a noise level, a data model, a threshold)."""
+    folder = root / "tangentlab" / "studies" / package
+    files = sorted(folder.glob("*.py"), key=lambda p: (p.name != "claims.py", p.name))
     rows: list[dict[str, str]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Claim" and len(node.args) >= 2:
-            topic, paper = _literal(node.args[0]), _literal(node.args[1])
-            row = {"claim": topic or "(computed)", "the paper's statement": paper or "(computed from the run)"}
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _claim_call(n) and len(n.args) >= 2]
+        for node in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
+            how = _claim_call(node)
+            kw = {k.arg: k.value for k in node.keywords if k.arg}
+            kind = "identity" if how == "identity" else None
+            given = kw.get("kind") or (node.args[4] if how == "Claim" and len(node.args) >= 5 else None)
+            if given is not None:
+                kind = _literal(given) or "(computed)"
+            kind = kind or "finding"
+            kind = {"deterministic": "identity", "statistical": "finding"}.get(kind, kind)
+            crit = kw.get("criterion") or (node.args[2] if how == "compare" and len(node.args) > 2 else None)
+            row = {"claim": _literal(node.args[0]) or "(computed)",
+                   "the paper's statement": _literal(node.args[1]) or "(computed from the run)",
+                   "criterion tested": (_literal(crit) if crit is not None else None) or "(see the report)",
+                   "kind": kind or "(computed)"}
             if row not in rows:
                 rows.append(row)
     return rows
@@ -208,9 +237,13 @@ def study_section(name: str, root: Path = ROOT) -> str:
     fields_text = describe(cfg).split("\npresets:")[0]
     out = ["## What it reproduces", "", plain_docstring(doc).strip(), "",
            "## The claims it checks", "",
-           "The report's claims table puts each of these statements of the paper next to what the "
-           "run measured and a verdict (held: yes / NO / n/a). The rows below are read from the "
-           "study's claims code; `…` is filled in from the run.", "",
+           "The report's claims table puts each of these statements of the paper next to the "
+           "criterion the run tests, what it measured (with an interval over seeds where there are "
+           "several) and a verdict: yes, NO, inconclusive (the interval straddles the threshold) or "
+           "n/a. *Findings* (empirical statements) and *identities* (theorems, closed forms, solver "
+           "properties, held to a tolerance) are counted apart; every run writes them to "
+           "`RUN_DIR/tables/claims.csv`. The rows below are read from the study's code; `…` is "
+           "filled in from the run.", "",
            markdown_table(claim_rows(package, root)), "",
            "To get the table with the measured values, run the study and read `RUN_DIR/report.html`, "
            "or print it again from the stored tables:", "",

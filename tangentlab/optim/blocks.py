@@ -70,7 +70,9 @@ class ParamBlock:
     @property
     def key(self) -> torch.Tensor:
         """The parameter whose optimizer state holds this block's state."""
-        return self.params["bias"] if self.part == "sua_b" else self.params["weight"]
+        if self.part == "sua_b":
+            return self.params["bias"]
+        return self.params["weight"] if "weight" in self.params else next(iter(self.params.values()))
 
     def _gather_structured(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         grp, o, i = self.shape
@@ -122,7 +124,7 @@ def blocks_of(name: str, mod: nn.Module, registry: LayerRegistry, conv: str) -> 
     except UnsupportedLayerError:  # no exact statistics for this module: the fallback optimizer's
         return []
     layout = rule.kron_layout(mod)
-    if layout is None or rule.tapped(mod):  # tapped rules need the engine's tapped forward
+    if layout is None:
         return []
     params = {k: getattr(mod, k) for k in rule.params(mod)}
     if not params or not all(p.requires_grad for p in params.values()):
@@ -160,4 +162,21 @@ def find_blocks(model: nn.Module, registry: LayerRegistry, conv: str,
     return blocks
 
 
-__all__ = ["ParamBlock", "blocks_of", "find_blocks"]
+def tapped_modules(model: nn.Module, registry: LayerRegistry,
+                   blocks: list[ParamBlock]) -> dict[str, tuple[nn.Module, LayerRule]]:
+    """The modules to record through their rule's tapped forward (see
+    :mod:`~tangentlab.optim.recording`): those with a tapped rule that have a block themselves
+    or contain one (``MultiheadAttention.out_proj`` is only called as a module by the tapped
+    forward; the native forward uses its weight directly)."""
+    names = [b.name for b in blocks]
+    out: dict[str, tuple[nn.Module, LayerRule]] = {}
+    for name, mod in model.named_modules():
+        rule = registry.lookup(mod)
+        if rule is None or not rule.tapped(mod):
+            continue
+        if any(n == name or n.startswith(name + ".") or not name for n in names):
+            out[name] = (mod, rule)
+    return out
+
+
+__all__ = ["ParamBlock", "blocks_of", "find_blocks", "tapped_modules"]

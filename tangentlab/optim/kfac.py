@@ -86,7 +86,7 @@ from ..engine import Engine, EngineOptions
 from ..errors import InvalidInputError
 from ..kron import check_approx, rotate, unrotate
 from ..layers.registry import LayerRegistry
-from .blocks import ParamBlock, find_blocks
+from .blocks import ParamBlock, find_blocks, tapped_modules
 from .curvature import Curvature
 from .recording import Recorder
 from .statistics import (
@@ -228,7 +228,8 @@ class KronOptimizer(torch.optim.Optimizer):
         self.n_steps = 0
         self.kfac_approx = kfac_approx
         self.curvature = Curvature(self.blocks, self._state, self.reducer, self.scaling, damping_scheme, kfac_approx)
-        self.recorder = Recorder(model, {b.name: b.module for b in self.blocks})
+        self.recorder = Recorder(model, {b.name: b.module for b in self.blocks},
+                                 tapped=tapped_modules(model, self.registry, self.blocks))
         self._engine: Engine | None = None
 
     def _state(self, b: ParamBlock) -> dict[str, Any]:

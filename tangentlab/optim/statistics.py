@@ -64,7 +64,10 @@ def empirical_statistics(blocks: list[ParamBlock], recorder: Recorder, loss_redu
         n = g.shape[1]
         if loss_reduction == "mean":
             g = g * n
-        feat = b.rule.features(b.module, rec["args"], rec["kwargs"])
+        if "tap" in rec:  # a tapped rule (recording.RecordingTap): features from what the tap saved
+            feat = b.rule.tap_features(b.module, rec["tap"])
+        else:
+            feat = b.rule.features(b.module, rec["args"], rec["kwargs"])
         out[b.name] = (feat, g, n)
     return out
 

@@ -56,10 +56,13 @@ class RecordingTap(Tap):
 
 
 class Recorder:
-    """Per covered module path: ``{"args", "kwargs", "gout", "calls"}`` of its last call; and
-    ``inputs``: ``(args, kwargs)`` of the model's last forward pass."""
+    """Per covered module path: ``{"args", "kwargs", "gout", "calls"}`` of its last call (and
+    ``"tap"``, a :class:`RecordingTap`, for the modules in ``tapped``: path -> (module, rule),
+    whose ``gout`` is the joined ``(N, F)`` gradient of the tapped tensors); and ``inputs``:
+    ``(args, kwargs)`` of the model's last forward pass."""
 
-    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], tapped: dict[str, tuple[nn.Module, LayerRule]] | None = None):
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module],
+                 tapped: dict[str, tuple[nn.Module, LayerRule]] | None = None):
         self.names = list(modules)
         self.records: dict[str, dict[str, Any]] = {}
         self.inputs: tuple[tuple, dict] | None = None

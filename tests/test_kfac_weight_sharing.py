@@ -217,11 +217,72 @@ def test_unknown_or_misplaced_approximation_is_refused():
         EKFAC(nn.Sequential(nn.Conv2d(2, 3, 2)), conv="sua", kfac_approx="reduce")
 
 
-def test_embedding_refuses_reduce_on_sequences():
+@pytest.mark.parametrize("padding_idx", [None, 0])
+@pytest.mark.parametrize("rep", ["kfac", "ekfac"])
+def test_embedding_reduce_exact_in_its_setting(rep, padding_idx):
+    """An Embedding is a linear map of one-hot inputs, so a mean-pooled embedding read out by a
+    linear layer is the reduce setting: KFAC-reduce's dense token-frequency input factor gives
+    the exact block (as for a Linear map of one-hot inputs whose padding rows are zero),
+    KFAC-expand's
+    diagonal one does not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(7, 3, padding_idx=padding_idx), MeanPool(1), nn.Linear(3, 2))
+    x = torch.randint(0, 7, (N, 4), generator=torch.Generator().manual_seed(1))
+    x[0, :2] = 0  # some padding when padding_idx = 0
+    G = oracle.gauss_newton(model, x)
+    for approx, exact in (("reduce", True), ("expand", False)):
+        M = tl.fim(model, x, "raw", rep, kfac_approx=approx)
+        D = M.to_dense()
+        sl = blocks(M)[0]
+        err = oracle.rel_err(D[sl, sl], G[sl, sl])
+        assert (err < EXACT) if exact else (err > 1e-3), (approx, err)
+    K = tl.fim(model, x, "raw", "kfac", kfac_approx="reduce")
+    (a, _), = K.factors["0"]
+    freq = torch.zeros(N, 7)
+    for n in range(N):
+        for t in range(4):
+            if padding_idx is None or x[n, t] != padding_idx:
+                freq[n, x[n, t]] += 1 / 4
+    assert oracle.rel_err(a, freq.T @ freq / N) < 1e-12
+
+
+def test_embedding_reduce_ekfac_trace_and_optimizer():
+    """EKFAC-reduce on a nonlinear embedding model: ``s*`` from the per-example gradients in the
+    dense eigenbasis (the trace is the exact one), and the optimizer's step is the solve of the
+    same representation."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Embedding(6, 3), nn.Tanh(), MeanPool(1), nn.Linear(3, 3))
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randint(0, 6, (9, 5), generator=g), torch.randint(0, 3, (9,), generator=g)
+    G = oracle.gauss_newton(model, x)
+    E = tl.fim(model, x, "raw", "ekfac", kfac_approx="reduce")
+    assert abs(float(E.trace()) - float(G.trace())) < 1e-10 * float(G.trace())
+    eb = E.blocks[0]
+    q = torch.kron(eb.ub[0].contiguous(), eb.ua[0].contiguous())
+    idx = eb.index[0].reshape(-1)
+    assert oracle.rel_err(eb.s[0].reshape(-1), torch.diagonal(q.T @ G[idx][:, idx] @ q)) < 1e-9
+    ref = copy.deepcopy(model)
+    fm = tl.fim(ref, (x, y), kind="empirical", representation="ekfac", kfac_approx="reduce")
+    ref.zero_grad()
+    F.cross_entropy(ref(x), y).backward()
+    want = fm.solve(tl.PVector.from_grad(ref), 3e-2, method="exact")
+    opt = EKFAC(model, lr=1.0, damping=3e-2, damping_scheme="plain", kfac_approx="reduce")
+    assert opt.fallback is None
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.precondition()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[k], rtol=1e-9, atol=1e-11)
+
+
+def test_embedding_reduce_vocabulary_limit_and_single_token(monkeypatch):
+    from tangentlab.layers import embedding
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(7, 3), MeanPool(1), nn.Linear(3, 2))
     x = torch.randint(0, 7, (5, 4))
-    with pytest.raises(UnsupportedLayerError, match="expand"):
+    monkeypatch.setattr(embedding, "MAX_DENSE_VOCAB", 6)
+    with pytest.raises(UnsupportedLayerError, match="7 x 7.*expand"):
         tl.fim(model, x, "raw", "kfac", kfac_approx="reduce")
     # one token per example: nothing is shared, reduce is expand
     x1 = x[:, :1]

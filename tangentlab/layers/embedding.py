@@ -10,7 +10,10 @@ from torch import nn
 
 from ..errors import UnsupportedLayerError
 from .base import CHUNK_ELEMENTS, KronLayout, LayerRule
-from .patch import check_approx
+from .patch import check_approx, kfe_second_moment
+
+#: Largest vocabulary (selected tokens) for which KFAC-reduce forms its dense ``V × V`` input factor.
+MAX_DENSE_VOCAB = 8192
 
 
 @dataclass
@@ -106,14 +109,29 @@ class EmbeddingRule(LayerRule):
         return KronLayout(1, d, v, {"weight": idx}, diagonal_a=True)
 
     def kfac_factors(self, module, feat: Tokens, g, cols, input_factor=True, approx="expand"):
-        """KFAC-expand: ``A = diag(token counts)``, ``B = Σ_n Σ_c (1/T) Σ_t g gᵀ``. KFAC-reduce is
-        refused for sequences (its input factor, of the token frequencies, is a dense ``V × V``)."""
+        """KFAC-expand: ``A = diag(token counts)``, ``B = Σ_n Σ_c (1/T) Σ_t g gᵀ`` (diagonal ``A``,
+        ``(1, V)``). KFAC-reduce (Eschenhagen et al., 2023), as for a Linear map of the one-hot
+        inputs (a padding position's one-hot is zero): ``A = Σ_n m_n m_nᵀ`` with ``m_n = (1/T)
+        Σ_t onehot(x_{n,t})`` the token frequencies of example ``n``, a dense ``(1, V, V)``, and
+        ``B = Σ_n Σ_c (Σ_t g)(Σ_t g)ᵀ`` over all positions; exact when the output gradients are
+        the same at every position (e.g. a mean-pooled embedding read out linearly). Refused
+        above :data:`MAX_DENSE_VOCAB` selected tokens."""
         t = feat.idx.shape[1]
         if check_approx(approx) == "reduce" and t != 1:
-            raise UnsupportedLayerError("kfac_approx='reduce' is not defined for nn.Embedding on sequences "
-                                        "(its input factor would be a dense vocabulary x vocabulary matrix); "
-                                        "use kfac_approx='expand', or leave the Embedding out (`params=` of "
-                                        "tangentlab.fim, `layers=` of the optimizers)")
+            v = int(cols.numel())
+            if input_factor and v > MAX_DENSE_VOCAB:
+                raise UnsupportedLayerError(
+                    f"kfac_approx='reduce' for nn.Embedding on sequences has a dense vocabulary x vocabulary "
+                    f"input factor ({v} x {v}, {v * v * g.element_size() / 2**30:.1f} GiB); above "
+                    f"{MAX_DENSE_VOCAB} tokens use kfac_approx='expand' (a diagonal factor), or leave the "
+                    "Embedding out (`params=` of tangentlab.fim, `layers=` of the optimizers)")
+            c, n = g.shape[0], g.shape[1]
+            ssum = g.reshape(c, n, t, g.shape[-1]).sum(2).reshape(c * n, -1)  # unmasked, like a Linear's
+            big_b = ssum.T @ ssum
+            if not input_factor:
+                return None, big_b[None]
+            freq = self._frequencies(module, feat, g.dtype)[:, cols]  # (N, V_sel)
+            return (freq.T @ freq)[None], big_b[None]
         gg = self._g(feat, g)  # masked (C, N, T, D)
         big_b = torch.einsum("cntd,cnte->de", gg, gg) / t
         if not input_factor:
@@ -124,11 +142,31 @@ class EmbeddingRule(LayerRule):
         counts = g.new_zeros(module.num_embeddings).index_add_(0, feat.idx.reshape(-1), ones)
         return counts[cols][None], big_b[None]
 
+    @staticmethod
+    def _frequencies(module: nn.Embedding, feat: Tokens, dtype: torch.dtype) -> torch.Tensor:
+        """``(N, V)``: ``(1/T) Σ_t onehot(x_{n,t})``, a padding position's one-hot being zero."""
+        n, t = feat.idx.shape
+        w = torch.full((n, t), 1.0 / t, dtype=dtype, device=feat.idx.device)
+        if feat.mask is not None:
+            w = w * feat.mask.to(dtype)
+        return w.new_zeros(n, module.num_embeddings).scatter_add_(1, feat.idx, w)
+
     def kfe_diag(self, module, feat: Tokens, g, cols, ua, ub):
-        """``Σ_{c,n} (U_Bᵀ G_{c,n})²`` (``U_A = I``: the input factor is diagonal) without the
-        ``(V, D)`` per-example gradients: the rotated output gradients are summed per distinct
-        (example, token) pair, squared, and added into their token's column."""
-        gr = torch.einsum("cntd,de->cnte", self._g(feat, g), ub[0])
+        """``Σ_{c,n} (U_Bᵀ G_{c,n} U_A)²`` without the ``(V, D)`` per-example gradients. With the
+        diagonal input factor (``U_A = I``, KFAC-expand) the rotated output gradients are summed per
+        distinct (example, token) pair, squared, and added into their token's column; with a dense
+        ``U_A`` (KFAC-reduce) the rotated one-hot inputs are rows of ``U_A`` (``U_Aᵀ e_x = U_A[x]``),
+        and :func:`~tangentlab.layers.patch.kfe_second_moment` sums over positions."""
+        gg = self._g(feat, g)
+        if ua is not None:
+            v = module.num_embeddings
+            pos = torch.full((v,), -1, dtype=torch.long, device=feat.idx.device)
+            pos[cols] = torch.arange(cols.numel(), device=feat.idx.device)
+            p = pos[feat.idx]  # (N, T): the token's selected column, -1 when not selected
+            rows = ua[0][p.clamp(min=0)] * (p >= 0)[..., None].to(ua.dtype)  # (N, T, V_sel)
+            c, n, t, d = gg.shape
+            return kfe_second_moment(rows[:, :, None], gg[:, :, :, None], None, ub)
+        gr = torch.einsum("cntd,de->cnte", gg, ub[0])
         c, n, t, d = gr.shape
         v = module.num_embeddings
         keys = (torch.arange(n, device=feat.idx.device)[:, None] * v + feat.idx).reshape(-1)

@@ -25,12 +25,10 @@ import numpy as np
 
 from ..framework.claims import mean_interval
 from ..framework.report import Claim, FigureSpec, TableSpec
-from .claims import LABELS, beats_all, ci, cpu_per_step, median, ms_per_step, seeds_note
+from .claims import LABELS, baselines, beats_all, ci, cpu_per_step, median, ms_per_step, seeds_note
 
 #: The methods of thesis Fig. 4.3b (the every-step KFAC baseline is Fig. 4.4b's).
 COMPARED = ("ekfac", "ekfac_ra", "kfac", "sgd", "adam")
-#: The baselines of the claims.
-BASELINES = ("kfac", "sgd", "adam")
 
 Runs = dict[int, list[dict[str, float]]]
 
@@ -92,14 +90,15 @@ def wallclock_claims(task: str, main: dict[str, Runs], cost_ratio: float) -> lis
     ``[1, cost_ratio)`` × amortized KFAC's)."""
     name = "auto-encoder" if task == "autoencoder" else "CNN"
     budget = budgets(main)
-    bases = [m for m in BASELINES if m in main]
+    bases = [m for m in baselines(task) if m in main]
     if not budget or not bases:
         return []
     stat = log_loss_at(budget)
     how = ("Time = CPU time of the training steps (time.process_time per step, torch on 1 thread), not wall time: on "
            "this shared machine wall time includes waiting for a core, which depends on other jobs (wall time is in "
            "the table). Per seed the budget T is the smallest total training CPU time among EKFAC, EKFAC-ra, KFAC, "
-           "SGD and Adam (every curve covers it); the loss at T is interpolated (log-linear) between epoch ends. "
+           "SGD and Adam (every curve covers it); the loss at T is interpolated (log-linear) between epoch ends; "
+           "SGD and Adam without BN (the thesis adds BN). "
            f"T (mean over seeds) = {float(np.mean(list(budget.values()))):.3g} CPU s. The thesis gives no number.")
     claims = []
     paper_ra = ("\"the efficient tracking of diagonal scaling vector s* in EKFAC-ra, despite its slightly increased "

@@ -83,3 +83,15 @@ def test_per_epoch_claim_on_paired_seeds():
     assert g == pytest.approx([want] * 4)  # the seeds' common jitter cancels in the paired gap
     c = beats_all("t", "p", "", "ekfac_ra", main, ["kfac", "sgd"], log_auc, "mean log loss", "x")
     assert c.verdict == "yes" and c.value == pytest.approx(want)
+
+
+def test_cnn_baselines_are_fig_4_5s():
+    """Fig. 4.5 compares EKFAC-ra with KFAC and SGD (no Adam): a better Adam does not decide the CNN claim."""
+    main = _bases([10, 4, 2, 1], [10, 8, 6, 5])
+    for s in main["adam"]:
+        main["adam"][s] = run(s, 1.0, [10, 2, 0.5, 0.1])
+    cnn = {c.topic: c for c in wallclock_claims("cnn", main, 1.5)}
+    ae = {c.topic: c for c in wallclock_claims("autoencoder", main, 1.5)}
+    assert cnn["CNN: EKFAC-ra loss at equal CPU time"].verdict == "yes"
+    assert "Adam" not in cnn["CNN: EKFAC-ra loss at equal CPU time"].criterion.split("budget")[0]
+    assert ae["auto-encoder: EKFAC-ra loss at equal CPU time"].verdict == "NO"

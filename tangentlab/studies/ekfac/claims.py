@@ -22,6 +22,9 @@ LABELS = {"ekfac": "EKFAC", "ekfac_ra": "EKFAC-ra", "kfac": "KFAC (amortized)", 
 #: Display names of the diagonals of the spectrum tracking.
 SPECTRUM_NAMES = {"kfac": "KFAC", "ekfac": "EKFAC", "ekfac_ra": "EKFAC-ra", "kfe_optimum": "diag(QᵀGQ)"}
 
+#: The gap of a seed where one of the two compared runs diverged (in the units of the statistic).
+DIVERGED_GAP = 1e3
+
 #: ``{(task, method, period): {seed: rows sorted by epoch}}``.
 Curves = dict[tuple[str, str, int], dict[int, list[dict[str, float]]]]
 
@@ -88,11 +91,14 @@ def ms_per_step(runs: dict[int, list[dict[str, float]]]) -> float:
 def gaps(fast: dict[int, list[dict[str, float]]], base: dict[int, list[dict[str, float]]],
          stat: Any) -> list[float]:
     """Per seed present in both, ``stat(base run) − stat(fast run)`` (seeds are paired: the same
-    seed gives every method the same initialization and minibatch order)."""
+    seed gives every method the same initialization and minibatch order). A run that diverged
+    (``inf``) gives a gap of ``±DIVERGED_GAP``, so that it weighs against its method instead
+    of dropping out of the interval; ``nan`` when both diverged."""
     out = []
     for s in sorted(set(fast) & set(base)):
         a, b = stat(fast[s]), stat(base[s])
-        out.append(b - a if math.isfinite(a) or math.isfinite(b) else math.nan)
+        g = b - a if math.isfinite(a) or math.isfinite(b) else math.nan
+        out.append(max(-DIVERGED_GAP, min(DIVERGED_GAP, g)) if not math.isnan(g) else g)
     return out
 
 
@@ -132,8 +138,11 @@ def beats_all(topic: str, paper: str, what: str, fast: str, main: dict[str, Any]
     crit = (f"per seed Δ = {stat_text}(baseline) − {stat_text}({LABELS[fast]}); held when the {seeds_note(n)} "
             "is > 0 for every baseline (" + ", ".join(LABELS[b] for b in bases) + f"); value/interval: the binding "
             f"baseline ({LABELS[key]}). {what}")
-    measured = "; ".join(f"vs {LABELS[b]}: Δ {ci(v)} (loss ×{math.exp(-v[0]):.3g})" + (extra(b) if extra else "")
+    measured = "; ".join(f"vs {LABELS[b]}: Δ {ci(v)} (loss ratio {LABELS[fast]} / {LABELS[b]} "
+                         f"{math.exp(-v[0]) if abs(v[0]) < 700 else math.nan:.3g})" + (extra(b) if extra else "")
                          for b, v in res.items())
+    if any(abs(g) == DIVERGED_GAP for b in bases for g in gaps(main[fast], main[b], stat)):
+        measured += f" (a diverged run counts as a gap of ±{DIVERGED_GAP:g})"
     m, lo, hi = res[key]
     return Claim.compare(topic, paper, crit, measured, m, ">", 0.0, low=lo, high=hi, part=part)
 

@@ -95,3 +95,12 @@ def test_cnn_baselines_are_fig_4_5s():
     assert cnn["CNN: EKFAC-ra loss at equal CPU time"].verdict == "yes"
     assert "Adam" not in cnn["CNN: EKFAC-ra loss at equal CPU time"].criterion.split("budget")[0]
     assert ae["auto-encoder: EKFAC-ra loss at equal CPU time"].verdict == "NO"
+
+
+def test_a_diverged_run_weighs_against_its_method():
+    main = _bases([10, 4, 2, 1], [10, 8, 6, 5])
+    main["ekfac_ra"][0] = run(0, 1.0, [10, 4, math.inf])
+    g = gaps(main["ekfac_ra"], main["kfac"], log_auc)
+    assert g[0] == -1e3 and all(x > 0 for x in g[1:])
+    c = beats_all("t", "p", "", "ekfac_ra", main, ["kfac"], log_auc, "mean log loss", "x")
+    assert c.verdict != "yes" and "diverged" in c.measured

@@ -24,7 +24,7 @@ CNN_MODELS = ("cnn", "vgg11", "resnet34")
 SEARCH_COLUMNS = ["task", "method", "period", "kind", "lr", "damping", "best_train_loss", "final_train_loss",
                   "diverged", "seconds"]
 SEARCH_KEY = ["task", "method", "period", "lr", "damping"]
-CURVE_COLUMNS = ["task", "method", "period", "seed", "epoch", "step", "time_s", "train_loss", "val_loss",
+CURVE_COLUMNS = ["task", "method", "period", "seed", "epoch", "step", "time_s", "cpu_s", "train_loss", "val_loss",
                  "val_acc"]
 CURVE_KEY = ["task", "method", "period", "seed", "epoch"]
 SPECTRUM_COLUMNS = ["step", "approximation", "distance", "rel_distance", "diag_rel_error", "trace_ratio"]
@@ -45,7 +45,7 @@ class EkfacConfig(StudyConfig):
     PRESETS: ClassVar[dict[str, Preset]] = {
         "tiny": Preset("seconds-long smoke run (tests)", {
             "ae_hidden": (6,), "batch_size": 300, "epochs": 2, "search_epochs": 1, "lrs": (0.3,),
-            "dampings": (0.1,), "first_order_lrs": (0.1,), "n_random": 0, "n_seeds": 1, "period": 2,
+            "dampings": (0.1,), "first_order_lrs": (0.1,), "n_random": 0, "n_seeds": 2, "period": 2,
             "periods": (5,), "cnn_width": 2, "cnn_batch_size": 400, "cnn_epochs": 1, "cnn_search_epochs": 1,
             "spectrum_layer": "2", "spectrum_steps": 3, "spectrum_eval": 32, "ewc_epochs": 1,
             "ewc_strengths": (10.0,), "ewc_hidden": (8,), "checkpoint_every": 1}),
@@ -82,7 +82,8 @@ class EkfacConfig(StudyConfig):
     first_order_lrs: tuple[float, ...] = option((1.0, 0.3, 0.1, 0.03, 0.01, 0.003),
                                                 "learning-rate grid of SGD and Adam", min=0.0)
     n_random: int = option(1, "random (η, ε) perturbations around each of the two best grid points", min=0)
-    n_seeds: int = option(3, "seeds of the final runs (medians reported)", min=1)
+    n_seeds: int = option(5, "seeds of the final runs and of the EWC demo (claims: means over seeds with "
+                          "Student-t intervals of paired per-seed differences)", min=1)
     checkpoint_every: int = option(5, "epochs between checkpoints of a training run", min=1)
     # part 1
     autoencoder: bool = option(True, "run part 1 (auto-encoder)")
@@ -115,6 +116,10 @@ class EkfacConfig(StudyConfig):
     ewc_penalties: tuple[str, ...] = option(EWC_PENALTIES, "Fisher representations of the penalty",
                                             choices=EWC_PENALTIES)
     similar_tol: float = option(0.1, "relative gap under which validation losses count as similar", min=0.0)
+    much_closer: float = option(0.5, "spectrum tracking: 'much closer' = mean distance at most this fraction of "
+                                "KFAC's", min=0.0)
+    cost_ratio: float = option(1.5, "every-step KFAC 'much more costly': CPU time per step at least this multiple "
+                               "of amortized KFAC's", min=1.0)
 
     def validate(self) -> None:
         if self.dataset in ("mnist", "cifar10"):

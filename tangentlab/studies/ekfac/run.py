@@ -158,25 +158,29 @@ class EkfacStudy(Study):
         n = task.x_train.shape[0]
         stream = BatchStream(n, task.batch_size, seed + 1)
         rows: list[dict[str, Any]] = []
-        start, elapsed, step = 0, 0.0, 0
+        start, elapsed, cpu, step = 0, 0.0, 0.0, 0
         curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY) if tag else None
         base = {"task": task.name, "method": method, "period": period_tag(method, period), "seed": seed}
         ck = TrainingCheckpoint(self.store, tag, model, opt, stream) if tag else None
         saved = ck.restore() if ck is not None else None
         if saved is not None:
             start, elapsed, step = int(saved["epoch"]), float(saved["elapsed"]), int(saved["n_steps"])
+            cpu = float(saved.get("cpu_elapsed", math.nan))
             rows = saved["rows"]
         if start == 0:
             tl_, va = self._evaluate(task, model, task.x_train, task.y_train)
             vl, acc = self._evaluate(task, model, task.x_val, task.y_val)
-            rows = [{**base, "epoch": 0, "step": 0, "time_s": 0.0, "train_loss": tl_, "val_loss": vl, "val_acc": acc}]
+            rows = [{**base, "epoch": 0, "step": 0, "time_s": 0.0, "cpu_s": 0.0, "train_loss": tl_, "val_loss": vl,
+                     "val_acc": acc}]
             if curves is not None:
                 curves.append(rows)
         diverged = False
         for epoch in range(start + 1, epochs + 1):
             model.train()
-            t = time.perf_counter()
             for _ in range(stream.steps_per_epoch):
+                # per step: wall time and CPU time of this process (time.process_time; with
+                # threads=1 the training's own work, unaffected by the time spent waiting for a core)
+                t, c = time.perf_counter(), time.process_time()
                 idx = stream.next().to(task.x_train.device)
                 opt.zero_grad(set_to_none=True)
                 loss = task.loss(model(task.x_train[idx]), task.y_train[idx]).mean()
@@ -185,22 +189,25 @@ class EkfacStudy(Study):
                     break
                 loss.backward()
                 opt.step()
+                if task.x_train.is_cuda:
+                    torch.cuda.synchronize()
+                cpu += time.process_time() - c
+                elapsed += time.perf_counter() - t
                 step += 1
-            elapsed += time.perf_counter() - t
             model.eval()
             tl_, _ = self._evaluate(task, model, task.x_train, task.y_train)
             vl, acc = self._evaluate(task, model, task.x_val, task.y_val)
             if diverged or not math.isfinite(tl_):
                 tl_, vl, diverged = math.inf, math.inf, True
-            row = {**base, "epoch": epoch, "step": step, "time_s": elapsed, "train_loss": tl_, "val_loss": vl,
-                   "val_acc": acc}
+            row = {**base, "epoch": epoch, "step": step, "time_s": elapsed, "cpu_s": cpu, "train_loss": tl_,
+                   "val_loss": vl, "val_acc": acc}
             rows.append(row)
             if curves is not None:
                 curves.append([row])
             if diverged:
                 break
             if ck is not None and (epoch % cfg.checkpoint_every == 0) and epoch < epochs:
-                ck.save(epoch, epoch=epoch, elapsed=elapsed, n_steps=step, rows=rows)
+                ck.save(epoch, epoch=epoch, elapsed=elapsed, cpu_elapsed=cpu, n_steps=step, rows=rows)
         if hasattr(opt, "remove_hooks"):
             opt.remove_hooks()
         return rows

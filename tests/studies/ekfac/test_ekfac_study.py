@@ -57,17 +57,20 @@ def test_tables_are_tidy_and_complete(tiny_run):
     assert sorted((r["task"], r["method"], r["period"]) for r in search) == sorted(want_search)
     curves = _table(tiny_run, "curves")
     runs = {(r["task"], r["method"], r["period"], r["seed"]) for r in curves}
-    want = {("autoencoder", m, str(period_tag(m, cfg.period)), "0") for m in cfg.methods}
-    want |= {("autoencoder", m, "5", "0") for m in ("kfac", "ekfac")}
-    want |= {("cnn", m, str(period_tag(m, cfg.period)), "0") for m in cfg.methods}
+    seeds = [str(k) for k in range(cfg.n_seeds)]
+    want = {("autoencoder", m, str(period_tag(m, cfg.period)), s) for m in cfg.methods for s in seeds}
+    want |= {("autoencoder", m, "5", s) for m in ("kfac", "ekfac") for s in seeds}
+    want |= {("cnn", m, str(period_tag(m, cfg.period)), s) for m in cfg.methods for s in seeds}
     assert runs == want
     for r in curves:
         n_ep = cfg.epochs if r["task"] == "autoencoder" else cfg.cnn_epochs
         assert 0 <= int(r["epoch"]) <= n_ep
         if int(r["epoch"]) == 0:  # same initialization for every method of a task and seed
-            assert float(r["time_s"]) == 0.0
-    init = {(r["task"], r["train_loss"]) for r in curves if r["epoch"] == "0"}
-    assert len(init) == 2
+            assert float(r["time_s"]) == 0.0 and float(r["cpu_s"]) == 0.0
+        else:  # CPU and wall time of the training steps, accumulated per step
+            assert float(r["cpu_s"]) > 0 and float(r["time_s"]) > 0
+    init = {(r["task"], r["seed"], r["train_loss"]) for r in curves if r["epoch"] == "0"}
+    assert len(init) == 2 * cfg.n_seeds
     assert len(curves) == sum((cfg.epochs if t == "autoencoder" else cfg.cnn_epochs) + 1 for (t, *_rest) in want)
     assert all(r["val_acc"] == "nan" or r["task"] == "cnn" for r in curves)
     ewc = _table(tiny_run, "ewc")
@@ -111,8 +114,26 @@ def test_report_and_claims(tiny_run, capsys):
     html = (tiny_run / "report.html").read_text()
     for needle in ("loss per epoch", "amortization", "spectrum tracking", "EWC demo", "validation loss"):
         assert needle in html
-    for fig in ("curves_autoencoder", "curves_cnn", "sensitivity_autoencoder", "spectrum", "period"):
+    for fig in ("curves_autoencoder", "curves_cnn", "sensitivity_autoencoder", "spectrum", "period",
+                "wallclock_autoencoder", "wallclock_cnn"):
         assert (tiny_run / "figures" / f"{fig}.png").exists(), fig
+    assert "wall-clock comparison" in html and "CPU ms/step" in html
+    claims = {r["topic"]: r for r in _table(tiny_run, "claims")}
+    for topic in ("auto-encoder: EKFAC-ra loss at equal CPU time", "auto-encoder: EKFAC loss at equal CPU time",
+                  "auto-encoder: EKFAC-ra cost per update", "CNN: EKFAC-ra loss at equal CPU time",
+                  "auto-encoder: every-step KFAC cost", "auto-encoder: EKFAC loss per epoch",
+                  "auto-encoder: amortization", "EWC demo", "auto-encoder: validation loss"):
+        r = claims[topic]
+        assert r["kind"] == "finding" and r["criterion"] and r["paper"], topic
+        # the tiny preset runs 2 seeds: every seed-based claim carries a Student-t interval
+        assert "2 paired seeds" in r["criterion"], topic
+        lo, hi = float(r["low"]), float(r["high"])
+        assert math.isfinite(lo) and lo <= float(r["value"]) <= hi, topic
+        assert r["verdict"] in ("yes", "NO", "inconclusive"), topic
+    assert "process_time" in claims["auto-encoder: EKFAC-ra loss at equal CPU time"]["criterion"]
+    ident = claims["spectrum tracking: trace of EKFAC's optimal diagonal"]
+    assert ident["kind"] == "identity" and ident["verdict"] == "yes"
+    assert claims["spectrum tracking (EKFAC)"]["kind"] == "finding"
 
 
 @pytest.mark.parametrize("sets, field", [
@@ -172,7 +193,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_run, tmp_path, mo
     assert json.loads((out / "state.json").read_text())["status"] == "interrupted"
     assert _run(out, "--resume") == 0
 
-    def content(run, name, drop=("time_s", "seconds")):
+    def content(run, name, drop=("time_s", "cpu_s", "seconds")):
         return sorted(tuple((k, v) for k, v in r.items() if k not in drop) for r in _table(run, name))
 
     for name in ("search", "curves", "spectrum", "ewc"):

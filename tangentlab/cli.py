@@ -128,7 +128,8 @@ def _claims_command(args: argparse.Namespace) -> int:
 
     outcomes = [read_outcome(d) for d in args.run_dirs]
     for o in outcomes:
-        print(f"{o.study} ({o.preset}, {o.run_dir}): {o.summary}; {o.wall_s:.0f} s; commit {o.commit}")
+        print(f"{o.study} ({o.preset}, {o.run_dir}): {o.summary}; wall {o.wall_s:.0f} s, CPU {o.cpu_s:.0f} s; "
+              f"commit {o.commit}")
     if args.markdown:
         atomic_write_text(args.markdown, outcomes_markdown(outcomes, args.title, args.intro))
     if args.csv:

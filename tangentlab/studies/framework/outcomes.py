@@ -1,7 +1,7 @@
 """Outcomes of study runs, aggregated from their ``tables/claims.csv``.
 
 :func:`read_outcome` reads one run directory (its claims, the study and preset, the wall
-time of its sessions, the commit it ran at); :func:`outcomes_markdown` renders several runs
+and CPU time of its sessions, the commit it ran at); :func:`outcomes_markdown` renders several runs
 as the ``STUDIES.md`` page (one row per run: findings held / total and inconclusive,
 identities held / total, wall time, commit; then each run's claims that did not hold or
 could not be decided); :func:`write_claims_csv` concatenates the runs' claims into one tidy
@@ -29,6 +29,7 @@ class RunOutcome:
     study: str
     preset: str
     wall_s: float
+    cpu_s: float
     commit: str
     status: str
     claims: list[Claim] = field(default_factory=list)
@@ -54,7 +55,8 @@ def read_outcome(run_dir: str | os.PathLike[str]) -> RunOutcome:
                             part=r["part"], verdict=r["verdict"]))
     meta, state = store.meta, store.state
     return RunOutcome(str(run_dir), str(meta.get("study", "")), str(meta.get("preset") or "default"),
-                      float(state.get("elapsed_s", 0.0)), str(meta.get("commit", "") or "?"),
+                      float(state.get("elapsed_s", 0.0)), float(state.get("cpu_s", float("nan"))),
+                      str(meta.get("commit", "") or "?"),
                       str(state.get("status", "?")), claims)
 
 
@@ -66,6 +68,8 @@ def _float(text: str) -> float:
 
 
 def _wall(seconds: float) -> str:
+    if seconds != seconds:  # nan: not recorded (runs before CPU time was recorded)
+        return "?"
     m, s = divmod(int(round(seconds)), 60)
     return f"{m}m{s:02d}s"
 
@@ -80,15 +84,15 @@ def outcomes_markdown(outcomes: list[RunOutcome], title: str = "Study outcomes",
     if intro:
         lines += [intro, ""]
     lines += ["| study | preset | findings held | inconclusive | did not hold | identities held | wall time | "
-              "commit |", "|---|---|---|---|---|---|---|---|"]
+              "CPU time | commit |", "|---|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         c = claim_counts(o.claims)
         f, i = c["finding"], c["identity"]
         lines.append(f"| {o.study} | {o.preset} | {f['yes']}/{f['total']} | {f['inconclusive']} | {f['NO']} | "
-                     f"{i['yes']}/{i['total']} | {_wall(o.wall_s)} | `{o.commit}` |")
+                     f"{i['yes']}/{i['total']} | {_wall(o.wall_s)} | {_wall(o.cpu_s)} | `{o.commit}` |")
     for o in outcomes:
-        lines += ["", f"## {o.study} ({o.preset})", "", f"{o.summary}; wall time {_wall(o.wall_s)}, commit "
-                  f"`{o.commit}`, status {o.status}.", ""]
+        lines += ["", f"## {o.study} ({o.preset})", "", f"{o.summary}; wall time {_wall(o.wall_s)}, CPU time "
+                  f"{_wall(o.cpu_s)}, commit `{o.commit}`, status {o.status}.", ""]
         lines += ["| verdict | kind | topic | criterion | measured | interval |", "|---|---|---|---|---|---|"]
         for cl in o.claims:
             lines.append(f"| {cl.verdict} | {cl.kind} | {_md(cl.topic)} | {_md(cl.criterion)} | "

@@ -345,7 +345,7 @@ class RunStore:
         self.ckpt_dir = self.dir / "checkpoints"
         self.fig_dir = self.dir / "figures"
         self._tables: dict[str, Table] = {}
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
 
     # ---- creating / opening --------------------------------------------------------------
     @classmethod
@@ -444,18 +444,22 @@ class RunStore:
     def begin_session(self) -> None:
         """Mark a resumed session (status running, a new entry in ``sessions``)."""
         st = self.state
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
         self.write_state(status="running", sessions=[*st.get("sessions", []), {"started": time.time()}])
 
     def end_session(self, status: str, error: str | None = None) -> dict[str, Any]:
         """Record the session's end (``finished`` / ``failed`` / ``interrupted``) and add its
-        wall-clock time to ``elapsed_s``."""
+        wall-clock time to ``elapsed_s`` and this process's CPU time (all its threads; rank 0's
+        only under torchrun) to ``cpu_s``: on a shared machine the CPU time is what the run
+        cost, the wall-clock time also measures the other jobs."""
         st = self.state
         dt = time.perf_counter() - self._t0
+        dc = time.process_time() - self._c0
         sessions = st.get("sessions", [{}])
-        sessions[-1] = {**sessions[-1], "ended": time.time(), "seconds": dt, "status": status,
+        sessions[-1] = {**sessions[-1], "ended": time.time(), "seconds": dt, "cpu_seconds": dc, "status": status,
                         **({"error": error} if error else {})}
-        return self.write_state(status=status, sessions=sessions, elapsed_s=float(st.get("elapsed_s", 0.0)) + dt)
+        return self.write_state(status=status, sessions=sessions, elapsed_s=float(st.get("elapsed_s", 0.0)) + dt,
+                                cpu_s=float(st.get("cpu_s", 0.0)) + dc)
 
     # ---- tables ------------------------------------------------------------------------
     def table(self, name: str, columns: Sequence[str], key: Sequence[str]) -> Table:

@@ -97,7 +97,7 @@ def test_claims_csv_and_markdown(tmp_path, capsys):
     from tangentlab.studies.framework.store import RunStore
 
     store = RunStore.create(tmp_path / "run", {"study": "toy", "preset": None, "config": {}, "commit": "abc123"})
-    store.write_state(elapsed_s=125.0, status="finished")
+    store.write_state(elapsed_s=125.0, cpu_s=61.0, status="finished")
     cs = [Claim.compare("t1", "the paper, Fig. 1", "x > 1, with a comma", "2.0", 2.0, ">", 1.0, part="a"),
           Claim.identity("t2", "Thm 1 | eq. 3", "err 0", 0.0, 1e-12)]
     write_claims_table(store, cs)
@@ -109,7 +109,7 @@ def test_claims_csv_and_markdown(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "findings 1/1 held; identities 1/1 held" in out and "abc123" in out
     page = md.read_text()
-    assert "| toy | default | 1/1 | 0 | 0 | 1/1 | 2m05s | `abc123` |" in page
+    assert "| toy | default | 1/1 | 0 | 0 | 1/1 | 2m05s | 1m01s | `abc123` |" in page
     assert "| yes | identity | t2 | error ≤ 1e-12 | err 0 |  |" in page
     assert [r["commit"] for r in csv.DictReader(open(agg, newline=""))] == ["abc123", "abc123"]
     # a run without claims.csv: one line naming the fix

@@ -254,7 +254,7 @@ def test_run_store_checkpoints_and_layout(tmp_path):
     with pytest.raises(Exception, match="not a run directory"):
         RunStore.open(tmp_path / "busy")
     st = store.end_session("finished")
-    assert st["status"] == "finished" and st["elapsed_s"] >= 0
+    assert st["status"] == "finished" and st["elapsed_s"] >= 0 and 0 <= st["cpu_s"]
     atomic_write_text(run / "x.txt", "hello")
     assert (run / "x.txt").read_text() == "hello"
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

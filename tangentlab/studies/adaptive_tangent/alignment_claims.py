@@ -56,6 +56,10 @@ class Alignment:
     def get(self, seed: Any, fam: str, tgt: str, kernel: str, metric: str) -> float:
         return self.values.get((seed, fam, tgt, kernel, metric), math.nan)
 
+    def avg(self, fam: str, targets: tuple[str, ...], kernel: str, metric: str) -> float:
+        """Mean over seeds and ``targets`` of one metric."""
+        return mean([self.get(s, fam, t, kernel, metric) for s in self.seeds for t in targets])
+
     def per_seed(self, fn) -> list[float]:
         """``fn(seed)`` for every seed."""
         return [float(fn(s)) for s in self.seeds]
@@ -144,8 +148,8 @@ def alignment_claims(cfg: AdaptiveTangentConfig, align: list[dict[str, Any]], qu
             "§3.2: sign(y_i) 'are poorly represented by the initial NTK features', so they need larger B̂_ℓ; "
             "Theorem 1 measures difficulty by ‖β̂‖₂ (the ridgeless NTK norm)",
             f"log(‖β̂‖²[sign] / ‖β̂‖²[y]) with ‖β̂‖² = rᵀK0⁻¹r, r = f_θ̂ − f_θ0; {over} > 0",
-            f"log ratio {ci(m, lo, hi)}; ‖β̂‖² y {mean([g(s, fam, 'y', '', 'ntk_norm2') for s in al.seeds]):.1f} "
-            f"vs sign {mean([g(s, fam, 'sign', '', 'ntk_norm2') for s in al.seeds]):.1f}", m, ">", 0.0,
+            f"log ratio {ci(m, lo, hi)}; ‖β̂‖² y {al.avg(fam, ('y',), '', 'ntk_norm2'):.1f} vs sign "
+            f"{al.avg(fam, ('sign',), '', 'ntk_norm2'):.1f}", m, ">", 0.0,
             low=lo, high=hi))
         # Fig. 1: training aligns the kernel
         aligned = al.per_seed(lambda s: min(gap(s, k, t) for k in ("Kbar", "Kfinal") for t in TARGETS))
@@ -156,14 +160,13 @@ def alignment_claims(cfg: AdaptiveTangentConfig, align: list[dict[str, Any]], qu
             "model output as the label kernel K_ŷ' (kernel alignment); Fig. 1 reports cos(K, K_ŷ)",
             f"per seed, the smallest of cos(K, K_ŷ) − cos(K0, K_ŷ) over K ∈ {{K̄, K_final}} and both targets; {over} "
             "> 0",
-            f"smallest gain {ci(m, lo, hi)}; mean cos K0 "
-            f"{mean([g(s, fam, t, 'K0', 'cos') for s in al.seeds for t in TARGETS]):.3f}, K̄ "
-            f"{mean([g(s, fam, t, 'Kbar', 'cos') for s in al.seeds for t in TARGETS]):.3f}, K_final "
-            f"{mean([g(s, fam, t, 'Kfinal', 'cos') for s in al.seeds for t in TARGETS]):.3f}", m, ">", 0.0,
+            f"smallest gain {ci(m, lo, hi)}; mean cos K0 {al.avg(fam, TARGETS, 'K0', 'cos'):.3f}, K̄ "
+            f"{al.avg(fam, TARGETS, 'Kbar', 'cos'):.3f}, K_final {al.avg(fam, TARGETS, 'Kfinal', 'cos'):.3f}", m, ">",
+            0.0,
             low=lo, high=hi))
         for kern, label in (("Kbar", "K̄"), ("Kfinal", "K_final")):
             gaps = al.per_seed(lambda s, kern=kern: g(s, fam, "sign", kern, "cos") - g(s, fam, "y", kern, "cos"))
-            ny, ns = (mean([g(s, fam, t, kern, "cos") for s in al.seeds]) for t in TARGETS)
+            ny, ns = (al.avg(fam, (t,), kern, "cos") for t in TARGETS)
             ref = DIGITS_REFERENCE[fam].get(kern)
             m, lo, hi = mean_interval(gaps)
             claims.append(Claim.compare(
@@ -177,7 +180,6 @@ def alignment_claims(cfg: AdaptiveTangentConfig, align: list[dict[str, Any]], qu
                 f"{sum(x > 0 for x in gaps)}/{len(gaps)} seeds", m, ">", 0.0, low=lo, high=hi))
         claims.append(diagonal_claim(cfg, al, fam, over))
         res = al.per_seed(lambda s: g(s, fam, "y", "Kbar", "lsq_residual"))
-        res_sign = [g(s, fam, "sign", "Kbar", "lsq_residual") for s in al.seeds]
         m, lo, hi = mean_interval(res)
         claims.append(Claim.compare(
             f"Fig. 1: K̄ ≈ a K0 + c K_ŷ for linear targets ({fam} family)",
@@ -185,9 +187,9 @@ def alignment_claims(cfg: AdaptiveTangentConfig, align: list[dict[str, Any]], qu
             "combination of the initial NTK and the label kernel'",
             f"relative residual ‖K̄ − aK0 − cK_ŷ‖_F/‖K̄‖_F of the least-squares fit (y targets); {over} < "
             f"{LSQ_RESIDUAL_MAX:g} (spec S5: '≈ 10%', 9.5% on seed 0 of the reference run; 0.2 allows the '≈')",
-            f"y: K̄ ≈ {mean([g(s, fam, 'y', 'Kbar', 'lsq_a') for s in al.seeds]):.2f} K0 + "
-            f"{mean([g(s, fam, 'y', 'Kbar', 'lsq_c') for s in al.seeds]):.2f} K_ŷ, residual {ci(m, lo, hi)}; "
-            f"sign(y): residual {mean(res_sign):.3f}", m, "<", LSQ_RESIDUAL_MAX, low=lo, high=hi))
+            f"y: K̄ ≈ {al.avg(fam, ('y',), 'Kbar', 'lsq_a'):.2f} K0 + {al.avg(fam, ('y',), 'Kbar', 'lsq_c'):.2f} K_ŷ, "
+            f"residual {ci(m, lo, hi)}; sign(y): residual {al.avg(fam, ('sign',), 'Kbar', 'lsq_residual'):.3f}", m, "<",
+            LSQ_RESIDUAL_MAX, low=lo, high=hi))
     return claims
 
 

@@ -369,16 +369,18 @@ def test_tiny_claims_have_criteria_kinds_and_intervals(tiny_run):
     rows = _table(tiny_run, "claims")
     assert rows and all(r["criterion"] and r["paper"] and r["kind"] in ("identity", "finding") for r in rows)
     ident = [r for r in rows if r["kind"] == "identity"]
-    assert len(ident) >= 9 and all(r["verdict"] == "yes" for r in ident), [
-        (r["topic"], r["verdict"]) for r in ident if r["verdict"] != "yes"]
     by_topic = {r["topic"]: r for r in rows}
+    # tiny averages the features at T = 6 < the paper's 50 points: the identity's bound does not apply (n/a)
+    na = {f"§1.2 average-feature identity ({f} targets)" for f in ("paper", "hard")}
+    assert {r["topic"] for r in ident if r["verdict"] == "n/a"} == na
+    assert len(ident) >= 9 and all(r["verdict"] == "yes" for r in ident if r["topic"] not in na), [
+        (r["topic"], r["verdict"]) for r in ident if r["verdict"] != "yes"]
     # the 2-seed tiny run gives intervals to every per-seed finding of Figs. 1/3 and of the sweep
     for topic, r in by_topic.items():
         if topic.startswith(("Fig. 1", "Fig. 3", "Premise", "Fig. 4")):
             lo, hi, v = float(r["low"]), float(r["high"]), float(r["value"])
-            assert math.isfinite(lo) and math.isfinite(hi) and lo <= v <= hi, topic
-    assert "§1.2 average-feature identity (paper targets)" in by_topic
-    assert by_topic["§1.2 average-feature identity (paper targets)"]["kind"] == "identity"
+            assert math.isfinite(lo) and math.isfinite(hi) and lo <= hi, topic
+            assert topic.startswith("Fig. 4") or lo <= v <= hi, topic  # a t-interval holds its mean
     assert by_topic["Fig. 2 shape: ordering and crossing"]["verdict"] == "yes"
     html = (tiny_run / "report.html").read_text()
     assert "identities" in html and "95% Student-t interval" in html

@@ -4,8 +4,16 @@ CPU scale.
 
 Modules: :mod:`.config` (configuration, presets, reference values, table schemas),
 :mod:`.data` (digits 2 vs 3 and their targets, the sweep images), :mod:`.models` (the
-He-initialized MLP and CNN), :mod:`.run` (the study's run), :mod:`.claims` and
+He-initialized MLP and CNN), :mod:`.run` (the study's run), :mod:`.claims` (the checks',
+the solver's and the sweep's claims), :mod:`.alignment_claims` (Figs. 1/3) and
 :mod:`.figures` (the report).
+
+Claims: identities (Fig. 2's values and shape, Proposition 3, Theorem 1, App. A.1, Lemma 5,
+the average-feature identity at the paper's 50 quadrature points, the Model A solver's
+objective ≤ the NTK value) hold to stated tolerances; findings are decided on intervals over
+seeds: a Student-t interval of the per-seed gaps for Figs. 1/3 (``seeds`` = 5 by default), a
+percentile bootstrap of the smallest mean paired difference over the sizes for Fig. 4
+(``sweep_seeds`` = 5); the Model A solver's findings use the first seed's networks only.
 
 Parts (``parts``):
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..framework.report import Claim
+from ..framework.claims import Claim, bootstrap_interval
 from ..framework.store import to_number
-from .config import DIGITS_REFERENCE, FAMILIES, KERNELS, SWEEP_ARCHS, SWEEP_MODELS, TARGETS, AdaptiveTangentConfig
+from .alignment_claims import ci, mean
+from .config import SWEEP_ARCHS, SWEEP_MODELS, AdaptiveTangentConfig
 
 
 def parse_rows(rows: list[dict[str, str]], *cols: str) -> list[dict[str, Any]]:
@@ -25,12 +26,6 @@ def parse_rows(rows: list[dict[str, str]], *cols: str) -> list[dict[str, Any]]:
             d[c] = to_number(r[c])
         out.append(d)
     return out
-
-
-def mean(xs: list[float]) -> float:
-    """Mean of the non-NaN values (NaN if none)."""
-    xs = [x for x in xs if x == x]
-    return float(np.mean(xs)) if xs else math.nan
 
 
 @dataclass
@@ -67,215 +62,188 @@ def read_results(store: Any) -> Results:
         training=parse_rows(store.read("training"), "seed", "step", "loss"))
 
 
-@dataclass
-class Alignment:
-    """Alignment values by (seed, family, target, kernel, metric), the seeds and families
-    present, and the mean over seeds per (family, target, kernel)."""
+#: (check prefix, topic, paper, criterion) of the identities of the ``theory`` part.
+THEORY_CLAIMS = (
+    ("Theorem 1", "Theorem 1 (structureless M)",
+     "Theorem 1: a solution has M̂ = I + (s−1)‖β̂‖⁻²β̂β̂ᵀ, θ̂ = θ0 + β̂/s, s = argmin_{z≥1} ω(z) + ‖β̂‖²/z², β̂ the "
+     "ridgeless NTK solution, and K = K0 + (s²−1)‖β̂‖⁻²K_ŷ",
+     "random G 4×10, ω = (v−1)²: direct L-BFGS minimum over all entries of M − closed-form objective in [−1e-9, 1e-6] "
+     "(spec S2: restarts agree to 1e-9), max|GM̂²Gᵀ − K0 − (s²−1)/‖β̂‖² rrᵀ| ≤ 1e-12, constraint residual ≤ 1e-12"),
+    ("diagonal", "App. A.1 (diagonal M)",
+     "App. A.1: with diagonal M the penalty separates; for ω(m) = m² the optimum has m_j² = |β_j| and Ω̃(β) = 2‖β‖₁",
+     "G 14×30, 3-sparse β*: reweighted solver's objective vs 2 × the ℓ1 linear program's minimum, relative error ≤ "
+     "1e-5; objective never increases (≤ 1e-9)"),
+    ("Model A", "Lemma 5 / Theorem 2 on one block",
+     "Lemma 5: min over (M1, M2, W) of Ω_ω1(M1) + Ω_ω2(M2) + ‖W‖²_F s.t. M1WM2 ∈ 𝔅 is attained with shared singular "
+     "vectors, B̂ minimizing Ω̃_{ω1⊕ω2}",
+     "one block of a small tanh network: alternating solver − direct L-BFGS minimum over (M1, M2) ≤ 1e-6 (relative); "
+     "largest objective increase ≤ 1e-10 (relative)"),
+)
 
-    values: dict[tuple, float]
-    seeds: list[Any]
-    fams: list[str]
-    summary_rows: list[dict[str, Any]]
+
+def checks_claim(topic: str, paper: str, rows: list[dict[str, str]], criterion: str) -> Claim:
+    """An identity from rows of the ``checks`` table: ``yes`` when every check held; the value is
+    the largest |measured − reference| / tolerance (≤ 1 when all hold)."""
+    ratios = [abs(float(c["measured"]) - float(c["reference"])) / float(c["tolerance"]) for c in rows]
+    bad = [c["check"] for c in rows if c["held"] != "true"]
+    return Claim(topic, paper, "; ".join(f"{c['check']}: {float(c['measured']):.2e}" for c in rows)
+                 + (f"; failed: {', '.join(bad)}" if bad else ""), kind="identity",
+                 criterion=criterion + "; value = largest |measured − reference| / tolerance",
+                 value=max(ratios), verdict="NO" if bad else "yes")
 
 
-def check_claims(checks: list[dict[str, str]]) -> list[Claim]:
-    """Claims of the deterministic checks (Fig. 2, Proposition 3, Theorem 1, App. A.1, Lemma 5)."""
+def check_claims(checks: list[dict[str, str]], pens: list[dict[str, Any]] | None = None) -> list[Claim]:
+    """Identities of the deterministic checks (Fig. 2, Proposition 3, Theorem 1, App. A.1, Lemma 5)
+    and of Fig. 2's curves (ordering and crossing, from the ``penalties`` table)."""
     claims: list[Claim] = []
     by_part: dict[str, list[dict[str, str]]] = defaultdict(list)
     for c in checks:
-        by_part[c["part"]].append(c)
+        if float(c["tolerance"]) > 0:  # tolerance 0: a value reported for the record, not a check
+            by_part[c["part"]].append(c)
     pen = [c for c in by_part.get("penalties", []) if c["check"].startswith(("w1", "w2", "w3", "joint"))]
     if pen:
-        bad = [c["check"] for c in pen if c["held"] != "true"]
-        worst = max(abs(float(c["measured"]) - float(c["reference"])) for c in pen)
         vals = {c["check"]: float(c["measured"]) for c in pen}
-        claims.append(Claim("Fig. 2 penalty values", "ω̃1, ω̃2, ω̃3 = (ω1⊕ω2)~ at v = 0.1…10 as in the reference table "
-                            "(e.g. v = 5: 6.2465, 4.5260, 3.3674); (ω1⊕ω2)(2, 3, 6) = 0.581, 1.235, 2.965",
-                            f"v = 5: {vals.get('w1(5)', math.nan):.4f}, {vals.get('w2(5)', math.nan):.4f}, "
-                            f"{vals.get('w3(5)', math.nan):.4f}; largest deviation from the table {worst:.1e} "
-                            f"over {len(pen)} values" + (f"; failed: {', '.join(bad)}" if bad else ""),
-                            not bad, "identity"))
+        c = checks_claim("Fig. 2 penalty values", "Fig. 2: effective penalties ω̃1, ω̃2, ω̃3 = (ω1⊕ω2)~ of ω1 = (v−1)², "
+                         "ω2 = |v−1| on v ∈ [0, 5] (values read from the figure and recomputed in the spec: v = 5: "
+                         "6.2465, 4.5260, 3.3674; (ω1⊕ω2)(2, 3, 6) = 0.581, 1.235, 2.965)", pen,
+                         "each of the spec's E1 table values (v = 0.1…10) within 6e-4·max(1, value), the joint "
+                         "penalty at v = 2, 3, 6 within 6e-4")
+        worst = max(abs(float(x["measured"]) - float(x["reference"])) for x in pen)
+        c.measured = (f"v = 5: {vals.get('w1(5)', math.nan):.4f}, {vals.get('w2(5)', math.nan):.4f}, "
+                      f"{vals.get('w3(5)', math.nan):.4f}; largest deviation from the table {worst:.1e} over "
+                      f"{len(pen)} values" + ("; failed: " + c.measured.split("; failed: ")[1]
+                                              if "; failed: " in c.measured else ""))
+        claims.append(c)
+    if pens:
+        claims.append(fig2_shape_claim(pens))
     prop = [c for c in by_part.get("penalties", []) if c not in pen]
     if prop:
-        claims.append(Claim("Proposition 3", "ω̃ ≤ v², ω̃(v) = v² + o(v²) at 0, concave in v² (sub-quadratic tails)",
-                            "; ".join(f"{c['check']} = {float(c['measured']):.2e}" for c in prop),
-                            all(c["held"] == "true" for c in prop), "identity"))
-    th = by_part.get("theory", [])
-    if th:
-        d = {c["check"]: c for c in th}
-        t1 = [c for k, c in d.items() if k.startswith("Theorem 1")]
-        s_, b_, o_ = (float(d[k]["measured"]) for k in ("Theorem 1: s", "Theorem 1: ‖β̂‖",
-                                                         "Theorem 1: closed-form objective ω̃(‖β̂‖)"))
-        claims.append(Claim("Theorem 1 (structureless M)", "closed form M̂ = I + (s−1)β̂β̂ᵀ/‖β̂‖², θ̂ = θ0 + β̂/s "
-                            "equals the direct minimum of Ω(M) + rᵀ(GMMᵀGᵀ)⁻¹r (all restarts agree to "
-                            "1e-9; kernel identity to 1e-15)",
-                            f"G 4×10: ‖β̂‖ = {b_:.4f}, s = {s_:.4f}, objective {o_:.6f}; direct − closed form = "
-                            f"{float(d['Theorem 1: direct L-BFGS min − closed form']['measured']):.1e}; kernel "
-                            f"identity {float(d['Theorem 1: max|GM̂²Gᵀ − K0 − (s²−1)/‖β̂‖² rrᵀ|']['measured']):.1e}",
-                            all(c["held"] == "true" for c in t1), "identity"))
-        dg = [c for k, c in d.items() if k.startswith("diagonal")]
-        claims.append(Claim("App. A.1 (diagonal M)", "ω(m) = m² with diagonal M gives Ω̃ = 2‖β‖₁ (reweighted solver "
-                            "= ℓ1 LP)", "; ".join(f"{c['check']}: {float(c['measured']):.1e}" for c in dg),
-                            all(c["held"] == "true" for c in dg), "identity"))
-        ma = [c for k, c in d.items() if k.startswith("Model A")]
-        claims.append(Claim("Lemma 5 / Theorem 2 on one block", "alternating solver ≤ direct bilinear minimization + "
-                            "1e-2, monotone", "; ".join(f"{c['check']}: {float(c['measured']):.1e}"
-                                                                  for c in ma),
-                            all(c["held"] == "true" for c in ma), "identity"))
-
+        claims.append(checks_claim(
+            "Proposition 3", "Proposition 3: 'v² ↦ ω̃(v) is an increasing concave function, and ω̃(v) = v² + o(v²) as "
+            "v → 0' (Fig. 2: 'All are sub-quadratic, yet all behave like v² near v = 0')", prop,
+            "on u = v² ∈ [0.01, 25] (400 points), ω ∈ {(v−1)², |v−1|} and the joint: largest second difference in "
+            "v² ≤ 1e-9 (concave), max(ω̃ − v²) ≤ 1e-12, |ω̃(1e-3)/1e-6 − 1| ≤ 1e-2"))
+    d = {c["check"]: c for c in by_part.get("theory", [])}
+    for prefix, topic, paper, criterion in THEORY_CLAIMS:
+        rows = [c for k, c in d.items() if k.startswith(prefix)]
+        if rows:
+            claims.append(checks_claim(topic, paper, rows, criterion))
     return claims
 
 
-def alignment_summary(align: list[dict[str, Any]]) -> Alignment:
-    """Index the ``alignment`` rows and average them over seeds."""
-    A: dict[tuple, float] = {(r["seed"], r["family"], r["target"], r["kernel"], r["metric"]): r["value"] for r in align}
-    seeds = sorted({r["seed"] for r in align})
-    fams = [f for f in FAMILIES if any(r["family"] == f for r in align)]
-    summary_rows = []
-    for fam in fams:
-        for tgt in TARGETS:
-            for kern in KERNELS:
-                vals = {m: mean([A.get((s, fam, tgt, kern, m), math.nan) for s in seeds])
-                        for m in ("cos", "cka", "norm_ratio", "lsq_a", "lsq_c", "lsq_residual", "diag_ratio")}
-                summary_rows.append({"family": fam, "target": tgt, "kernel": kern, **vals})
-    return Alignment(A, seeds, fams, summary_rows)
-
-
-def alignment_claims(cfg: AdaptiveTangentConfig, align: list[dict[str, Any]], quad: list[dict[str, Any]],
-                     al: Alignment) -> list[Claim]:
-    """Claims of Figs. 1 and 3 and of the average-feature identity (§1.2)."""
-    claims: list[Claim] = []
-    A, seeds, fams = al.values, al.seeds, al.fams
-    if align:
-        for fam in fams:
-            idents = [r["value"] for r in align if r["metric"] == "identity_rel_error" and r["family"] == fam]
-            mses = [r["value"] for r in align if r["metric"] == "train_mse" and r["family"] == fam]
-            claims.append(Claim(f"§1.2 average-feature identity ({fam} targets)",
-                                "f_θ̂ − f_θ0 = ∇̄f (θ̂ − θ0); the 50-point linspace mean is accurate to < 1e-2 "
-                                "(reference run, paper-protocol targets: 4.5e-3, 3.2e-3)",
-                                f"{cfg.quadrature} × {cfg.quadrature_points}: relative error max {max(idents):.2e} "
-                                f"over {len(idents)} trained networks (final training MSE ≤ {max(mses):.1e})",
-                                max(idents) < 1e-2 if cfg.quadrature_points >= 50 else None))
-        slopes = []
-        for key in sorted({(r["seed"], r["family"], r["target"]) for r in quad}):
-            pts = sorted((r["n"], r["rel_error"]) for r in quad if (r["seed"], r["family"], r["target"]) == key)
-            if len(pts) >= 2 and pts[0][1] > 0 and pts[-1][1] > 0:
-                slopes.append(math.log(pts[-1][1] / pts[0][1]) / math.log(pts[-1][0] / pts[0][0]))
-        if slopes and cfg.quadrature in ("linspace", "left"):
-            claims.append(Claim("§1.2 quadrature convergence", "the endpoint-inclusive mean converges like 1/T "
-                                "(expected)",
-                                f"log-log slope of the relative error vs T: median {float(np.median(slopes)):.2f} "
-                                f"(range {min(slopes):.2f} … {max(slopes):.2f}) over {len(slopes)} networks",
-                                all(-1.3 <= sl <= -0.7 for sl in slopes)))
-        for fam in fams:
-            c0 = [A.get((s, fam, t, "K0", "cos"), math.nan) for s in seeds for t in TARGETS]
-            cb = [A.get((s, fam, t, "Kbar", "cos"), math.nan) for s in seeds for t in TARGETS]
-            cf = [A.get((s, fam, t, "Kfinal", "cos"), math.nan) for s in seeds for t in TARGETS]
-            held = all(b > a and f > a for a, b, f in zip(c0, cb, cf))
-            claims.append(Claim(f"Fig. 1: training aligns the kernel ({fam} targets)",
-                                "cos(K̄, K_ŷ) and cos(K_final, K_ŷ) exceed cos(K0, K_ŷ)",
-                                f"mean cos K0 {mean(c0):.3f}, K̄ {mean(cb):.3f}, K_final {mean(cf):.3f} "
-                                f"({len(c0)} networks)", held))
-            for kern, label in (("Kbar", "K̄"), ("Kfinal", "K_final")):
-                gaps = [A.get((s, fam, "sign", kern, "cos"), math.nan) - A.get((s, fam, "y", kern, "cos"), math.nan)
-                        for s in seeds]
-                ny, ns = (mean([A.get((s, fam, t, kern, "cos"), math.nan) for s in seeds]) for t in TARGETS)
-                ref = DIGITS_REFERENCE[fam].get(kern)
-                wins = sum(g > 0 for g in gaps)
-                need = len(gaps) if len(gaps) < 4 else math.ceil(0.75 * len(gaps))
-                claims.append(Claim(f"Fig. 1: harder target, higher alignment ({label}, {fam} targets)",
-                                    f"cos({label}, K_ŷ) higher for sign(y) than for y (paper MNIST 0.17 → 0.40 for K̄; "
-                                    f"reference on digits {ref[0]:.3f} → {ref[1]:.3f})" if ref else
-                                    f"cos({label}, K_ŷ) higher for sign(y) than for y",
-                                    f"y {ny:.3f} → sign(y) {ns:.3f}; sign higher in {wins}/{len(gaps)} seeds "
-                                    f"(gaps {', '.join(f'{g:+.3f}' for g in gaps)})", wins >= need))
-            dr = [(A.get((s, fam, "y", "Kbar", "diag_ratio"), math.nan),
-                   A.get((s, fam, "sign", "Kbar", "diag_ratio"), math.nan)) for s in seeds]
-            wins = sum(b > a for a, b in dr)
-            ref = DIGITS_REFERENCE[fam]["diag"]
-            claims.append(Claim(f"Fig. 3: diagonal of K̄ amplified near y ≈ 0 for sign(y) ({fam} targets)",
-                                f"mean diag K̄ over the {cfg.near_fraction:.0%} smallest |y| / over the largest |y| is "
-                                f"larger for sign(y) than for y (reference on digits {ref[0]:.2f} → {ref[1]:.2f})",
-                                f"y {mean([a for a, _ in dr]):.3f} → sign(y) {mean([b for _, b in dr]):.3f}; "
-                                f"larger in {wins}/{len(dr)} seeds", wins == len(dr) and mean([b for _, b in dr]) > 1))
-            res = [A.get((s, fam, "y", "Kbar", "lsq_residual"), math.nan) for s in seeds]
-            res_sign = [A.get((s, fam, "sign", "Kbar", "lsq_residual"), math.nan) for s in seeds]
-            aa = mean([A.get((s, fam, "y", "Kbar", "lsq_a"), math.nan) for s in seeds])
-            cc = mean([A.get((s, fam, "y", "Kbar", "lsq_c"), math.nan) for s in seeds])
-            claims.append(Claim(f"Fig. 1: K̄ ≈ a K0 + c K_ŷ for linear targets ({fam} family)",
-                                "for the linear targets y, K̄ looks like a combination of K0 and K_ŷ (reference "
-                                "run: 2.09 K0 + 0.37 K_ŷ, relative residual ≈ 10%); for sign(y) more structure remains",
-                                f"y: K̄ ≈ {aa:.2f} K0 + {cc:.2f} K_ŷ, relative residual mean {mean(res):.1%} (max "
-                                f"{max(res):.1%}); sign(y): residual mean {mean(res_sign):.1%}", max(res) < 0.2))
-    return claims
+def fig2_shape_claim(pens: list[dict[str, Any]]) -> Claim:
+    """Fig. 2's ordering for large v (ω̃1 > ω̃2 > ω̃3 at v = 5) and the crossing of ω̃1 and ω̃2
+    (spec E1: near v ≈ 2.4), from the tabulated curves."""
+    curve = {k: dict((r["v"], r["value"]) for r in pens if r["penalty"] == k) for k in ("w1", "w2", "w3")}
+    v = np.array(sorted(set(curve["w1"]) & set(curve["w2"]) & set(curve["w3"])))
+    w1, w2, w3 = (np.array([curve[k][x] for x in v]) for k in ("w1", "w2", "w3"))
+    d = w1 - w2
+    idx = [i for i in range(1, len(v)) if v[i - 1] > 1 and d[i - 1] < 0 <= d[i]]
+    cross = float(v[idx[0] - 1] - d[idx[0] - 1] * (v[idx[0]] - v[idx[0] - 1]) / (d[idx[0]] - d[idx[0] - 1])) \
+        if idx else math.nan
+    ordered = bool(w1[-1] > w2[-1] > w3[-1])
+    err = abs(cross - 2.4) if ordered else math.inf
+    c = Claim.identity("Fig. 2 shape: ordering and crossing",
+                       "Fig. 2: effective penalties of (v−1)², |v−1| and their joint; spec E1: 'Ordering for large v: "
+                       "ω̃1 > ω̃2 > ω̃3', 'The ω̃1 and ω̃2 curves cross near v ≈ 2.4'",
+                       f"at v = {v[-1]:g}: {w1[-1]:.3f} > {w2[-1]:.3f} > {w3[-1]:.3f} is {ordered}; ω̃1 − ω̃2 changes "
+                       f"sign at v = {cross:.3f} (linear interpolation on the 0.05 grid)", err, 0.05,
+                       criterion="ω̃1 > ω̃2 > ω̃3 at v = 5 and |crossing of ω̃1, ω̃2 on v > 1 − 2.4| ≤ 0.05")
+    return c
 
 
 def solver_claims(smet: list[dict[str, Any]]) -> list[Claim]:
-    """Claims of the Model A solver (Theorem 2) on the first seed's networks."""
+    """Claims of the Model A solver (Theorem 2) on the first seed's networks (one realization per
+    target: no interval)."""
     claims: list[Claim] = []
     S: dict[tuple, float] = {(r["family"], r["target"], r["metric"]): r["value"] for r in smet}
-    if smet:
-        pairs = sorted({(r["family"], r["target"]) for r in smet})
-        below = all(S[(f, t, "final_objective")] < S[(f, t, "ntk_objective")] for f, t in pairs)
-        mono = max(S[(f, t, "max_increase")] / S[(f, t, "ntk_objective")] for f, t in pairs)
-        claims.append(Claim("Theorem 2 solver: objective below the NTK value",
-                            "the Model A solution's objective is below the ridgeless NTK value rᵀK0⁻¹r (reference run: "
-                            "59.5 → 42.9 for y, 48.6 → 35.9 for sign(y)); alternating steps never increase it",
-                            "; ".join(f"{f}/{t}: {S[(f, t, 'ntk_objective')]:.1f} → {S[(f, t, 'final_objective')]:.1f}"
-                                      for f, t in pairs) + f"; largest relative increase {mono:.1e}",
-                            below and mono <= 1e-9, "identity"))
-        lows = []
-        for f, t in pairs:
-            layers = sorted({int(k[2].split("_")[0][5:]) for k in S if k[0] == f and k[1] == t
-                             and k[2].endswith("_adaptive_top1_energy")})
-            for la in layers:
-                lows.append((f, t, la, S[(f, t, f"layer{la}_ntk_top1_energy")],
-                             S[(f, t, f"layer{la}_adaptive_top1_energy")]))
-        held = all(b >= a - 1e-12 for *_, a, b in lows)
-        claims.append(Claim("Theorem 2: B̂ approximately low rank",
-                            "the leading singular values of B̂_ℓ are amplified relative to the rest (group "
-                            "approximately-"
-                            "low-rank penalty)", "top singular value's share of ‖B_ℓ‖²_F, NTK → adaptive: "
-                            + "; ".join(f"{f}/{t} L{la} {a:.2f}→{b:.2f}" for f, t, la, a, b in lows), held))
-        for fam in sorted({f for f, _ in pairs}):
-            if (fam, "y", "norm_ratio") in S and (fam, "sign", "norm_ratio") in S:
-                a, b = S[(fam, "y", "norm_ratio")], S[(fam, "sign", "norm_ratio")]
-                claims.append(Claim(f"Theorem 2: kernel change grows with difficulty ({fam} targets)",
-                                    "‖K_adapted‖/‖K0‖ larger for the harder target (reference run: 6.0 vs 14.4 on "
-                                    "the hard digits targets; 1.11 vs 1.11 on the easy paper targets)",
-                                    f"y {a:.2f} vs sign(y) {b:.2f}; rᵀK0⁻¹r {S[(fam, 'y', 'ntk_objective')]:.1f} vs "
-                                    f"{S[(fam, 'sign', 'ntk_objective')]:.1f}",
-                                    b > a if S[(fam, "sign", "ntk_objective")] > S[(fam, "y", "ntk_objective")]
-                                    else None))
+    if not smet:
+        return claims
+    pairs = sorted({(r["family"], r["target"]) for r in smet})
+    mono = max(S[(f, t, "max_increase")] / S[(f, t, "ntk_objective")] for f, t in pairs)
+    above = max((S[(f, t, "final_objective")] - S[(f, t, "ntk_objective")]) / S[(f, t, "ntk_objective")]
+                for f, t in pairs)
+    claims.append(Claim.identity(
+        "Theorem 2 solver: objective ≤ the NTK value, monotone",
+        "Theorem 2 reduces eq. (1) under Model A to a linearly constrained problem over (B_ℓ); M = I (the "
+        "ridgeless NTK solution, objective rᵀK0⁻¹r) is feasible, so the minimum is no larger; each alternating step is "
+        "an exact block minimization (spec §1.14-C)",
+        "; ".join(f"{f}/{t}: {S[(f, t, 'ntk_objective')]:.1f} → {S[(f, t, 'final_objective')]:.1f}" for f, t in pairs)
+        + f"; largest relative increase over a half step {mono:.1e}", max(mono, above, 0.0), 1e-9,
+        criterion="max over targets of the relative increase of the objective over any half step and of (final − "
+                  "NTK value)/NTK value ≤ 1e-9"))
+    lows = []
+    for f, t in pairs:
+        layers = sorted({int(k[2].split("_")[0][5:]) for k in S if k[0] == f and k[1] == t
+                         and k[2].endswith("_adaptive_top1_energy")})
+        for la in layers:
+            a, b = S[(f, t, f"layer{la}_ntk_top1_energy")], S[(f, t, f"layer{la}_adaptive_top1_energy")]
+            if a < 1 - 1e-12:  # a vector block (the last layer, C = 1) has one singular value: share 1 always
+                lows.append((f, t, la, a, b))
+    if lows:
+        gain = min(b - a for *_, a, b in lows)
+        claims.append(Claim.compare(
+            "Theorem 2: B̂ approximately low rank",
+            "Theorem 2: B̂_ℓ minimizes a 'group approximately-low-rank penalty' Σ_j (ω⊕ω)~(σ_j(B_ℓ)), sub-quadratic "
+            "for large singular values (spec S4: 'B̂ much closer to low rank than the NTK solution')",
+            "top singular value's share of ‖B_ℓ‖²_F at least the NTK solution's, for every matrix block (layers with "
+            "min(P_ℓ, Q_ℓ) > 1) and target; value = the smallest adaptive − NTK share ≥ 0 (first seed only: the "
+            "solver runs on one network per target)",
+            "share NTK → adaptive: " + "; ".join(f"{f}/{t} L{la} {a:.2f}→{b:.2f}" for f, t, la, a, b in lows),
+            gain, ">=", 0.0))
+    for fam in sorted({f for f, _ in pairs}):
+        if (fam, "y", "norm_ratio") in S and (fam, "sign", "norm_ratio") in S:
+            a, b = S[(fam, "y", "norm_ratio")], S[(fam, "sign", "norm_ratio")]
+            harder = S[(fam, "sign", "ntk_objective")] > S[(fam, "y", "ntk_objective")]
+            claims.append(Claim.compare(
+                f"Theorem 2: kernel change grows with difficulty ({fam} targets)",
+                "§3.2: sign(y) 'should require larger values of B̂_ℓ, which will result in more change to the adapted "
+                "kernel' (spec S6: ‖K_adapt‖/‖K0‖ 6.0 for y vs 14.4 for sign(y) on the hard digits targets)",
+                "‖K_adapted‖/‖K0‖ for sign(y) over that for y > 1 (first seed); n/a when sign(y) is not the harder "
+                "target by rᵀK0⁻¹r (then the premise does not hold)",
+                f"y {a:.2f} vs sign(y) {b:.2f}; rᵀK0⁻¹r {S[(fam, 'y', 'ntk_objective')]:.1f} vs "
+                f"{S[(fam, 'sign', 'ntk_objective')]:.1f}", b / a if harder else math.nan, ">", 1.0))
     return claims
 
 
-def sweep_claims(cfg: AdaptiveTangentConfig, sweep_rows: list[dict[str, Any]]) -> list[Claim]:
-    """Claims of the preprint's Fig. 4 from :func:`sweep_summary` rows."""
+def sweep_claims(cfg: AdaptiveTangentConfig, sweep: list[dict[str, Any]]) -> list[Claim]:
+    """Claims of the preprint's Fig. 4 from the raw ``sweep`` rows: paired per-seed differences
+    of the best test error (same seed: same subsample and initialization), the smallest mean
+    difference over the sizes, with a bootstrap interval resampling the seeds of each size."""
     claims: list[Claim] = []
     ref = {"mlp": "MNIST MLP n = 125: 0.068 < 0.140 < 0.187", "cnn": "CIFAR-10 CNN n = 125: 0.544 < 0.613 < 0.697"}
-    for arch in [a for a in SWEEP_ARCHS if any(r["arch"] == a for r in sweep_rows)]:
-        mean_err = {(r["n_train"], r["model"]): r["mean"] for r in sweep_rows if r["arch"] == arch}
-        ns = sorted({k[0] for k in mean_err})
+    err: dict[tuple, float] = {(r.get("arch") or "mlp", r["n_train"], r["seed"], r["model"]): r["value"]
+                               for r in sweep if r["metric"] == "test_error"}
+    for arch in [a for a in SWEEP_ARCHS if any(k[0] == a for k in err)]:
         label = {"mlp": "MLP", "cnn": "CNN"}[arch]
-        if not all((n, m) in mean_err for n in ns for m in SWEEP_MODELS):
+        ns = sorted({k[1] for k in err if k[0] == arch})
+        seeds = sorted({k[2] for k in err if k[0] == arch})
+        if not all((arch, n, s, m) in err for n in ns for s in seeds for m in SWEEP_MODELS):
             continue
-        std_best = all(mean_err[(n, "standard")] <= min(mean_err[(n, "fixed")], mean_err[(n, "adaptive")])
-                       for n in ns)
-        claims.append(Claim(f"Fig. 4 (preprint, {label} on {cfg.sweep_dataset}): the standard network is best",
-                            f"test error NN < Adaptive < Fixed ({ref[arch]})",
-                            "; ".join(f"n={int(n)}: NN {mean_err[(n, 'standard')]:.3f}, adaptive "
-                                      f"{mean_err[(n, 'adaptive')]:.3f}, fixed {mean_err[(n, 'fixed')]:.3f}"
-                                      for n in ns), std_best))
-        wins = sum(mean_err[(n, "adaptive")] < mean_err[(n, "fixed")] for n in ns)
-        claims.append(Claim(f"Fig. 4 (preprint, {label} on {cfg.sweep_dataset}): adaptive beats fixed tangent "
-                            "features",
-                            "adaptive (factorized) < fixed (linearized) test error at small and medium n, ≈ 4–8× "
-                            "sample-complexity gain"
-                            + (" (not reproduced on 8×8 digits with depth 3)" if arch == "mlp" else ""),
-                            f"adaptive better at {wins}/{len(ns)} sizes"
-                            + (f" (conv kernels factorized: {cfg.sweep_conv_factors})" if arch == "cnn" else ""),
-                            wins == len(ns)))
+        nseeds = f"{len(seeds)} seed(s) per size"
+        for topic, paper, crit, diff in (
+            ("the standard network is best", f"Fig. 4 (arXiv v1/v2, the authors' repo): test error NN < Adaptive < "
+             f"Fixed at every n ({ref[arch]})",
+             "min(fixed, adaptive) − standard test error",
+             lambda n, s: (min(err[(arch, n, s, "fixed")], err[(arch, n, s, "adaptive")])
+                           - err[(arch, n, s, "standard")])),
+            ("adaptive beats fixed tangent features", "Fig. 4 (arXiv v1 abstract): 'an adaptive feature implementation "
+             "of tangent feature classification has an order of magnitude lower sample complexity than the fixed "
+             f"tangent feature model'; adaptive < fixed test error at small and medium n ({ref[arch]})"
+             + (" (spec S7: not reproduced on 8×8 digits with depth 3)" if arch == "mlp" else ""),
+             "fixed − adaptive test error",
+             lambda n, s: err[(arch, n, s, "fixed")] - err[(arch, n, s, "adaptive")]),
+        ):
+            groups = [np.array([diff(n, s) for s in seeds]) for n in ns]
+            m, lo, hi = bootstrap_interval(lambda *gs: min(float(np.mean(g)) for g in gs), *groups, seed=cfg.seed)
+            per_n = "; ".join(f"n={int(n)}: {float(np.mean(g)):+.3f}" for n, g in zip(ns, groups))
+            claims.append(Claim.compare(
+                f"Fig. 4 (preprint, {label} on {cfg.sweep_dataset}): {topic}", paper,
+                f"per seed, {crit} (paired: same subsample and init); the smallest over n ∈ "
+                f"{{{', '.join(str(int(n)) for n in ns)}}} of its mean over {nseeds} > 0, with a 95% percentile "
+                "bootstrap interval (seeds resampled per size)"
+                + (f"; conv kernels factorized: {cfg.sweep_conv_factors}" if arch == "cnn" else ""),
+                f"smallest mean difference {ci(m, lo, hi)}; per size {per_n}", m, ">", 0.0, low=lo, high=hi))
     return claims
 
 

@@ -8,17 +8,8 @@ from typing import Any
 import numpy as np
 
 from ..framework.report import FigureSpec, ReportContent, TableSpec
-from .claims import (
-    Alignment,
-    Results,
-    alignment_claims,
-    alignment_summary,
-    check_claims,
-    read_results,
-    solver_claims,
-    sweep_claims,
-    sweep_summary,
-)
+from .alignment_claims import Alignment, alignment_claims, alignment_summary
+from .claims import Results, check_claims, read_results, solver_claims, sweep_claims, sweep_summary
 from .config import KERNELS, SWEEP_ARCHS, SWEEP_MODELS, TARGETS, TITLE, AdaptiveTangentConfig
 
 
@@ -29,8 +20,8 @@ def build_report(cfg: AdaptiveTangentConfig, store: Any) -> ReportContent:
     al = alignment_summary(res.align)
     summary_rows = al.summary_rows
     sweep_rows = sweep_summary(res.sweep)
-    claims = (check_claims(checks) + alignment_claims(cfg, res.align, res.quad, al) + solver_claims(smet)
-              + sweep_claims(cfg, sweep_rows))
+    claims = (check_claims(checks, res.pens) + alignment_claims(cfg, res.align, res.quad, al) + solver_claims(smet)
+              + sweep_claims(cfg, res.sweep))
     summary = [f"dataset {cfg.dataset} (2 vs 3, {cfg.normalization} normalization), MLP width {cfg.width}, "
                f"{cfg.seeds} seed(s), {cfg.train_steps} GD steps, quadrature {cfg.quadrature} × "
                f"{cfg.quadrature_points}."]

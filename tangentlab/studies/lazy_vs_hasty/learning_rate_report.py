@@ -201,8 +201,12 @@ def lr_figure(cfg: LazyVsHastyConfig, hists: LrHistories) -> FigureSpec:
             ms = sorted(cfg.lr_milestones, reverse=True)
             axes[2].plot(ms, [np.nanmean([_value(hists, s, a, f, m, LIN[0]) for s in seeds]) for m in ms], style + "o",
                          color=col)
-        for ax, t in zip(axes, ("noisy examples (noisy labels)", "test", "sign similarity (seed mean)")):
-            ax.set_xscale("log")
+        titles = ("noisy examples (noisy labels)", "test", "sign similarity (seed mean)")
+        for i, (ax, t) in enumerate(zip(axes, titles)):
+            if i < 2:
+                ax.set_xscale("log")
+            else:
+                ax.set_xticks(sorted(cfg.lr_milestones))
             ax.invert_xaxis()
             ax.set_xlabel("clean training loss")
             ax.set_title(t, fontsize=9)

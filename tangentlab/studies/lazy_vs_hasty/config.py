@@ -8,11 +8,15 @@ Tables (tidy, one row per value):
 * ``cscores``: the C-score, tie-break score and decile of every training example;
 * ``quadratic``: per-group squared-error curves of the quadratic model and its 2-layer counterpart;
 * ``quadratic_checks``: closed form vs gradient flow, learning orders, hard-group gaps;
+* ``lr_curves``: part lr (App. C.5): α = 1 at several learning rates and the α-scaled runs, probed at a
+  fixed step period until the clean training loss reaches the last milestone
+  (``seed, alpha, lr_factor, probe, step, group, metric, value``; group ``check``: the first-step identities);
 * ``units``: finished work units (a killed run resumes at the first unfinished one).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -23,7 +27,7 @@ from ..framework.config import Preset, StudyConfig, option
 from .data import read_celeba, read_waterbirds
 
 TITLE = "Lazy vs hasty: linearized vs non-linear training (thesis ch. 5)"
-PARTS = ("toy", "cscores", "noise", "spurious", "quadratic")
+PARTS = ("toy", "cscores", "noise", "lr", "spurious", "quadratic")
 CURVE_COLUMNS = ["part", "seed", "alpha", "probe", "step", "group", "metric", "value"]
 CURVE_KEY = ["part", "seed", "alpha", "probe", "group", "metric"]
 MAP_COLUMNS = ["seed", "milestone", "ix", "iy", "x1", "x2", "delta_loss"]
@@ -35,6 +39,8 @@ QUAD_COLUMNS = ["example", "seed", "source", "regime", "t", "group", "value"]
 QUAD_KEY = ["example", "seed", "source", "regime", "t", "group"]
 CHECK_COLUMNS = ["example", "seed", "source", "metric", "threshold", "value"]
 CHECK_KEY = ["example", "seed", "source", "metric", "threshold"]
+LR_COLUMNS = ["seed", "alpha", "lr_factor", "probe", "step", "group", "metric", "value"]
+LR_KEY = ["seed", "alpha", "lr_factor", "probe", "group", "metric"]
 UNIT_COLUMNS = ["unit", "seconds"]
 #: Relative tolerance of closed form vs numerical gradient flow.
 ODE_TOL = 1e-8
@@ -55,13 +61,15 @@ class LazyVsHastyConfig(StudyConfig):
             "toy_milestones": (0.66, 0.63), "cscore_subsets": 2, "cscore_ratios": (0.5,), "hidden": (24,),
             "steps_alpha1": 40, "steps_alpha100": 80, "steps_alpha05": 30, "batch_size": 64,
             "n_linearity": 10, "linearity_every": 3, "quad_seeds": 2, "quad_points": 40, "quad_d": 24,
-            "mlp_seeds": 1, "mlp_steps": (40, 200), "mlp_d": 24}),
+            "mlp_seeds": 1, "mlp_steps": (40, 200), "mlp_d": 24, "lr_seeds": 2, "lr_factors": (1.0, 0.25),
+            "lr_alphas": (2.0, 100.0), "lr_milestones": (1.5, 1.0), "lr_max_steps": 400}),
         "paper": Preset("thesis scale: BN-free ResNet-18 on CIFAR-10 (C-scores from data_dir), 100 toy seeds; GPU", {
             "dataset": "cifar10", "model": "resnet18", "device": "cuda", "dtype": "float32", "toy_seeds": 100,
             "toy_grid": 60, "toy_max_steps": 25000, "toy_milestones": (0.5, 0.4, 0.3), "lr": 0.01,
             "batch_size": 125, "steps_alpha1": 64000, "steps_alpha100": 320000, "steps_alpha05": 64000,
             "n_linearity": 100, "linearity_every": 5, "quad_seeds": 20, "mlp_seeds": 20, "eval_per_group": 1000,
-            "parts": ("toy", "cscores", "noise", "quadratic")}, needs_gpu=True),
+            "lr_factors": (1.0, 0.3, 0.01, 1e-4), "lr_alphas": (100.0,),
+            "parts": ("toy", "cscores", "noise", "lr", "quadratic")}, needs_gpu=True),
         "waterbirds": Preset("Fig. 5.3 bottom: Waterbirds from data_dir, 64x64, BN-free ResNet-18 from scratch "
                              "(the thesis: ImageNet-pretrained, 224x224); GPU", {
             "spurious_dataset": "waterbirds", "model": "resnet18", "image_size": 64, "device": "cuda",
@@ -120,6 +128,18 @@ class LazyVsHastyConfig(StudyConfig):
     eval_per_group: int = option(0, "examples evaluated per group at each probe (0: all; paper: 1000)", min=0)
     n_linearity: int = option(100, "held-out examples of the linearity metrics", min=2)
     linearity_every: int = option(5, "linearity metrics at every k-th probe", min=1)
+    # learning rate vs α (App. C.5, Fig. C.1)
+    lr_seeds: int = option(5, "seeds of part lr (initialization, noisy labels and minibatch order)", min=1)
+    lr_factors: tuple[float, ...] = option((1.0, 0.1, 0.01), "part lr: α = 1 trained with lr × each factor (thesis: "
+                                           "0.01, 0.003, 1e-4, 1e-6, i.e. factors 1, 0.3, 0.01, 1e-4)",
+                                           min=1e-12, max=1.0)
+    lr_alphas: tuple[float, ...] = option((10.0, 100.0), "part lr: α-scaled runs at lr/α²; one α must have lr/α² "
+                                          "= lr × min(lr_factors) (the same rescaled lr), the largest is the α "
+                                          "comparator of Fig. 5.2", min=1.0)
+    lr_milestones: tuple[float, ...] = option((1.0, 0.6, 0.3), "part lr: clean training losses at which the runs "
+                                              "are compared; a run stops at the smallest", min=1e-6)
+    lr_max_steps: int = option(1500, "part lr: step budget at lr (× √α / factor for the other runs)", min=1)
+    lr_eval_every: int = option(2, "part lr: evaluation period at lr (÷ factor for the smaller lrs)", min=1)
     # quadratic model
     quad_seeds: int = option(5, "seeds of examples 2 and 3", min=1)
     quad_points: int = option(250, "time points of the Fig. 5.4 curves", min=10)
@@ -142,7 +162,13 @@ class LazyVsHastyConfig(StudyConfig):
         if not self.mlp_alphas[0] < self.mlp_alphas[1]:
             raise self.error("mlp_alphas", f"{self.mlp_alphas}: the non-linear α must be the smaller one",
                              "(small, large)")
-        ds_parts = {"cscores", "noise"} & set(self.parts)
+        if "lr" in self.parts:
+            matched = 1.0 / math.sqrt(min(self.lr_factors))
+            if 1.0 not in self.lr_factors or not any(math.isclose(a, matched, rel_tol=1e-9) for a in self.lr_alphas):
+                raise self.error("lr_alphas", f"part lr needs factor 1 in lr_factors {self.lr_factors} and the α "
+                                 f"{matched:g} = 1/√min(lr_factors) in lr_alphas {self.lr_alphas}",
+                                 f"e.g. lr_factors=1,0.1,0.01 and lr_alphas={matched:g},100")
+        ds_parts = {"cscores", "noise", "lr"} & set(self.parts)
         if self.dataset != "digits" and ds_parts:
             self._check_files(self.dataset)
         if self.spurious_dataset != "digits" and "spurious" in self.parts:

@@ -25,6 +25,7 @@ from .claims import (
 )
 from .config import CHECK_COLUMNS, TITLE, LazyVsHastyConfig
 from .data import DISK_RADIUS, DISKS
+from .learning_rate_report import LIN, lr_figure, read_lr, summary_rows
 
 
 def toy_figure(toy: ToySummary) -> FigureSpec:
@@ -206,6 +207,17 @@ def build_report(cfg: LazyVsHastyConfig, store) -> ReportContent:
     for part in ("cscores", "noise", "spurious"):
         if part in cfg.parts and len(final_linearity(hists, part)) == 2:
             figures.append(linearity_figure(hists, part))
+    if "lr" in cfg.parts:
+        lr_hists, _ = read_lr(store)
+        summary.append(f"Learning rate vs α (App. C.5): label noise {cfg.noise_fraction:g}, {cfg.lr_seeds} seeds; "
+                       f"α = 1 at lr {cfg.lr:g} × {list(cfg.lr_factors)}, α ∈ {list(cfg.lr_alphas)} at lr/α²; "
+                       f"every run stops at clean training loss {min(cfg.lr_milestones):g}; compared at "
+                       f"{list(cfg.lr_milestones)}.")
+        tables.append(TableSpec("Learning rate vs α: seed means at equal clean loss (lr = SGD step size)",
+                                ["alpha", "lr", "milestone", "steps", "noisy_loss", "test_loss", "noisy_acc",
+                                 "test_acc", *(k.split("/")[1] for k in LIN)], summary_rows(cfg, lr_hists),
+                                link="tables/lr_curves.csv"))
+        figures.append(lr_figure(cfg, lr_hists))
     if "quadratic" in cfg.parts:
         checks = store.read("quadratic_checks")
         summary.append(f"Quadratic model: σ = {cfg.quad_sigma:g}; Ex 1 μ = [9, 8, 7, 6, 5]; Ex 2/3 n = 20, q = 5, "

@@ -39,6 +39,8 @@ from .config import (
     CSCORE_COLUMNS,
     CURVE_COLUMNS,
     CURVE_KEY,
+    LR_COLUMNS,
+    LR_KEY,
     MAP_COLUMNS,
     MAP_KEY,
     MILESTONE_COLUMNS,
@@ -62,6 +64,7 @@ from .data import (
     yin_yang_label,
 )
 from .figures import build_report
+from .learning_rate import first_step_checks, lr_regimes, matched_alpha, train_to_milestones
 from .quadratic import (
     QuadraticModel,
     example1,
@@ -114,7 +117,8 @@ class LazyVsHasty(Study):
     def run(self) -> None:
         """The configured parts, in the order of :data:`~.config.PARTS`."""
         runners: dict[str, Callable[[], None]] = {"toy": self.run_toy, "cscores": self.run_cscores,
-                                                  "noise": self.run_noise, "spurious": self.run_spurious,
+                                                  "noise": self.run_noise, "lr": self.run_lr,
+                                                  "spurious": self.run_spurious,
                                                   "quadratic": self.run_quadratic}
         for part in PARTS:
             if part in self.config.parts:
@@ -386,6 +390,40 @@ class LazyVsHasty(Study):
 
         self.train_regimes(curves, "noise", ((1.0, 2 * cfg.steps_alpha1), (100.0, (4 * cfg.steps_alpha100) // 3)),
                             net0, x, yn, ce, evaluate, probe, cfg.seed + 4)
+
+    # ---- part lr: the learning rate is not α ---------------------------------------------------------
+    def run_lr(self) -> None:
+        """App. C.5 (Fig. C.1): per seed, the label-noise setting with α = 1 at ``lr × lr_factors`` and the
+        α-scaled runs at lr/α², to the clean-loss milestones (:mod:`.learning_rate`), and the first-step checks."""
+        cfg = self.config
+        table = self.store.table("lr_curves", LR_COLUMNS, LR_KEY)
+        x, y, xt, yt = self._data()
+        for seed in range(cfg.lr_seeds):
+            unit = f"lr/{seed}"
+            if not self._take(unit):
+                continue
+            t0 = time.perf_counter()
+            yn, noisy = flip_labels(y.cpu(), cfg.noise_fraction, 10, cfg.seed * 1000 + 29 + seed)
+            yn, noisy = yn.to(self.device), noisy.to(self.device)
+            net0 = self._init_net(cfg.seed * 1000 + 31 + seed, x.shape[1], 10, cfg.hidden, x.dtype)
+            probe = self._lin_probe(net0, xt)
+
+            def evaluate(model: nn.Module) -> dict[str, float]:
+                vals = group_metrics(self._outputs(model, x), yn, {"clean": ~noisy, "noisy": noisy})
+                everyone = torch.ones_like(yt, dtype=torch.bool)
+                vals.update(group_metrics(self._outputs(model, xt), yt, {"test": everyone}))
+                return vals
+
+            first = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:cfg.batch_size]
+            checks = first_step_checks(net0, matched_alpha(cfg), cfg.lr, cfg.momentum, x[first.to(x.device)],
+                                       yn[first.to(x.device)], xt[:cfg.n_linearity], ce, cfg.subtract_initial_output)
+            rows = [{"seed": seed, "alpha": matched_alpha(cfg), "lr_factor": min(cfg.lr_factors), "probe": -1,
+                     "step": 0, "group": "check", "metric": k, "value": v} for k, v in checks.items()]
+            for alpha, factor in progress(lr_regimes(cfg), f"lazy-vs-hasty: lr seed {seed}", enabled=self._show):
+                rows += [{"seed": seed, "alpha": alpha, "lr_factor": factor, **r} for r in train_to_milestones(
+                    cfg, net0, alpha, factor, x, yn, evaluate, ce, probe, cfg.seed * 1000 + 37 + seed)]
+            table.append(rows)
+            self._finish(unit, t0)
 
     # ---- part 4: spurious correlations ---------------------------------------------------------------
     def run_spurious(self) -> None:

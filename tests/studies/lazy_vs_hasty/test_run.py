@@ -32,8 +32,10 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tiny_run_tables_and_report(tiny_run):
-    for name in ("curves", "toy_maps", "milestones", "cscores", "quadratic", "quadratic_checks", "units"):
+    for name in ("curves", "toy_maps", "milestones", "cscores", "quadratic", "quadratic_checks", "lr_curves", "units",
+                 "claims"):
         assert (tiny_run / "tables" / f"{name}.csv").exists(), name
+    assert (tiny_run / "figures" / "lr_vs_alpha.png").exists()
     curves = read_table(tiny_run / "tables" / "curves.csv")
     parts = {(r["part"], r["alpha"]) for r in curves}
     assert {("cscores", "1.0"), ("cscores", "100.0"), ("noise", "1.0"), ("spurious", "0.5")} <= parts
@@ -46,6 +48,26 @@ def test_tiny_run_tables_and_report(tiny_run):
     first = {r["metric"]: float(r["value"]) for r in curves
              if r["part"] == "noise" and r["alpha"] == "100.0" and r["probe"] == "0" and r["group"] == "linearity"}
     assert first["ntk_alignment"] == pytest.approx(1.0) and first["sign_similarity"] == 1.0
+
+
+@pytest.mark.slow
+def test_tiny_run_claims_carry_criterion_kind_and_intervals(tiny_run):
+    claims = read_table(tiny_run / "tables" / "claims.csv")
+    assert all(c["paper"] and c["criterion"] and c["kind"] in ("identity", "finding") for c in claims)
+    lr = [c for c in claims if c["part"].startswith("lr")]
+    assert len(lr) == 7 and [c["kind"] for c in lr].count("identity") == 1
+    # two lr seeds in the tiny preset: every finding of part lr has an interval over them
+    assert all(np.isfinite(float(c["low"])) and np.isfinite(float(c["high"])) for c in lr if c["kind"] == "finding")
+    ident = next(c for c in lr if c["kind"] == "identity")
+    assert ident["verdict"] == "yes" and float(ident["value"]) < 1e-10
+    kinds = {c["topic"]: c["kind"] for c in claims}
+    assert kinds["quadratic: closed forms (5.4.5)/(5.4.6) = gradient flow"] == "identity"
+    assert kinds["quadratic model: example 1 learning order"] == "identity"
+    assert kinds["quadratic model: example 2 (label noise)"] == "finding"
+    lr_rows = read_table(tiny_run / "tables" / "lr_curves.csv")
+    runs = {(r["seed"], r["alpha"], r["lr_factor"]) for r in lr_rows if r["group"] != "check"}
+    assert runs == {(s, a, f) for s in ("0", "1") for a, f in (("1.0", "1.0"), ("1.0", "0.25"), ("2.0", "1.0"),
+                                                                ("100.0", "1.0"))}
 
 
 @pytest.mark.slow

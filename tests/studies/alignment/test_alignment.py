@@ -193,7 +193,7 @@ def test_resume_after_kill(tmp_path, monkeypatch):
     (["items=2,3", "dataset=cifar10", "data_dir=/nonexistent"], "data_dir"),
     (["hier_subset=300"], "hier_random_fraction"),
     (["n_probe=500"], "n_probe"),
-    (["items=1,8"], "items"),
+    (["items=1,12"], "items"),
     (["centering=rows"], "centering"),
     (["model=resnet18"], "model"),
     (["width=0"], "width"),

@@ -29,6 +29,16 @@ Items (``items``; default ``1,2,3,4,7``):
    :mod:`tangentlab.studies.alignment.supernat` and :mod:`tangentlab.studies.alignment.complexity`
    (tables ``supernat`` and ``complexity``), included in this report.
 
+Appendix parts (items 8-11): 8. **Jacobian hierarchy** (thesis Fig. B.1, :mod:`.appendix_hierarchy`):
+output change along the top right singular vectors of the Jacobian vs random directions, for a digits
+MLP; 9. **spectral bias** (Fig. B.2, :mod:`.spectral_bias`): Fourier content of the NTK eigenvectors of a
+random MLP on 1-D points; 10. **which norm measures capacity** (Fig. B.3, :mod:`.norm_capacity`): ℓ2 vs
+optimized (Prop. B.2.5) bounds of min-norm interpolators on RBF random features; 11. **VGG channel
+sweep** (Fig. 6 right, :mod:`.channel_sweep`): item 7's complexity measure and baselines over the base
+width of a BN-free VGG11 on digits upsampled to 32×32. The default preset runs items 8-10 at full size
+(``appendix_seeds = 3``, about 25 s CPU on one thread) and not item 11; preset ``appendix`` runs items
+8-11 (5 seeds for 8-9); ``tiny`` runs reduced versions of all four.
+
 **Distance to the infinite-width limit** (``limit``, with items 2-3; :mod:`.limit`): the relative
 Frobenius distance and the CKA between the empirical NTK and the infinite-width NTK of the same
 architecture (:func:`tangentlab.limits.ntk`, standard parameterization) at initialization for the
@@ -63,7 +73,8 @@ the last checkpoint of the unfinished run.
 Modules: :mod:`.config` (options, presets, table schemas), :mod:`.data`, :mod:`.models` and
 :mod:`.vit` (items 2-5), :mod:`.run` (the :class:`Alignment` study), :mod:`.claims` and :mod:`.figures`
 (the report, from the stored tables only), :mod:`.supernat` (item 6), :mod:`.complexity` (item 7),
-:mod:`.limit` (the distance to the infinite-width limit).
+:mod:`.limit` (the distance to the infinite-width limit), :mod:`.appendix_hierarchy`, :mod:`.spectral_bias`,
+:mod:`.norm_capacity` and :mod:`.channel_sweep` (items 8-11, with :mod:`.appendix_common`).
 """
 
 from .config import AlignmentConfig

@@ -21,7 +21,7 @@ from .models import model_layout
 from .vit import VIT_BLOCKS
 
 TITLE = "Neural feature alignment during training (paper 000 / thesis ch. 6)"
-ITEMS = (1, 2, 3, 4, 5, 6, 7)
+ITEMS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 DATASETS = ("digits", "mnist", "cifar10")
 #: digits training examples (75% of 1797, stratified).
 DIGITS_TRAIN = 1347
@@ -57,6 +57,8 @@ COMPLEXITY_COLUMNS = [*COMPLEXITY_KEY, "params", "n_train", "epochs", "steps", "
                       "trK_closed_form", "seconds"]
 COMPLEXITY_TRACE_COLUMNS = [*COMPLEXITY_KEY, "step", "epoch", "batch_loss", "trK", "dw", "C_partial"]
 COMPLEXITY_TRACE_KEY = [*COMPLEXITY_KEY, "step"]
+#: items 8 (B.1): the top singular directions averaged in the ratio (hierarchy_dirs is at least this).
+TOP_DIRS = 10
 
 
 @dataclass
@@ -65,7 +67,8 @@ class AlignmentConfig(StudyConfig):
 
     PRESETS: ClassVar[dict[str, Preset]] = {
         "tiny": Preset("seconds-long smoke run (tests)", {
-            "items": (1, 2, 3, 4), "width": 16, "depth": 3, "train_steps": 40, "n_probe": 12, "batch_size": 50,
+            "items": (1, 2, 3, 4, 8, 9, 10, 11),
+            "width": 16, "depth": 3, "train_steps": 40, "n_probe": 12, "batch_size": 50,
             "lr": 0.05, "schedule_base": 1.6, "ks": (2, 5), "noise": (0.0, 0.5), "hier_subset": 10,
             "n_pca": 2, "disk_n": 40, "disk_width": 12, "disk_depth": 2, "disk_steps": 30, "disk_grid": 8,
             "disk_eigen": 3, "disk_snapshots": 3, "ablation_depths": (2, 3), "ablation_width": 12,
@@ -73,7 +76,13 @@ class AlignmentConfig(StudyConfig):
             "complexity_widths": (8, 16), "complexity_noise": (0.0, 0.5), "complexity_seeds": 1,
             "complexity_target_loss": 0.3, "complexity_max_epochs": 3, "complexity_n_train": 200,
             "supernat_n_train": 20, "supernat_dim": 5, "supernat_steps": 50, "limit_widths": (16, 64),
-            "limit_seeds": 2, "limit_n": 12}),
+            "limit_seeds": 2, "limit_n": 12,
+            # appendix parts (items 8-11), reduced
+            "appendix_seeds": 2, "hierarchy_hidden": (16,), "hierarchy_epochs": 2, "hierarchy_n": 10,
+            "hierarchy_dirs": 10, "bias_width": 32, "bias_depth": 3, "bias_points": 20, "capacity_points": 200,
+            "capacity_features": 100, "capacity_n": 20, "capacity_subsamples": 10,
+            "capacity_scales": (0.0, 0.5, 1.0), "channel_widths": (2, 4, 8), "channel_seeds": 1,
+            "channel_n_train": 40, "channel_max_epochs": 2, "channel_probe": 5, "channel_batch_size": 20}),
         "transformer": Preset("items 2-3 with a small ViT (2x2 patches of the 8x8 digits, 2 GPT-style encoder "
                                "blocks of width 32, 4 heads) instead of the MLP: spectra, effective rank, CKA with "
                                "the labels, per-layer and per-block (attention, feed-forward) CKA; a few minutes, "
@@ -91,6 +100,10 @@ class AlignmentConfig(StudyConfig):
         "supernat": Preset("item 6: SuperNat vs GD on the noisy linear regression (Fig. 5), CPU", {
             "items": (6,), "supernat_n_train": 50, "supernat_dim": 10, "supernat_noise": 0.1,
             "supernat_steps": 3000}),
+        "appendix": Preset("the appendix parts at full size: B.1 Jacobian hierarchy (item 8), B.2 spectral bias "
+                           "(item 9), B.3 norm capacity (item 10) with 5 seeds, and the VGG channel sweep of the "
+                           "complexity measure (item 11, paper Fig. 6 right), CPU, under 15 minutes on 2 cores", {
+            "items": (8, 9, 10, 11), "appendix_seeds": 5, "threads": 1}),
         "full": Preset("all items 1-7 at CPU scale with the full sweeps (about an hour on 2 cores)", {
             "items": ITEMS, "train_steps": 3000, "schedule_base": 1.15, "noise": (0.0, 0.2, 0.5),
             "disk_steps": 3000, "ablation_seeds": 3, "complexity_widths": (16, 64, 256, 1024),
@@ -108,8 +121,11 @@ class AlignmentConfig(StudyConfig):
                                   "schedule_base": 1.15, "noise": (0.0, 0.2, 0.5)}, needs_gpu=True),
     }
 
-    items: tuple[int, ...] = option((1, 2, 3, 4, 7), "items of paper 000 to run (5: ablations, 6: SuperNat, "
-                                    "7: complexity measure)", choices=ITEMS)
+    items: tuple[int, ...] = option((1, 2, 3, 4, 7, 8, 9, 10), "items of paper 000 to run (5: ablations, 6: "
+                                    "SuperNat, 7: complexity measure, 8-10: appendix B.1 Jacobian hierarchy, B.2 "
+                                    "spectral bias, B.3 norm capacity, 11: VGG channel sweep of the complexity "
+                                    "measure; the default runs 8-10 at full size with appendix_seeds=3 and not 11, "
+                                    "which the 'appendix' preset runs)", choices=ITEMS)
     # items 2-5: data, model, optimizer
     dataset: str = option("digits", "dataset of items 2-5", choices=DATASETS)
     data_dir: str = option("", "folder with the MNIST IDX files / CIFAR-10 python batches (nothing is downloaded)")
@@ -203,6 +219,37 @@ class AlignmentConfig(StudyConfig):
                                               "(fixed: kappa of step 0; trace: Tr K kept; max: lambda_max kept)",
                                               choices=KAPPAS)
     supernat_records: int = option(60, "item 6: log-spaced steps recorded per run", min=2)
+    # items 8-11: appendix B.1-B.3 and the VGG channel sweep (modules appendix_hierarchy, spectral_bias,
+    # norm_capacity, channel_sweep); always on digits / generated data, whatever `dataset` says
+    appendix_seeds: int = option(3, "items 8-9: seeds (initializations) of B.1 and B.2", min=1)
+    hierarchy_hidden: tuple[int, ...] = option((64, 64), "item 8 (B.1): hidden widths of the digits MLP", min=1)
+    hierarchy_epochs: int = option(10, "item 8 (B.1): training epochs (paper: 10)", min=0)
+    hierarchy_lr: float = option(0.05, "item 8 (B.1): SGD learning rate (momentum 0.9, batch 100)", min=0.0)
+    hierarchy_n: int = option(100, "item 8 (B.1): test examples of the Jacobian (N*C rows)", min=1, max=450)
+    hierarchy_dirs: int = option(50, "item 8 (B.1): singular and random directions each (paper: 50)", min=TOP_DIRS)
+    hierarchy_eps: float = option(0.1, "item 8 (B.1): length of the parameter perturbation", min=1e-12)
+    bias_width: int = option(256, "item 9 (B.2): width of the random MLP (paper: 256)", min=1)
+    bias_depth: int = option(6, "item 9 (B.2): Linear layers of the random MLP (paper: 6)", min=2)
+    bias_points: int = option(50, "item 9 (B.2): equally spaced points of [0, 1] (paper: 50)", min=20)
+    capacity_points: int = option(1000, "item 10 (B.3): points N of [-a, a] (paper: 1000)", min=20)
+    capacity_features: int = option(1000, "item 10 (B.3): random Fourier features P (paper: 1000)", min=10)
+    capacity_range: float = option(3.0, "item 10 (B.3): half-width a of the interval (unspecified in the paper)",
+                                   min=1e-6)
+    capacity_n: int = option(50, "item 10 (B.3): training subsample size n (paper: 50)", min=2)
+    capacity_subsamples: int = option(100, "item 10 (B.3): training subsamples (paper: 100)", min=2)
+    capacity_scales: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 1.0), "item 10 (B.3): feature scalings c "
+                                                "(0: whitened, 1: original)", min=0.0, max=1.0)
+    channel_widths: tuple[int, ...] = option((4, 8, 16), "item 11: VGG11 base widths (channels of the first conv)",
+                                             min=1)
+    channel_seeds: int = option(2, "item 11: seeds per width", min=1)
+    channel_n_train: int = option(300, "item 11: digits training examples", min=10, max=DIGITS_TRAIN)
+    channel_lr: float = option(0.02, "item 11: SGD learning rate (momentum 0.9)", min=1e-8)
+    channel_batch_size: int = option(50, "item 11: minibatch size", min=1)
+    channel_target_loss: float = option(0.01, "item 11: train until the full-train cross-entropy is below this "
+                                        "(paper: 0.01)", min=1e-6)
+    channel_max_epochs: int = option(100, "item 11: epoch limit per run", min=1)
+    channel_probe: int = option(20, "item 11: training examples on which Tr K is estimated", min=1)
+    channel_trace_every: int = option(6, "item 11: re-evaluate Tr K every this many SGD steps", min=1)
 
     # ---- validation -----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -249,6 +296,12 @@ class AlignmentConfig(StudyConfig):
                 if getattr(self, name) > self.complexity_n_train:
                     raise self.error(name, f"{getattr(self, name)} exceeds complexity_n_train="
                                      f"{self.complexity_n_train}", f"1..{self.complexity_n_train}")
+        if 10 in wants and self.capacity_n >= self.capacity_points:
+            raise self.error("capacity_n", f"{self.capacity_n} is not below capacity_points={self.capacity_points}",
+                             f"2..{self.capacity_points - 1}")
+        if 11 in wants and max(self.channel_batch_size, self.channel_probe) > self.channel_n_train:
+            raise self.error("channel_batch_size", "channel_batch_size and channel_probe must not exceed "
+                             f"channel_n_train={self.channel_n_train}", f"1..{self.channel_n_train}")
         r = self.n_probe * 10  # every dataset here has 10 classes
         if wants & {2, 3, 5} and max(self.ks) > r:
             raise self.error("ks", f"T_{max(self.ks)} needs more than the {r} = n_probe*10 kernel rows", f"1..{r}")

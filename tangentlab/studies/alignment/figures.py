@@ -13,7 +13,7 @@ import numpy as np
 
 from ..framework.datasets import DISK_RADIUS
 from ..framework.report import FigureSpec, ReportContent, TableSpec
-from . import complexity, limit, supernat
+from . import appendix_hierarchy, channel_sweep, complexity, limit, norm_capacity, spectral_bias, supernat
 from .claims import Results, alignment_claims, limit_claims, noise_runs
 from .config import TITLE, AlignmentConfig
 
@@ -404,6 +404,12 @@ def build_report(cfg: AlignmentConfig, store: Any) -> ReportContent:
         claims += complexity.complexity_claims(store, cfg)
         figures += complexity.complexity_figures(store, cfg)
         tables += complexity.complexity_tables(store, cfg)
+    for item, mod, name in ((8, appendix_hierarchy, "hierarchy"), (9, spectral_bias, "bias"),
+                            (10, norm_capacity, "capacity"), (11, channel_sweep, "channel")):
+        if item in cfg.items:
+            claims += getattr(mod, f"{name}_claims")(store, cfg)
+            figures += getattr(mod, f"{name}_figures")(store, cfg)
+            tables += getattr(mod, f"{name}_tables")(store, cfg)
     summary = [
         f"Items run: {', '.join(map(str, cfg.items))}. Items 2-5: {cfg.dataset}, "
         + (f"ReLU MLP with {cfg.depth} Linear layers of width {cfg.width}" if cfg.model == "mlp" else cfg.model_label)

@@ -38,7 +38,7 @@ from ..framework.probes import (
 from ..framework.report import ReportContent
 from ..framework.runner import Study
 from ..framework.threads import blas_threads
-from . import complexity, limit, supernat
+from . import appendix_hierarchy, channel_sweep, complexity, limit, norm_capacity, spectral_bias, supernat
 from .config import (
     EIGEN_COLUMNS,
     EIGEN_KEY,
@@ -182,6 +182,12 @@ class Alignment(Study):
         if 6 in cfg.items:
             units.append(("item 6", functools.partial(supernat.run_supernat, self.store, cfg, self.log,
                                                       cfg.progress_flag)))
+        for item, what, fn in ((8, "item 8 (B.1 Jacobian hierarchy)", appendix_hierarchy.run_hierarchy),
+                               (9, "item 9 (B.2 spectral bias)", spectral_bias.run_spectral_bias),
+                               (10, "item 10 (B.3 norm capacity)", norm_capacity.run_norm_capacity),
+                               (11, "item 11 (VGG channel sweep)", channel_sweep.run_channel_sweep)):
+            if item in cfg.items:
+                units.append((what, functools.partial(fn, self.store, cfg, self.log)))
         for what, unit in self.ctx.mine(units, key=lambda u: u[0]):
             t, c = time.perf_counter(), time.process_time()
             unit()

@@ -193,7 +193,7 @@ def test_resume_after_kill(tmp_path, monkeypatch):
     (["items=2,3", "dataset=cifar10", "data_dir=/nonexistent"], "data_dir"),
     (["hier_subset=300"], "hier_random_fraction"),
     (["n_probe=500"], "n_probe"),
-    (["items=1,8"], "items"),
+    (["items=1,12"], "items"),
     (["centering=rows"], "centering"),
     (["model=resnet18"], "model"),
     (["width=0"], "width"),
@@ -267,7 +267,7 @@ def test_gpu_presets_refused_without_gpu(tmp_path, monkeypatch):
 
 def test_plan_and_half_rise():
     default = build_config(AlignmentConfig)  # `tangentlab run alignment` as shipped
-    assert default.items == (1, 2, 3, 4, 7) and default.noise == (0.0, 0.5)
+    assert default.items == (1, 2, 3, 4, 7, 8, 9, 10) and default.noise == (0.0, 0.5)
     assert [r.name for r in plan_runs(default)] == ["noise_0", "noise_50", "hier_random", "hier_other"]
     cfg = build_config(AlignmentConfig, sets=["items=2,4,5", "ablation_seeds=1"])
     names = [r.name for r in plan_runs(cfg)]

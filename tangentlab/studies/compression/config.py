@@ -14,7 +14,7 @@ from typing import ClassVar
 from ..framework.config import Preset, StudyConfig, option
 from .data import STRIPE_X_MAX, STRIPE_X_MIN, check_mnist, n_images
 
-TITLE = "Geometric compression of invariant manifolds (paper 004): stripe and cylinder models"
+TITLE = "Geometric compression of invariant manifolds (paper 004): stripe (d = 5, 10) and cylinder models"
 MODELS = ("stripe", "cylinder", "stripe_hd")
 #: Seed offsets of the network initializations per model (stripe and cylinder as before stripe_hd existed).
 MODEL_SEED = {"stripe": 0, "cylinder": 1, "stripe_hd": 2}

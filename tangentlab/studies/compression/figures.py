@@ -37,8 +37,10 @@ def build_report(cfg: CompressionConfig, store: Any) -> ReportContent:
         f"{cfg.n_test} test points; gradient descent on the hinge loss in the paper's time t (reported in units of h), "
         f"adaptive dt (max_dgrad {cfg.max_dgrad:g}, max_dout {cfg.max_dout:g}, dgrad rule waived below "
         f"{cfg.dt_min:g}·h); stop at {cfg.stop_fraction:.0%} of margins met or {cfg.max_steps} steps.",
-        "Lazy regime: hinge kernel gradient descent with the frozen finite-width NTK of f₀ (tl.ntk) until all "
-        "margins are met; compressed lazy: the same on x_⊥/Λ* with the run's own Λ*.",
+        "Lazy regime: kernel learning with the frozen finite-width NTK of f₀ (tl.ntk), by "
+        + ("the kernel SVC of the lazy-regime theory" if cfg.kernel_solver == "svc" else
+           "hinge kernel gradient descent until all margins are met (the paper's)")
+        + "; compressed lazy: the same on x_⊥/Λ* with the run's own Λ*.",
     ]
     if cnn_net:
         ps = sorted({int(r["p"]) for r in cnn_net})

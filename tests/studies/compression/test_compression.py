@@ -380,8 +380,9 @@ def test_study_smoke_and_resume(tmp_path):
     claims = {r["topic"]: r for r in store.read("claims")}
     assert all(r["criterion"] and r["kind"] in ("finding", "identity") and r["paper"] for r in claims.values())
     for topic in ("β_feature > β_lazy (stripe, d=6)", "compressed lazy ≈ feature: error (cylinder, d=3, d_∥=2)",
-                  "α → 0: t* ∝ log(1/α)", "amplified neurons sit at the predicted attractors (d=2)"):
-        assert topic in claims and claims[topic]["low"] != "nan", topic
+                  "compressed lazy ≈ feature: exponent (stripe, d=5)", "α → 0: t* ∝ log(1/α)", "α → ∞: t* ∝ 1/α",
+                  "amplified neurons sit at the predicted attractors (d=2)"):  # intervals: see test_fixed_points_alpha
+        assert topic in claims and claims[topic]["kind"] == "finding", topic
     assert claims["three attractors of the compressing regime (d=2)"]["kind"] == "identity"
     assert claims["three attractors of the compressing regime (d=2)"]["verdict"] == "yes"
     for name in ("fixed_points.png", "alpha_scan.png"):
@@ -390,7 +391,7 @@ def test_study_smoke_and_resume(tmp_path):
     assert "cnn_learning_curves.png" in html and "β initial NTK" in html
     n, nk = len(store.read("trajectory")), len(store.read("kernels"))
     store = run_study("compression", out=str(out), resume=True, stream=open("/dev/null", "w"))
-    assert len(store.read("runs")) == 12 and len(store.read("trajectory")) == n and len(store.read("kernels")) == nk
+    assert len(store.read("runs")) == 18 and len(store.read("trajectory")) == n and len(store.read("kernels")) == nk
 
 
 def test_cnn_learning_curve_fits_recover_exact_power_laws():

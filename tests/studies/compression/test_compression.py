@@ -448,7 +448,8 @@ def test_study_resumes_inside_a_unit_from_its_training_checkpoint(tmp_path, monk
     from tangentlab.studies.framework.runner import run_study
 
     sets = ["models=stripe", "p_values=20", "seeds=1", "lambda_seeds=0", "lambda_p_values=40", "width=16",
-            "n_test=60", "max_steps=40", "checkpoint_every=7", "ntk_p=0", "cnn=false", "progress=off", "threads=1"]
+            "n_test=60", "max_steps=40", "checkpoint_every=7", "ntk_p=0", "cnn=false", "progress=off", "threads=1",
+            "fixed_points=false", "alpha_scan=false"]
     real = run_module.train_feature
     starts: list[int] = []
 

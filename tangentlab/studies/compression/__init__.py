@@ -5,9 +5,17 @@ in neural nets", at CPU scale.
 
 Modules: :mod:`.config` (configuration, presets, table schemas), :mod:`.data` (the data
 models), :mod:`.training` (feature-regime gradient descent), :mod:`.models` (the MnasNet-like
-CNN), :mod:`.run` (the study's run), :mod:`.claims` and :mod:`.figures` (the report).
+CNN), :mod:`.theory` (the closed-form fixed points of Eq. 6), :mod:`.run` (the study's run) and
+:mod:`.experiments` (its fixed-point and α-scan parts), :mod:`.claims`, :mod:`.claims_extra`,
+:mod:`.figures` and :mod:`.figures_extra` (the report).
 
-**Data** (:mod:`.data`): the single-stripe model (d = ``stripe_d``, label
+Every claim carries the paper's statement (figure / equation), the criterion tested and a value
+with a 95 % interval over seeds (seed bootstrap for fitted exponents, resampling the seeds at
+each p jointly for the metrics of one seed; Student t for per-seed differences and ratios);
+it is ``inconclusive`` when the interval straddles the threshold.
+
+**Data** (:mod:`.data`): the single-stripe model (d = ``stripe_d``; and ``stripe_hd``, the same
+in the paper's higher dimension d = ``stripe_hd_d`` = 10 at ``stripe_hd_p_values``; label
 ``−1`` for ``−0.3 < x₁ < 1.18549``; other interfaces via ``interfaces``) and the
 cylinder model (d = ``cylinder_d``, label ``+1`` for ``‖x_∥‖ > R``, d_∥ = ``cylinder_d_par``),
 Gaussian inputs, ``p`` training points (each of ``p_values``), an independent kernel set of
@@ -58,7 +66,17 @@ on an independent kernel set of p images, and their label projections / mutual i
 (Fig. 8, 9). Learning-curve exponents of the network and of the frozen kernels are fitted
 as for the stripe/cylinder models (the paper, on MNIST: β_feature ≈ 0.5 > β_lazy ≈ 0.3).
 
-Tables: ``runs`` (one row per model, p, seed), ``trajectory`` (Λ(t), fitted fraction),
+**Fixed points** (§3.2.1, Fig. 3; ``fixed_points = true``): the zeros of ``G^± = d C_b^± + ζ C₁^±``
+(closed form, :mod:`.theory`: three attractors in the single stripe) against the neurons of the
+network trained to t* in d = ``fp_d`` = 2 (p = ``fp_p``, h = ``fp_width``, ``fp_seeds`` seeds): share
+of the amplified neurons (``|λ_n| > fp_lambda_min``) with ``|z₁ − z*| ≤ fp_window``.
+
+**α-scan** (App. B, Fig. 11; ``alpha_scan = true``): the stripe in d = ``alpha_d`` with
+p = ``alpha_p`` trained at each α of ``alpha_values`` (same data and initialization per seed)
+and kernel learning with its frozen initial NTK: error, t*, Λ*, Λ_max vs α.
+
+Tables: ``fixed_points`` (per seed and neuron), ``alpha_scan`` (per α and seed), ``runs`` (one row
+per model, p, seed), ``trajectory`` (Λ(t), fitted fraction),
 ``kernels`` (kernel-learning test errors), ``spectra`` (eigenvalue, ω_r², cumulative, MI per
 mode). Runs resume unit by unit (a finished ``(model, p, seed)`` is skipped) and inside a
 unit from the last training checkpoint.

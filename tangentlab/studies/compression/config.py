@@ -14,12 +14,19 @@ from typing import ClassVar
 from ..framework.config import Preset, StudyConfig, option
 from .data import STRIPE_X_MAX, STRIPE_X_MIN, check_mnist, n_images
 
-TITLE = "Geometric compression of invariant manifolds (paper 004): stripe and cylinder models"
-MODELS = ("stripe", "cylinder")
+TITLE = "Geometric compression of invariant manifolds (paper 004): stripe (d = 5, 10) and cylinder models"
+MODELS = ("stripe", "cylinder", "stripe_hd")
+#: Seed offsets of the network initializations per model (stripe and cylinder as before stripe_hd existed).
+MODEL_SEED = {"stripe": 0, "cylinder": 1, "stripe_hd": 2}
 RUN_COLUMNS = ["model", "d", "d_par", "p", "seed", "t_star", "lambda_star", "lambda_max", "lambda_final",
                "t_final", "steps", "fitted_final", "stop", "test_error", "lazy_error", "lazy_converged",
                "compressed_error", "compressed_converged", "wall_s"]
 RUN_KEY = ["model", "p", "seed"]
+FP_COLUMNS = ["seed", "neuron", "z1", "z_perp", "lam", "norm", "lambda_star", "t_star"]
+FP_KEY = ["seed", "neuron"]
+ALPHA_COLUMNS = ["alpha", "seed", "t_star", "lambda_star", "lambda_max", "test_error", "lazy_error", "steps", "stop",
+                 "wall_s"]
+ALPHA_KEY = ["alpha", "seed"]
 TRAJ_COLUMNS = ["model", "p", "seed", "step", "t", "lambda", "fitted"]
 TRAJ_KEY = ["model", "p", "seed", "step"]
 KERNEL_COLUMNS = ["model", "p", "seed", "kernel", "test_error", "steps", "converged"]
@@ -31,6 +38,22 @@ KERNELS = ("ntk_init", "ntk_final", "last_init", "last_final")
 SLOPE_TOL = 0.15
 #: Tolerance of "fitted exponents near the predictions" (pre-asymptotic effects at CPU-scale p).
 EXPONENT_TOL = 0.2
+#: "Compressed lazy ≈ feature" (§3.1, Fig. 2): the paper gives no number for "closely matches"; tested as
+#: median errors within this factor of each other at every p (and exponents within EXPONENT_TOL).
+MATCH_FACTOR = 2.0
+#: Fixed points (Fig. 3c): share of the amplified neurons within FP_WINDOW of a predicted attractor of their
+#: λ sign ("all neuron vectors converge", less those not yet at their fixed point at t*, the paper's own caveat),
+#: and the least share each of the three attractors must hold.
+FP_SHARE = 0.8
+FP_MIN_SHARE = 0.05
+#: α-scan (App. B, Fig. 11): large-α error within this factor of the frozen-kernel error; Λ* at the largest α
+#: in [1 − LAMBDA_ONE_TOL, 1 + LAMBDA_ONE_TOL]; t* ∝ 1/α slope in [−1 − T_SLOPE_TOL, −1 + T_SLOPE_TOL]; R² of
+#: t* vs ln(1/α) at small α ≥ LOG_R2; plateau: Λ* at the two smallest α within PLATEAU_FACTOR.
+LAZY_FACTOR = 1.5
+LAMBDA_ONE_TOL = 0.1
+T_SLOPE_TOL = 0.2
+LOG_R2 = 0.95
+PLATEAU_FACTOR = 1.33
 
 #: Curves of the CNN part: the network and kernel learning with each frozen kernel.
 CNN_CURVES = ("network", "ntk_init", "ntk_final", "last_init", "last_final")
@@ -49,16 +72,21 @@ class CompressionConfig(StudyConfig):
             "width": 40, "p_values": (32, 64), "cylinder_p_values": (32, 64), "seeds": 2, "n_test": 300,
             "max_steps": 400, "ntk_p": 64, "stop_fraction": 0.6, "n_modes": 5, "cnn_width": 1, "cnn_p": 64,
             "cnn_p_values": (32, 64), "cnn_steps": 30, "cnn_n_test": 300, "lambda_seeds": 1,
-            "lambda_p_values": (128,)}),
+            "lambda_p_values": (128,), "stripe_hd_p_values": (32, 64), "fp_p": 1000, "fp_width": 100,
+            "fp_seeds": 2, "alpha_values": (1e-6, 1e-2, 1e2, 1e4), "alpha_p": 64, "alpha_seeds": 2}),
         "mnist": Preset("the CNN part only, on MNIST parity with the paper's 16-conv MnasNet-like CNN (h = 10); "
                         "needs the MNIST IDX files in data_dir and a GPU", {
             "models": ("stripe",), "p_values": (128, 256), "seeds": 1, "ntk_p": 0, "cnn_dataset": "mnist",
+            "fixed_points": False, "alpha_scan": False,
             "cnn_width": 10, "cnn_p": 1024, "cnn_p_values": (128, 256, 512, 1024, 2048, 4096), "cnn_seeds": 3,
             "cnn_n_test": 10000, "cnn_steps": 5000, "device": "cuda"},
             needs_gpu=True),
         "paper": Preset("paper scale: h = 10⁴, p up to 8192, 20 seeds, all margins met, GPU", {
             "width": 10000, "p_values": (128, 256, 512, 1024, 2048, 4096, 8192),
             "cylinder_p_values": (128, 256, 512, 1024, 2048, 4096, 8192), "seeds": 20, "n_test": 10000,
+            "stripe_hd_p_values": (128, 256, 512, 1024, 2048, 4096, 8192), "lambda_p_values": (),
+            "alpha_d": 10, "alpha_p": 1000, "alpha_width": 10000, "alpha_seeds": 5, "fp_width": 10000,
+            "alpha_values": (1e-16, 1e-12, 1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e8),
             "stop_fraction": 1.0, "max_steps": 1_000_000, "max_dgrad": 1e-4, "ntk_p": 1024, "device": "cuda"},
             needs_gpu=True),
     }
@@ -69,6 +97,10 @@ class CompressionConfig(StudyConfig):
     stripe_d: int = option(5, "input dimension of the stripe model", min=2)
     interfaces: tuple[float, ...] = option((STRIPE_X_MIN, STRIPE_X_MAX),
                                            "x₁ of the stripe interfaces (default: the single stripe)")
+    stripe_hd_d: int = option(10, "input dimension of the higher-dimensional stripe model stripe_hd (Fig. 2 and "
+                              "Fig. 5: d = 5 and d = 10)", min=2)
+    stripe_hd_p_values: tuple[int, ...] = option((128, 256, 512, 1024), "training-set sizes of stripe_hd",
+                                                 min=10)
     cylinder_d: int = option(3, "input dimension of the cylinder model", min=2)
     cylinder_d_par: int = option(2, "informative dimensions d_∥ of the cylinder", min=1)
     p_values: tuple[int, ...] = option((128, 256, 512, 1024), "training-set sizes of the stripe model", min=10)
@@ -106,6 +138,23 @@ class CompressionConfig(StudyConfig):
     n_modes: int = option(10, "top eigenvectors whose label information is measured", min=1)
     mi_k: int = option(5, "k of the k-NN mutual-information estimator", min=1)
     checkpoint_every: int = option(500, "training steps between resume checkpoints", min=1)
+    # fixed points of the compressing regime (§3.2.1, Fig. 3)
+    fixed_points: bool = option(True, "train the stripe network up to t* and compare its neurons' z₁ with the "
+                                "predicted attractors (Fig. 3c)")
+    fp_d: int = option(2, "input dimension of the fixed-point runs (paper: 2)", min=2)
+    fp_p: int = option(10000, "training-set size of the fixed-point runs (paper: 10 000)", min=10)
+    fp_width: int = option(500, "hidden neurons of the fixed-point runs (paper: 10⁴)", min=1)
+    fp_seeds: int = option(3, "seeds of the fixed-point runs", min=1)
+    fp_lambda_min: float = option(5.0, "neurons with |λ_n| above this count as amplified (compressed)", min=0.0)
+    fp_window: float = option(0.1, "a neuron sits at an attractor when |z₁ − z*| ≤ this", min=0.0)
+    # α-scan (App. B, Fig. 11)
+    alpha_scan: bool = option(True, "scan the network scale α from the feature to the lazy regime (Fig. 11)")
+    alpha_values: tuple[float, ...] = option((1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4), "network scales α of the "
+                                             "scan (paper: 10⁻¹⁶ … 10⁸)", min=1e-300)
+    alpha_d: int = option(5, "input dimension of the α-scan (paper: 10; CPU scale: 5)", min=2)
+    alpha_p: int = option(256, "training-set size of the α-scan (paper: 1000; CPU scale: 256)", min=10)
+    alpha_width: int = option(250, "hidden neurons of the α-scan (paper: 10⁴)", min=1)
+    alpha_seeds: int = option(3, "seeds of the α-scan (paper: 5)", min=1)
     # CNN on digit parity (§5.2)
     cnn: bool = option(True, "also train the MnasNet-like CNN on digit parity and compare its NTKs")
     cnn_dataset: str = option("digits", "digit images of the CNN part: digits (sklearn 8x8, shipped) or mnist "
@@ -131,14 +180,16 @@ class CompressionConfig(StudyConfig):
         if self.cylinder_d_par >= self.cylinder_d:
             raise self.error("cylinder_d_par", f"{self.cylinder_d_par} informative dimensions need cylinder_d > "
                              f"{self.cylinder_d_par}", f"1..{self.cylinder_d - 1}")
-        for name in ("p_values", "cylinder_p_values", "lambda_p_values"):
+        for name in ("p_values", "cylinder_p_values", "stripe_hd_p_values", "lambda_p_values", "alpha_values"):
             vals = getattr(self, name)
             if len(set(vals)) != len(vals):
-                raise self.error(name, f"repeated values in {list(vals)}", "distinct integers ≥ 10")
-        both = sorted(set(self.lambda_p_values) & set(self.p_values + self.cylinder_p_values))
+                raise self.error(name, f"repeated values in {list(vals)}",
+                                 "distinct positive numbers" if name == "alpha_values" else "distinct integers ≥ 10")
+        both = sorted(set(self.lambda_p_values) & set(self.p_values + self.cylinder_p_values
+                                                       + self.stripe_hd_p_values))
         if both:
-            raise self.error("lambda_p_values", f"{both} also in p_values/cylinder_p_values (those sizes already "
-                             "have full runs)", "sizes not in p_values or cylinder_p_values")
+            raise self.error("lambda_p_values", f"{both} also in p_values/cylinder_p_values/stripe_hd_p_values "
+                             "(those sizes already have full runs)", "sizes without full runs")
         if self.ntk_p:
             pools = {"stripe": self.p_values, "cylinder": self.cylinder_p_values}
             for m in self.ntk_models:
@@ -174,9 +225,11 @@ class CompressionConfig(StudyConfig):
 
     def dims(self, model: str) -> tuple[int, int]:
         """``(d, d_∥)`` of a data model."""
+        if model == "stripe_hd":
+            return self.stripe_hd_d, 1
         return (self.stripe_d, 1) if model == "stripe" else (self.cylinder_d, self.cylinder_d_par)
 
     def ps(self, model: str) -> tuple[int, ...]:
         """Training-set sizes of the full runs of a data model."""
-        return self.p_values if model == "stripe" else self.cylinder_p_values
+        return {"stripe": self.p_values, "stripe_hd": self.stripe_hd_p_values}.get(model, self.cylinder_p_values)
 

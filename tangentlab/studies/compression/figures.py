@@ -9,8 +9,10 @@ import numpy as np
 
 from ...analysis.compression import beta_feature, beta_lazy
 from ..framework.report import FigureSpec, ReportContent, TableSpec
-from .claims import Fit, cnn_learning_curves, median_by, read_results, scaling_claims, signature_claims
+from .claims import Fit, cnn_learning_curves, median_by, parse_rows, read_results, scaling_claims, signature_claims
+from .claims_extra import alpha_scan_claims, fixed_point_claims
 from .config import CNN_CURVES, CNN_NAMES, CNN_PAPER_BETA, TITLE, CompressionConfig
+from .figures_extra import alpha_figure, fixed_point_figure
 
 
 def build_report(cfg: CompressionConfig, store: Any) -> ReportContent:
@@ -22,7 +24,10 @@ def build_report(cfg: CompressionConfig, store: Any) -> ReportContent:
     sig_models, sig_rows, sig_claims = signature_claims(cfg, models, kern, spec)
     cnn_rows, cnn_fits, cnn_claims = cnn_learning_curves(cfg, [r for r in kern if r["model"] == "cnn"],
                                                          [r for r in traj if r["model"] == "cnn"])
-    claims = scaling.claims + sig_claims + cnn_claims
+    fp_rows = parse_rows(store.read("fixed_points"))
+    fp_table, fp_claims = fixed_point_claims(cfg, fp_rows) if cfg.fixed_points or fp_rows else ([], [])
+    alpha_rows = parse_rows(store.read("alpha_scan"), skip=("stop",))
+    claims = scaling.claims + sig_claims + fp_claims + alpha_scan_claims(cfg, alpha_rows) + cnn_claims
     summary_rows = scaling.summary_rows
     cnn_net = [r for r in kern if r["model"] == "cnn" and r["kernel"] == "network"]
     summary = [
@@ -32,8 +37,10 @@ def build_report(cfg: CompressionConfig, store: Any) -> ReportContent:
         f"{cfg.n_test} test points; gradient descent on the hinge loss in the paper's time t (reported in units of h), "
         f"adaptive dt (max_dgrad {cfg.max_dgrad:g}, max_dout {cfg.max_dout:g}, dgrad rule waived below "
         f"{cfg.dt_min:g}·h); stop at {cfg.stop_fraction:.0%} of margins met or {cfg.max_steps} steps.",
-        "Lazy regime: hinge kernel gradient descent with the frozen finite-width NTK of f₀ (tl.ntk) until all "
-        "margins are met; compressed lazy: the same on x_⊥/Λ* with the run's own Λ*.",
+        "Lazy regime: kernel learning with the frozen finite-width NTK of f₀ (tl.ntk), by "
+        + ("the kernel SVC of the lazy-regime theory" if cfg.kernel_solver == "svc" else
+           "hinge kernel gradient descent until all margins are met (the paper's)")
+        + "; compressed lazy: the same on x_⊥/Λ* with the run's own Λ*.",
     ]
     if cnn_net:
         ps = sorted({int(r["p"]) for r in cnn_net})
@@ -51,7 +58,10 @@ def build_report(cfg: CompressionConfig, store: Any) -> ReportContent:
         summary.append("Training stopped by: " + ", ".join(f"{k} ({v} runs)" for k, v in sorted(stops.items())))
     notes = [
         "Exponents are least-squares slopes of log(median over seeds) vs log p; intervals are 95 % percentile "
-        "intervals of a bootstrap over seeds at each p (with a single seed: the OLS t-interval of the slope).",
+        "intervals of a bootstrap over seeds at each p (with a single seed: the OLS t-interval of the slope). "
+        "Claims are decided on their intervals: 'inconclusive' when the interval straddles the threshold.",
+        "stripe_hd is the single stripe in the paper's higher dimension d = 10 (Fig. 2, Fig. 5), with the same "
+        "width, seeds and stopping rule as the d = 5 stripe.",
         "Kernel PCA (the label-concentration claims, Fig. 9) uses the Gram matrix on the independent kernel set of "
         "p points (the released code computes its evolving kernels on that set) with the network at its stopping "
         "point; the 'at least doubles' criterion is the change seen at h = 500 after 6000 steps.",
@@ -78,7 +88,20 @@ def build_report(cfg: CompressionConfig, store: Any) -> ReportContent:
     if sig_rows:
         tables.append(TableSpec(f"NTK signatures at p = {cfg.ntk_p} (CNN: p = {cfg.cnn_p}; medians over seeds)",
                                 list(sig_rows[0].keys()), sig_rows, max_rows=None, link="tables/spectra.csv"))
+    if fp_table:
+        tables.append(TableSpec(f"Fixed points (d = {cfg.fp_d}): predicted attractors and the amplified neurons near "
+                                "them", list(fp_table[0].keys()), fp_table, max_rows=None,
+                                link="tables/fixed_points.csv"))
+    if alpha_rows:
+        tables.append(TableSpec("α-scan (Fig. 11): one row per α and seed", ["alpha", "seed", "t_star", "lambda_star",
+                                                                             "lambda_max", "test_error", "lazy_error",
+                                                                             "steps", "stop"],
+                                alpha_rows, max_rows=None, link="tables/alpha_scan.csv"))
     figures = _figures(cfg, models, runs, traj, spec, fits, sig_models)
+    if fp_rows:
+        figures.append(fixed_point_figure(cfg, fp_rows))
+    if alpha_rows:
+        figures.append(alpha_figure(cfg, alpha_rows))
     if cnn_rows:
         figures.append(_cnn_figure(cfg, cnn_rows, cnn_fits))
     return ReportContent(title=TITLE, summary=summary, claims=claims, figures=figures, tables=tables,

@@ -20,9 +20,7 @@ from ...analysis.compression import (
     NetParams,
     amplification,
     compress,
-    hinge_kernel_gd,
     init_params,
-    kernel_svc,
     kernel_test_error,
     knn_mutual_information,
     label_projections,
@@ -37,6 +35,7 @@ from .config import (
     KERNEL_COLUMNS,
     KERNEL_KEY,
     KERNELS,
+    MODEL_SEED,
     RUN_COLUMNS,
     RUN_KEY,
     SPECTRA_COLUMNS,
@@ -47,6 +46,7 @@ from .config import (
     CompressionConfig,
 )
 from .data import TaskSplit, gaussian_task, n_images, parity_task
+from .experiments import fit_kernel, run_alpha_scan, run_fixed_points
 from .figures import build_report
 from .models import MnasNetLike
 from .training import FeatureRun, train_feature
@@ -62,13 +62,6 @@ def _kernel_matrix(net: MeanFieldNet, x1: torch.Tensor, x2: torch.Tensor | None 
     """Empirical NTK (all parameters, or the last layer's β only) as an (N1, N2) matrix."""
     K = ntk(net, x1, x2, params=net.last if last_only else None, progress=False)
     return K.as_matrix()
-
-
-def _fit_kernel(cfg: CompressionConfig, K: torch.Tensor, y: torch.Tensor) -> Any:
-    """Kernel learning with the configured solver (SVC or hinge kernel GD)."""
-    if cfg.kernel_solver == "svc":
-        return kernel_svc(K, y, cfg.svc_C)
-    return hinge_kernel_gd(K, y, max_dout=0.1, max_steps=cfg.kernel_max_steps)
 
 
 def _spectrum_rows(cfg: CompressionConfig, key: dict[str, Any], K: torch.Tensor, y: torch.Tensor,
@@ -97,6 +90,10 @@ class Compression(Study):
 
     def run(self) -> None:
         self.run_models()
+        if self.config.fixed_points:
+            run_fixed_points(self)
+        if self.config.alpha_scan:
+            run_alpha_scan(self)
         if self.config.cnn:
             self.run_cnn()
 
@@ -153,10 +150,11 @@ class Compression(Study):
         d, d_par = cfg.dims(model)
         lambda_only = seed >= cfg.seeds or p in cfg.lambda_p_values
         n_kernel = p if (cfg.ntk_p == p and model in cfg.ntk_models and not lambda_only) else 0
-        data = gaussian_task(model, d, p, cfg.n_test, n_kernel, seed, d_par=d_par,
+        data = gaussian_task("cylinder" if model == "cylinder" else "stripe", d, p, cfg.n_test, n_kernel, seed,
+                             d_par=d_par,
                              interfaces=tuple(cfg.interfaces))
         data = data.to(dev)
-        gen = torch.Generator().manual_seed(7919 * seed + 17 + (0 if model == "stripe" else 1) + 131 * p)
+        gen = torch.Generator().manual_seed(7919 * seed + 17 + MODEL_SEED[model] + 131 * p)
         P0 = init_params(d, cfg.width, gen)
         P0 = NetParams(P0.w.to(dev), P0.b.to(dev), P0.beta.to(dev))
         f0_train, f0_test = net_output(P0, data.x_train), net_output(P0, data.x_test)
@@ -200,7 +198,7 @@ class Compression(Study):
         def kernel_learning(name: str, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor,
                             net: MeanFieldNet, last_only: bool = False) -> tuple[float, bool]:
             K = _kernel_matrix(net, xtr, last_only=last_only)
-            fit = _fit_kernel(cfg, K, ytr)
+            fit = fit_kernel(cfg, K, ytr)
             e = kernel_test_error(_kernel_matrix(net, xte, xtr, last_only), fit, data.y_test)
             krows.append({"model": model, "p": p, "seed": seed, "kernel": name, "test_error": e, "steps": fit.steps,
                           "converged": fit.converged})
@@ -307,7 +305,7 @@ class Compression(Study):
             sel = m.classifier if name.startswith("last") else None
             K = ntk(m, data.x_kernel, params=sel, progress=False).as_matrix()
             Kte = ntk(m, data.x_test, data.x_kernel, params=sel, progress=False).as_matrix()
-            fit = _fit_kernel(cfg, K, data.y_kernel)
+            fit = fit_kernel(cfg, K, data.y_kernel)
             errors[name] = kernel_test_error(Kte, fit, data.y_test)
             krows.append({"model": "cnn", "p": p, "seed": seed, "kernel": name, "test_error": errors[name],
                           "steps": fit.steps, "converged": fit.converged})

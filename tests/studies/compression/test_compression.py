@@ -336,7 +336,8 @@ def test_config_errors():
              (("cnn_p_values=64,64,256",), "cnn_p_values"), (("cnn_p_values=64,1000", "cnn_p=64"), "cnn_p_values"),
              (("cnn_p_values=8,256",), "cnn_p_values"), (("cnn_p_values=64,128",), "cnn_p"),
              (("lambda_p_values=512",), "lambda_p_values"), (("lambda_p_values=2048,2048",), "lambda_p_values"),
-             (("lambda_p_values=5",), "lambda_p_values")]
+             (("lambda_p_values=5",), "lambda_p_values"), (("alpha_values=1,1",), "alpha_values"),
+             (("stripe_hd_p_values=64", "lambda_p_values=64"), "lambda_p_values")]
     for sets, fieldname in cases:
         with pytest.raises(ConfigError) as e:
             build(*sets)
@@ -353,13 +354,15 @@ def test_study_smoke_and_resume(tmp_path):
     sets = ["width=16", "p_values=20,30", "cylinder_p_values=20,30", "seeds=1", "n_test=60", "max_steps=40",
             "ntk_p=30", "n_modes=3", "mi_k=2", "progress=off", "threads=1", "cnn_width=1", "cnn_p=24",
             "cnn_p_values=16,24", "cnn_seeds=1", "cnn_steps=4", "cnn_n_test=100", "lambda_seeds=1",
-            "lambda_p_values=40"]
+            "lambda_p_values=40", "stripe_hd_p_values=20,30", "stripe_hd_d=6", "fp_p=200", "fp_width=20",
+            "fp_seeds=2", "alpha_values=1e-6,1e-4,1e-2,1e2,1e4", "alpha_p=30", "alpha_width=16", "alpha_seeds=2"]
     out = tmp_path / "run"
     store = run_study("compression", sets=sets, out=str(out), stream=open("/dev/null", "w"))
     runs = store.read("runs")
-    assert len(runs) == 12 and {r["model"] for r in runs} == {"stripe", "cylinder"}
+    assert len(runs) == 18 and {r["model"] for r in runs} == {"stripe", "cylinder", "stripe_hd"}
+    assert {r["d"] for r in runs if r["model"] == "stripe_hd"} == {"6"}
     lam_only = [r for r in runs if r["seed"] == "1" or r["p"] == "40"]  # extra seeds; every seed at p = 40
-    assert len(lam_only) == 8 and all(r["test_error"] == "nan" and r["lambda_max"] == "nan" for r in lam_only)
+    assert len(lam_only) == 12 and all(r["test_error"] == "nan" and r["lambda_max"] == "nan" for r in lam_only)
     assert all(r["test_error"] != "nan" for r in runs if r not in lam_only)
     assert (out / "report.html").exists()
     kinds = {r["kernel"] for r in store.read("kernels")}
@@ -369,11 +372,26 @@ def test_study_smoke_and_resume(tmp_path):
                                                                                        "compressed_lazy"}
     cnn = [r for r in store.read("kernels") if r["model"] == "cnn"]
     assert sorted({int(r["p"]) for r in cnn}) == [16, 24] and len(cnn) == 2 * 5
+    fp = store.read("fixed_points")
+    assert len(fp) == 2 * 20 and {r["seed"] for r in fp} == {"0", "1"}
+    scan = store.read("alpha_scan")
+    assert len(scan) == 2 * 5 and all(r["lazy_error"] != "nan" for r in scan)
+    # every claim carries its criterion and kind; the findings have intervals where there are seeds
+    claims = {r["topic"]: r for r in store.read("claims")}
+    assert all(r["criterion"] and r["kind"] in ("finding", "identity") and r["paper"] for r in claims.values())
+    for topic in ("β_feature > β_lazy (stripe, d=6)", "compressed lazy ≈ feature: error (cylinder, d=3, d_∥=2)",
+                  "compressed lazy ≈ feature: exponent (stripe, d=5)", "α → 0: t* ∝ log(1/α)", "α → ∞: t* ∝ 1/α",
+                  "amplified neurons sit at the predicted attractors (d=2)"):  # intervals: see test_fixed_points_alpha
+        assert topic in claims and claims[topic]["kind"] == "finding", topic
+    assert claims["three attractors of the compressing regime (d=2)"]["kind"] == "identity"
+    assert claims["three attractors of the compressing regime (d=2)"]["verdict"] == "yes"
+    for name in ("fixed_points.png", "alpha_scan.png"):
+        assert (out / "figures" / name).exists()
     html = (out / "report.html").read_text()
     assert "cnn_learning_curves.png" in html and "β initial NTK" in html
     n, nk = len(store.read("trajectory")), len(store.read("kernels"))
     store = run_study("compression", out=str(out), resume=True, stream=open("/dev/null", "w"))
-    assert len(store.read("runs")) == 12 and len(store.read("trajectory")) == n and len(store.read("kernels")) == nk
+    assert len(store.read("runs")) == 18 and len(store.read("trajectory")) == n and len(store.read("kernels")) == nk
 
 
 def test_cnn_learning_curve_fits_recover_exact_power_laws():
@@ -430,7 +448,8 @@ def test_study_resumes_inside_a_unit_from_its_training_checkpoint(tmp_path, monk
     from tangentlab.studies.framework.runner import run_study
 
     sets = ["models=stripe", "p_values=20", "seeds=1", "lambda_seeds=0", "lambda_p_values=40", "width=16",
-            "n_test=60", "max_steps=40", "checkpoint_every=7", "ntk_p=0", "cnn=false", "progress=off", "threads=1"]
+            "n_test=60", "max_steps=40", "checkpoint_every=7", "ntk_p=0", "cnn=false", "progress=off", "threads=1",
+            "fixed_points=false", "alpha_scan=false"]
     real = run_module.train_feature
     starts: list[int] = []
 

@@ -149,10 +149,12 @@ def test_lemma_rows_and_rotation_consistency(tiny_run):
     arr = defaultdict(dict)
     for r in _table(tiny_run, "arrays"):
         arr[r["name"]][int(r["row"])] = float(r["value"])
-    eig = {r["index"]: float(r["value"]) for r in _table(tiny_run, "results")
-           if r["part"] == "eigen" and r["metric"] == "eigenvalue"}
-    for j, lam in eig.items():
-        assert arr["alpha0_all"][int(j)] == pytest.approx(lam, rel=1e-8)
+    for setting, name in (("phi", "alpha0_all"), ("phi_s1", "alpha0_all_s1")):  # each seed its own K₀
+        eig = {r["index"]: float(r["value"]) for r in _table(tiny_run, "results")
+               if r["part"] == "eigen" and r["setting"] == setting and r["metric"] == "eigenvalue"}
+        assert eig
+        for j, lam in eig.items():
+            assert arr[name][int(j)] == pytest.approx(lam, rel=1e-8)
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_run, tmp_path, monkeypatch):

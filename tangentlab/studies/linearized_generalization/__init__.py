@@ -26,6 +26,12 @@ decayed linearly to 0, logistic loss on ±1 labels, same minibatch order) from t
   eigenfunction targets, the half-classes labels, random labels and eigenvectors (equality),
   plus the identity ``α(u_j) = ‖Jᵀu_j‖² = λ_j`` through a backward product (no Gram).
 
+Replicates: ``seeds`` (default 0, 1, 2) repeats the eigen, nad and energy parts, each seed with its
+own ``θ₀`` (hence ``K₀`` and its eigenfunction tasks), NAD LeNet, eq. 5 samples and minibatch orders;
+``size_seeds`` repeats part size. Every finding is decided on the 95 % Student-t interval of a per-seed
+statistic against the pass criterion the spec digest states for its CPU-scale analogue (quoted in the
+claim); Lemma 1, ``α(u_j) = λ_j`` and the Monte-Carlo check of Theorem 1 are identities (seed 0).
+
 Presets: ``tiny`` (tests); ``paper`` / ``paper-lenet`` (CIFAR-10 read from ``data_dir``, a 12,000-point
 Gram support, GPU; refused otherwise). The ResNet-18 is the shared BN-free one
 (:func:`tangentlab.studies.framework.models.make_resnet`), so no BatchNorm statistics need
@@ -39,7 +45,8 @@ are reloaded from ``checkpoints/``.
 
 Modules: :mod:`.config` (options, presets, table schemas), :mod:`.setup` (data, θ₀, K₀'s spectrum),
 :mod:`.run` (the :class:`LinearizedGeneralization` study), :mod:`.claims` and :mod:`.figures` (the
-report, from the stored tables only), :mod:`.tasks` (models, binary tasks, the training recipe).
+report, from the stored tables only; :mod:`.claims_energy` for E5–E8, :mod:`.verdicts` for the table reader
+and how a verdict is reached), :mod:`.tasks` (models, binary tasks, the training recipe).
 """
 
 from .config import LinGenConfig

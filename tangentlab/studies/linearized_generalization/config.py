@@ -52,7 +52,8 @@ class LinGenConfig(StudyConfig):
             "nad_indices": (0, 5, 40), "nad_epochs": 3, "nad_train": 128, "nad_test": 128, "nad_mc_samples": 64,
             "nad_expect_samples": 8, "nad_show": 4, "sizes": (32, 64, 128), "xor_sizes": (64, 128),
             "xor_epochs": 3, "xor_test": 128, "checkpoint_epochs": (1, 2), "binary_lin_epochs": (1,),
-            "rotation_target": 4, "rotation_max_index": 30, "energy_ks": (5, 10), "lemma_random": 3}),
+            "rotation_target": 4, "rotation_max_index": 30, "energy_ks": (5, 10), "lemma_random": 3,
+            "seeds": (0, 1), "size_seeds": (0, 1)}),
         "paper": Preset("paper scale: CIFAR-10 (data_dir), BN-free ResNet-18, 12,000-point Gram, GPU", {
             "dataset": "cifar10", "model": "resnet18", "device": "cuda", "gram_points": 12000,
             "eigen_indices": (1, 2, 5, 10, 20, 50, 100, 200, 500, 999), "epochs": 100, "sizes":
@@ -60,13 +61,13 @@ class LinGenConfig(StudyConfig):
             "nad_train": 10000, "nad_test": 10000, "nad_epochs": 100, "nad_indices": (0, 1, 2, 5, 10, 50, 100, 500),
             "nad_mc_samples": 8000, "nad_expect_samples": 500, "rotation_target": 400, "rotation_max_index": 1000,
             "energy_ks": (50,), "checkpoint_epochs": (1, 2, 3, 5, 10, 20, 50), "xor_sizes": (),
-            "train_threads": 0}, needs_gpu=True),
+            "train_threads": 0, "seeds": (0,)}, needs_gpu=True),
         "paper-lenet": Preset("paper scale with LeNet5 on CIFAR-10 (data_dir), GPU", {
             "dataset": "cifar10", "model": "lenet", "device": "cuda", "gram_points": 12000,
             "eigen_indices": (1, 2, 5, 10, 20, 50, 100, 200, 500, 999), "sizes": (500, 2000, 10000, 50000),
             "size_epochs": 200, "nad_train": 10000, "nad_test": 10000, "nad_epochs": 100,
             "rotation_target": 400, "rotation_max_index": 1000, "energy_ks": (50,), "xor_sizes": (),
-            "train_threads": 0}, needs_gpu=True),
+            "train_threads": 0, "seeds": (0,)}, needs_gpu=True),
     }
 
     parts: tuple[str, ...] = option(PARTS, "parts to run", choices=PARTS)
@@ -77,6 +78,10 @@ class LinGenConfig(StudyConfig):
     hidden: tuple[int, ...] = option((100, 100), "hidden widths of the MLP", min=1)
     activation: str = option("relu", "activation of the MLP / LeNet", choices=("relu", "tanh", "sigmoid"))
     width: int = option(64, "base width of the ResNet-18", min=1)
+    seeds: tuple[int, ...] = option((0, 1, 2), "replicates of the eigen, nad and energy parts: each its own θ₀ "
+                                    "(hence K₀ and its eigenfunction tasks), NAD LeNet, eq. 5 samples and minibatch "
+                                    "orders; the claims take intervals over them (seed 0 is drawn in the figures)",
+                                    min=0)
     # recipe
     epochs: int = option(60, "training epochs (networks and linearizations)", min=1)
     batch_size: int = option(128, "minibatch size (min(batch_size, n); last partial batch dropped)", min=1)
@@ -111,7 +116,7 @@ class LinGenConfig(StudyConfig):
     sizes: tuple[int, ...] = option((32, 64, 128, 256, 512, 1024, 1347), "training-set sizes of the half-classes "
                                     "task", min=2)
     size_epochs: int = option(60, "training epochs of the size part", min=1)
-    size_seeds: tuple[int, ...] = option((0,), "seeds of the size part (subset, init, batches)", min=0)
+    size_seeds: tuple[int, ...] = option((0, 1, 2), "seeds of the size part (subset, init, batches)", min=0)
     xor_sizes: tuple[int, ...] = option((250, 500, 1000, 2000, 4000), "training-set sizes of the XOR task "
                                         "(empty: skip)", min=2, nonempty=False)
     xor_dim: int = option(20, "input dimension of the XOR task", min=2)
@@ -131,6 +136,9 @@ class LinGenConfig(StudyConfig):
     lemma_random: int = option(5, "random ±1 label vectors checked", min=0)
 
     def validate(self) -> None:
+        if 0 not in self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise self.error("seeds", f"{list(self.seeds)} must be distinct and include 0 (the seed the figures "
+                             "draw)", "distinct seeds including 0")
         try:
             check_dataset(self.dataset, "image" if self.model != "mlp" else "flat", self.data_dir)
         except ConfigError as e:

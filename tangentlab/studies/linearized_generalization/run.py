@@ -50,7 +50,7 @@ from .config import (
     LinGenConfig,
 )
 from .figures import build_report
-from .setup import Setup, build_setup, ntk_gram, top_eigh
+from .setup import Setup, build_setup, ntk_gram, replicate_seed, top_eigh
 from .tasks import (
     build_scalar_model,
     distances,
@@ -82,6 +82,15 @@ class LinearizedGeneralization(Study):
         self.curves = self.store.table("curves", CURVE_COLUMNS, CURVE_KEY)
         self.arrays = self.store.table("arrays", ARRAY_COLUMNS, ARRAY_KEY)
         self.done = {(r["part"], r["setting"], r["index"], r["model"]) for r in self.results.read()}
+
+    def _s(self, base: str) -> str:
+        """The name ``base`` of a setting (or checkpoint, array) for the current replicate: ``base`` for
+        seed 0 (the one the figures draw), ``base_s{seed}`` for the others."""
+        return base if self.rep == 0 else f"{base}_s{self.rep}"
+
+    def _seed(self) -> int:
+        """The base seed of the current replicate (:func:`~.setup.replicate_seed`)."""
+        return replicate_seed(self.config, self.rep)
 
     def _is_done(self, part: str, setting: str, index: Any, model: str) -> bool:
         """Whether the unit's result rows exist."""
@@ -118,17 +127,26 @@ class LinearizedGeneralization(Study):
                                                   "lemma": self.run_lemma}
         self._tables()
         t0 = time.perf_counter()
-        # rank 0 computes K₀'s spectrum; the others load it
-        self.setup: Setup = self.ctx.once(lambda: build_setup(cfg, self.store, self.device))
-        self.log(f"linearized-generalization: setup (data, θ₀, K₀ spectrum) {time.perf_counter() - t0:.1f}s")
-        # units of a torchrun launch: the parts, with eigen and energy together (both use the rotation
-        # run's checkpoints) and part size split into its runs (claimed inside run_size)
-        units = [p for p in PARTS if p in cfg.parts and p != "size" and not (p == "energy" and "eigen" in cfg.parts)]
-        for unit in self.ctx.mine(units):
+        # rank 0 computes each replicate's K₀ spectrum; the others load it
+        self.setups: dict[int, Setup] = {}
+        for s in cfg.seeds:
+            self.setups[s] = self.ctx.once(lambda s=s: build_setup(cfg, self.store, self.device, s))
+        self.rep = cfg.seeds[0]
+        self.setup = self.setups[self.rep]
+        self.log(f"linearized-generalization: setup (data, θ₀, K₀ spectrum; seeds {list(cfg.seeds)}) "
+                 f"{time.perf_counter() - t0:.1f}s")
+        # units of a torchrun launch: (seed, part), with eigen and energy together (both use the rotation
+        # run's checkpoints), Lemma 1 on the first seed only, and part size split into its runs (claimed
+        # inside run_size)
+        units = [(s, p) for s in cfg.seeds for p in PARTS if p in cfg.parts and p != "size"
+                 and not (p == "energy" and "eigen" in cfg.parts) and not (p == "lemma" and s != cfg.seeds[0])]
+        for s, unit in self.ctx.mine(units, key=lambda u: f"seed{u[0]} {u[1]}"):
+            self.rep, self.setup = s, self.setups[s]
             for part in ((unit, "energy") if unit == "eigen" and "energy" in cfg.parts else (unit,)):
                 t = time.perf_counter()
                 runners[part]()
-                self.log(f"linearized-generalization: part {part} took {time.perf_counter() - t:.1f}s")
+                self.log(f"linearized-generalization: seed {s} part {part} took {time.perf_counter() - t:.1f}s")
+        self.rep, self.setup = cfg.seeds[0], self.setups[cfg.seeds[0]]
         if "size" in cfg.parts:
             t = time.perf_counter()
             runners["size"]()
@@ -145,22 +163,23 @@ class LinearizedGeneralization(Study):
         theta0 = flat_params(S.model0)
         cos = binarization_cosine(S.evecs, cfg.eigen_indices)
         for i, j in enumerate(cfg.eigen_indices):
-            if not self._is_done("eigen", "phi", j, "kernel"):
-                self._write("eigen", "phi", j, "kernel", {"eigenvalue": float(S.evals[j]),
+            if not self._is_done("eigen", self._s("phi"), j, "kernel"):
+                self._write("eigen", self._s("phi"), j, "kernel", {"eigenvalue": float(S.evals[j]),
                                                           "binarization_cosine": float(cos[i])})
             xtr, ytr, xte, yte = self.setup.eigen_task(j)
             for kind in ("nn", "lin"):
-                if self._is_done("eigen", "phi", j, kind):
+                if self._is_done("eigen", self._s("phi"), j, kind):
                     continue
                 if kind == "nn" and j == cfg.rotation_target and "energy" in cfg.parts:
                     out, model = self._rotation_run()
                 else:
                     model = copy.deepcopy(S.model0) if kind == "nn" else Linearized(S.model0)
-                    out = train_binary(model, xtr, ytr, xte, yte, cfg.recipe(), cfg.seed + 1,
+                    out = train_binary(model, xtr, ytr, xte, yte, cfg.recipe(), self._seed() + 1,
                                        progress=self._bar_flag(), desc=f"eigen φ_{j} {kind}")
-                self._write("eigen", "phi", j, kind, self._train_pair_metrics(out, flat_params(model), theta0),
-                            out["history"])
-                self.log(f"  φ_{j} {kind}: test acc {out['test_accuracy']:.3f}, train loss {out['train_loss']:.4f}")
+                self._write("eigen", self._s("phi"), j, kind,
+                            self._train_pair_metrics(out, flat_params(model), theta0), out["history"])
+                self.log(f"  seed {self.rep} φ_{j} {kind}: test acc {out['test_accuracy']:.3f}, train loss "
+                         f"{out['train_loss']:.4f}")
 
     def _ckpt_epochs(self) -> list[int]:
         """Epochs of the kept network checkpoints: 0, ``checkpoint_epochs`` and the end."""
@@ -175,10 +194,10 @@ class LinearizedGeneralization(Study):
 
         def save(e: int, model: nn.Module) -> None:
             if e in keep:
-                self.store.save_checkpoint(f"rot_ep{e}", e, {"model": model.state_dict()}, keep=1)
+                self.store.save_checkpoint(f"{self._s('rot')}_ep{e}", e, {"model": model.state_dict()}, keep=1)
 
         model = copy.deepcopy(S.model0)
-        out = train_binary(model, xtr, ytr, xte, yte, cfg.recipe(), cfg.seed + 1, on_epoch=save,
+        out = train_binary(model, xtr, ytr, xte, yte, cfg.recipe(), self._seed() + 1, on_epoch=save,
                            progress=self._bar_flag(), desc=f"eigen φ_{cfg.rotation_target} nn (checkpoints)")
         return out, model
 
@@ -198,9 +217,9 @@ class LinearizedGeneralization(Study):
         cfg = self.config
         shape = cfg.nad_input_shape()
         d = int(np.prod(shape))
-        torch.manual_seed(cfg.seed + 1000)
+        torch.manual_seed(self._seed() + 1000)
         model0 = lecun_init_(make_lenet(shape, cfg.nad_activation)).to(self.device).eval()
-        ck = self.store.load_checkpoint("nad")
+        ck = self.store.load_checkpoint(self._s("nad"))
         if ck is not None:
             model0.load_state_dict(ck["theta0"])
             alphas, V = ck["alphas"], ck["directions"]
@@ -208,29 +227,33 @@ class LinearizedGeneralization(Study):
             m64 = copy.deepcopy(model0).double()
             with torch_threads(0):
                 alphas, V, _ = neural_anisotropy_directions(m64, shape, cfg.nad_samples,
-                                                            torch.Generator().manual_seed(cfg.seed + 1001))
-            self.store.save_checkpoint("nad", 0, {"theta0": model0.state_dict(), "alphas": alphas.cpu(),
+                                                            torch.Generator().manual_seed(self._seed() + 1001))
+            self.store.save_checkpoint(self._s("nad"), 0, {"theta0": model0.state_dict(), "alphas": alphas.cpu(),
                                                   "directions": V.cpu()})
-        self._array("nad_alpha", alphas)
-        self._array("nad_images", V[:min(cfg.nad_show, d)])
-        if cfg.nad_mc_samples and not self._is_done("nad", "theorem1", 0, "mc"):
+        first = self.rep == cfg.seeds[0]
+        if first:  # the figures' NADs (rows whose key exists are not written again)
+            self._array("nad_alpha", alphas)
+            self._array("nad_images", V[:min(cfg.nad_show, d)])
+        # Theorem 1 is an identity: checked once (first seed)
+        if first and cfg.nad_mc_samples and not self._is_done("nad", "theorem1", 0, "mc"):
             self._nad_theorem1(model0, V, shape)
         theta0 = flat_params(model0)
         for j in cfg.nad_indices:
-            if not self._is_done("nad", "linear", j, "kernel"):
-                self._write("nad", "linear", j, "kernel", {"alpha": float(alphas[j])})
-            xtr, ytr = nad_task(V[j], cfg.nad_train, shape, cfg.nad_eps, cfg.nad_sigma, cfg.seed * 7919 + 2 * j)
-            xte, yte = nad_task(V[j], cfg.nad_test, shape, cfg.nad_eps, cfg.nad_sigma, cfg.seed * 7919 + 2 * j + 1)
+            if not self._is_done("nad", self._s("linear"), j, "kernel"):
+                self._write("nad", self._s("linear"), j, "kernel", {"alpha": float(alphas[j])})
+            base = self._seed() * 7919
+            xtr, ytr = nad_task(V[j], cfg.nad_train, shape, cfg.nad_eps, cfg.nad_sigma, base + 2 * j)
+            xte, yte = nad_task(V[j], cfg.nad_test, shape, cfg.nad_eps, cfg.nad_sigma, base + 2 * j + 1)
             xtr, ytr, xte, yte = (t.to(self.device) for t in (xtr, ytr, xte, yte))
             for kind in ("nn", "lin"):
-                if self._is_done("nad", "linear", j, kind):
+                if self._is_done("nad", self._s("linear"), j, kind):
                     continue
                 model = copy.deepcopy(model0) if kind == "nn" else Linearized(model0)
-                out = train_binary(model, xtr, ytr, xte, yte, cfg.recipe(cfg.nad_epochs), cfg.seed + 2,
+                out = train_binary(model, xtr, ytr, xte, yte, cfg.recipe(cfg.nad_epochs), self._seed() + 2,
                                    progress=self._bar_flag(), desc=f"NAD {j} {kind}")
-                self._write("nad", "linear", j, kind, self._train_pair_metrics(out, flat_params(model), theta0),
-                            out["history"])
-                self.log(f"  NAD {j} {kind}: test acc {out['test_accuracy']:.3f}")
+                self._write("nad", self._s("linear"), j, kind,
+                            self._train_pair_metrics(out, flat_params(model), theta0), out["history"])
+                self.log(f"  seed {self.rep} NAD {j} {kind}: test acc {out['test_accuracy']:.3f}")
 
     def _nad_theorem1(self, model0: nn.Module, V: torch.Tensor, shape: tuple[int, ...]) -> None:
         """Theorem 1 by Monte Carlo: ``‖E[∇²_{x,θ} f] v‖²`` (from ``nad_expect_samples`` draws) against
@@ -238,7 +261,7 @@ class LinearizedGeneralization(Study):
         cfg = self.config
         k = min(cfg.nad_check, V.shape[0])
         m64 = copy.deepcopy(model0).double().eval()
-        g = torch.Generator().manual_seed(cfg.seed + 1002)
+        g = torch.Generator().manual_seed(self._seed() + 1002)
         with torch_threads(0):
             xe = torch.randn(cfg.nad_expect_samples, *shape, generator=g, dtype=torch.float64).to(self.device)
             A = mixed_derivative(m64, xe)
@@ -306,10 +329,10 @@ class LinearizedGeneralization(Study):
 
         def save(e: int, model: nn.Module) -> None:
             if e in keep:
-                self.store.save_checkpoint(f"half_ep{e}", e, {"model": model.state_dict()}, keep=1)
+                self.store.save_checkpoint(f"{self._s('half')}_ep{e}", e, {"model": model.state_dict()}, keep=1)
 
         model = copy.deepcopy(S.model0)
-        out = train_binary(model, S.x_train, y_tr, S.x_test, y_te, cfg.recipe(), cfg.seed + 6, on_epoch=save,
+        out = train_binary(model, S.x_train, y_tr, S.x_test, y_te, cfg.recipe(), self._seed() + 6, on_epoch=save,
                            progress=self._bar_flag(), desc="half-classes nn (checkpoints)")
         return out, model
 
@@ -324,25 +347,25 @@ class LinearizedGeneralization(Study):
 
         def half_runner() -> None:
             out, model = self._half_run()
-            if not self._is_done("energy", "half", "final", "nn"):
-                self._write("energy", "half", "final", "nn", self._train_pair_metrics(out, flat_params(model), theta0),
-                            out["history"])
+            if not self._is_done("energy", self._s("half"), "final", "nn"):
+                self._write("energy", self._s("half"), "final", "nn",
+                            self._train_pair_metrics(out, flat_params(model), theta0), out["history"])
 
-        half_ck = self._checkpoints("half", half_runner)
-        if not self._is_done("energy", "half", "final", "nn"):
+        half_ck = self._checkpoints(self._s("half"), half_runner)
+        if not self._is_done("energy", self._s("half"), "final", "nn"):
             half_runner()
-        self._energy_rows("half", half_ck, S.x_train, y_tr)
+        self._energy_rows(self._s("half"), half_ck, S.x_train, y_tr)
         # (b) the eigenfunction target: the rotation run's checkpoints (trained by part eigen when it ran)
         xtr, ytr, xte, yte = self.setup.eigen_task(cfg.rotation_target)
 
         def rot_runner() -> None:
             out, model = self._rotation_run()
-            if not self._is_done("eigen", "phi", cfg.rotation_target, "nn"):
-                self._write("eigen", "phi", cfg.rotation_target, "nn",
+            if not self._is_done("eigen", self._s("phi"), cfg.rotation_target, "nn"):
+                self._write("eigen", self._s("phi"), cfg.rotation_target, "nn",
                             self._train_pair_metrics(out, flat_params(model), theta0), out["history"])
 
-        rot_ck = self._checkpoints("rot", rot_runner)
-        self._energy_rows("phi", rot_ck, xtr, ytr)
+        rot_ck = self._checkpoints(self._s("rot"), rot_runner)
+        self._energy_rows(self._s("phi"), rot_ck, xtr, ytr)
         self._rotation(rot_ck[cfg.epochs])
         # (c) linearizations at checkpoints θ_t (unbiased), on both tasks
         for t in sorted({0, *cfg.checkpoint_epochs, cfg.epochs}):
@@ -375,7 +398,7 @@ class LinearizedGeneralization(Study):
                 rows[f"E{k}"], rows[f"E{k}_sq"] = r, r2
                 rows[f"E{k}_random"] = math.sqrt(k / x.shape[0])
             if e == 0:
-                g = torch.Generator().manual_seed(cfg.seed + 99)
+                g = torch.Generator().manual_seed(self._seed() + 99)
                 yr = torch.where(torch.rand(x.shape[0], generator=g, dtype=torch.float64) < 0.5, -1.0, 1.0)
                 for k, (r, _) in energy_concentration(U, yr, cfg.energy_ks).items():
                     rows[f"E{k}_random_labels"] = r
@@ -386,7 +409,7 @@ class LinearizedGeneralization(Study):
         """α_0(φ_j) and α_T(φ_j) = φ_jᵀ K_T φ_j / φ_jᵀφ_j for the leading eigenvectors of K₀, on the whole
         support and restricted (and renormalized) to its train and test parts."""
         cfg, S = self.config, self.setup
-        if self._is_done("energy", "rotation", cfg.rotation_target, "kernel"):
+        if self._is_done("energy", self._s("rotation"), cfg.rotation_target, "kernel"):
             return
         r = cfg.rotation_max_index
         Phi = S.evecs[:, :r].to(torch.float64)
@@ -402,8 +425,8 @@ class LinearizedGeneralization(Study):
                 continue
             a0 = alignment(K0[sl, sl], Phi[sl])
             aT = alignment(KT[sl, sl], Phi[sl])
-            self._array(f"alpha0_{name}", a0)
-            self._array(f"alphaT_{name}", aT)
+            self._array(self._s(f"alpha0_{name}"), a0)
+            self._array(self._s(f"alphaT_{name}"), aT)
             ratio = aT / a0
             other = torch.cat([ratio[:cfg.rotation_target], ratio[cfg.rotation_target + 1:]])
             summary[f"{name}_ratio_target"] = float(ratio[cfg.rotation_target])
@@ -412,24 +435,26 @@ class LinearizedGeneralization(Study):
             summary[f"{name}_argmax"] = int(ratio.argmax())
         summary["jacobian_energy_0"] = float(torch.diagonal(K0).mean())
         summary["jacobian_energy_T"] = float(torch.diagonal(KT).mean())
-        self._write("energy", "rotation", cfg.rotation_target, "kernel", summary)
+        self._write("energy", self._s("rotation"), cfg.rotation_target, "kernel", summary)
 
-    def _late_linear(self, setting: str, t: int, state: dict[str, torch.Tensor], xtr: torch.Tensor,
+    def _late_linear(self, task: str, t: int, state: dict[str, torch.Tensor], xtr: torch.Tensor,
                      ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor) -> None:
-        """The unbiased linearization ``(θ − θ_t)ᵀ∇f_{θ_t}(x)`` trained from ``θ_t`` with the recipe."""
+        """The unbiased linearization ``(θ − θ_t)ᵀ∇f_{θ_t}(x)`` trained from ``θ_t`` with the recipe on
+        ``task`` (``phi`` or ``half``)."""
         cfg = self.config
-        if self._is_done("energy", f"late_{setting}", t, "lin"):
+        setting = self._s(f"late_{task}")
+        if self._is_done("energy", setting, t, "lin"):
             return
         lin = Linearized(self._model_at(state))
         off_tr = lin.initial_output(xtr).reshape(-1).to(ytr.dtype)
         off_te = lin.initial_output(xte).reshape(-1).to(yte.dtype)
         theta_t = flat_params(lin)
-        out = train_binary(lin, xtr, ytr, xte, yte, cfg.recipe(), cfg.seed + (1 if setting == "phi" else 6),
+        out = train_binary(lin, xtr, ytr, xte, yte, cfg.recipe(), self._seed() + (1 if task == "phi" else 6),
                            offset=off_tr, offset_test=off_te, progress=self._bar_flag(),
-                           desc=f"late linearization {setting} @ epoch {t}")
-        self._write("energy", f"late_{setting}", t, "lin", self._train_pair_metrics(out, flat_params(lin), theta_t),
+                           desc=f"late linearization {task} @ epoch {t}")
+        self._write("energy", setting, t, "lin", self._train_pair_metrics(out, flat_params(lin), theta_t),
                     out["history"])
-        self.log(f"  linearized at epoch {t} ({setting}): test acc {out['test_accuracy']:.3f}, "
+        self.log(f"  seed {self.rep} linearized at epoch {t} ({task}): test acc {out['test_accuracy']:.3f}, "
                  f"train loss {out['train_loss']:.4f}")
 
     # ---- part 5: Lemma 1 -----------------------------------------------------------------------------

@@ -68,25 +68,34 @@ def ntk_gram(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return ntk(m64, x.to(torch.float64), progress=False).as_matrix()
 
 
-def build_setup(cfg: LinGenConfig, store, dev: torch.device) -> Setup:
-    """Load the data, build ``θ₀`` and compute (or reload from the ``setup`` checkpoint) the support and
-    ``K₀``'s spectrum, keeping the eigenvectors up to the largest index any part needs."""
+def replicate_seed(cfg: LinGenConfig, rep: int) -> int:
+    """The base seed of replicate ``rep`` (one of ``cfg.seeds``): its ``θ₀``, support, minibatch orders
+    and sampled tasks are drawn from it (replicate 0: ``cfg.seed`` itself)."""
+    return cfg.seed + 10007 * rep
+
+
+def build_setup(cfg: LinGenConfig, store, dev: torch.device, rep: int = 0) -> Setup:
+    """Load the data, build replicate ``rep``'s ``θ₀`` and compute (or reload from its ``setup``
+    checkpoint) the support and ``K₀``'s spectrum, keeping the eigenvectors up to the largest index any
+    part needs. The data split is the same for every replicate."""
     layout = "flat" if cfg.model == "mlp" else "image"
     split = load_dataset(cfg.dataset, cfg.seed, layout, cfg.data_dir, cfg.max_per_class or None)
     n_tr, n_te = split.x_train.shape[0], split.x_test.shape[0]
     for s in cfg.sizes:
         if s > n_tr:
             raise cfg.error("sizes", f"{s} exceeds the {n_tr} training examples", f"2..{n_tr}")
-    ck = store.load_checkpoint("setup")
+    base = replicate_seed(cfg, rep)
+    tag = "setup" if rep == 0 else f"setup_s{rep}"
+    ck = store.load_checkpoint(tag)
     model0 = build_scalar_model(cfg.model, split.input_shape, hidden=cfg.hidden, activation=cfg.activation,
-                                width=cfg.width, seed=cfg.seed).to(dev)
+                                width=cfg.width, seed=base).to(dev)
     if ck is not None:
         model0.load_state_dict(ck["theta0"])
         st, se, evals, evecs = ck["support_train"], ck["support_test"], ck["evals"], ck["evecs"]
     else:
         m = n_tr + n_te
         if cfg.gram_points and cfg.gram_points < m:
-            perm = torch.randperm(m, generator=torch.Generator().manual_seed(cfg.seed + 17))[:cfg.gram_points]
+            perm = torch.randperm(m, generator=torch.Generator().manual_seed(base + 17))[:cfg.gram_points]
             perm = perm.sort().values
         else:
             perm = torch.arange(m)
@@ -101,7 +110,7 @@ def build_setup(cfg: LinGenConfig, store, dev: torch.device) -> Setup:
             evals_all, U = eigh_desc(K0)
         evals, evecs = evals_all.cpu(), canonical_signs(U[:, :need]).cpu().contiguous()
         del K0, U
-        store.save_checkpoint("setup", 0, {"theta0": model0.state_dict(), "support_train": st,
+        store.save_checkpoint(tag, 0, {"theta0": model0.state_dict(), "support_train": st,
                                            "support_test": se, "evals": evals, "evecs": evecs})
     return Setup(split.x_train.to(dev), split.x_test.to(dev), split.y_train.to(dev), split.y_test.to(dev),
                  split.n_classes, tuple(split.input_shape), model0.eval(), st.to(dev), se.to(dev), evals, evecs)

@@ -62,12 +62,20 @@ def test_tables_and_consistency(tiny_run):
     keys = [(r["run"], r["step"], r["probe"], r["metric"], r["layer"]) for r in p]
     assert len(keys) == len(set(keys))
     runs = {r["run"] for r in p}
-    assert runs == {"disk", "noise_0", "noise_50", "hier_random", "hier_other"}
+    trained = [f"{b}{s}" for s in ("", "_s1") for b in ("noise_0", "noise_50", "hier_random", "hier_other")]
+    assert cfg.noise_seeds == cfg.hier_seeds == cfg.disk_seeds == 2
+    assert runs == {"disk", "disk_s1", *trained}
     sched = log_schedule(cfg.schedule, cfg.train_steps, cfg.schedule_base)
-    for run in ("noise_0", "noise_50", "hier_random", "hier_other"):
+    for run in trained:
         assert sorted({int(r["step"]) for r in p if r["run"] == run}) == sched
-    assert sorted({int(r["step"]) for r in p if r["run"] == "disk"}) == log_schedule(
-        cfg.schedule, cfg.disk_steps, cfg.schedule_base)
+    for run in ("disk", "disk_s1"):
+        assert sorted({int(r["step"]) for r in p if r["run"] == run}) == log_schedule(
+            cfg.schedule, cfg.disk_steps, cfg.schedule_base)
+    # the seeds are different draws (data, initialization, minibatches)
+    for a in ("disk", "noise_0", "hier_other"):
+        first = [float(r["value"]) for r in p if r["run"] == a and r["metric"] == "cka" and not r["layer"]]
+        other = [float(r["value"]) for r in p if r["run"] == f"{a}_s1" and r["metric"] == "cka" and not r["layer"]]
+        assert len(first) == len(other) and first[1:] != other[1:]
     # per-layer CKA for every Linear layer of the MLP, train and test
     layers = {r["layer"] for r in p if r["run"] == "noise_0" and r["metric"] == "cka" and r["layer"]}
     assert layers == {str(2 * i) for i in range(cfg.depth)}
@@ -85,7 +93,7 @@ def test_tables_and_consistency(tiny_run):
     for (run, probe, step), pts in spec.items():
         lam = np.array([v for _, v in sorted(pts)])
         assert np.all(np.diff(lam) <= 1e-12 * lam[0])
-        if run == "disk":
+        if run.startswith("disk"):
             assert stat[(run, probe, step, "ratio2")] == pytest.approx(lam[1] / lam[0], rel=1e-12)
             continue
         assert lam.size == r_rows
@@ -97,7 +105,7 @@ def test_tables_and_consistency(tiny_run):
         # centering over examples leaves at least C = 10 zero eigenvalues
         assert np.all(lam[-10:] <= 1e-9 * lam[0])
         n_checked += 1
-    assert n_checked == 2 * 2 * len(sched)
+    assert n_checked == 2 * cfg.noise_seeds * 2 * len(sched)
     # disk eigenfunctions: orthonormal columns on the grid
     eig = defaultdict(dict)
     for r in _table(tiny_run, "eigenfunctions"):
@@ -130,7 +138,7 @@ def test_noise_labels_and_difficult_subsets(tiny_run):
     # the random-label run fits its training probe worse at the end than the clean run
     acc = {r["run"]: float(r["value"]) for r in p if r["probe"] == "train" and r["metric"] == "accuracy"
            and int(r["step"]) == cfg.train_steps}
-    assert set(acc) == {"noise_0", "noise_50"}
+    assert set(acc) == {"noise_0", "noise_50", "noise_0_s1", "noise_50_s1"}
     assert {r["probe"] for r in p if r["run"].startswith("hier")} == {"easy", "difficult"}
 
 

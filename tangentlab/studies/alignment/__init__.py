@@ -73,8 +73,8 @@ the last checkpoint of the unfinished run.
 
 Modules: :mod:`.config` (options, presets, table schemas), :mod:`.data`, :mod:`.models` and
 :mod:`.vit` (items 2-5), :mod:`.run` (the :class:`Alignment` study), :mod:`.claims`, :mod:`.claims_more`,
-:mod:`.criteria` and :mod:`.figures` (the report, from the stored tables only), :mod:`.supernat` (item 6), :mod:`.complexity` (item 7),
-:mod:`.limit` (the distance to the infinite-width limit).
+:mod:`.criteria` and :mod:`.figures` (the report, from the stored tables only), :mod:`.supernat` (item 6),
+:mod:`.complexity` (item 7), :mod:`.limit` (the distance to the infinite-width limit).
 """
 
 from .config import AlignmentConfig

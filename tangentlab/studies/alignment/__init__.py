@@ -1,6 +1,6 @@
 """``tangentlab run alignment``: neural feature alignment during training (paper 000, thesis ch. 6).
 
-Items (``items``; default ``1,2,3,4,7``):
+Items (``items``; default ``1,2,3,4,6,7``):
 
 1. **Disk task eigenfunctions** (Fig. 1): ``disk_n`` points uniform on ``[−1, 1]²``, label
    ``1[‖x‖ < √(2/π)]``; a ReLU MLP ``2 → disk_width×disk_depth → 1`` trained by full-batch
@@ -58,6 +58,17 @@ CKA covers every layer and, in rows ``"blocks.k:attention"`` / ``"blocks.k:feed-
 kernel of each block's attention and feed-forward parts (sums of their layers' kernels).
 ``transformer-tiny`` is its smoke run.
 
+**Seeds and claims.** Items 2-3 run ``noise_seeds`` seeds of every label-noise run (``noise_<p>``,
+``noise_<p>_s1``, ...), item 4 ``hier_seeds`` seeds of each run and item 1 ``disk_seeds`` seeds;
+the figures show seed 0. Every finding is decided on the mean over the seeds with its 95%
+Student-t interval (or a percentile bootstrap over seeds for fitted slopes, rank correlations and
+ratios of means): ``yes`` when the whole interval satisfies the criterion, ``NO`` when none of it
+does, ``inconclusive`` otherwise. Each claim states the paper's sentence and the criterion tested,
+with the paper's numbers (e.g. T_k > 70% with ``k`` = 40/1000 of our ``N·C``; λ20/λ1 dropping by a
+factor ≥ 5, the paper's 1.5% → 0.2%); the statistics are in :mod:`.criteria`, the claims in
+:mod:`.claims` (items 1-3), :mod:`.claims_more` (items 4-5, limit), :mod:`.supernat` (item 6,
+judged for each κ, the trace-preserving one included) and :mod:`.complexity` (item 7).
+
 Conventions: NTK ``K[n, m, c, d] = ⟨∂f_c(x_n)/∂θ, ∂f_d(x_m)/∂θ⟩`` unnormalized, rows
 ``n·C + c``; centering ``"examples"`` = tangent features centered over the probe examples per
 output (thesis ch. 6); ``T_k`` = mass of the ``k`` largest eigenvalues. See
@@ -71,10 +82,11 @@ examples). Each training run checkpoints after every probe and a killed study re
 the last checkpoint of the unfinished run.
 
 Modules: :mod:`.config` (options, presets, table schemas), :mod:`.data`, :mod:`.models` and
-:mod:`.vit` (items 2-5), :mod:`.run` (the :class:`Alignment` study), :mod:`.claims` and :mod:`.figures`
-(the report, from the stored tables only), :mod:`.supernat` (item 6), :mod:`.complexity` (item 7),
-:mod:`.limit` (the distance to the infinite-width limit), :mod:`.appendix_hierarchy`, :mod:`.spectral_bias`,
-:mod:`.norm_capacity` and :mod:`.channel_sweep` (items 8-11, with :mod:`.appendix_common`).
+:mod:`.vit` (items 2-5), :mod:`.run` (the :class:`Alignment` study), :mod:`.claims`, :mod:`.claims_more`,
+:mod:`.criteria` and :mod:`.figures` (the report, from the stored tables only), :mod:`.supernat` (item 6),
+:mod:`.complexity` (item 7), :mod:`.limit` (the distance to the infinite-width limit),
+:mod:`.appendix_hierarchy`, :mod:`.spectral_bias`, :mod:`.norm_capacity` and :mod:`.channel_sweep` (items
+8-11, with :mod:`.appendix_common`).
 """
 
 from .config import AlignmentConfig

@@ -67,7 +67,7 @@ class AlignmentConfig(StudyConfig):
 
     PRESETS: ClassVar[dict[str, Preset]] = {
         "tiny": Preset("seconds-long smoke run (tests)", {
-            "items": (1, 2, 3, 4, 8, 9, 10, 11),
+            "items": (1, 2, 3, 4, 6, 8, 9, 10, 11),
             "width": 16, "depth": 3, "train_steps": 40, "n_probe": 12, "batch_size": 50,
             "lr": 0.05, "schedule_base": 1.6, "ks": (2, 5), "noise": (0.0, 0.5), "hier_subset": 10,
             "n_pca": 2, "disk_n": 40, "disk_width": 12, "disk_depth": 2, "disk_steps": 30, "disk_grid": 8,
@@ -75,8 +75,9 @@ class AlignmentConfig(StudyConfig):
             "ablation_lrs": (0.02, 0.05), "ablation_seeds": 1, "ablation_steps": 20,
             "complexity_widths": (8, 16), "complexity_noise": (0.0, 0.5), "complexity_seeds": 1,
             "complexity_target_loss": 0.3, "complexity_max_epochs": 3, "complexity_n_train": 200,
-            "supernat_n_train": 20, "supernat_dim": 5, "supernat_steps": 50, "limit_widths": (16, 64),
-            "limit_seeds": 2, "limit_n": 12,
+            "supernat_n_train": 20, "supernat_dim": 5, "supernat_steps": 50, "supernat_seeds": 3,
+            "limit_widths": (16, 64), "limit_seeds": 2, "limit_n": 12, "noise_seeds": 2, "hier_seeds": 2,
+            "disk_seeds": 2,
             # appendix parts (items 8-11), reduced
             "appendix_seeds": 2, "hierarchy_hidden": (16,), "hierarchy_epochs": 2, "hierarchy_n": 10,
             "hierarchy_dirs": 10, "bias_width": 32, "bias_depth": 3, "bias_points": 20, "capacity_points": 200,
@@ -85,21 +86,21 @@ class AlignmentConfig(StudyConfig):
             "channel_n_train": 40, "channel_max_epochs": 2, "channel_probe": 5, "channel_batch_size": 20}),
         "transformer": Preset("items 2-3 with a small ViT (2x2 patches of the 8x8 digits, 2 GPT-style encoder "
                                "blocks of width 32, 4 heads) instead of the MLP: spectra, effective rank, CKA with "
-                               "the labels, per-layer and per-block (attention, feed-forward) CKA; a few minutes, "
-                               "one torch thread", {
+                               "the labels, per-layer and per-block (attention, feed-forward) CKA; one seed per run "
+                               "(its claims have no interval); a few minutes, one torch thread", {
             "items": (2, 3), "model": "vit", "width": 32, "vit_patch": 2, "vit_blocks": 2, "vit_heads": 4,
             "vit_hidden": 64, "lr": 0.02, "train_steps": 1000, "schedule_base": 1.4, "n_probe": 100,
-            "noise": (0.0, 0.5), "threads": 1}),
+            "noise": (0.0, 0.5), "noise_seeds": 1, "threads": 1}),
         "transformer-tiny": Preset("seconds-long smoke run of the transformer preset (tests)", {
             "items": (2, 3), "model": "vit", "width": 8, "vit_patch": 4, "vit_blocks": 1, "vit_heads": 2,
             "vit_hidden": 16, "lr": 0.05, "train_steps": 30, "batch_size": 50, "schedule_base": 1.6,
-            "n_probe": 10, "ks": (2, 5), "n_pca": 2, "noise": (0.0, 0.5)}),
+            "n_probe": 10, "ks": (2, 5), "n_pca": 2, "noise": (0.0, 0.5), "noise_seeds": 1}),
         "ablation": Preset("item 5: depth and learning-rate ablations (Figs. 13, 14), 3 seeds, CPU, about 8 CPU-"
                            "minutes", {
             "items": (5,), "ablation_seeds": 3}),
         "supernat": Preset("item 6: SuperNat vs GD on the noisy linear regression (Fig. 5), CPU", {
             "items": (6,), "supernat_n_train": 50, "supernat_dim": 10, "supernat_noise": 0.1,
-            "supernat_steps": 3000}),
+            "supernat_steps": 3000, "supernat_seeds": 20}),
         "appendix": Preset("the appendix parts at full size: B.1 Jacobian hierarchy (item 8), B.2 spectral bias "
                            "(item 9), B.3 norm capacity (item 10) with 5 seeds, and the VGG channel sweep of the "
                            "complexity measure (item 11, paper Fig. 6 right), CPU, under 15 minutes on 2 cores", {
@@ -121,11 +122,11 @@ class AlignmentConfig(StudyConfig):
                                   "schedule_base": 1.15, "noise": (0.0, 0.2, 0.5)}, needs_gpu=True),
     }
 
-    items: tuple[int, ...] = option((1, 2, 3, 4, 7, 8, 9, 10), "items of paper 000 to run (5: ablations, 6: "
-                                    "SuperNat, 7: complexity measure, 8-10: appendix B.1 Jacobian hierarchy, B.2 "
-                                    "spectral bias, B.3 norm capacity, 11: VGG channel sweep of the complexity "
-                                    "measure; the default runs 8-10 at full size with appendix_seeds=3 and not 11, "
-                                    "which the 'appendix' preset runs)", choices=ITEMS)
+    items: tuple[int, ...] = option((1, 2, 3, 4, 6, 7), "items of paper 000 to run (5: ablations, 6: SuperNat, "
+                                    "7: complexity measure, 8-10: appendix B.1 Jacobian hierarchy, B.2 spectral "
+                                    "bias, B.3 norm capacity, 11: VGG channel sweep of the complexity measure; the "
+                                    "default leaves 5 and 8-11 to the 'ablation' and 'appendix' presets to stay "
+                                    "under 5 minutes)", choices=ITEMS)
     # items 2-5: data, model, optimizer
     dataset: str = option("digits", "dataset of items 2-5", choices=DATASETS)
     data_dir: str = option("", "folder with the MNIST IDX files / CIFAR-10 python batches (nothing is downloaded)")
@@ -146,7 +147,9 @@ class AlignmentConfig(StudyConfig):
     train_steps: int = option(1500, "SGD steps of each run of items 2-4", min=1)
     schedule: str = option("thesis", "probe steps: thesis (0 and 5*floor(base^k)) or decade (round(10^(k/10)))",
                            choices=("thesis", "decade"))
-    schedule_base: float = option(1.25, "growth factor of the thesis schedule (thesis: 1.15)", min=1.01)
+    schedule_base: float = option(1.5, "growth factor of the thesis schedule (thesis: 1.15; 1.5: 16 probe steps "
+                                  "in 1500, which keeps three seeds of each run within the main job's budget)",
+                                  min=1.01)
     n_probe: int = option(100, "examples of the train and the test probe batches (kernel (N*C)^2)", min=2)
     centering: str = option("examples", "kernel centering: examples (per output), full (N*C rows) or none",
                             choices=("examples", "full", "none"))
@@ -154,12 +157,15 @@ class AlignmentConfig(StudyConfig):
     n_pca: int = option(3, "kernel-PCA components stored", min=0)
     pca_snapshots: int = option(4, "probe steps whose kernel-PCA coordinates are stored", min=0)
     noise: tuple[float, ...] = option((0.0, 0.5), "fractions of random labels (items 2-3)", min=0.0, max=1.0)
+    noise_seeds: int = option(3, "items 2-3: seeds of each label-noise run (run noise_<p> is seed 0, noise_<p>_s<k> "
+                              "seed k); the claims are decided on the interval over the seeds", min=1)
     # item 4
     hier_random_fraction: float = option(0.2, "item 4(a): fraction of training labels made random", min=0.0,
                                          max=1.0)
     hier_other_fraction: float = option(0.1, "item 4(b): fraction of the training set replaced by the other task",
                                         min=0.0, max=1.0)
     hier_subset: int = option(100, "item 4: easy and difficult training examples in each CKA probe", min=2)
+    hier_seeds: int = option(3, "item 4: seeds of each run (hier_<kind> is seed 0, hier_<kind>_s<k> seed k)", min=1)
     # item 1
     disk_n: int = option(200, "item 1: training points of the disk task", min=4)
     disk_width: int = option(64, "item 1: hidden width", min=1)
@@ -169,6 +175,8 @@ class AlignmentConfig(StudyConfig):
     disk_grid: int = option(30, "item 1: grid resolution (kernel of size grid^2)", min=4)
     disk_eigen: int = option(6, "item 1: eigenfunctions shown", min=1)
     disk_snapshots: int = option(5, "item 1: iterations shown in the eigenfunction figure", min=2)
+    disk_seeds: int = option(1, "item 1: seeds (data and initialization; run disk is seed 0, disk_s<k> seed k; "
+                             "eigenfunctions stored for seed 0)", min=1)
     # item 5
     ablation_depths: tuple[int, ...] = option((2, 4, 6, 8), "item 5: depths (Linear layers) of the depth ablation",
                                               min=2)
@@ -213,7 +221,8 @@ class AlignmentConfig(StudyConfig):
     supernat_noise: float = option(0.1, "item 6: label-noise variance sigma^2", min=0.0)
     supernat_steps: int = option(3000, "item 6: gradient steps", min=1)
     supernat_lr: float = option(0.2, "item 6: learning rate eta (function-space GD / SuperNat)", min=1e-8)
-    supernat_seeds: int = option(20, "item 6: independent draws of the regression problem", min=1)
+    supernat_seeds: int = option(10, "item 6: independent draws of the regression problem (preset supernat: 20)",
+                                 min=1)
     supernat_n_test: int = option(2000, "item 6: test points (clean targets)", min=1)
     supernat_kappas: tuple[str, ...] = option(("fixed", "trace"), "item 6: SuperNat isotropic rescalings kappa "
                                               "(fixed: kappa of step 0; trace: Tr K kept; max: lambda_max kept)",

@@ -79,17 +79,27 @@ class RunSpec:
     seed: int = 0
 
 
+def seed_name(run: str, seed: int) -> str:
+    """The name of seed ``seed`` of ``run``: ``run`` for seed 0, ``run_s<seed>`` after."""
+    return run if seed == 0 else f"{run}_s{seed}"
+
+
 def plan_runs(cfg: AlignmentConfig) -> list[RunSpec]:
-    """The training runs of items 2-5, in execution order."""
+    """The training runs of items 2-5, in execution order (every label-noise and item-4 run of
+    seed 0 first, then those of the next seeds)."""
     runs: list[RunSpec] = []
     items = set(cfg.items)
     base = dict(depth=cfg.depth, width=cfg.width, lr=cfg.lr, steps=cfg.train_steps, seed=cfg.seed)
     if items & {2, 3}:
-        for p in cfg.noise:
-            runs.append(RunSpec(f"noise_{round(100 * p)}", 2, "noise", noise=p, **base))
+        for s in range(cfg.noise_seeds):
+            for p in cfg.noise:
+                runs.append(RunSpec(seed_name(f"noise_{round(100 * p)}", s), 2, "noise", noise=p,
+                                    **{**base, "seed": cfg.seed + s}))
     if 4 in items:
-        runs.append(RunSpec("hier_random", 4, "hier", difficult="random", fraction=cfg.hier_random_fraction, **base))
-        runs.append(RunSpec("hier_other", 4, "hier", difficult="other", fraction=cfg.hier_other_fraction, **base))
+        for s in range(cfg.hier_seeds):
+            for kind, frac in (("random", cfg.hier_random_fraction), ("other", cfg.hier_other_fraction)):
+                runs.append(RunSpec(seed_name(f"hier_{kind}", s), 4, "hier", difficult=kind, fraction=frac,
+                                    **{**base, "seed": cfg.seed + s}))
     if 5 in items:
         for s in range(cfg.ablation_seeds):
             for d in cfg.ablation_depths:
@@ -164,7 +174,7 @@ class Alignment(Study):
 
         units: list[tuple[str, Callable[[], None]]] = []
         if 1 in cfg.items:
-            units.append(("item 1 (disk)", self.run_disk))
+            units += [(f"item 1 (disk, seed {s})", functools.partial(self.run_disk, s)) for s in range(cfg.disk_seeds)]
         split: list[Split] = []
 
         def get_split() -> Split:
@@ -243,19 +253,21 @@ class Alignment(Study):
         training.append(pending)
 
     # ---- item 1 ---------------------------------------------------------------------------------
-    def run_disk(self) -> None:
-        """Item 1 (paper 000 Fig. 1): full-batch gradient descent on the disk task, with the
-        grid kernel's spectrum, alignment and top eigenfunctions at the probe steps."""
+    def run_disk(self, seed: int = 0) -> None:
+        """Item 1 (paper 000 Fig. 1), seed ``seed`` (run ``disk`` / ``disk_s<seed>``): full-batch
+        gradient descent on the disk task, with the grid kernel's spectrum, alignment and (seed 0)
+        top eigenfunctions at the probe steps."""
         cfg, store = self.config, self.store
         dev = self.device
-        x, y = disk_task(cfg.disk_n, cfg.seed)
+        name, base = seed_name("disk", seed), cfg.seed + seed
+        x, y = disk_task(cfg.disk_n, base)
         grid = grid_2d(cfg.disk_grid)
         y_grid = (grid.norm(dim=1) < DISK_RADIUS).long()
-        torch.manual_seed(cfg.seed + 101)
+        torch.manual_seed(base + 101)
         model = make_mlp(2, (cfg.disk_width,) * cfg.disk_depth, 1, "relu").to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.disk_lr)
         schedule = log_schedule(cfg.schedule, cfg.disk_steps, cfg.schedule_base)
-        snaps = snapshot_steps(schedule, cfg.disk_steps, cfg.disk_snapshots)
+        snaps = snapshot_steps(schedule, cfg.disk_steps, cfg.disk_snapshots) if seed == 0 else set()
         n_eig = min(cfg.disk_eigen, cfg.disk_grid ** 2)
         probe = Probe([ProbeSet("grid", grid.to(dev), y_grid.to(dev))], metrics=("spectrum", "cka", "distance"),
                       ks=(1, 5, 20), ratios=(2, 5, 10, 20), centering=cfg.centering_mode, keep_eigvecs=n_eig,
@@ -268,31 +280,31 @@ class Alignment(Study):
 
         def sink(res: ProbeResult) -> None:
             s = res.step
-            rows = [{"run": "disk", **r} for r in res.rows]
-            rows += [{"run": "disk", **r} for r in train_probe.evaluate(model, s).rows]
+            rows = [{"run": name, **r} for r in res.rows]
+            rows += [{"run": name, **r} for r in train_probe.evaluate(model, s).rows]
             probes.append(rows)
             lam = res.spectra["grid"]
-            spectra.append({"run": "disk", "step": s, "probe": "grid", "index": i + 1, "value": float(v)}
+            spectra.append({"run": name, "step": s, "probe": "grid", "index": i + 1, "value": float(v)}
                            for i, v in enumerate(lam[:max(50, 2 * n_eig)].tolist()))
-            if s in snaps:
+            if s in snaps and seed == 0:
                 U = res.eigvecs["grid"]
                 # sign convention: the entry of largest magnitude is positive
                 sign = torch.sign(U.gather(0, U.abs().argmax(0, keepdim=True))).flatten()
                 U = U * torch.where(sign == 0, torch.ones_like(sign), sign)
-                eig.append({"run": "disk", "step": s, "component": j + 1, "point": i, "value": float(U[i, j])}
+                eig.append({"run": name, "step": s, "component": j + 1, "point": i, "value": float(U[i, j])}
                            for j in range(U.shape[1]) for i in range(U.shape[0]))
 
         def extra(t: int, m: nn.Module) -> list[dict[str, Any]]:
             with torch.no_grad():
                 z = m(x.to(dev)).flatten()
                 zg = m(grid.to(dev)).flatten()
-            return [{"run": "disk", "step": t, "metric": "train_accuracy",
+            return [{"run": name, "step": t, "metric": "train_accuracy",
                      "value": float(((z > 0).long().cpu() == y).double().mean())},
-                    {"run": "disk", "step": t, "metric": "grid_accuracy",
+                    {"run": name, "step": t, "metric": "grid_accuracy",
                      "value": float(((zg > 0).long().cpu() == y_grid).double().mean())}]
 
-        self.train_run("disk", model, opt, x.to(dev), y.to(dev).float(), steps=cfg.disk_steps,
-                   batch_size=cfg.disk_n, seed=cfg.seed + 102, probe=probe, schedule=schedule, sink=sink,
+        self.train_run(name, model, opt, x.to(dev), y.to(dev).float(), steps=cfg.disk_steps,
+                   batch_size=cfg.disk_n, seed=base + 102, probe=probe, schedule=schedule, sink=sink,
                    extra=extra, loss_fn=bce_loss, desc="alignment: item 1 (disk, full-batch GD)", vector_steps=snaps)
 
     # ---- items 2-5 ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ stored metrics, the report, resume after a kill without lost or duplicated rows,
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import shutil
@@ -14,7 +15,6 @@ import torch
 
 from tangentlab.cli import main
 from tangentlab.studies.alignment import run as al
-from tangentlab.studies.alignment.claims import half_rise_step
 from tangentlab.studies.alignment.config import (
     EIGEN_COLUMNS,
     PCA_COLUMNS,
@@ -23,6 +23,7 @@ from tangentlab.studies.alignment.config import (
     TRAINING_COLUMNS,
     AlignmentConfig,
 )
+from tangentlab.studies.alignment.criteria import half_rise_step
 from tangentlab.studies.alignment.run import plan_runs
 from tangentlab.studies.framework.config import ConfigError, build_config
 from tangentlab.studies.framework.models import make_vgg
@@ -61,12 +62,20 @@ def test_tables_and_consistency(tiny_run):
     keys = [(r["run"], r["step"], r["probe"], r["metric"], r["layer"]) for r in p]
     assert len(keys) == len(set(keys))
     runs = {r["run"] for r in p}
-    assert runs == {"disk", "noise_0", "noise_50", "hier_random", "hier_other"}
+    trained = [f"{b}{s}" for s in ("", "_s1") for b in ("noise_0", "noise_50", "hier_random", "hier_other")]
+    assert cfg.noise_seeds == cfg.hier_seeds == cfg.disk_seeds == 2
+    assert runs == {"disk", "disk_s1", *trained}
     sched = log_schedule(cfg.schedule, cfg.train_steps, cfg.schedule_base)
-    for run in ("noise_0", "noise_50", "hier_random", "hier_other"):
+    for run in trained:
         assert sorted({int(r["step"]) for r in p if r["run"] == run}) == sched
-    assert sorted({int(r["step"]) for r in p if r["run"] == "disk"}) == log_schedule(
-        cfg.schedule, cfg.disk_steps, cfg.schedule_base)
+    for run in ("disk", "disk_s1"):
+        assert sorted({int(r["step"]) for r in p if r["run"] == run}) == log_schedule(
+            cfg.schedule, cfg.disk_steps, cfg.schedule_base)
+    # the seeds are different draws (data, initialization, minibatches)
+    for a in ("disk", "noise_0", "hier_other"):
+        first = [float(r["value"]) for r in p if r["run"] == a and r["metric"] == "cka" and not r["layer"]]
+        other = [float(r["value"]) for r in p if r["run"] == f"{a}_s1" and r["metric"] == "cka" and not r["layer"]]
+        assert len(first) == len(other) and first[1:] != other[1:]
     # per-layer CKA for every Linear layer of the MLP, train and test
     layers = {r["layer"] for r in p if r["run"] == "noise_0" and r["metric"] == "cka" and r["layer"]}
     assert layers == {str(2 * i) for i in range(cfg.depth)}
@@ -84,7 +93,7 @@ def test_tables_and_consistency(tiny_run):
     for (run, probe, step), pts in spec.items():
         lam = np.array([v for _, v in sorted(pts)])
         assert np.all(np.diff(lam) <= 1e-12 * lam[0])
-        if run == "disk":
+        if run.startswith("disk"):
             assert stat[(run, probe, step, "ratio2")] == pytest.approx(lam[1] / lam[0], rel=1e-12)
             continue
         assert lam.size == r_rows
@@ -96,7 +105,7 @@ def test_tables_and_consistency(tiny_run):
         # centering over examples leaves at least C = 10 zero eigenvalues
         assert np.all(lam[-10:] <= 1e-9 * lam[0])
         n_checked += 1
-    assert n_checked == 2 * 2 * len(sched)
+    assert n_checked == 2 * cfg.noise_seeds * 2 * len(sched)
     # disk eigenfunctions: orthonormal columns on the grid
     eig = defaultdict(dict)
     for r in _table(tiny_run, "eigenfunctions"):
@@ -129,7 +138,7 @@ def test_noise_labels_and_difficult_subsets(tiny_run):
     # the random-label run fits its training probe worse at the end than the clean run
     acc = {r["run"]: float(r["value"]) for r in p if r["probe"] == "train" and r["metric"] == "accuracy"
            and int(r["step"]) == cfg.train_steps}
-    assert set(acc) == {"noise_0", "noise_50"}
+    assert set(acc) == {"noise_0", "noise_50", "noise_0_s1", "noise_50_s1"}
     assert {r["probe"] for r in p if r["run"].startswith("hier")} == {"easy", "difficult"}
 
 
@@ -138,12 +147,36 @@ def test_report_and_claims(tiny_run, capsys):
     for fig in ("fig1_eigenfunctions", "fig1_disk_metrics", "fig2_spectrum", "fig3_cka", "fig4_hierarchical",
                 "kernel_pca", "training"):
         assert (tiny_run / "figures" / f"{fig}.png").is_file(), fig
-    for text in ("Fig. 2: erank drop", "Fig. 3: CKA with labels", "Fig. 4: easy vs difficult", "Fig. 1: λ20/λ1",
-                 "Fig. 2: erank rebound", "Fig. 3: layer-wise CKA"):
+    for text in ("Fig. 2: early erank drop", "Fig. 3: CKA with labels", "Fig. 4: easy vs difficult", "Fig. 1: λ20/λ1",
+                 "Fig. 2: erank rebound", "Fig. 3: intermediate layers align most"):
         assert text in page, text
     assert main(["report", str(tiny_run)]) == 0
     out = capsys.readouterr().out
     assert "identities " in out and "Fig. 2: erank" in out
+
+
+def test_tiny_claims_carry_criteria_kinds_and_intervals(tiny_run):
+    with open(tiny_run / "tables" / "claims.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(r["paper"] and r["criterion"] and r["kind"] in ("finding", "identity") for r in rows)
+    topics = {r["topic"]: r for r in rows}
+    for t in ("Fig. 1: λ20/λ1 drop (disk grid)", "Fig. 2: top-5 trace share (0% random labels)",
+              "Fig. 2: train vs test spectra (0% random labels)", "Fig. 2: early erank drop (0% random labels)",
+              "Fig. 3: test vs train CKA (50% random labels)", "Fig. 3: layer CKA > 0.5 (0% random labels)",
+              "Fig. 4: easy vs difficult (random labels)", "Fig. 5: SuperNat (fixed κ) vs GD",
+              "Fig. 5: SuperNat (trace κ) vs GD", "Distance to the limit at initialization"):
+        assert t in topics, t
+    # the tiny preset runs 2 seeds (3 SuperNat draws): findings measured on several seeds have an interval
+    for t in ("Fig. 1: λ20/λ1 drop (disk grid)", "Fig. 2: train vs test spectra (0% random labels)",
+              "Fig. 4: easy vs difficult (other dataset)", "Fig. 5: SuperNat (trace κ) vs GD",
+              "Distance to the limit at initialization"):
+        r = topics[t]
+        assert r["kind"] == "finding" and float(r["low"]) <= float(r["value"]) <= float(r["high"]), t
+    # the paper's numbers are in the criteria
+    assert "≥ 5" in topics["Fig. 1: λ20/λ1 drop (disk grid)"]["criterion"]
+    assert "> 0.7" in topics["Fig. 2: top-5 trace share (0% random labels)"]["criterion"]
+    assert "40/1000" in topics["Fig. 2: top-5 trace share (0% random labels)"]["criterion"]
+    assert topics["SuperNat bound term"]["kind"] == "identity"
 
 
 def test_resume_after_kill(tmp_path, monkeypatch):
@@ -267,9 +300,14 @@ def test_gpu_presets_refused_without_gpu(tmp_path, monkeypatch):
 
 def test_plan_and_half_rise():
     default = build_config(AlignmentConfig)  # `tangentlab run alignment` as shipped
-    assert default.items == (1, 2, 3, 4, 7, 8, 9, 10) and default.noise == (0.0, 0.5)
-    assert [r.name for r in plan_runs(default)] == ["noise_0", "noise_50", "hier_random", "hier_other"]
-    cfg = build_config(AlignmentConfig, sets=["items=2,4,5", "ablation_seeds=1"])
+    assert default.items == (1, 2, 3, 4, 6, 7) and default.noise == (0.0, 0.5)
+    seeds = [f"_s{s}" if s else "" for s in range(default.noise_seeds)]
+    assert [r.name for r in plan_runs(default) if r.item == 2] == [f"noise_{p}{s}" for s in seeds for p in (0, 50)]
+    assert [r.name for r in plan_runs(default) if r.item == 4] == [
+        f"hier_{k}{s}" for s in [f"_s{s}" if s else "" for s in range(default.hier_seeds)] for k in ("random", "other")]
+    assert [r.seed for r in plan_runs(default) if r.item == 2] == [
+        default.seed + s for s in range(default.noise_seeds) for _ in (0, 1)]
+    cfg = build_config(AlignmentConfig, sets=["items=2,4,5", "ablation_seeds=1", "noise_seeds=1", "hier_seeds=1"])
     names = [r.name for r in plan_runs(cfg)]
     assert names[:4] == ["noise_0", "noise_50", "hier_random", "hier_other"]
     assert {"depth_2_s0", "depth_8_s0", "lr_0.005_noise_0_s0", "lr_0.02_noise_50_s0"} <= set(names)

@@ -161,10 +161,11 @@ def test_transformer_tiny_run_tables_claims_and_resume(tmp_path, float32, monkey
     assert R.blocks("noise_0", "train") == ["blocks.0:attention", "blocks.0:feed-forward"]
     claims = alignment_claims(cfg, R)
     topics = {c.topic for c in claims}
-    for topic in ("Fig. 2: erank drop (0% random labels)", "Fig. 2: train vs test spectra (50%)",
-                  "Fig. 3: CKA with labels (0%)", "Fig. 3: test vs train CKA (50%)", "Fig. 3: layer-wise CKA"):
+    for topic in ("Fig. 2: early erank drop (0% random labels)", "Fig. 2: train vs test spectra (50% random labels)",
+                  "Fig. 3: CKA with labels (0% random labels)", "Fig. 3: test vs train CKA (50% random labels)",
+                  "Fig. 3: intermediate layers align most (0% random labels)"):
         assert topic in topics, topic
-    assert all(c.held in (True, False) for c in claims)
+    assert all(c.verdict != "inconclusive" and c.criterion for c in claims)  # one seed: no intervals
     page = (full / "report.html").read_text()
     assert "Per-layer and per-block CKA" in page and "blocks.0:feed-forward" in page
     # no limit rule for attention: the distance to the infinite-width NTK is skipped, as the report says

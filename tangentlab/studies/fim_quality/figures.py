@@ -7,7 +7,8 @@ import numpy as np
 
 from ..framework.report import FigureSpec, ReportContent, TableSpec
 from ..framework.store import RunStore, atomic_write_text, cell
-from .claims import DRIFT_LABELS, Results, build_claims, label, read_results
+from .claims import Results, build_claims, label, read_results
+from .claims_parts import DRIFT_LABELS
 from .config import KRON, TITLE, FimQualityConfig
 
 _COLORS = {"diag": "tab:blue", "quasidiag": "tab:orange", "blockdiag": "tab:gray", "kfac": "tab:red",

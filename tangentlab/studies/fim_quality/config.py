@@ -15,7 +15,7 @@ from ..framework.data import DATASETS
 from ..framework.models import MODELS, build_model, count_parameters, make_mlp, model_spec, weight_layers
 
 #: Title of the study and of its report.
-TITLE = "Quality of Fisher approximations (thesis Figs. 3.3–3.6, 4.2 right, 4.4c)"
+TITLE = "Quality of Fisher approximations (thesis Figs. 3.3–3.7, 4.2, 4.4c)"
 #: The representations the thesis compares (Figs. 3.3–3.6); BlockDiag is shown as a reference.
 PAPER_REPRESENTATIONS = ("diag", "quasidiag", "kfac", "ekfac")
 #: Representations with a ``solve(..., method=)`` (exact / factored damping).

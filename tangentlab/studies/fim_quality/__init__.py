@@ -38,13 +38,17 @@ that batch (so at those steps ‖F_l − EKFAC_l‖ ≤ ‖F_l − KFAC_l‖ is 
 KFAC is kept as is and EKFAC's ``s*`` is re-estimated every step, one EKFAC per
 ``sstar_data`` entry: ``eval`` (approximation ``ekfac``: on the evaluation batch, so only
 the basis is stale) and ``minibatch`` (approximation ``ekfac_mb``: on the step's training
-minibatch, as in Algorithm 1, with its sampling noise). Tracked: ``fro_rel_err`` per
+minibatch, as in Algorithm 1, with its sampling noise). At the first and last step, the
+off-diagonal share of each layer's empirical Fisher block in the parameter basis and in the
+KFE (Fig. 4.2 left, :mod:`.decorrelation`; tables ``decorrelation``, ``decorrelation_block``),
+on the evaluation batch and on ``decor_splits`` disjoint parts of it. Tracked: ``fro_rel_err`` per
 layer (``basis=amortized``), and, with a basis computed once at step 0 and kept
 (``basis=fixed``), the ℓ2 distance between the sorted eigenvalues of the exact block
 of ``spectrum_layer`` and those of KFAC (fixed factors) and EKFAC (``s*`` updated
 every step).
 
-Results: ``tables/quality.csv``, ``tables/drift.csv``, ``tables/training.csv`` (tidy),
+Results: ``tables/quality.csv``, ``tables/drift.csv``, ``tables/training.csv``, the tables of
+parts 3 and 4.2 left (tidy),
 the figures and the claims table in ``report.html``.
 
 Modules: :mod:`.config` (configuration, table schemas), :mod:`.run` (the study and its

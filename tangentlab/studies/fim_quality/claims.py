@@ -15,6 +15,8 @@ import numpy as np
 from ..framework.claims import bootstrap_interval, mean_interval
 from ..framework.report import Claim
 from ..framework.store import RunStore, to_number
+from .claims_parts import decorrelation_claims, drift_claims, ntk_claims
+from .claims_parts import ival as _ival
 from .config import EXACT_TOL, INDEP, KRON, PAPER_REPRESENTATIONS, FimQualityConfig
 
 
@@ -126,12 +128,6 @@ def read_results(cfg: FimQualityConfig, store: RunStore) -> Results:
 
 def _fmt_e(x: float) -> str:
     return "nan" if not math.isfinite(x) else f"{x:.2e}"
-
-
-def _ival(v: float, lo: float, hi: float, fmt: str = ".3g") -> str:
-    if math.isfinite(lo) and math.isfinite(hi):
-        return f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
-    return f"{v:{fmt}}"
 
 
 #: Minimum ratio of KFAC's relative trace error to Diag's / QuasiDiag's / EKFAC's (Fig. 3.6).
@@ -302,8 +298,6 @@ def _solve_claims(cfg: FimQualityConfig, res: Results) -> list[Claim]:
 
 def build_claims(cfg: FimQualityConfig, res: Results) -> list[Claim]:
     """The claims table of the report (see each claim's figure or theorem)."""
-    from .claims_parts import decorrelation_claims, drift_claims, ntk_claims
-
     steps, kinds, reps, med = res.steps, res.kinds, res.reps, res.med
     claims = _trace_claims(res)
     for metric, fig, what, higher in (("mv_cos", "Fig. 3.4 Fv", "cos(Fv, F̂v)", True),

@@ -28,7 +28,8 @@ DECOR_RATIO = 0.5
 SEPARABLE, MIXED = 0.95, 0.75
 
 
-def _ival(v: float, lo: float, hi: float, fmt: str = ".3g") -> str:
+def ival(v: float, lo: float, hi: float, fmt: str = ".3g") -> str:
+    """``v [lo, hi]`` (or ``v`` without a finite interval)."""
     if math.isfinite(lo) and math.isfinite(hi):
         return f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
     return f"{v:{fmt}}"
@@ -74,7 +75,7 @@ def drift_claims(drift_rows: list[dict[str, Any]]) -> list[Claim]:
             f"{how}: mean growth of ‖F_l−F̂_l‖/‖F_l‖ since the last recompute (mean over layers and in-between "
             f"steps of each window), EKFAC / KFAC, over {len(ws)} recompute windows; 95% percentile bootstrap over "
             f"the windows; ≤ {DRIFT_RATIO:g} ('far less' read as at most half)",
-            f"mean growth KFAC {grow[:, 0].mean():+.3g} vs EKFAC {grow[:, 1].mean():+.3g}: ratio {_ival(v, lo, hi)}",
+            f"mean growth KFAC {grow[:, 0].mean():+.3g} vs EKFAC {grow[:, 1].mean():+.3g}: ratio {ival(v, lo, hi)}",
             v, "<=", DRIFT_RATIO, low=lo, high=hi))
         v, lo, hi = mean_interval(err[:, 0] - err[:, 1])
         claims.append(Claim.compare(
@@ -82,7 +83,7 @@ def drift_claims(drift_rows: list[dict[str, Any]]) -> list[Claim]:
             "Fig. 4.2 (right): between recomputations the EKFAC error curve stays below the amortized KFAC one",
             f"{how}: KFAC's minus EKFAC's relative error, mean over layers and in-between steps of each window, "
             f"mean over {len(ws)} windows (Student-t 95%) > 0",
-            f"KFAC {err[:, 0].mean():.3f} vs EKFAC {err[:, 1].mean():.3f}: difference {_ival(v, lo, hi)}",
+            f"KFAC {err[:, 0].mean():.3f} vs EKFAC {err[:, 1].mean():.3f}: difference {ival(v, lo, hi)}",
             v, ">", 0.0, low=lo, high=hi))
     claims += _spectrum_claims(drift_rows)
     return claims
@@ -156,7 +157,7 @@ def decorrelation_claims(rows: list[dict[str, Any]], cfg: FimQualityConfig) -> l
             f"off-diagonal share of ‖F_l‖²_F of the empirical Fisher block of layer {layer} (the second Linear), KFE "
             f"over parameter basis, step {st}, on {len(splits)} disjoint parts of the evaluation batch (Student-t "
             f"95%) ≤ {DECOR_RATIO:g} ('largely' read as at least halved)",
-            f"ratio {_ival(v, lo, hi)}; whole batch, KFE/parameter mass per layer: {others}", v, "<=", DECOR_RATIO,
+            f"ratio {ival(v, lo, hi)}; whole batch, KFE/parameter mass per layer: {others}", v, "<=", DECOR_RATIO,
             low=lo, high=hi))
     return claims
 
@@ -181,7 +182,7 @@ def ntk_claims(rows: list[dict[str, Any]]) -> list[Claim]:
         "intra-class examples' (Gram matrix normalized by 1/√diag(G))",
         f"mean intra- minus inter-class entry of the normalized Gram of f_c2 − f_c1 on held-out examples, step "
         f"{last} minus step {first}, mean {where} > 0",
-        f"increase {_ival(v, lo, hi)}", v, ">", 0.0, low=lo, high=hi)]
+        f"increase {ival(v, lo, hi)}", v, ">", 0.0, low=lo, high=hi)]
     v, lo, hi = mean_interval(acc_last)
     claims.append(Claim.compare(
         "Fig. 3.7: linearly separable after training",
@@ -189,12 +190,12 @@ def ntk_claims(rows: list[dict[str, Any]]) -> list[Claim]:
         "2 kernel principal components",
         f"training accuracy of a logistic regression on the 2 kernel-PCA projections at step {last}, mean {where} "
         f"≥ {SEPARABLE:g} (the digest's '≈100%')",
-        f"accuracy {_ival(v, lo, hi)}", v, ">=", SEPARABLE, low=lo, high=hi))
+        f"accuracy {ival(v, lo, hi)}", v, ">=", SEPARABLE, low=lo, high=hi))
     v, lo, hi = mean_interval(acc_first)
     claims.append(Claim.compare(
         "Fig. 3.7: mixed at initialization",
         "Fig. 3.7 (bottom): 'points are merely mixed at initialization'",
         f"the same accuracy at step {first}, mean {where} ≤ {MIXED:g} (halfway between chance 0.5 and 1; the "
         "digest: 'about chance')",
-        f"accuracy {_ival(v, lo, hi)}", v, "<=", MIXED, low=lo, high=hi))
+        f"accuracy {ival(v, lo, hi)}", v, "<=", MIXED, low=lo, high=hi))
     return claims

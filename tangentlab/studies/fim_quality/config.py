@@ -15,7 +15,7 @@ from ..framework.data import DATASETS
 from ..framework.models import MODELS, build_model, count_parameters, make_mlp, model_spec, weight_layers
 
 #: Title of the study and of its report.
-TITLE = "Quality of Fisher approximations (thesis Figs. 3.3–3.6, 4.2 right, 4.4c)"
+TITLE = "Quality of Fisher approximations (thesis Figs. 3.3–3.7, 4.2, 4.4c)"
 #: The representations the thesis compares (Figs. 3.3–3.6); BlockDiag is shown as a reference.
 PAPER_REPRESENTATIONS = ("diag", "quasidiag", "kfac", "ekfac")
 #: Representations with a ``solve(..., method=)`` (exact / factored damping).
@@ -30,6 +30,8 @@ DRIFT_COLUMNS = ["step", "layer", "approximation", "basis", "metric", "value", "
 DRIFT_KEY = ["step", "layer", "approximation", "basis", "metric"]
 TRAINING_COLUMNS = ["phase", "step", "metric", "value"]
 TRAINING_KEY = ["phase", "step", "metric"]
+#: The Fisher kind of the trace rows of Fig. 3.6 with independent samples (``probe`` = realization).
+INDEP = "mc_indep"
 
 
 def _registered() -> list[str]:
@@ -52,13 +54,15 @@ class FimQualityConfig(StudyConfig):
             "train_steps": 30, "checkpoints": 2, "n_probe": 48, "width": 4, "fim_batch_size": 48,
             "lambdas": (1e-4, 1e-2, 1.0), "n_vectors": 20,
             "drift_hidden": (12, 12), "drift_steps": 12, "recompute_every": 4, "drift_eval_size": 96,
-            "drift_batch_size": 32}),
+            "drift_batch_size": 32, "trace_realizations": 3, "ntk_pairs": 2, "ntk_per_class": 15,
+            "decor_splits": 2}),
         "paper": Preset("thesis scale: ResNet-50 (BN-free, A.3 init) on TinyImageNet, implicit reference, GPU", {
             "dataset": "tinyimagenet", "model": "resnet50", "width": 64, "device": "cuda", "dtype": "float32",
             "reference": "implicit", "representations": PAPER_REPRESENTATIONS, "train_steps": 20000,
             "batch_size": 128, "lr": 0.05, "checkpoints": 5, "n_probe": 1000, "fim_batch_size": 50,
             "checkpoint_every": 1000, "drift_hidden": (256, 256, 256, 256), "drift_steps": 1000,
-            "recompute_every": 100, "drift_eval_size": 1000, "drift_batch_size": 200}, needs_gpu=True),
+            "recompute_every": 100, "drift_eval_size": 1000, "drift_batch_size": 200,
+            "ntk_per_class": 50}, needs_gpu=True),
     }
 
     # data and model of part 1
@@ -92,6 +96,13 @@ class FimQualityConfig(StudyConfig):
                                         "Tikhonov λ of the solves, relative to tr(F)/P", min=1e-300)
     fim_batch_size: int = option(200, "examples per engine batch", min=1)
     dtype: str = option("float64", "dtype of the matrices", choices=("float64", "float32"))
+    trace_realizations: int = option(5, "independent Monte-Carlo realizations of each approximation's trace, "
+                                     "against the exact-expectation trace (Fig. 3.6; 0: skip)", min=0)
+    # part 3 (Fig. 3.7)
+    ntk: bool = option(True, "NTK kernel PCA of class-difference functions at the checkpoints (Fig. 3.7)")
+    ntk_pairs: int = option(5, "class pairs (c1, c2), drawn with the seed: the realizations of Fig. 3.7", min=1)
+    ntk_per_class: int = option(40, "held-out examples of each class of a pair (thesis: 50; digits has ≥ 43)",
+                                min=2)
     # part 2
     drift: bool = option(True, "run part 2 (Figs. 4.2 right and 4.4c)")
     drift_hidden: tuple[int, ...] = option((32, 32, 32), "hidden widths of the sigmoid MLP", min=1)
@@ -103,6 +114,8 @@ class FimQualityConfig(StudyConfig):
     sstar_data: tuple[str, ...] = option(("eval", "minibatch"), "data of EKFAC's per-step s* (one EKFAC each): "
                                          "the evaluation batch and/or the training minibatch",
                                          choices=("eval", "minibatch"))
+    decor_splits: int = option(4, "disjoint parts of the evaluation batch on which the decorrelation in the KFE "
+                               "is measured (Fig. 4.2 left; the realizations of its claims)", min=1)
     spectrum_layer: str = option("", "module path of the layer of Fig. 4.4c (default: the second Linear)")
 
     def validate(self) -> None:
@@ -150,6 +163,12 @@ class FimQualityConfig(StudyConfig):
             if "blockdiag" in self.representations and not budget.fits(p * p, dtype):  # pragma: no cover
                 raise self.error("representations", "blockdiag does not fit in memory",
                                  ", ".join(r for r in self.representations if r != "blockdiag"))
+        if self.ntk and self.dataset == "digits" and self.ntk_per_class > 43:
+            raise self.error("ntk_per_class", f"{self.ntk_per_class} exceeds the 43 held-out digits of the "
+                             "smallest class", "2..43")
+        if self.drift and self.drift_eval_size // self.decor_splits < 2:
+            raise self.error("decor_splits", f"{self.decor_splits} parts of {self.drift_eval_size} examples "
+                             "leave fewer than 2 per part", f"1..{self.drift_eval_size // 2}")
         if self.drift:
             layers = weight_layers(make_mlp(64, self.drift_hidden, 10, "sigmoid"))
             if self.spectrum_layer and self.spectrum_layer not in layers:

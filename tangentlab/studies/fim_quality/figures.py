@@ -7,8 +7,10 @@ import numpy as np
 
 from ..framework.report import FigureSpec, ReportContent, TableSpec
 from ..framework.store import RunStore, atomic_write_text, cell
-from .claims import DRIFT_LABELS, Results, build_claims, label, read_results
+from .claims import Results, build_claims, label, read_results
+from .claims_parts import DRIFT_LABELS
 from .config import KRON, TITLE, FimQualityConfig
+from .figures_parts import decorrelation_figure, ntk_figure, part_tables, trace_figure
 
 _COLORS = {"diag": "tab:blue", "quasidiag": "tab:orange", "blockdiag": "tab:gray", "kfac": "tab:red",
            "ekfac": "tab:green", "ekfac_mb": "tab:olive", "lowrank": "tab:purple", "dense": "black"}
@@ -23,6 +25,9 @@ def build_report(cfg: FimQualityConfig, store: RunStore) -> ReportContent:
     summary, steps, kinds, reps, drift_rows = res.summary, res.steps, res.kinds, res.reps, res.drift_rows
     claims = build_claims(cfg, res)
     figures = build_figures(cfg, res)
+    at = next((i + 1 for i, f in enumerate(figures) if f.name == "fig3_6_trace"), len(figures))
+    figures[at:at] = trace_figure(res) + ntk_figure(store, res)
+    figures += decorrelation_figure(store)
     p_info = [s for s in summary if s["metric"] == "trace" and s["representation"] == cfg.reference]
     intro = [
         "Part 1 (Figs. 3.3–3.6): a " + (f"{cfg.model} (width {cfg.width})" if cfg.model != "mlp" else "MLP")
@@ -40,6 +45,14 @@ def build_report(cfg: FimQualityConfig, store: RunStore) -> ReportContent:
                        for d in cfg.sstar_data) + "."
         if cfg.drift else "Part 2 (drift) was not run (drift = false).",
     ]
+    if cfg.ntk:
+        intro.append(f"Part 3 (Fig. 3.7): at the same checkpoints, the NTK Gram of f_c2 − f_c1 on {cfg.ntk_per_class} "
+                     f"held-out examples of each class of {cfg.ntk_pairs} class pairs drawn with the seed; its "
+                     "cosine normalization and the projections on its first 2 kernel principal components.")
+    if cfg.drift:
+        intro.append(f"Fig. 4.2 (left): at the first and last step of part 2, the off-diagonal share of each "
+                     f"layer's empirical Fisher block in the parameter basis and in the KFE, on the evaluation batch "
+                     f"and on {cfg.decor_splits} disjoint parts of it.")
     if p_info:
         intro.append("Reference traces: " + "; ".join(f"step {s['step']} {s['fisher']}: {s['median']:.4g}"
                                                       for s in p_info))
@@ -52,6 +65,7 @@ def build_report(cfg: FimQualityConfig, store: RunStore) -> ReportContent:
                   [s for s in summary if s["metric"] == "solve_cos"], max_rows=400,
                   link="tables/quality_summary.csv"),
     ]
+    tables += part_tables(res)
     if drift_rows:
         tables.append(TableSpec("Drift at recompute points and just before them",
                                 ["step", "layer", "approximation", "basis", "metric", "value", "since_recompute"],
@@ -65,8 +79,14 @@ def build_report(cfg: FimQualityConfig, store: RunStore) -> ReportContent:
                       ",".join(cols) + "\n" + "".join(",".join(cell(s[c]) for c in cols) + "\n" for s in summary))
     notes = [
         "mc: Monte-Carlo Fisher with the same sampled labels for F and the approximations, so the traces of Diag, "
-        "QuasiDiag, BlockDiag and EKFAC equal tr F exactly (the thesis used independent samples, hence its "
-        "'fluctuation from Monte-Carlo sampling').",
+        "QuasiDiag, BlockDiag and EKFAC equal tr F exactly (an identity). mc_indep: as in the thesis, each "
+        f"approximation built on {cfg.trace_realizations} independent Monte-Carlo draws and compared with the "
+        "exact-expectation trace (its 'fluctuation from Monte-Carlo sampling'); these draws decide the Fig. 3.6 "
+        "findings.",
+        "Intervals: over the probe vectors (percentile bootstrap) for Figs. 3.3–3.5; over the independent "
+        "Monte-Carlo realizations for Fig. 3.6; over the class pairs for Fig. 3.7; over the recompute windows for "
+        "Fig. 4.2 (right); over disjoint parts of the evaluation batch for Fig. 4.2 (left). Fig. 4.4c is one "
+        "training run (no interval).",
         "Solves: KFAC (exact) is (A⊗B + λI)⁻¹ through the factors' eigenbases; KFAC (factored) is Tikhonov damping "
         "split over the factors with π (what the thesis-era library did); EKFAC (exact) divides by s* + λ, EKFAC "
         "(factored) by s* + λ + √λ(λ_A + λ_B) (thesis appendix A.4).",

@@ -25,6 +25,7 @@ from ..framework.runner import Study
 from .config import (
     DRIFT_COLUMNS,
     DRIFT_KEY,
+    INDEP,
     KRON,
     QUALITY_COLUMNS,
     QUALITY_KEY,
@@ -33,8 +34,26 @@ from .config import (
     TRAINING_KEY,
     FimQualityConfig,
 )
+from .decorrelation import DECOR_COLUMNS, DECOR_KEY, decorrelation_rows
 from .figures import build_report
 from .metrics import cosine, damped_solver, eigenvalues, fro_error, rel_error
+from .ntk_pca import (
+    GRAM_COLUMNS,
+    GRAM_KEY,
+    NTK_COLUMNS,
+    NTK_KEY,
+    POINT_COLUMNS,
+    POINT_KEY,
+    class_pairs,
+    pair_examples,
+    pair_rows,
+)
+
+#: Columns of ``tables/decorrelation_block.csv`` (correlation blocks of the figure of Fig. 4.2 left).
+BLOCK_COLUMNS = ["step", "basis", "i", "j", "value"]
+BLOCK_KEY = ["step", "basis", "i", "j"]
+#: Coordinates of each correlation block stored for the figure.
+FIGURE_BLOCK = 64
 
 
 def checkpoint_steps(total: int, n: int) -> list[int]:
@@ -103,6 +122,11 @@ class FimQuality(Study):
         quality = store.table("quality", QUALITY_COLUMNS, QUALITY_KEY)
         training = store.table("training", TRAINING_COLUMNS, TRAINING_KEY)
         pending: list[dict[str, Any]] = []
+        ntk_sets = []
+        if cfg.ntk:
+            pairs = class_pairs(split.n_classes, cfg.ntk_pairs, cfg.seed + 17)
+            ntk_sets = [(i, c1, c2, *pair_examples(split.x_test, split.y_test, c1, c2, cfg.ntk_per_class))
+                        for i, (c1, c2) in enumerate(pairs)]
 
         start, probed = 0, set()
         ck = TrainingCheckpoint(store, "quality", model, opt, stream)
@@ -123,6 +147,8 @@ class FimQuality(Study):
                 if step in steps and step not in probed:
                     bar.set_postfix_str(f"probing step {step}")
                     quality.append(self._probe(model, x_probe, y_probe, step))
+                    if ntk_sets:
+                        self._ntk(model, ntk_sets, step)
                     pending += [{"phase": "quality", "step": step, "metric": "test_accuracy",
                                  "value": accuracy(model, split.x_test.to(dev), split.y_test.to(dev))},
                                 {"phase": "quality", "step": step, "metric": "probe_loss",
@@ -140,6 +166,21 @@ class FimQuality(Study):
         finally:
             bar.close()
         training.append(pending)
+
+    def _ntk(self, model32: nn.Module, sets: list[tuple], step: int) -> None:
+        """Part 3 (Fig. 3.7): the NTK Gram of each pair's class difference and its kernel PCA,
+        on a ``cfg.dtype`` copy of the model (rows of ``ntk``, ``ntk_points``, ``ntk_gram``)."""
+        dtype = _dtype(self.config.dtype)
+        model = copy.deepcopy(model32).to(dtype=dtype).eval()
+        rows, points, gram = [], [], []
+        for i, c1, c2, xs, labels in sets:
+            r, p, g = pair_rows(model, xs.to(self.device, dtype), labels, step, i, c1, c2, keep_gram=i == 0)
+            rows += r
+            points += p
+            gram += g
+        self.store.table("ntk_points", POINT_COLUMNS, POINT_KEY).append(points)
+        self.store.table("ntk_gram", GRAM_COLUMNS, GRAM_KEY).append(gram)
+        self.store.table("ntk", NTK_COLUMNS, NTK_KEY).append(rows)
 
     def _fisher_kw(self, kind: str) -> dict[str, Any]:
         if kind == "mc":
@@ -160,8 +201,32 @@ class FimQuality(Study):
         try:
             for kind in cfg.fisher_kinds:
                 rows += self._probe_kind(model, xd, step, kind, gen, bar)
+            rows += self._trace_realizations(model, xd, step)
         finally:
             bar.close()
+        return rows
+
+    def _trace_realizations(self, model: nn.Module, xd: torch.Tensor, step: int) -> list[dict[str, Any]]:
+        """Fig. 3.6 with independent samples, as in the thesis: the relative error of each
+        approximation's trace, built on ``trace_realizations`` independent Monte-Carlo draws
+        (``mc_samples`` labels per example), against the trace of the exact-expectation
+        Fisher (rows with ``fisher = mc_indep``, ``probe`` = the realization)."""
+        cfg = self.config
+        if not cfg.trace_realizations:
+            return []
+        common = dict(batch_size=cfg.fim_batch_size, progress=False)
+        # tr F of the exact expectation: the trace of its diagonal (an identity the claims check)
+        exact = float(fim(model, (xd,), kind="exact", representation="diag", **common).trace())
+        rows = [{"step": step, "fisher": INDEP, "representation": "exact", "method": "", "metric": "trace",
+                 "lambda_rel": None, "lambda": None, "probe": -1, "value": exact}]
+        for r in range(cfg.trace_realizations):
+            seed = cfg.seed * 7919 + 100003 * (r + 1) + step
+            for rep in [x for x in cfg.representations if x != "blockdiag"]:
+                tr = float(fim(model, (xd,), representation=rep, kind="mc", n_samples=cfg.mc_samples, seed=seed,
+                               **common).trace())
+                rows.append({"step": step, "fisher": INDEP, "representation": rep, "method": "",
+                             "metric": "trace_rel_err", "lambda_rel": None, "lambda": None, "probe": r,
+                             "value": abs(tr - exact) / abs(exact)})
         return rows
 
     def _probe_kind(self, model: nn.Module, xd: torch.Tensor, step: int, kind: str, gen: torch.Generator,
@@ -286,6 +351,8 @@ class FimQuality(Study):
                     if not (recompute and src == "eval"):  # fresh EKFACs hold s* of the evaluation batch
                         amortized[name].update_diag(data[src])
                     fixed[name].update_diag(data[src])
+                if step in (0, cfg.drift_steps):
+                    self._decorrelation(model, eval_data, step, layers, spec_layer, fkw)
                 exact = fim(model, eval_data, representation="blockdiag", **fkw)
                 mats = {**{(a, "amortized"): m for a, m in amortized.items()},
                         **{(a, "fixed"): m for a, m in fixed.items()}}
@@ -300,6 +367,20 @@ class FimQuality(Study):
         pending.append({"phase": "drift", "step": cfg.drift_steps, "metric": "eval_loss",
                         "value": mean_loss(model, *eval_data)})
         training.append(pending)
+
+    def _decorrelation(self, model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], step: int,
+                       layers: list[str], spec_layer: str, fkw: dict[str, Any]) -> None:
+        """Fig. 4.2 left: off-diagonal mass of each layer's empirical Fisher block in the
+        parameter basis and in the KFE (rows of ``decorrelation``), and the correlation blocks of
+        ``spec_layer`` for the figure (``decorrelation_block``)."""
+        rows, blocks = decorrelation_rows(model, data, step, layers, self.config.decor_splits, fkw)
+        cells = []
+        for basis, c in zip(("parameter", "kfe"), blocks[spec_layer]):
+            k = min(FIGURE_BLOCK, c.shape[0])
+            cells += [{"step": step, "basis": basis, "i": i, "j": j, "value": float(c[i, j])} for i in range(k)
+                      for j in range(k)]
+        self.store.table("decorrelation_block", BLOCK_COLUMNS, BLOCK_KEY).append(cells)
+        self.store.table("decorrelation", DECOR_COLUMNS, DECOR_KEY).append(rows)
 
     def _drift_rows(self, step: int, since: int, exact: Any, approx: dict[tuple[str, str], Any],
                     layers: list[str], spec_layer: str) -> list[dict[str, Any]]:

@@ -48,10 +48,11 @@ def test_tables_are_tidy_and_complete(tiny_run):
     for name, cols in (("quality", QUALITY_COLUMNS), ("drift", DRIFT_COLUMNS), ("training", TRAINING_COLUMNS)):
         with open(tiny_run / "tables" / f"{name}.csv") as fh:
             assert fh.readline().strip().split(",") == cols
-    q = _table(tiny_run, "quality")
+    q_all = _table(tiny_run, "quality")
     steps = checkpoint_steps(cfg.train_steps, cfg.checkpoints)
-    assert sorted({int(r["step"]) for r in q}) == steps
-    assert {r["fisher"] for r in q} == set(cfg.fisher_kinds)
+    assert sorted({int(r["step"]) for r in q_all}) == steps
+    assert {r["fisher"] for r in q_all} == {*cfg.fisher_kinds, "mc_indep"}
+    q = [r for r in q_all if r["fisher"] != "mc_indep"]
     assert {r["representation"] for r in q} == {*cfg.representations, cfg.reference}
     keys = [(r["step"], r["fisher"], r["representation"], r["method"], r["metric"], r["lambda_rel"], r["probe"])
             for r in q]
@@ -86,6 +87,21 @@ def test_tables_are_tidy_and_complete(tiny_run):
     assert {(r["phase"], r["metric"]) for r in t} >= {("quality", "train_loss"), ("quality", "test_accuracy"),
                                                       ("drift", "train_loss")}
     assert len([r for r in t if r["phase"] == "quality" and r["metric"] == "train_loss"]) == cfg.train_steps
+    # Fig. 3.6 with independent samples: one row per checkpoint × approximation × realization, plus the reference
+    ind = [r for r in q_all if r["fisher"] == "mc_indep"]
+    reps = [r for r in cfg.representations if r != "blockdiag"]
+    assert len(ind) == len(steps) * (1 + len(reps) * cfg.trace_realizations)
+    # Fig. 3.7: every checkpoint × pair × metric; Fig. 4.2 left: first and last step × layers × (splits + whole)
+    n = _table(tiny_run, "ntk")
+    assert {(int(r["step"]), int(r["pair"])) for r in n} == {(s, p) for s in steps for p in range(cfg.ntk_pairs)}
+    assert {r["metric"] for r in n} == {"gap", "pca_accuracy", "trace"}
+    pts = _table(tiny_run, "ntk_points")
+    assert len(pts) == len(steps) * cfg.ntk_pairs * 2 * cfg.ntk_per_class
+    dec = _table(tiny_run, "decorrelation")
+    assert {int(r["step"]) for r in dec} == {0, cfg.drift_steps}
+    assert {int(r["split"]) for r in dec} == {-1, *range(cfg.decor_splits)}
+    for r in dec:
+        assert 0 <= float(r["value"]) <= 1, r
 
 
 def test_deterministic_claims_hold(tiny_run):
@@ -117,20 +133,36 @@ def test_deterministic_claims_hold(tiny_run):
 def test_report_and_claims(tiny_run, capsys):
     page = (tiny_run / "report.html").read_text()
     for fig in ("fig3_3_solve_mc", "fig3_3_solve_exact", "fig3_4_mv", "fig3_5_vTMv", "fig3_6_trace",
-                "fig4_2_drift", "fig4_4c_spectrum", "training"):
+                "fig3_6_trace_independent", "fig3_7_ntk_pca", "fig4_2_left_decorrelation", "fig4_2_drift",
+                "fig4_4c_spectrum", "training"):
         assert (tiny_run / "figures" / f"{fig}.png").stat().st_size > 1000, fig
         assert f"figures/{fig}.png" in page
     for needle in ("the paper says", "Fig. 3.6 trace", "Thm 2 (recompute points)", "Fig. 4.2 right",
-                   "Fig. 4.4c", "Headline metrics", "tables/quality.csv"):
+                   "Fig. 4.4c", "Headline metrics", "tables/quality.csv", "Fig. 3.7", "Fig. 4.2 left",
+                   "tables/ntk.csv", "tables/decorrelation.csv"):
         assert needle in page, needle
     summary = read_table(tiny_run / "tables" / "quality_summary.csv")
     assert {"median", "q1", "q3", "n"} <= set(summary[0])
     assert main(["report", str(tiny_run)]) == 0
     out = capsys.readouterr().out
     heads = [line for line in out.splitlines() if line.startswith("[")]  # "[verdict] topic  (kind)"
-    for topic in ("Fig. 3.6 trace (Diag,", "Fig. 3.6 trace (KFAC)", "Thm 2 (checkpoints)", "Thm 2 (recompute"):
+    for topic in ("Fig. 3.6 trace, shared", "Thm 2 (checkpoints)", "Thm 2 (recompute", "Fig. 4.2 left: KFE mass"):
         line = next(h for h in heads if h.split("] ", 1)[1].startswith(topic))
-        assert line.startswith("[yes]"), line
+        assert line.startswith("[yes]") and line.endswith("(identity)"), line
+    claims = read_table(tiny_run / "tables" / "claims.csv")
+    by_topic = {c["topic"]: c for c in claims}
+    assert sum(c["kind"] == "identity" for c in claims) == 4
+    for c in claims:
+        assert c["criterion"] and c["paper"] and c["verdict"] in ("yes", "NO", "inconclusive", "n/a"), c
+    # the findings decided on realizations carry an interval
+    for topic in ("Fig. 3.6 trace, independent samples: KFAC less accurate",
+                  "Fig. 3.6 trace, independent samples: Diag/QuasiDiag/EKFAC accurate", "Fig. 3.4 Fv",
+                  "Fig. 3.7: linearly separable after training", "Fig. 4.2 left: decorrelated in the KFE "
+                  "(at initialization)", "Fig. 4.2 right: EKFAC drifts far less quickly"):
+        c = by_topic[topic]
+        assert c["kind"] == "finding"
+        assert math.isfinite(float(c["low"])) and float(c["low"]) <= float(c["high"]), c
+    assert "≥ 2" in by_topic["Fig. 3.6 trace, independent samples: KFAC less accurate"]["criterion"]
     state = json.loads((tiny_run / "state.json").read_text())
     assert state["status"] == "finished"
 
@@ -142,7 +174,7 @@ def test_metrics_are_exact_for_the_exact_matrix(tmp_path):
                  "--set", "train_steps=3", "--set", "checkpoints=2", "--set", "n_probe=24", "--set", "width=3",
                  "--set", "representations=dense,diag", "--set", "n_vectors=3", "--set", "lambdas=1e-3,1"]) == 0
     for r in _table(out, "quality"):
-        if r["representation"] != "dense":
+        if r["representation"] != "dense" or r["fisher"] == "mc_indep":  # mc_indep: Monte-Carlo noise by design
             continue
         v = float(r["value"])
         if r["metric"] in ("mv_cos", "solve_cos"):
@@ -182,7 +214,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_run, tmp_path, mo
         return sorted(tuple((k, v) for k, v in r.items() if not (k == "value" and r.get("metric") == "build_s"))
                       for r in rows)
 
-    for name in ("quality", "drift", "training"):
+    for name in ("quality", "drift", "training", "ntk", "ntk_points", "decorrelation"):
         assert content(out, name) == content(tiny_run, name), name
     sessions = json.loads((out / "state.json").read_text())["sessions"]
     assert [s["status"] for s in sessions] == ["interrupted", "failed", "finished"]

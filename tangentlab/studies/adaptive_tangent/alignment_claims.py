@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..framework.claims import Claim, decide, mean_interval
+from ..framework.claims import all_hold as worst
+from ..framework.claims import interval_text as ci
 from .config import DIGITS_REFERENCE, FAMILIES, KERNELS, TARGETS, AdaptiveTangentConfig
 
 #: Paper's quadrature size (App. B.1: "50 points along the linear path") and the spec's bound there (S8).
@@ -28,19 +30,8 @@ def mean(xs: list[float]) -> float:
     return float(np.mean(xs)) if xs else math.nan
 
 
-def ci(m: float, lo: float, hi: float, fmt: str = ".3f") -> str:
-    """``m [lo, hi]`` (``m`` alone without an interval)."""
-    if math.isfinite(lo) and math.isfinite(hi):
-        return f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
-    return f"{m:{fmt}}"
 
 
-def worst(*verdicts: str) -> str:
-    """The weakest of several verdicts (n/a < NO < inconclusive < yes)."""
-    for v in ("n/a", "NO", "inconclusive"):
-        if v in verdicts:
-            return v
-    return "yes"
 
 
 @dataclass

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from ..framework.claims import Claim, bootstrap_interval
+from ..framework.claims import interval_text as ci
 from ..framework.store import to_number
-from .alignment_claims import ci, mean
+from .alignment_claims import mean
 from .config import SWEEP_ARCHS, SWEEP_MODELS, AdaptiveTangentConfig
 
 

@@ -4,7 +4,7 @@ share. Items 4-5 and the distance to the infinite-width limit: :mod:`.claims_mor
 
 Every finding is decided on the mean over the seeds of a run (``noise_seeds``, ``hier_seeds``,
 ``disk_seeds``: run ``name`` for seed 0, ``name_s<k>`` for seed ``k``) with its Student-t
-interval (:func:`.criteria.seed_claim`); the criteria and their thresholds are stated in each
+interval (:func:`~tangentlab.studies.framework.claims.seed_claim`); the criteria and their thresholds are stated in each
 claim and were fixed before the runs that decide them."""
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ..framework.claims import decide, mean_interval
-from ..framework.report import Claim
+from ..framework.claims import Claim, all_hold, decide, mean_interval, seed_claim, seeds_text
 from ..framework.store import to_number
 from .claims_more import ablation_claims, hierarchy_claims
 from .config import AlignmentConfig
 from .criteria import (
-    all_verdicts,
     drop_step,
-    interval_text,
     scaled_k,
-    seed_claim,
     spectrum_distance,
     top_share,
 )
@@ -242,13 +238,13 @@ def rebound_claim(R: Results, runs: list[str], tag: str) -> Claim:
         drop.append(acc.max() - acc[-1] if acc.size else math.nan)
     m1, lo1, hi1 = mean_interval(rebound)
     m2, lo2, hi2 = mean_interval(drop)
-    verdict = all_verdicts(decide(m1, ">", 1.2, lo1, hi1), decide(m2, ">", 0.02, lo2, hi2))
+    verdict = all_hold(decide(m1, ">", 1.2, lo1, hi1), decide(m2, ">", 0.02, lo2, hi2))
     return Claim(f"Fig. 2: erank rebound ({tag})", "§3.2: with high label noise the train-kernel erank, \"while "
                  "decreasing and remaining relatively low during the learning phase, begins to rise again when "
                  "overfitting starts (decrease of test accuracy)\"",
                  criterion="final erank / min erank > 1.2 and test accuracy peak − final > 0.02, each on the mean "
                  "over seeds with its 95% t-interval (both must hold)", measured=f"erank rebound "
-                 f"{interval_text(rebound)}; test-accuracy drop {interval_text(drop)}", kind="finding", value=m1,
+                 f"{seeds_text(rebound)}; test-accuracy drop {seeds_text(drop)}", kind="finding", value=m1,
                  low=lo1, high=hi1, part="item 2", verdict=verdict)
 
 

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..framework.claims import bootstrap_interval, decide, mean_interval
-from ..framework.report import Claim
-from .criteria import all_verdicts, half_rise_step, interval_text, seed_claim
+from ..framework.claims import Claim, all_hold, bootstrap_interval, decide, mean_interval, seed_claim, seeds_text
+from .criteria import half_rise_step
 from .limit import SLOPE_RANGE, training_series, width_fit, width_points
 
 #: Fig. 14: "a similar drop of the effective rank ... but to a much (about 3 times) higher value"
@@ -41,14 +40,14 @@ def hierarchy_claims(R: Any) -> list[Claim]:
         if not higher:
             continue
         m, lo, hi = mean_interval(higher)
-        verdict = all_verdicts(decide(m, ">", 1.0, lo, hi), "yes" if all(faster) else "NO")
+        verdict = all_hold(decide(m, ">", 1.0, lo, hi), "yes" if all(faster) else "NO")
         claims.append(Claim(
             f"Fig. 4: easy vs difficult ({what})", "§3.4 / Fig. 4: \"the alignment to (train) labels increases "
             "faster and to a higher value for the easy examples\" (difficult: " + ("random-label MNIST" if what ==
             "random labels" else "KMNIST; its CKA also increases later") + ")",
             criterion="max CKA_easy / max CKA_difficult > 1 (mean over seeds and its 95% t-interval) and, in every "
             "seed, the half-rise step of CKA_easy ≤ that of CKA_difficult (both must hold)",
-            measured=f"max-CKA ratio {interval_text(higher)}; easy no later in {sum(faster)}/{len(faster)} seeds",
+            measured=f"max-CKA ratio {seeds_text(higher)}; easy no later in {sum(faster)}/{len(faster)} seeds",
             kind="finding", value=m, low=lo, high=hi, part="item 4", verdict=verdict))
     return claims
 

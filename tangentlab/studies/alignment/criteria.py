@@ -1,5 +1,4 @@
-"""The statistics the alignment study's claims test (paper 000), and the helpers that turn
-per-seed values into a claim with an interval over seeds.
+"""The statistics the alignment study's claims test (paper 000).
 
 * :func:`scaled_k`: the CPU-scale analogue of the paper's "top 40 of 1000 eigenvalues": the same
   fraction ``40/1000`` of the ``N·C`` eigenvalues of our kernel (``k = 40`` at ``N·C = 1000``).
@@ -9,8 +8,7 @@ per-seed values into a claim with an interval over seeds.
   curves of Fig. 2), 0 for identical normalized spectra, ≤ 1.
 * :func:`drop_step`: the first step at which a decreasing curve has made half of its total drop
   (``v_0 − (v_0 − min v)/2``), to say whether a drop is *early*.
-* :func:`seed_claim`: a :meth:`Claim.compare` on the mean over seeds with its Student-t interval;
-  :func:`all_verdicts`: the verdict of a claim made of several conditions.
+Per-seed values become claims through :func:`tangentlab.studies.framework.claims.seed_claim`.
 """
 
 from __future__ import annotations
@@ -19,8 +17,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-
-from ..framework.claims import Claim, mean_interval
 
 #: the paper's "top 40 eigenvalues, over 1000 in total" (paper 000 §3.2, Fig. 2)
 PAPER_K, PAPER_R = 40, 1000
@@ -76,28 +72,3 @@ def half_rise_step(steps: np.ndarray, values: np.ndarray) -> float:
     return float(steps[np.argmax(values >= target)])
 
 
-def all_verdicts(*verdicts: str) -> str:
-    """The verdict of a claim whose conditions have these verdicts: ``NO`` if one fails, else
-    ``n/a`` if one was not measured, else ``inconclusive`` if one is, else ``yes``."""
-    for v in ("NO", "n/a", "inconclusive"):
-        if v in verdicts:
-            return v
-    return "yes"
-
-
-def interval_text(values: Sequence[float], digits: str = ".3g") -> str:
-    """``mean [low, high] over n seeds`` (or the single value) for the ``measured`` column."""
-    m, lo, hi = mean_interval(values)
-    n = int(np.isfinite(np.asarray(values, dtype=float)).sum())
-    if not math.isfinite(lo):
-        return f"{m:{digits}} ({n} seed{'s' if n != 1 else ''})"
-    return f"{m:{digits}} [{lo:{digits}}, {hi:{digits}}] over {n} seeds"
-
-
-def seed_claim(topic: str, paper: str, criterion: str, measured: str, values: Sequence[float], op: str,
-               threshold: float | tuple[float, float], *, part: str = "", kind: str = "finding") -> Claim:
-    """:meth:`Claim.compare` of the mean of the per-seed ``values`` with its Student-t interval over
-    the seeds (no interval with one seed); ``measured`` is followed by the mean and interval."""
-    m, lo, hi = mean_interval(values)
-    return Claim.compare(topic, paper, criterion, f"{measured}; {interval_text(values)}".lstrip("; "), m, op,
-                         threshold, low=lo, high=hi, kind=kind, part=part)

@@ -47,12 +47,11 @@ import torch
 from ...analysis.kernels import kernel_alignment
 from ...errors import InvalidInputError
 from ...progress import progress as progress_bar
-from ..framework.claims import bootstrap_interval
+from ..framework.claims import bootstrap_interval, seed_claim
 from ..framework.config import ConfigError
 from ..framework.report import Claim, FigureSpec, TableSpec
 from ..framework.store import RunStore, cell, to_number
 from .config import KAPPAS, SUPERNAT_COLUMNS, SUPERNAT_KEY, SUPERNAT_TABLE
-from .criteria import seed_claim
 
 
 def noisy_regression(n: int, d: int, sigma2: float, n_test: int, seed: int

@@ -16,6 +16,7 @@ import numpy as np
 
 from ...analysis.compression import beta_feature, beta_lazy, bootstrap_exponent, fit_power_law
 from ..framework.claims import bootstrap_interval, mean_interval
+from ..framework.claims import interval_text as ival
 from ..framework.report import Claim
 from ..framework.store import to_number
 from .config import CNN_CURVES, EXPONENT_TOL, KERNELS, MATCH_FACTOR, SLOPE_TOL, CompressionConfig
@@ -127,7 +128,7 @@ def cnn_learning_curves(cfg: CompressionConfig, kern: list[dict[str, Any]], traj
             "final-NTK curve below the dashed initial-NTK one at every p; Fig. 2 orange)",
             "max over p of (median final-NTK error − median initial-NTK error) < 0 on the 95% seed-bootstrap "
             "interval (seeds resampled at each p, both kernels of one seed together)",
-            f"largest difference {_ivl(v, lo, hi)}; median test error initial → final NTK (network): "
+            f"largest difference {ival(v, lo, hi)}; median test error initial → final NTK (network): "
             + "; ".join(f"p={int(p)}: {med[('ntk_init', int(p))]:.4f} → {med[('ntk_final', int(p))]:.4f} "
                         f"({med.get(('network', int(p)), math.nan):.4f})" for p in xs),
             v, "<", 0.0, low=lo, high=hi, part="CNN"))
@@ -143,7 +144,7 @@ def cnn_learning_curves(cfg: CompressionConfig, kern: list[dict[str, Any]], traj
             "β_network − β_initial-NTK > 0 on the 95% seed-bootstrap interval of the difference (seeds resampled "
             "at each p, the network and its initial NTK of one seed together); the paper's values 0.5 and 0.3 are "
             "MNIST at p up to 6944 and are not tested on 8×8 digits",
-            f"β_network − β_initial-NTK = {_ivl(v, lo, hi)} over p = {', '.join(str(int(p)) for p in xs)}; "
+            f"β_network − β_initial-NTK = {ival(v, lo, hi)} over p = {', '.join(str(int(p)) for p in xs)}; "
             f"β_network = {beta('network')}, β_initial-NTK = {beta('ntk_init')}, β_final-NTK = {beta('ntk_final')}, "
             f"β_last-layer init/final = {beta('last_init')} / {beta('last_final')} (each: 95% {fn['ci']})",
             v, ">", 0.0, low=lo, high=hi, part="CNN"))
@@ -185,10 +186,6 @@ def group_slope(xs: list[float], groups: tuple[np.ndarray, ...], col: int = 0, s
     return sign * float((lx * np.log(meds)).sum() / (lx * lx).sum())  # the least-squares slope
 
 
-def _ivl(v: float, lo: float, hi: float) -> str:
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else f"{v:.3f} (no interval)"
-
-
 def scaling_claims(cfg: CompressionConfig, runs: list[dict[str, Any]]) -> Scaling:
     """Medians over seeds of Λ*, Λ_max and the test errors at each p, their fitted exponents,
     and per data model the claims Λ*, Λ_max ∝ √p, β_feature > β_lazy, each β near its
@@ -224,7 +221,7 @@ def scaling_claims(cfg: CompressionConfig, runs: list[dict[str, Any]]) -> Scalin
                 f"{name} ∝ p^1/2 ({part})", paper,
                 f"slope of log(median {name}) vs log p in [{lo_s:.2f}, {hi_s:.2f}] (0.5 ± {SLOPE_TOL}: the paper "
                 "states no tolerance; CPU-scale p is pre-asymptotic), on the 95% seed-bootstrap interval",
-                f"slope {_ivl(v, lo, hi)} over p = {', '.join(str(int(x)) for x in xs)}, medians "
+                f"slope {ival(v, lo, hi)} over p = {', '.join(str(int(x)) for x in xs)}, medians "
                 f"{', '.join(f'{x:.3g}' for x in med)}, {min(len(s) for s in samples)}–{max(len(s) for s in samples)} "
                 "seeds per p", v, "in", (lo_s, hi_s), low=lo, high=hi, part=part))
         xs, groups = paired_groups(rr, ("test_error", "lazy_error"))
@@ -248,7 +245,7 @@ def scaling_claims(cfg: CompressionConfig, runs: list[dict[str, Any]]) -> Scalin
             "curve below and steeper than the lazy one)",
             "β_feature − β_lazy > 0 on the 95% bootstrap interval of the difference (seeds resampled at each p, "
             "the network and the frozen initial NTK of one seed together)" + gap_note,
-            f"β_feature − β_lazy = {_ivl(*gap)} (β_feature {bf[0]:.3f}, β_lazy {bl[0]:.3f}) over p = {ps}, "
+            f"β_feature − β_lazy = {ival(*gap)} (β_feature {bf[0]:.3f}, β_lazy {bl[0]:.3f}) over p = {ps}, "
             f"{n_seeds}", gap[0], ">", 0.0, low=gap[1], high=gap[2], part=part))
         f_formula = "(2d−1)/(3d−2)" if d_par == 1 else "(d + d_⊥/2)/(3d−2)"
         for (v, lo, hi), name, pred, formula in ((bf, "β_feature", pf, f_formula), (bl, "β_lazy", pl, "d/(3d−2)")):
@@ -257,7 +254,7 @@ def scaling_claims(cfg: CompressionConfig, runs: list[dict[str, Any]]) -> Scalin
                 f"{name} = {formula} = {pred:.3f} (§3.1, §4, {fig}: 'consistent with' the fitted learning curves)",
                 f"fitted exponent in [{pred - EXPONENT_TOL:.3f}, {pred + EXPONENT_TOL:.3f}] (± {EXPONENT_TOL}: the "
                 "paper gives no tolerance; pre-asymptotic p at CPU scale) on the 95% seed-bootstrap interval",
-                f"{name} = {_ivl(v, lo, hi)} over p = {ps}, {n_seeds}", v, "in",
+                f"{name} = {ival(v, lo, hi)} over p = {ps}, {n_seeds}", v, "in",
                 (pred - EXPONENT_TOL, pred + EXPONENT_TOL), low=lo, high=hi, part=part))
         xs, groups = paired_groups(rr, ("test_error", "lazy_error", "compressed_error"))  # rows with a Λ*
         ps = ", ".join(str(int(x)) for x in xs)
@@ -274,7 +271,7 @@ def scaling_claims(cfg: CompressionConfig, runs: list[dict[str, Any]]) -> Scalin
                 "exponent of compressed data",
                 f"β_compressed-lazy − β_feature in [−{EXPONENT_TOL}, {EXPONENT_TOL}] (the tolerance of the "
                 "exponent claims) on the 95% seed-bootstrap interval of the difference",
-                f"β_compressed − β_feature = {_ivl(*dc)} (β_compressed {bc[0]:.3f}, β_feature {bf[0]:.3f}) over "
+                f"β_compressed − β_feature = {ival(*dc)} (β_compressed {bc[0]:.3f}, β_feature {bf[0]:.3f}) over "
                 f"p = {ps}, {n_seeds}", dc[0], "in", (-EXPONENT_TOL, EXPONENT_TOL), low=dc[1], high=dc[2],
                 part=part))
 
@@ -291,7 +288,7 @@ def scaling_claims(cfg: CompressionConfig, runs: list[dict[str, Any]]) -> Scalin
                 f"at every p the median errors of compressed lazy and feature within a factor {MATCH_FACTOR:g} of "
                 f"each other (the paper gives no number for 'closely'): max_p max(r, 1/r) ≤ {MATCH_FACTOR:g}, r = "
                 "compressed/feature, on the 95% seed-bootstrap interval",
-                f"largest factor {_ivl(*wf)}; r per p = {ratios} over p = {ps}", wf[0], "<=", MATCH_FACTOR,
+                f"largest factor {ival(*wf)}; r per p = {ratios} over p = {ps}", wf[0], "<=", MATCH_FACTOR,
                 low=wf[1], high=wf[2], part=part))
     return out
 
@@ -326,7 +323,7 @@ def signature_claims(cfg: CompressionConfig, models: list[str], kern: list[dict[
                 "initial NTK')",
                 "test error of the initial NTK − that of the final NTK (each trained on an independent set of p "
                 "points) > 0 on the 95% Student-t interval over seeds",
-                f"error difference {_ivl(v, lo, hi)} over {len(diffs)} seeds; median test error: initial NTK {a:.4f}, "
+                f"error difference {ival(v, lo, hi)} over {len(diffs)} seeds; median test error: initial NTK {a:.4f}, "
                 f"final NTK {b:.4f}, network {kmed.get((m, 'network'), math.nan):.4f}; last-layer kernel "
                 f"{kmed.get((m, 'last_init'), math.nan):.4f} → {kmed.get((m, 'last_final'), math.nan):.4f}",
                 v, ">", 0.0, low=lo, high=hi, part="NTK signatures"))
@@ -361,7 +358,7 @@ def signature_claims(cfg: CompressionConfig, models: list[str], kern: list[dict[
                 f"Σ_(r≤{cfg.n_modes}) ω_r² after training / at initialization ≥ 2 on the 95% Student-t interval over "
                 "seeds (the paper gives no number; the doubling is the change the spec digest measured at h = 500; "
                 "top modes rather than mode 1 exactly, because the run stops before all margins are met)",
-                f"ratio {_ivl(v, lo, hi)} over {len(ratios)} seeds; median Σ_(r≤{cfg.n_modes}) ω_r²: init {a:.3f}, "
+                f"ratio {ival(v, lo, hi)} over {len(ratios)} seeds; median Σ_(r≤{cfg.n_modes}) ω_r²: init {a:.3f}, "
                 f"final {b:.3f}; last layer {top.get('last_init', math.nan):.3f} → "
                 f"{top.get('last_final', math.nan):.3f}",
                 v, ">=", 2.0, low=lo, high=hi, part="CNN" if m == "cnn" else "NTK signatures"))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..framework.claims import bootstrap_interval, mean_interval
+from ..framework.claims import interval_text as ival
 from ..framework.report import Claim
 from .config import (
     FP_MIN_SHARE,
@@ -27,10 +28,6 @@ from .config import (
     CompressionConfig,
 )
 from .theory import FixedPoint, attractors
-
-
-def _ivl(v: float, lo: float, hi: float, fmt: str = ".3f") -> str:
-    return f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if math.isfinite(lo) else f"{v:{fmt}} (no interval)"
 
 
 def attractor_shares(rows: list[dict[str, Any]], att: list[FixedPoint], lam_min: float, window: float
@@ -83,7 +80,7 @@ def fixed_point_claims(cfg: CompressionConfig, rows: list[dict[str, Any]]) -> tu
         f"share of the neurons with |λ_n| > {cfg.fp_lambda_min:g} whose z₁ lies within ±{cfg.fp_window:g} of a "
         f"predicted attractor of their λ sign ≥ {FP_SHARE:g} ('all', less the paper's stated exceptions), on the 95% "
         "Student-t interval over seeds",
-        f"share {_ivl(v, lo, hi)}; amplified neurons per seed {n_amp} of {cfg.fp_width}; Λ* per seed {lam_star}; "
+        f"share {ival(v, lo, hi)}; amplified neurons per seed {n_amp} of {cfg.fp_width}; Λ* per seed {lam_star}; "
         + setting, v, ">=", FP_SHARE, low=lo, high=hi, part=part))
     v, lo, hi = mean_interval(least)
     claims.append(Claim.compare(
@@ -91,7 +88,7 @@ def fixed_point_claims(cfg: CompressionConfig, rows: list[dict[str, Any]]) -> tu
         "Fig. 3c: neurons converge to each of the three attractors (large black dots)",
         f"the least populated attractor holds ≥ {FP_MIN_SHARE:g} of the amplified neurons (a peak of the z₁ "
         "histogram at each predicted z*), on the 95% Student-t interval over seeds",
-        f"least share {_ivl(v, lo, hi)}; neurons per attractor per seed: "
+        f"least share {ival(v, lo, hi)}; neurons per attractor per seed: "
         + "; ".join(f"z* = {a.z:.3f}: {table[i]['neurons (per seed)']}" for i, a in enumerate(att)),
         v, ">=", FP_MIN_SHARE, low=lo, high=hi, part=part))
     return table, claims
@@ -146,7 +143,7 @@ def alpha_scan_claims(cfg: CompressionConfig, rows: list[dict[str, Any]]) -> lis
         f"network error at the largest α = {a[-1]:g} / error of kernel learning with the same seed's initial NTK in "
         f"[{1 / LAZY_FACTOR:.2f}, {LAZY_FACTOR:g}] (the paper gives no tolerance), on the 95% Student-t interval "
         "over seeds",
-        f"ratio {_ivl(v, lo, hi)}; mean errors {np.nanmean(err[:, -1]):.4f} (network) vs {np.nanmean(lazy[:, -1]):.4f} "
+        f"ratio {ival(v, lo, hi)}; mean errors {np.nanmean(err[:, -1]):.4f} (network) vs {np.nanmean(lazy[:, -1]):.4f} "
         f"(frozen NTK); {setting}", v, "in", (1 / LAZY_FACTOR, LAZY_FACTOR), low=lo, high=hi, part=part))
     if big.sum() >= 2:
         v, lo, hi = bootstrap_interval(lambda t: _log_slope(a[big], np.nanmean(t[:, big], 0)), tstar)
@@ -155,7 +152,7 @@ def alpha_scan_claims(cfg: CompressionConfig, rows: list[dict[str, Any]]) -> lis
             "'the characteristic time scales as t* ~ 1/α as expected' (App. B, Fig. 11 center)",
             f"slope of log(mean t*) vs log α over α ≥ 10² in [{-1 - T_SLOPE_TOL:g}, {-1 + T_SLOPE_TOL:g}], on the 95% "
             "bootstrap interval over seeds",
-            f"slope {_ivl(v, lo, hi)} over α = {', '.join(f'{x:g}' for x in a[big])}; mean t*/h = "
+            f"slope {ival(v, lo, hi)} over α = {', '.join(f'{x:g}' for x in a[big])}; mean t*/h = "
             + ", ".join(f"{x:.3g}" for x in np.nanmean(tstar[:, big], 0)),
             v, "in", (-1 - T_SLOPE_TOL, -1 + T_SLOPE_TOL), low=lo, high=hi, part=part))
     v, lo, hi = mean_interval(lstar[:, -1])
@@ -164,7 +161,7 @@ def alpha_scan_claims(cfg: CompressionConfig, rows: list[dict[str, Any]]) -> lis
         "'the global amplification factor equals one' for α → ∞ (App. B, Fig. 11 right)",
         f"Λ* at the largest α = {a[-1]:g} in [{1 - LAMBDA_ONE_TOL:g}, {1 + LAMBDA_ONE_TOL:g}] (Λ(0) = 1 up to "
         "O(h^−1/2) fluctuations), on the 95% Student-t interval over seeds",
-        f"Λ* {_ivl(v, lo, hi)}", v, "in", (1 - LAMBDA_ONE_TOL, 1 + LAMBDA_ONE_TOL), low=lo, high=hi, part=part))
+        f"Λ* {ival(v, lo, hi)}", v, "in", (1 - LAMBDA_ONE_TOL, 1 + LAMBDA_ONE_TOL), low=lo, high=hi, part=part))
     if small.sum() >= 3:
         x = np.log(1 / a[small])
         v, lo, hi = bootstrap_interval(lambda t: _r2(x, np.nanmean(t[:, small], 0)), tstar)
@@ -175,7 +172,7 @@ def alpha_scan_claims(cfg: CompressionConfig, rows: list[dict[str, Any]]) -> lis
             "τ = h√(d/2))",
             f"mean t* linear in ln(1/α) over α ≤ 10⁻²: R² of the linear fit ≥ {LOG_R2:g}, on the 95% bootstrap "
             "interval over seeds",
-            f"R² {_ivl(v, lo, hi, '.4f')}; slope dt*/d ln(1/α) = {c:.3g} h (τ = {math.sqrt(cfg.alpha_d / 2):.3g} h); "
+            f"R² {ival(v, lo, hi, '.4f')}; slope dt*/d ln(1/α) = {c:.3g} h (τ = {math.sqrt(cfg.alpha_d / 2):.3g} h); "
             "mean t*/h = " + ", ".join(f"{y:.3g}" for y in np.nanmean(tstar[:, small], 0)),
             v, ">=", LOG_R2, low=lo, high=hi, part=part))
     if small.sum() >= 2:
@@ -191,7 +188,7 @@ def alpha_scan_claims(cfg: CompressionConfig, rows: list[dict[str, Any]]) -> lis
             "'the global amplification factor reaches a plateau' for α → 0 (App. B, Fig. 11 right)",
             f"mean Λ* at the two smallest α ({a[i]:g}, {a[j]:g}) within a factor {PLATEAU_FACTOR:g} of each other, "
             "on the 95% bootstrap interval over seeds",
-            f"factor {_ivl(v, lo, hi)}; mean Λ* per α: "
+            f"factor {ival(v, lo, hi)}; mean Λ* per α: "
             + ", ".join(f"{x:g}: {y:.3g}" for x, y in zip(a, np.nanmean(lstar, 0))),
             v, "<=", PLATEAU_FACTOR, low=lo, high=hi, part=part))
     gap = err[:, 0] - lazy[:, 0]
@@ -201,7 +198,7 @@ def alpha_scan_claims(cfg: CompressionConfig, rows: list[dict[str, Any]]) -> lis
         "'the test error converges to a plateau better than the lazy regime performance' (App. B, Fig. 11 left)",
         f"network error at the smallest α = {a[0]:g} − frozen-initial-NTK error < 0 (same seed's data), on the 95% "
         "Student-t interval over seeds",
-        f"difference {_ivl(v, lo, hi, '.4f')}; mean errors per α: "
+        f"difference {ival(v, lo, hi, '.4f')}; mean errors per α: "
         + ", ".join(f"{x:g}: {y:.4f}" for x, y in zip(a, np.nanmean(err, 0)))
         + f"; frozen NTK {np.nanmean(lazy[:, 0]):.4f}", v, "<", 0.0, low=lo, high=hi, part=part))
     return claims

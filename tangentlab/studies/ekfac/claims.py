@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from ..framework.claims import interval_text as ival
 from ..framework.claims import mean_interval
 from ..framework.report import Claim
 from ..framework.store import RunStore, to_number
@@ -116,10 +117,6 @@ def binding(stats: dict[str, tuple[float, float, float]]) -> str:
     return min(stats, key=lambda k: end(stats[k], 1))
 
 
-def ci(v: tuple[float, float, float], fmt: str = ".3g") -> str:
-    """``v [low, high]`` (or ``v`` without an interval)."""
-    m, lo, hi = v
-    return f"{m:{fmt}}" + (f" [{lo:{fmt}}, {hi:{fmt}}]" if math.isfinite(lo) and math.isfinite(hi) else "")
 
 
 def seeds_note(n: int) -> str:
@@ -138,7 +135,7 @@ def beats_all(topic: str, paper: str, what: str, fast: str, main: dict[str, Any]
     crit = (f"per seed Δ = {stat_text}(baseline) − {stat_text}({LABELS[fast]}); held when the {seeds_note(n)} "
             "is > 0 for every baseline (" + ", ".join(LABELS[b] for b in bases) + f"); value/interval: the binding "
             f"baseline ({LABELS[key]}). {what}")
-    measured = "; ".join(f"vs {LABELS[b]}: Δ {ci(v)} (loss ratio {LABELS[fast]} / {LABELS[b]} "
+    measured = "; ".join(f"vs {LABELS[b]}: Δ {ival(*v)} (loss ratio {LABELS[fast]} / {LABELS[b]} "
                          f"{math.exp(-v[0]) if abs(v[0]) < 700 else math.nan:.3g})" + (extra(b) if extra else "")
                          for b, v in res.items())
     if any(abs(g) == DIVERGED_GAP for b in bases for g in gaps(main[fast], main[b], stat)):
@@ -192,7 +189,7 @@ def optimization_claims(cfg: EkfacConfig, task: str, main: dict[str, Any]) -> li
             f"amortized KFAC (period {cfg.period}); held when the {seeds_note(n)} is ≥ {cfg.cost_ratio:g} "
             "('high' cost read as at least 1.5×: the thesis gives no number; CPU time rather than wall time "
             "because the machine is shared, see the wall-clock claims)",
-            f"ratio {ci(v)}; CPU ms/step (medians) every-step KFAC {ms_per_step(main['kfac_every']):.3g}, "
+            f"ratio {ival(*v)}; CPU ms/step (medians) every-step KFAC {ms_per_step(main['kfac_every']):.3g}, "
             f"amortized KFAC {ms_per_step(main['kfac']):.3g}",
             v[0], ">=", cfg.cost_ratio, low=v[1], high=v[2], part=name))
     if "kfac" in main and "ekfac" in main:
@@ -208,7 +205,7 @@ def optimization_claims(cfg: EkfacConfig, task: str, main: dict[str, Any]) -> li
             + ("; §4.4.2: EKFAC maintains good generalization, Fig. 4.5c)" if task == "cnn" else ")"),
             f"per seed, relative gap of the best validation loss (EKFAC − KFAC) / KFAC; held when the "
             f"{seeds_note(len(rel))} lies within ±{tol:.0%} ('similar': the thesis gives no number)",
-            f"relative gap {ci(v)}; best validation loss medians EKFAC "
+            f"relative gap {ival(*v)}; best validation loss medians EKFAC "
             f"{median([best_val(r) for r in main['ekfac'].values()]):.4g}, KFAC "
             f"{median([best_val(r) for r in main['kfac'].values()]):.4g}", v[0], "in", (-tol, tol), low=v[1],
             high=v[2], part=name))
@@ -258,7 +255,7 @@ def period_claims(study: PeriodStudy) -> list[Claim]:
         f"per seed, degradation = log(final training loss at period {hi} / at period {lo}) of each method ((η, ε) "
         f"selected per method and period); Δ = degradation(KFAC) − degradation(EKFAC); held when the "
         f"{seeds_note(len(d))} is > 0 (the thesis gives no number)",
-        f"Δ {ci(v)}; final loss medians per period: " + "; ".join(
+        f"Δ {ival(*v)}; final loss medians per period: " + "; ".join(
             f"{LABELS[m]} " + ", ".join(f"{p}: {fin[(m, p)]:.4g}" for p in periods if (m, p) in fin)
             for m in ("ekfac", "kfac")), v[0], ">", 0.0, low=v[1], high=v[2], part="auto-encoder")]
 
@@ -369,5 +366,5 @@ def ewc_claims(ewc: list[dict[str, str]], summary: list[dict[str, Any]]) -> list
         f"before − after task B); held when the {seeds_note(n)} is > 0 for every penalty; value/interval: the "
         f"binding penalty ({key})",
         f"median forgetting without penalty {none_med[0] if none_med else math.nan:.3f}; " + "; ".join(
-            f"{k}: median {med.get(k, math.nan):.3f}, Δ {ci(v)}" for k, v in res.items()),
+            f"{k}: median {med.get(k, math.nan):.3f}, Δ {ival(*v)}" for k, v in res.items()),
         m, ">", 0.0, low=lo, high=hi, part="EWC")]

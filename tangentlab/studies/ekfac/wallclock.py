@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from ..framework.claims import interval_text as ival
 from ..framework.claims import mean_interval
 from ..framework.report import Claim, FigureSpec, TableSpec
-from .claims import LABELS, baselines, beats_all, ci, cpu_per_step, median, ms_per_step, seeds_note
+from .claims import LABELS, baselines, beats_all, cpu_per_step, median, ms_per_step, seeds_note
 
 #: The methods of thesis Fig. 4.3b (the every-step KFAC baseline is Fig. 4.4b's).
 COMPARED = ("ekfac", "ekfac_ra", "kfac", "sgd", "adam")
@@ -122,7 +123,7 @@ def wallclock_claims(task: str, main: dict[str, Runs], cost_ratio: float) -> lis
             f"per seed, training CPU seconds per step of EKFAC-ra / amortized KFAC (same recompute period); held "
             f"when the {seeds_note(len(ratios))} lies in [1, {cost_ratio:g}] ('slightly increased': more than "
             f"KFAC's, less than the {cost_ratio:g}× read as 'high cost' for every-step KFAC; no number in the thesis)",
-            f"ratio {ci((m, lo, hi))}; CPU ms/step (medians) EKFAC-ra {ms_per_step(main['ekfac_ra']):.3g}, KFAC "
+            f"ratio {ival(m, lo, hi)}; CPU ms/step (medians) EKFAC-ra {ms_per_step(main['ekfac_ra']):.3g}, KFAC "
             f"{ms_per_step(main['kfac']):.3g}",
             m, "in", (1.0, cost_ratio), low=lo, high=hi, part=name))
     return claims

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..framework.claims import bootstrap_interval, mean_interval
+from ..framework.claims import interval_text as ival
 from ..framework.report import Claim
 from ..framework.store import RunStore, to_number
 from .claims_parts import decorrelation_claims, drift_claims, ntk_claims
-from .claims_parts import ival as _ival
 from .config import EXACT_TOL, INDEP, KRON, PAPER_REPRESENTATIONS, FimQualityConfig
 
 
@@ -182,7 +182,7 @@ def _trace_claims(res: Results) -> list[Claim]:
         f"relative trace error vs the exact-expectation trace, the approximations built on independent "
         f"Monte-Carlo labels (as in the thesis); worst of {names}, mean over checkpoints, mean over "
         f"{n_real} realizations (Student-t 95%) < {TRACE_ACCURATE:g} (our reading of 'very accurately')",
-        f"worst of {names}: {_ival(v, lo, hi)} over {len(steps)} checkpoints",
+        f"worst of {names}: {ival(v, lo, hi)} over {len(steps)} checkpoints",
         v, "<", TRACE_ACCURATE, low=lo, high=hi))
     if "kfac" in reps and res.per_probe(steps[0], INDEP, "kfac", "trace_rel_err").size:
         kf = np.mean([res.per_probe(s, INDEP, "kfac", "trace_rel_err")[:n_real] for s in steps], axis=0)
@@ -195,7 +195,7 @@ def _trace_claims(res: Results) -> list[Claim]:
             f"{n_real} independent Monte-Carlo realizations × {len(steps)} checkpoints; 95% percentile bootstrap "
             f"over realizations; ≥ {KFAC_TRACE_FACTOR:g} ('less accurate' read as at least twice the error, "
             "so that Monte-Carlo noise alone cannot pass it)",
-            f"KFAC {kf.mean():.3g} vs {names} {ref.mean():.3g}: ratio {_ival(v, lo, hi)}",
+            f"KFAC {kf.mean():.3g} vs {names} {ref.mean():.3g}: ratio {ival(v, lo, hi)}",
             v, ">=", KFAC_TRACE_FACTOR, low=lo, high=hi))
     return claims
 
@@ -232,7 +232,7 @@ def _margin_claim(res: Results, metric: str, fig: str, what: str, higher: bool) 
         f"the smallest, over the {len(groups)} (checkpoint, Fisher kind) points, of EKFAC's median {what} minus the "
         f"best other median ({'higher' if higher else 'lower'} is better; sign so that > 0 means EKFAC best) > 0, "
         f"i.e. EKFAC best at every point; {_RESAMPLE}",
-        "worst margin " + _ival(v, lo, hi) + "; median over points of the median: "
+        "worst margin " + ival(v, lo, hi) + "; median over points of the median: "
         + ", ".join(f"{label(r, '')} {x:.3g}" for r, x in medians.items()),
         v, ">", 0.0, low=lo, high=hi)
 
@@ -276,7 +276,7 @@ def _solve_claims(cfg: FimQualityConfig, res: Results) -> list[Claim]:
         f"KFAC (best of its solve methods {', '.join(cfg.solve_methods)}) has the highest median cos among "
         f"{', '.join(label(r, '') for r in paper)}: ≥ 0.5 (best at half of the points or more; the thesis "
         f"shows no number); {_RESAMPLE}",
-        f"KFAC best at a share {_ival(v, lo, hi)} of the points", v, ">=", 0.5, low=lo, high=hi))
+        f"KFAC best at a share {ival(v, lo, hi)} of the points", v, ">=", 0.5, low=lo, high=hi))
 
     def cos_groups(lam: float) -> list[np.ndarray]:
         return [g for g in (res.per_probe(s, k, r, "solve_cos", "exact", lam) for s in steps for k in kinds
@@ -292,13 +292,13 @@ def _solve_claims(cfg: FimQualityConfig, res: Results) -> list[Claim]:
         "the Tikhonov λ grows",
         f"smallest median cos over representations (exact damping), checkpoints and kinds at the largest λ = "
         f"{top:g}·tr F/P ≥ {SOLVE_COS:g}; {_RESAMPLE}",
-        f"smallest median cos at λ = {top:g}·tr/P: {_ival(v, lo, hi, '.4f')}", v, ">=", SOLVE_COS, low=lo, high=hi))
+        f"smallest median cos at λ = {top:g}·tr/P: {ival(v, lo, hi, '.4f')}", v, ">=", SOLVE_COS, low=lo, high=hi))
     v, lo, hi = bootstrap_interval(worst, *cos_groups(bottom), n_boot=N_BOOT)
     claims.append(Claim.compare(
         "Fig. 3.3 solve: degrades as λ → 0", "Fig. 3.3: the solve cosine degrades as λ → 0",
         f"smallest median cos (exact damping) at the smallest λ = {bottom:g}·tr F/P < {SOLVE_COS:g} (the level "
         f"reached at large λ); {_RESAMPLE}",
-        f"smallest median cos at λ = {bottom:g}·tr/P: {_ival(v, lo, hi, '.4f')}", v, "<", SOLVE_COS, low=lo,
+        f"smallest median cos at λ = {bottom:g}·tr/P: {ival(v, lo, hi, '.4f')}", v, "<", SOLVE_COS, low=lo,
         high=hi))
     return claims
 

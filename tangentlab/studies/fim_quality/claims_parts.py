@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..framework.claims import bootstrap_interval, mean_interval
+from ..framework.claims import interval_text as ival
 from ..framework.report import Claim
 from .config import FimQualityConfig
 
@@ -28,11 +29,6 @@ DECOR_RATIO = 0.5
 SEPARABLE, MIXED = 0.95, 0.75
 
 
-def ival(v: float, lo: float, hi: float, fmt: str = ".3g") -> str:
-    """``v [lo, hi]`` (or ``v`` without a finite interval)."""
-    if math.isfinite(lo) and math.isfinite(hi):
-        return f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
-    return f"{v:{fmt}}"
 
 
 def drift_claims(drift_rows: list[dict[str, Any]]) -> list[Claim]:

@@ -207,6 +207,48 @@ def bootstrap_interval(stat: Callable[..., float], *groups: Sequence[Any] | np.n
     return est, float(np.quantile(d, a)), float(np.quantile(d, 1 - a))
 
 
+def interval_text(value: float, low: float = math.nan, high: float = math.nan, fmt: str = ".3g") -> str:
+    """``value [low, high]`` for a claim's ``measured`` text (``value`` alone without a finite interval)."""
+    v = format(value, fmt) if math.isfinite(value) else "nan"
+    if math.isfinite(low) and math.isfinite(high):
+        return f"{v} [{format(low, fmt)}, {format(high, fmt)}]"
+    return v
+
+
+def seeds_text(values: Sequence[float] | np.ndarray, fmt: str = ".3g") -> str:
+    """``mean [low, high] over n seeds`` (Student t, :func:`mean_interval`), or the single value."""
+    m, lo, hi = mean_interval(values)
+    n = int(np.isfinite(np.asarray(values, dtype=float)).sum())
+    if not math.isfinite(lo):
+        return f"{format(m, fmt)} ({n} seed{'s' if n != 1 else ''})"
+    return f"{format(m, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}] over {n} seeds"
+
+
+def seed_claim(topic: str, paper: str, criterion: str, measured: str, values: Sequence[float] | np.ndarray, op: str,
+               threshold: float | tuple[float, float], *, part: str = "", kind: str = "finding") -> Claim:
+    """:meth:`Claim.compare` of the mean of the per-seed ``values`` on its Student-t interval over
+    the seeds (no interval with one seed); ``measured`` is followed by :func:`seeds_text`."""
+    m, lo, hi = mean_interval(values)
+    return Claim.compare(topic, paper, criterion, f"{measured}; {seeds_text(values)}".lstrip("; "), m, op,
+                         threshold, low=lo, high=hi, kind=kind, part=part)
+
+
+def all_hold(*verdicts: str) -> str:
+    """The verdict of a claim whose conditions must all hold, given theirs: ``NO`` if one fails,
+    else ``n/a`` if one was not measured, else ``inconclusive`` if one is, else ``yes``."""
+    for v in ("NO", "n/a", "inconclusive"):
+        if v in verdicts:
+            return v
+    return "yes"
+
+
+def every_seed(flags: Sequence[Any]) -> str:
+    """The verdict of a yes/no condition checked per seed: ``yes`` when every seed meets it, ``NO``
+    when none does, ``inconclusive`` otherwise (``n/a`` without seeds)."""
+    f = [bool(x) for x in flags]
+    return "n/a" if not f else "yes" if all(f) else "NO" if not any(f) else "inconclusive"
+
+
 def claim_counts(claims: Sequence[Claim]) -> dict[str, dict[str, int]]:
     """``{kind: {verdict: count, "total": count}}`` for both kinds."""
     out: dict[str, dict[str, int]] = {k: {v: 0 for v in (*VERDICTS, "total")} for k in KINDS}

@@ -18,6 +18,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..framework.claims import all_hold as combine
+from ..framework.claims import every_seed
+from ..framework.claims import interval_text as iv
 from ..framework.report import Claim
 from .claims_energy import energy_claims
 from .config import EXACT_TOL, LinGenConfig
@@ -27,10 +30,7 @@ from .verdicts import (
     Curves,
     Results,
     by_seed,
-    combine,
-    every_seed,
     finding,
-    iv,
     load_results,
     seeds_text,
     series,

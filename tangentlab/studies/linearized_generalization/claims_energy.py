@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import math
 
+from ..framework.claims import all_hold as combine
+from ..framework.claims import every_seed
+from ..framework.claims import interval_text as iv
 from ..framework.report import Claim
 from .config import LinGenConfig
-from .verdicts import Results, combine, every_seed, finding, fmt_num, iv, seeds_text, series, settings_by_seed, stat
+from .verdicts import Results, finding, fmt_num, seeds_text, series, settings_by_seed, stat
 
 #: The paper's statement of E7 (training speed).
 E7_SPEED_PAPER = ("§4.3, Fig. 8 left: 'the kernelized model constructed using the pretrained NTK of the network has "

@@ -84,27 +84,10 @@ def stat(values, op: str, threshold: float) -> tuple[float, float, float, str]:
     return m, lo, hi, decide(m, op, threshold, lo, hi)
 
 
-def every_seed(flags) -> str:
-    """``yes`` when every seed meets a yes/no condition, ``NO`` when none does, ``inconclusive`` otherwise."""
-    f = [bool(x) for x in flags]
-    return "n/a" if not f else "yes" if all(f) else "NO" if not any(f) else "inconclusive"
 
 
-def combine(*verdicts: str) -> str:
-    """The verdict of conditions that must all hold: ``n/a`` if one is, else ``NO`` if one fails, ``yes``
-    if all hold, ``inconclusive`` otherwise."""
-    if "n/a" in verdicts:
-        return "n/a"
-    if "NO" in verdicts:
-        return "NO"
-    return "yes" if all(v == "yes" for v in verdicts) else "inconclusive"
 
 
-def iv(m: float, lo: float, hi: float, fmt: str = ".3f") -> str:
-    """``m [lo, hi]`` (or ``m`` without an interval)."""
-    if math.isfinite(lo) and math.isfinite(hi):
-        return f"{format(m, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}]"
-    return fmt_num(m, fmt)
 
 
 def finding(topic: str, paper: str, criterion: str, measured: str, verdict: str, m: float, lo: float, hi: float,

@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tangentlab.studies.alignment.criteria import (
-    all_verdicts,
-    drop_step,
-    scaled_k,
-    seed_claim,
-    spectrum_distance,
-    top_share,
-)
+from tangentlab.studies.alignment.criteria import drop_step, scaled_k, spectrum_distance, top_share
+from tangentlab.studies.framework.claims import all_hold, seed_claim
 
 
 def _ks_oracle(a, b):
@@ -65,10 +59,10 @@ def test_drop_step():
 
 
 def test_all_verdicts_and_seed_claim():
-    assert all_verdicts("yes", "yes") == "yes"
-    assert all_verdicts("yes", "inconclusive") == "inconclusive"
-    assert all_verdicts("inconclusive", "NO") == "NO"
-    assert all_verdicts("yes", "n/a") == "n/a"
+    assert all_hold("yes", "yes") == "yes"
+    assert all_hold("yes", "inconclusive") == "inconclusive"
+    assert all_hold("inconclusive", "NO") == "NO"
+    assert all_hold("yes", "n/a") == "n/a"
     v = [1.0, 1.2, 1.4]
     c = seed_claim("t", "p", "crit", "m", v, ">", 0.5, part="x")
     half = stats.t.ppf(0.975, 2) * np.std(v, ddof=1) / math.sqrt(3)

@@ -116,3 +116,13 @@ def test_claims_csv_and_markdown(tmp_path, capsys):
     RunStore.create(tmp_path / "bare", {"study": "toy", "config": {}})
     assert main(["claims", str(tmp_path / "bare")]) == 2
     assert "tangentlab report" in capsys.readouterr().err
+
+
+def test_interval_text_all_hold_every_seed():
+    from tangentlab.studies.framework.claims import all_hold, every_seed, interval_text
+
+    assert interval_text(0.5, 0.25, 0.75) == "0.5 [0.25, 0.75]" and interval_text(0.5) == "0.5"
+    assert interval_text(1 / 3, 0.0, 1.0, ".2f") == "0.33 [0.00, 1.00]" and interval_text(math.nan) == "nan"
+    assert all_hold("yes", "yes") == "yes" and all_hold("yes", "inconclusive") == "inconclusive"
+    assert all_hold("n/a", "NO") == "NO" and all_hold("yes", "n/a", "inconclusive") == "n/a"
+    assert [every_seed(f) for f in ([1, 1], [0, 0], [1, 0], [])] == ["yes", "NO", "inconclusive", "n/a"]

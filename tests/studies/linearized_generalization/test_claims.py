@@ -7,10 +7,11 @@ import math
 
 import pytest
 
+from tangentlab.studies.framework.claims import all_hold, every_seed
 from tangentlab.studies.framework.config import build_config
 from tangentlab.studies.linearized_generalization import LinGenConfig
 from tangentlab.studies.linearized_generalization.claims import build_claims
-from tangentlab.studies.linearized_generalization.verdicts import combine, every_seed, seed_of, stat
+from tangentlab.studies.linearized_generalization.verdicts import seed_of, stat
 
 
 def _cfg():
@@ -39,8 +40,8 @@ def test_helpers():
     assert stat([1.0, 1.1, 0.9], ">", 0.5)[3] == "yes" and stat([1.0, math.nan], ">", 0.5)[3] == "n/a"
     assert every_seed([True, True]) == "yes" and every_seed([False]) == "NO" and every_seed([True, False]) == \
         "inconclusive"
-    assert combine("yes", "yes") == "yes" and combine("yes", "inconclusive") == "inconclusive"
-    assert combine("inconclusive", "NO") == "NO" and combine("yes", "n/a") == "n/a"
+    assert all_hold("yes", "yes") == "yes" and all_hold("yes", "inconclusive") == "inconclusive"
+    assert all_hold("inconclusive", "NO") == "NO" and all_hold("yes", "n/a") == "n/a"
 
 
 def test_e1_ties_are_not_wins_and_use_seven_of_nine():

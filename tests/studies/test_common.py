@@ -54,7 +54,8 @@ def test_run_report_and_resume_after_a_kill(study, tmp_path, float32, monkeypatc
     assert main(["run", study, "--preset", "tiny", *SETS, "--out", str(full)]) == 0
     out = capsys.readouterr().out
     assert _state(full)["status"] == "finished"
-    assert (full / "report.html").exists() and "claims" in out.lower()
+    assert (full / "report.html").exists() and "findings " in out and "identities " in out
+    assert (full / "tables" / "claims.csv").exists()
     reference = all_rows(full)
     assert reference and all(reference.values()), f"{study}: a table is empty"
     assert not any(duplicated_rows(full).values())

@@ -42,7 +42,8 @@ LABEL_KEY = ["run", "probe", "example"]
 #: item 6 (:mod:`.supernat`): one row per seed × method × recorded step; the SuperNat rescalings κ.
 SUPERNAT_TABLE = "supernat"
 SUPERNAT_KEY = ["seed", "method", "step"]
-SUPERNAT_COLUMNS = [*SUPERNAT_KEY, "train_mse", "test_mse", "signal_alignment", "bound_gd", "bound_opt", "trace_K"]
+SUPERNAT_COLUMNS = [*SUPERNAT_KEY, "train_mse", "test_mse", "signal_alignment", "signal_stretch", "bound_gd",
+                    "bound_opt", "trace_K"]
 KAPPAS = ("fixed", "trace", "max")
 
 #: item 7 (:mod:`.complexity`): one row per finished (width, noise, seed) run with every measure, and
@@ -148,7 +149,7 @@ class AlignmentConfig(StudyConfig):
     schedule: str = option("thesis", "probe steps: thesis (0 and 5*floor(base^k)) or decade (round(10^(k/10)))",
                            choices=("thesis", "decade"))
     schedule_base: float = option(1.5, "growth factor of the thesis schedule (thesis: 1.15; 1.5: 16 probe steps "
-                                  "in 1500, which keeps three seeds of each run within the main job's budget)",
+                                  "in 1500, which keeps five seeds of each run within the main job's budget)",
                                   min=1.01)
     n_probe: int = option(100, "examples of the train and the test probe batches (kernel (N*C)^2)", min=2)
     centering: str = option("examples", "kernel centering: examples (per output), full (N*C rows) or none",
@@ -157,7 +158,7 @@ class AlignmentConfig(StudyConfig):
     n_pca: int = option(3, "kernel-PCA components stored", min=0)
     pca_snapshots: int = option(4, "probe steps whose kernel-PCA coordinates are stored", min=0)
     noise: tuple[float, ...] = option((0.0, 0.5), "fractions of random labels (items 2-3)", min=0.0, max=1.0)
-    noise_seeds: int = option(3, "items 2-3: seeds of each label-noise run (run noise_<p> is seed 0, noise_<p>_s<k> "
+    noise_seeds: int = option(5, "items 2-3: seeds of each label-noise run (run noise_<p> is seed 0, noise_<p>_s<k> "
                               "seed k); the claims are decided on the interval over the seeds", min=1)
     # item 4
     hier_random_fraction: float = option(0.2, "item 4(a): fraction of training labels made random", min=0.0,
@@ -165,7 +166,7 @@ class AlignmentConfig(StudyConfig):
     hier_other_fraction: float = option(0.1, "item 4(b): fraction of the training set replaced by the other task",
                                         min=0.0, max=1.0)
     hier_subset: int = option(100, "item 4: easy and difficult training examples in each CKA probe", min=2)
-    hier_seeds: int = option(3, "item 4: seeds of each run (hier_<kind> is seed 0, hier_<kind>_s<k> seed k)", min=1)
+    hier_seeds: int = option(5, "item 4: seeds of each run (hier_<kind> is seed 0, hier_<kind>_s<k> seed k)", min=1)
     # item 1
     disk_n: int = option(200, "item 1: training points of the disk task", min=4)
     disk_width: int = option(64, "item 1: hidden width", min=1)
@@ -175,7 +176,7 @@ class AlignmentConfig(StudyConfig):
     disk_grid: int = option(30, "item 1: grid resolution (kernel of size grid^2)", min=4)
     disk_eigen: int = option(6, "item 1: eigenfunctions shown", min=1)
     disk_snapshots: int = option(5, "item 1: iterations shown in the eigenfunction figure", min=2)
-    disk_seeds: int = option(1, "item 1: seeds (data and initialization; run disk is seed 0, disk_s<k> seed k; "
+    disk_seeds: int = option(3, "item 1: seeds (data and initialization; run disk is seed 0, disk_s<k> seed k; "
                              "eigenfunctions stored for seed 0)", min=1)
     # item 5
     ablation_depths: tuple[int, ...] = option((2, 4, 6, 8), "item 5: depths (Linear layers) of the depth ablation",

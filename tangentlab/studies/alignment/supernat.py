@@ -102,7 +102,9 @@ def run_method(phi: np.ndarray, y: np.ndarray, phi_test: np.ndarray, y_test: np.
                method: str, record: set[int]) -> list[dict[str, float]]:
     """Train from ``f = 0`` for ``steps`` steps with ``method`` = ``"gd"`` or ``"supernat_<κ>"``;
     rows (before each recorded step, and after the last) with train/test MSE, the kernel
-    alignment of ``K_t = Φ_t Φ_tᵀ`` with ``φφᵀ``, the two bound terms and ``Tr K_t``.
+    alignment of ``K_t = Φ_t Φ_tᵀ`` with ``φφᵀ``, the stretch of the metric along ``φ``
+    (``(M Mᵀ)_00 / (Tr(M Mᵀ)/P)``: 1 at ``t = 0`` and for GD; ``K_t = Φ M Mᵀ Φᵀ``), the two
+    bound terms and ``Tr K_t``.
 
     The current features are ``Φ_t = e^s Φ M`` (train) and ``e^s Φ_test M`` (test) with the
     accumulated rescaling ``M = Ã_1^{-1} ⋯ Ã_t^{-1}`` normalized so that ``‖Φ M‖_F = 1`` and its
@@ -129,6 +131,7 @@ def run_method(phi: np.ndarray, y: np.ndarray, phi_test: np.ndarray, y_test: np.
             rows.append({"step": t, "train_mse": float(np.mean((f - y) ** 2)),
                          "test_mse": float(np.mean((f_test - y_test) ** 2)),
                          "signal_alignment": kernel_alignment(torch.as_tensor(B @ B.T), signal),
+                         "signal_stretch": float(M[0] @ M[0]) / (float((M * M).sum()) / P),
                          "bound_gd": scale * math.sqrt(float((lam * c * c).sum()) * float(lam.sum())),
                          "bound_opt": scale * float((lam * np.abs(c)).sum()),
                          "trace_K": math.exp(2 * log_scale) * float(lam.sum())})
@@ -202,7 +205,8 @@ def _final(curves: dict[str, dict[int, dict[str, list[float]]]], method: str, co
     return steps[max(steps)][col] if steps else []
 
 
-#: "SuperNat stretches the kernel along φ": peak alignment of K_t with φφᵀ at least this times its initial value.
+#: "SuperNat stretches the metric along φ": peak weight of the metric M Mᵀ along φ at least this times its mean
+#: over the feature directions (1 at t = 0). The kernel alignment with φφᵀ cannot show it: it starts at ~0.95.
 STRETCH = 1.2
 #: "freezing the dynamics in the noise directions": SuperNat's late rise of the test error at most this
 #: fraction of GD's.
@@ -245,12 +249,14 @@ def supernat_claims(store: RunStore, cfg: Any) -> list[Claim]:
             f"final test MSE GD {gd[:k, -1].mean():.3f} (its minimum along training {gd[:k].min(axis=1).mean():.3f}),"
             f" SuperNat {sn[:k, -1].mean():.3f}; GD − SuperNat", diff, ">", 0.0, part="item 6"))
         al = _paired(curves, m, "signal_alignment")
+        st = _paired(curves, m, "signal_stretch")
         claims.append(seed_claim(
             f"Fig. 5: SuperNat ({kappa} κ) stretches along φ", "§4.1.2: \"SuperNat identifies dominant features "
             "(feature selection, here φ) and stretches the metric along them\"",
-            f"peak over training of the alignment of K_t with φφᵀ / its value at t = 0 ≥ {STRETCH:g} ({what}); GD "
-            "keeps K fixed; mean over seeds and its 95% t-interval", f"alignment at t = 0 {al[:, 0].mean():.3f}, "
-            f"peak {al.max(axis=1).mean():.3f}; peak / initial", al.max(axis=1) / al[:, 0], ">=", STRETCH,
+            f"peak over training of the metric's weight along φ, (M Mᵀ)_00 / (Tr(M Mᵀ)/(d+1)) with K_t = Φ M Mᵀ Φᵀ "
+            f"(1 at t = 0 and for GD, which keeps the metric fixed), ≥ {STRETCH:g} ({what}); mean over seeds and its "
+            "95% t-interval", f"kernel alignment with φφᵀ {al[:, 0].mean():.3f} at t = 0, peak "
+            f"{al.max(axis=1).mean():.3f}; peak stretch of the metric along φ", st.max(axis=1), ">=", STRETCH,
             part="item 6"))
         sn_rise = sn[:k, -1] - sn[:k].min(axis=1)
         idx = np.arange(k)

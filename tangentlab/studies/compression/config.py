@@ -106,8 +106,8 @@ class CompressionConfig(StudyConfig):
     p_values: tuple[int, ...] = option((128, 256, 512, 1024), "training-set sizes of the stripe model", min=10)
     cylinder_p_values: tuple[int, ...] = option((128, 256, 512, 1024), "training-set sizes of the cylinder model",
                                                 min=10)
-    seeds: int = option(3, "seeds per (model, p); medians are reported", min=1)
-    lambda_seeds: int = option(17, "extra seeds per (model, p) trained only up to t* (Λ* only: cheap, and Λ* "
+    seeds: int = option(5, "seeds per (model, p); medians are reported", min=1)
+    lambda_seeds: int = option(15, "extra seeds per (model, p) trained only up to t* (Λ* only: cheap, and Λ* "
                                "varies ~3× with the training set); default: seeds + lambda_seeds = 20, the paper's "
                                "median over 20 realizations (Fig. 5)", min=0)
     lambda_p_values: tuple[int, ...] = option((2048, 4096, 8192), "larger training-set sizes with Λ*-only runs "
@@ -165,7 +165,7 @@ class CompressionConfig(StudyConfig):
                                            "independent kernel set of the same size): learning curves of the network "
                                            "and of kernel learning with its initial and final NTKs", min=10)
     cnn_p: int = option(256, "p of the CNN's NTK-signature claims and figure (one of cnn_p_values)", min=10)
-    cnn_seeds: int = option(3, "seeds of the CNN part (data split and initialization) per p; medians reported",
+    cnn_seeds: int = option(5, "seeds of the CNN part (data split and initialization) per p; medians reported",
                             min=1)
     cnn_n_test: int = option(0, "test images of the CNN part, the same for every p (0: all images left after the "
                              "largest p's training and kernel sets)", min=0)

@@ -141,7 +141,10 @@ def fim(model: nn.Module, data: Any, kind: Any = "exact", representation: Any = 
     centering : bool
         Center the tangent features, ``φ − E φ`` (a covariance instead of a second moment).
     batch_size : int, optional
-        Split tensors into batches of this size (loaders keep theirs).
+        Split tensors into batches of this size (loaders keep theirs). The sums over
+        examples may capture consecutive batches together, in chunks whose output-gradients
+        stay within a fixed bound (same matrix up to rounding; not for Monte-Carlo outputs,
+        whose labels are drawn per batch).
     route : str
         ``"auto"``, ``"generic"`` or ``"joint"``: how per-example gradients are computed.
     registry : LayerRegistry, optional

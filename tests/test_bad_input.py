@@ -18,6 +18,7 @@ from torch.func import functional_call, jacrev
 from torch.utils.data import DataLoader, TensorDataset
 
 import tangentlab as tl
+from tangentlab.engine import chunks
 from tangentlab.errors import (
     InvalidInputError,
     MemoryBudgetError,
@@ -400,7 +401,9 @@ class DataDependentCalls(nn.Module):
         return self.b(h)
 
 
-def test_data_dependent_call_count_is_refused_then_generic_route_works():
+def test_data_dependent_call_count_is_refused_then_generic_route_works(monkeypatch):
+    # the model's function depends on the batch size, which merged chunks would change
+    monkeypatch.setattr(chunks, "MERGE_MAX_EXAMPLES", 1)
     model = DataDependentCalls().eval()
     x = torch.randn(7, 4)
     with pytest.raises(InvalidInputError) as info:
@@ -1060,7 +1063,8 @@ def _custom_entry(entry, model, x, registry):
 
 
 @pytest.mark.parametrize("entry", CUSTOM_ENTRIES)
-def test_registered_rule_is_used_on_hook_route(entry):
+def test_registered_rule_is_used_on_hook_route(entry, monkeypatch):
+    monkeypatch.setattr(chunks, "MERGE_MAX_EXAMPLES", 1)  # one capture per batch: features() runs 3 times
     model = CustomNet().eval()
     x = torch.randn(9, 4)
     rule = ScaleRule()

@@ -44,6 +44,7 @@ from ..outputs import Aux, OutputFunction, make_output
 from ..progress import progress
 from ..space import Layer, ParamSpace, Selector
 from .blocks import ALL_OUTPUTS, AUTO_BLOCKS, OutputBlocks
+from .chunks import merge_batches, merge_limit
 from .contexts import keep_tensors, math_attention, shared_modules
 from .options import EngineOptions
 from .plan import RoutePlan, check_coupling, check_params, input_mismatch, make_plan, patched_forwards, tap_forward
@@ -182,6 +183,8 @@ class Engine:
         self.budget = MemoryBudget.resolve(memory_budget, self.device)
         self.show_progress = progress
         self._plan: RoutePlan | None = None
+        #: examples per merged chunk (:meth:`captures` with ``merge``), set by the first capture
+        self.merge_limit: int | None = None
         self._wrapper = _FnModule(model, self.output)
         self._shared = shared_modules(model)
 
@@ -218,12 +221,33 @@ class Engine:
         return self.output.select(batch, index)
 
     def captures(self, data: Any, desc: str = "tangent features", blocks: OutputBlocks = ALL_OUTPUTS,
-                 take: Callable[[int], bool] | None = None) -> Iterator[Capture]:
+                 take: Callable[[int], bool] | None = None, merge: bool = False) -> Iterator[Capture]:
         """Captures of every batch (those whose index ``take`` accepts), under the
-        output-block policy ``blocks`` (:class:`OutputBlocks`; default: one capture per batch)."""
-        for i, b in self.batches(data, desc):
-            if take is None or take(i):
-                yield from self.capture_blocks(b, i, blocks)
+        output-block policy ``blocks`` (:class:`OutputBlocks`; default: one capture per batch).
+
+        ``merge=True`` (for consumers that only *sum* over examples): consecutive batches are
+        concatenated into chunks of up to :attr:`merge_limit` examples (fewer, larger matrix
+        products; the sums are the same up to rounding), except for random outputs (their
+        samples are drawn per batch) and the joint route. A capture's ``index`` then counts
+        chunks."""
+        src: Iterator[tuple[int, Batch, Any]] = ((i, b, None) for i, b in self.batches(data, desc))
+        if merge and take is None and not self.output.random and self.route != "joint":
+            src = merge_batches(self.batches(data, desc), self)
+        for i, b, parts in src:
+            if take is not None and not take(i):
+                continue
+            caps = self.capture_blocks(b, i, blocks)
+            try:
+                cap = next(caps)  # the checks and the forward pass run before the first capture
+            except TangentlabError:
+                for k, part in parts or ():  # the batch by batch error names the user's batch
+                    for _ in self.capture_blocks(part, k, blocks):
+                        pass
+                raise
+            if self.merge_limit is None:
+                self.merge_limit = merge_limit(cap, self.budget.max_elements(self.dtype))
+            yield cap
+            yield from caps
 
     def generator(self, index: int) -> torch.Generator | None:
         """The random generator of batch ``index`` (same stream on every pass)."""

@@ -130,7 +130,7 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
              replay: CaptureCache | None = None,
              output_blocks: OutputBlocks | bool = ALL_OUTPUTS,
              per_batch: Callable[[Capture], None] | None = None,
-             take: Callable[[int], bool] | None = None) -> tuple[int, torch.Tensor | None]:
+             take: Callable[[int], bool] | None = None, merge: bool = False) -> tuple[int, torch.Tensor | None]:
     """Run ``consume`` on every capture; return ``N`` and, if centering, the mean features ``(C, P)``.
 
     ``reduce``: the accumulators ``consume`` adds to (or a function returning them after
@@ -144,7 +144,9 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
     ``OutputBlocks.auto()``, for consumers that sum over output coordinates). Per the
     policy's rule, ``N`` is counted once per batch here, and ``per_batch`` is called once
     per batch, with its first capture, before ``consume`` sees it. ``take``: capture only
-    the batches whose index it accepts (the others are read, not captured).
+    the batches whose index it accepts (the others are read, not captured). ``merge``: the
+    consumer only sums over examples, so consecutive batches may be captured as larger
+    chunks (:meth:`Engine.captures`).
     """
     blocks = OutputBlocks.resolve(output_blocks)
     red = Reducer() if local else engine.reducer
@@ -155,7 +157,7 @@ def one_pass(engine: Engine, data: Any, desc: str, consume: Callable[[Capture], 
             "this computation does not support distributed accumulation yet")
     n = 0
     total = None
-    caps = replay.caps if replay is not None and replay.ok else engine.captures(data, desc, blocks, take)
+    caps = replay.caps if replay is not None and replay.ok else engine.captures(data, desc, blocks, take, merge)
     for cap in caps:
         if stash is not None:
             stash.add(cap)

@@ -146,8 +146,8 @@ def kfe_diagonals(engine: Engine, data: Any, space: ParamSpace, blocks: list[Any
     if space != engine.space:
         raise InvalidInputError("the engine's parameter space differs from the matrix's")
     sums = KfeSums(space, {b.module: (b.ua, b.ub) for b in blocks})
-    n, mean = one_pass(engine, data, "EKFAC diagonal", sums.add, centering, output_blocks=OutputBlocks.auto(),
-                       reduce=sums.accumulators, replay=replay)
+    n, mean = one_pass(engine, data, "EKFAC diagonal", sums.add, centering, merge=True,
+                       output_blocks=OutputBlocks.auto(), reduce=sums.accumulators, replay=replay)
     out = []
     for blk, total in zip(blocks, sums.accumulators()):
         s = total / n

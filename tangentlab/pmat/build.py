@@ -43,7 +43,7 @@ def build_dense(engine: Engine, data: Any, centering: bool = False) -> PMatDense
             phi = ops.per_example(cap, space, c).reshape(-1, p)
             acc.addmm_(phi.T, phi)
 
-    n, mean = one_pass(engine, data, "dense matrix", consume, centering, reduce=[acc],
+    n, mean = one_pass(engine, data, "dense matrix", consume, centering, reduce=[acc], merge=True,
                        output_blocks=OutputBlocks.auto())
     acc /= n
     if mean is not None:
@@ -57,7 +57,7 @@ def build_diag(engine: Engine, data: Any, centering: bool = False) -> PMatDiag:
     def consume(cap: Capture) -> None:
         acc.add_(ops.diag(cap, engine.space))
 
-    n, mean = one_pass(engine, data, "diagonal", consume, centering, reduce=[acc],
+    n, mean = one_pass(engine, data, "diagonal", consume, centering, reduce=[acc], merge=True,
                        output_blocks=OutputBlocks.auto())
     acc /= n
     if mean is not None:
@@ -82,7 +82,7 @@ def build_blockdiag(engine: Engine, data: Any, centering: bool = False) -> PMatB
                 phi = ops.layer_per_example(cap, lay, c).reshape(-1, lay.numel)
                 blocks[lay.module].addmm_(phi.T, phi)
 
-    n, mean = one_pass(engine, data, "layer blocks", consume, centering, reduce=list(blocks.values()),
+    n, mean = one_pass(engine, data, "layer blocks", consume, centering, reduce=list(blocks.values()), merge=True,
                        output_blocks=OutputBlocks.auto())
     for lay in space.layers:
         blocks[lay.module] /= n

@@ -101,7 +101,7 @@ class PMatImplicit(MatrixFreeOperator, PMat):
         def consume(cap):
             acc[0] += ops.sq_norms(cap, self.space).sum()
 
-        n, _ = one_pass(self.engine, self.examples, "implicit trace", consume, reduce=acc,
+        n, _ = one_pass(self.engine, self.examples, "implicit trace", consume, reduce=acc, merge=True,
                         output_blocks=OutputBlocks.auto())
         out = acc[0] / n
         if self.centering:
@@ -114,7 +114,7 @@ class PMatImplicit(MatrixFreeOperator, PMat):
         def consume(cap):
             acc.add_(ops.diag(cap, self.space))
 
-        n, _ = one_pass(self.engine, self.examples, "implicit diag", consume, reduce=[acc],
+        n, _ = one_pass(self.engine, self.examples, "implicit diag", consume, reduce=[acc], merge=True,
                         output_blocks=OutputBlocks.auto())
         out = acc / n
         if self.centering:

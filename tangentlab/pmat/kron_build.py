@@ -28,7 +28,7 @@ def build_kfac(engine: Engine, data: Any, centering: bool = False, stash: Captur
         raise InvalidInputError("KFAC of centered tangent features is not defined; use "
                                 "representation='ekfac' (exact centered s*) or 'dense'")
     sums = FactorSums(engine.space, kfac_approx)
-    n, _ = one_pass(engine, data, "KFAC factors", sums.add, stash=stash, output_blocks=OutputBlocks.auto(),
+    n, _ = one_pass(engine, data, "KFAC factors", sums.add, stash=stash, merge=True, output_blocks=OutputBlocks.auto(),
                     reduce=sums.accumulators)
     blocks = [KronBlock(*layer) for layer in sums.means(n)]
     return PMatKFAC(engine.space, blocks, engine.budget)

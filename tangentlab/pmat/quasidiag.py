@@ -473,7 +473,7 @@ def build_quasidiag(engine: Engine, data: Any, centering: bool = False, *,
         for pair in pairs:
             cross[pair.module].add_(layer_cross(cap, pair, fast))
 
-    n, mean = one_pass(engine, data, "quasi-diagonal", consume, centering, reduce=[diag, *cross.values()],
+    n, mean = one_pass(engine, data, "quasi-diagonal", consume, centering, merge=True, reduce=[diag, *cross.values()],
                        output_blocks=True)
     diag /= n
     for c in cross.values():

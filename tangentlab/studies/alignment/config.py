@@ -149,7 +149,7 @@ class AlignmentConfig(StudyConfig):
     schedule: str = option("thesis", "probe steps: thesis (0 and 5*floor(base^k)) or decade (round(10^(k/10)))",
                            choices=("thesis", "decade"))
     schedule_base: float = option(1.5, "growth factor of the thesis schedule (thesis: 1.15; 1.5: 16 probe steps "
-                                  "in 1500, which keeps 4-5 seeds of each run within the main job's budget)",
+                                  "in 1500, which keeps 3-4 seeds of each run within the main job's budget)",
                                   min=1.01)
     n_probe: int = option(100, "examples of the train and the test probe batches (kernel (N*C)^2)", min=2)
     centering: str = option("examples", "kernel centering: examples (per output), full (N*C rows) or none",
@@ -158,7 +158,7 @@ class AlignmentConfig(StudyConfig):
     n_pca: int = option(3, "kernel-PCA components stored", min=0)
     pca_snapshots: int = option(4, "probe steps whose kernel-PCA coordinates are stored", min=0)
     noise: tuple[float, ...] = option((0.0, 0.5), "fractions of random labels (items 2-3)", min=0.0, max=1.0)
-    noise_seeds: int = option(4, "items 2-3: seeds of each label-noise run (run noise_<p> is seed 0, noise_<p>_s<k> "
+    noise_seeds: int = option(3, "items 2-3: seeds of each label-noise run (run noise_<p> is seed 0, noise_<p>_s<k> "
                               "seed k); the claims are decided on the interval over the seeds", min=1)
     # item 4
     hier_random_fraction: float = option(0.2, "item 4(a): fraction of training labels made random", min=0.0,
@@ -166,7 +166,7 @@ class AlignmentConfig(StudyConfig):
     hier_other_fraction: float = option(0.1, "item 4(b): fraction of the training set replaced by the other task",
                                         min=0.0, max=1.0)
     hier_subset: int = option(100, "item 4: easy and difficult training examples in each CKA probe", min=2)
-    hier_seeds: int = option(5, "item 4: seeds of each run (hier_<kind> is seed 0, hier_<kind>_s<k> seed k)", min=1)
+    hier_seeds: int = option(4, "item 4: seeds of each run (hier_<kind> is seed 0, hier_<kind>_s<k> seed k)", min=1)
     # item 1
     disk_n: int = option(200, "item 1: training points of the disk task", min=4)
     disk_width: int = option(64, "item 1: hidden width", min=1)

@@ -51,9 +51,9 @@ def _chunk_sizes(batches, limit, random=False):
 
 def test_chunks_keep_order_respect_the_limit_and_never_split():
     xs = [torch.randn(n, 5) for n in (6, 6, 6, 6, 3)]
-    assert _chunk_sizes([(x,) for x in xs], 12) == [6, 12, 9]  # the first batch always alone
+    assert _chunk_sizes([(x,) for x in xs], 12) == [12, 12, 3]
     assert _chunk_sizes([(x,) for x in xs], 4) == [6, 6, 6, 6, 3]  # a batch larger than the limit passes whole
-    assert _chunk_sizes([(x,) for x in xs], None) == [6, 6, 6, 6, 3]  # unknown limit: nothing merged
+    assert _chunk_sizes([(x,) for x in xs], None) == [27]  # unknown: the route plan's probe sets it
     eng = make_engine(_mlp())
     eng.merge_limit = 100
     out = torch.cat([b[0] for _, b, _ in chunks.merge_batches(iter(enumerate([(x,) for x in xs])), eng)])
@@ -63,7 +63,7 @@ def test_chunks_keep_order_respect_the_limit_and_never_split():
 def test_batches_of_different_shapes_stay_apart():
     seqs = [(torch.randn(4, 7, 5),), (torch.randn(4, 7, 5),), (torch.randn(4, 7, 5),), (torch.randn(4, 9, 5),),
             (torch.randn(4, 9, 5),)]
-    assert _chunk_sizes(seqs, 100) == [4, 8, 8]
+    assert _chunk_sizes(seqs, 100) == [12, 8]
 
 
 def test_the_limit_counts_output_gradients_per_example():
@@ -84,11 +84,11 @@ def test_random_outputs_are_not_merged():
     assert sizes == [6] * 6 + [4]
 
 
-def test_sums_are_captured_in_merged_chunks_after_the_first_batch():
+def test_sums_are_captured_in_merged_chunks_from_the_first_batch():
     model, data = _mlp(), _loader()
     eng = make_engine(model, output="exact")
-    assert [cap.n for cap in eng.captures(data, merge=True)] == [6, 34]
-    assert [cap.n for cap in eng.captures(data, merge=True)] == [6, 34]  # every pass cuts the same chunks
+    assert [cap.n for cap in eng.captures(data, merge=True)] == [40]  # the plan's probe set the limit
+    assert [cap.n for cap in eng.captures(data, merge=True)] == [40]  # every pass cuts the same chunks
     assert [cap.n for cap in eng.captures(data)] == [6] * 6 + [4]  # no merge asked
 
 
@@ -100,3 +100,10 @@ def test_a_failing_chunk_names_the_users_batch_and_row():
     loader = DataLoader(TensorDataset(x, y), batch_size=6)
     with pytest.raises(tl.errors.NonFiniteError, match=r"batch 4, element 0: .*examples \[3\]"):
         tl.fim(model, loader, kind="exact", representation="diag", progress=False)
+
+
+def test_the_plan_probe_sets_the_limit_from_the_outputs_and_layer_outputs():
+    model, data = _mlp(), _loader()
+    eng = make_engine(model, output="exact")
+    eng.plan(next(iter(data)))
+    assert eng.merge_limit == chunks.limit_for(3 * (7 + 3), eng.budget.max_elements(eng.dtype))

@@ -418,9 +418,8 @@ def test_ekfac_second_pass_replays_captures(monkeypatch, kind):
 
     monkeypatch.setattr(kron_build, "CaptureCache", Tiny)
     again, n_again = build_it()
-    # exact: chunks [8] and [22] of the batches [8, 8, 8, 6] in every pass; mc: labels drawn per batch,
-    # never merged
-    per_pass = 2 if kind == "exact" else 4
+    # exact: one chunk of the batches [8, 8, 8, 6] in every pass; mc: labels drawn per batch, never merged
+    per_pass = 1 if kind == "exact" else 4
     assert n_kept == per_pass and n_again == 2 * per_pass
     for a, b in zip(kept.blocks, again.blocks):
         assert torch.equal(a.s, b.s) and torch.equal(a.ua, b.ua)

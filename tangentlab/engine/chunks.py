@@ -39,9 +39,14 @@ def merge_limit(cap: Capture, budget_elements: int) -> int:
     (``budget_elements`` entries) if less, over the ``g`` entries of one example, all output
     coordinates; capped at :data:`MERGE_MAX_EXAMPLES`; at least the batch itself."""
     per_output = sum(lc.g[0].numel() for lc in cap.layers) + sum(v[0].numel() for v in cap.generic.values())
-    per_example = max(1, per_output * cap.total_outputs // max(1, cap.n))
+    return max(cap.n, limit_for(per_output * cap.total_outputs // max(1, cap.n), budget_elements))
+
+
+def limit_for(per_example: int, budget_elements: int) -> int:
+    """Examples per chunk when one example's ``g`` has ``per_example`` entries (all outputs):
+    :data:`MERGE_ELEMENTS` or a sixteenth of the budget, at most :data:`MERGE_MAX_EXAMPLES`."""
     room = min(MERGE_ELEMENTS, budget_elements // 16)
-    return max(cap.n, min(MERGE_MAX_EXAMPLES, room // per_example))
+    return max(1, min(MERGE_MAX_EXAMPLES, room // max(1, per_example)))
 
 
 def _key(batch: Batch) -> tuple | None:
@@ -70,7 +75,9 @@ def merge_batches(src: Iterator[tuple[int, Batch]], engine: Engine
         return j, tuple(torch.cat(ts) for ts in zip(*(b for _, b in parts))), parts
 
     for i, b in src:
-        limit = engine.merge_limit if i > 0 else None
+        if engine.merge_limit is None:
+            engine.plan(b)  # its probe forward (two examples) sets the limit
+        limit = engine.merge_limit
         k = _key(b)
         n = b[0].shape[0]
         if pending and (limit is None or k is None or k != key or size + n > limit):

@@ -44,7 +44,7 @@ from ..outputs import Aux, OutputFunction, make_output
 from ..progress import progress
 from ..space import Layer, ParamSpace, Selector
 from .blocks import ALL_OUTPUTS, AUTO_BLOCKS, OutputBlocks
-from .chunks import merge_batches, merge_limit
+from .chunks import limit_for, merge_batches, merge_limit
 from .contexts import keep_tensors, math_attention, shared_modules
 from .options import EngineOptions
 from .plan import RoutePlan, check_coupling, check_params, input_mismatch, make_plan, patched_forwards, tap_forward
@@ -283,15 +283,28 @@ class Engine:
         if self._plan is None:
             check_coupling(self.model, self.route == "joint")
 
+            mods = dict(self.model.named_modules())
+            layer_out: list[int] = []
+
+            def size_hook(mod, args, kwargs, out):
+                layer_out.extend(t.numel() for t in (out if isinstance(out, (tuple, list)) else (out,))
+                                 if isinstance(t, torch.Tensor))
+
             def prober(b: Batch):
                 def probe(hooks):
-                    handles = [m.register_forward_hook(h, with_kwargs=True) for m, h in hooks]
+                    layer_out.clear()
+                    sized = [(mods[lay.module], size_hook) for lay in self.space.layers if lay.module in mods]
+                    handles = [m.register_forward_hook(h, with_kwargs=True) for m, h in [*hooks, *sized]]
                     try:
                         with torch.no_grad(), math_attention():
-                            self.output.forward(self.model, b)
+                            z = self.output.forward(self.model, b)
                     finally:
                         for h in handles:
                             h.remove()
+                    n = max(1, b[0].shape[0])  # the chunk size from the probe: g entries of one example
+                    if self.merge_limit is None and isinstance(z, torch.Tensor):
+                        self.merge_limit = limit_for(z.numel() // n * max(1, sum(layer_out) // n),
+                                                     self.budget.max_elements(self.dtype))
                 probe.batch_size = b[0].shape[0]  # type: ignore[attr-defined]  # read by make_plan
                 return probe
 

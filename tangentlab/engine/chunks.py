@@ -60,9 +60,10 @@ def merge_batches(src: Iterator[tuple[int, Batch]], engine: Engine
                   ) -> Iterator[tuple[int, Batch, list[tuple[int, Batch]] | None]]:
     """``(chunk index, chunk, parts)``: consecutive batches of ``src`` concatenated while the
     chunk stays within ``engine.merge_limit`` examples; ``parts`` are the ``(index, batch)``
-    it was made of (``None`` for a batch passed alone). The first batch is always passed
-    alone (the limit is unknown until its capture), so every pass over the same data cuts
-    the same chunks."""
+    it was made of (``None`` for a batch passed alone). The limit is set by the engine's
+    route plan (its probe forward on the first batch) before the first chunk, so every pass
+    over the same data cuts the same chunks; where the probe could not set it, the first
+    capture does (and the batches before it pass alone)."""
     pending: list[tuple[int, Batch]] = []
     key: tuple | None = None
     size, j = 0, 0

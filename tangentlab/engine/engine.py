@@ -183,7 +183,8 @@ class Engine:
         self.budget = MemoryBudget.resolve(memory_budget, self.device)
         self.show_progress = progress
         self._plan: RoutePlan | None = None
-        #: examples per merged chunk (:meth:`captures` with ``merge``), set by the first capture
+        #: examples per merged chunk (:meth:`captures` with ``merge``), set by the route plan's
+        #: probe (or else the first capture)
         self.merge_limit: int | None = None
         self._wrapper = _FnModule(model, self.output)
         self._shared = shared_modules(model)
